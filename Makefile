@@ -1,0 +1,60 @@
+# agentd: `make run` starts the service on its embedded defaults; `make test` runs every check.
+# Both set up what they need (a .venv with agentd installed) on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := $(VENV)/bin/buf
+VENV312 := .venv312
+# llama-stack-client 0.3 (client.alpha.agents, /v1alpha routes) needs Python >= 3.12.
+LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
+
+.PHONY: setup run test proto proto-check lint unit integration e2e bench clean
+
+setup: $(VENV)/.installed $(VENV312)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The second venv for the newer SDK; on a machine without Python 3.12 its tests skip with a reason.
+$(VENV312)/.installed:
+	@py312=$$(scripts/find_python312.sh); \
+	if [ -z "$$py312" ]; then echo "note: no Python >= 3.12 here; the llama-stack-client 0.3 e2e tests will skip"; \
+	else $$py312 -m venv $(VENV312) && $(VENV312)/bin/python -m pip install --quiet --upgrade pip \
+	  && $(VENV312)/bin/python -m pip install --quiet '$(LLAMA_STACK_CLIENT_NEW)' && touch $@; fi
+
+run: $(VENV)/.installed
+	$(VENV)/bin/agentd serve
+
+# Regenerate the Python stubs from protos/ (commit the result).
+proto: $(VENV)/.installed
+	$(PY) scripts/gen_protos.py
+
+proto-check: $(VENV)/.installed
+	$(PY) scripts/gen_protos.py --check
+
+lint: $(VENV)/.installed
+	$(PY) scripts/gen_protos.py --check
+	$(BUF) lint
+	$(BUF) format -d --exit-code protos
+
+unit: setup
+	$(PY) -m pytest tests/unit -q
+
+integration: setup
+	$(PY) -m pytest tests/integration -q
+
+e2e: setup
+	$(PY) -m pytest tests/e2e -q
+
+test: setup lint
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(VENV312) third_party data

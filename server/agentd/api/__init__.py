@@ -1,0 +1,1 @@
+"""gRPC servicers: convert between requests and the engine/storage, nothing more."""

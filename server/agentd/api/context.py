@@ -1,0 +1,19 @@
+"""Per-call context (request id, principal), set by the interceptor for the whole call."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+
+LOCAL_PRINCIPAL = "local"
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+principal: contextvars.ContextVar[str] = contextvars.ContextVar("principal", default=LOCAL_PRINCIPAL)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current call's request id to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True

@@ -1,0 +1,106 @@
+"""Builds and runs agentd: the grpc.aio server, the HTTP gateway beside it, the database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agentd.api.agents import AgentsServicer
+from agentd.api.interceptor import CallInterceptor
+from agentd.api.models import ModelsServicer
+from agentd.config import Settings
+from agentd.storage import Database, Repository
+from agentd.v1 import agents_pb2, agents_pb2_grpc, models_pb2, models_pb2_grpc
+
+log = logging.getLogger("agentd")
+
+# The services agentd implements now; the gateway serves the routes of exactly these.
+SERVICES = [
+    agents_pb2.DESCRIPTOR.services_by_name["AgentsService"],
+    models_pb2.DESCRIPTOR.services_by_name["ModelsService"],
+]
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    # Fit for a mesh: keepalive pings every 30 s, clients may ping every 10 s, connections
+    # recycled after 30 min so load balancers rebalance (grpc_practice.md §3.4).
+    return [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_connection_idle_ms", 300_000),
+        ("grpc.max_connection_age_ms", 1_800_000),
+        ("grpc.max_connection_age_grace_ms", 300_000),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+
+
+class Agentd:
+    """One running agentd: start(), then stop() (or run_until_signal())."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = Database(settings.effective_database_url)
+        self.repo = Repository(self.db)
+        self.health: health.aio.HealthServicer | None = None
+        self.server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._gateway = None
+
+    def _build_server(self) -> grpc.aio.Server:
+        # Built inside the running loop: grpc.aio objects are bound to the loop that made them.
+        server = grpc.aio.server(interceptors=[CallInterceptor()], options=server_options(self.settings))
+        agents_pb2_grpc.add_AgentsServiceServicer_to_server(AgentsServicer(self.repo), server)
+        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(self.settings), server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [s.full_name for s in SERVICES] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        return server
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        self.server = self._build_server()
+        host, _, port = self.settings.grpc_addr.rpartition(":")
+        self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {self.settings.grpc_addr}")
+        await self.server.start()
+        for service in SERVICES:
+            await self.health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC listening on %s:%d", host, self.grpc_port)
+        if self.settings.http_addr:
+            from agentd.gateway.server import GatewayServer
+
+            self._gateway = GatewayServer(self.settings.http_addr, f"127.0.0.1:{self.grpc_port}", SERVICES)
+            self.http_port = await self._gateway.start()
+            log.info("HTTP gateway listening on %s", self._gateway.bound_addr)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: health NOT_SERVING, stop taking calls, let running ones finish."""
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._gateway is not None:
+            await self._gateway.stop(grace)
+        await self.server.stop(grace)
+        await self.db.close()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down: draining for up to %.0f s", self.settings.grace_period_s)
+        await self.stop()

@@ -1,0 +1,62 @@
+"""The `agentd` command: `agentd serve [--config FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from agentd import __version__
+from agentd.api.context import RequestIdFilter
+from agentd.config import ConfigError, Settings, load_settings
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
+                 "logger": record.name, "request_id": getattr(record, "request_id", "-"),
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(_JsonFormatter() if settings.log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    for noisy in ("alembic", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentd", description="Runs LLM agents over gRPC.")
+    parser.add_argument("--version", action="version", version=f"agentd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server and the HTTP gateway")
+    serve.add_argument("--config", help="YAML config file (default: $AGENTD_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"agentd: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    from agentd.app import Agentd
+
+    try:
+        asyncio.run(Agentd(settings).run_until_signal())
+    except OSError as e:
+        logging.getLogger("agentd").error("cannot start: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""The one codec between agentd's proto messages and the legacy JSON of the REST routes.
+
+It is driven entirely by the message descriptors and the custom options declared in
+protos/agentd/v1/options.proto (read that file's header for the conventions). Nothing here
+knows about a particular message: adding a message to the protos is enough for it to be
+written and read in the legacy shape.
+
+Per descriptor, a plan (field kinds, JSON keys, union tags, enum texts) is computed once and
+cached, so converting a message costs one pass over its set fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from google.protobuf import descriptor as _d
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
+from google.protobuf.message import Message
+
+from agentd.v1 import options_pb2
+
+__all__ = ["CodecError", "to_json", "from_json", "parse"]
+
+_FD = _d.FieldDescriptor
+_INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
+              _FD.TYPE_INT64, _FD.TYPE_SINT64, _FD.TYPE_SFIXED64, _FD.TYPE_UINT64, _FD.TYPE_FIXED64}
+_INT32_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32}
+_UINT_TYPES = {_FD.TYPE_UINT32, _FD.TYPE_FIXED32, _FD.TYPE_UINT64, _FD.TYPE_FIXED64}
+_FLOAT_TYPES = {_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT}
+# Well-known types written as plain JSON (Struct/Value/ListValue) by protobuf's own mapping.
+_JSON_WKT = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+_TIMESTAMP = "google.protobuf.Timestamp"
+
+
+class CodecError(ValueError):
+    """Input JSON that does not fit the message. `field` is the dotted path of the culprit."""
+
+    def __init__(self, field_path: str, description: str):
+        super().__init__(f"{field_path}: {description}" if field_path else description)
+        self.field = field_path
+        self.description = description
+
+
+@dataclass(slots=True)
+class _Enum:
+    to_text: dict[int, str | None]
+    from_text: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Field:
+    fd: _d.FieldDescriptor
+    name: str
+    repeated: bool
+    is_map: bool
+    is_message: bool
+    nullable: bool  # unset is written as null
+    enum: _Enum | None = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    desc: _d.Descriptor
+    fields: list[_Field]  # fields outside the union oneof, minus grpc_only
+    by_key: dict[str, _Field]
+    constants: dict[str, str]
+    union: _d.OneofDescriptor | None = None
+    untagged: bool = False
+    discriminator: str = "type"
+    default_tag: str = ""
+    tag_of: dict[str, str] = field(default_factory=dict)  # member field name -> tag
+    member_of: dict[str, _Field] = field(default_factory=dict)  # tag -> member
+    members: list[_Field] = field(default_factory=list)
+
+
+_plans: dict[str, _Plan] = {}
+_enums: dict[str, _Enum] = {}
+
+
+def _enum_plan(ed: _d.EnumDescriptor) -> _Enum:
+    cached = _enums.get(ed.full_name)
+    if cached is not None:
+        return cached
+    prefix = "".join("_" + c if c.isupper() and i else c for i, c in enumerate(ed.name)).upper() + "_"
+    to_text: dict[int, str | None] = {}
+    from_text: dict[str, int] = {}
+    for v in ed.values:
+        if v.number == 0:
+            to_text[0] = None
+            continue
+        text = v.GetOptions().Extensions[options_pb2.enum_json] or (
+            v.name[len(prefix):] if v.name.startswith(prefix) else v.name).lower()
+        to_text[v.number] = text
+        from_text[text] = v.number
+        from_text[v.name] = v.number  # the proto name is accepted too
+    plan = _enums[ed.full_name] = _Enum(to_text, from_text)
+    return plan
+
+
+def _is_synthetic(oneof: _d.OneofDescriptor) -> bool:
+    # proto3 `optional` fields live in a one-field oneof named "_<field>".
+    return len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name
+
+
+def _field_plan(fd: _d.FieldDescriptor) -> _Field:
+    is_map = fd.is_repeated and fd.message_type is not None and fd.message_type.GetOptions().map_entry
+    return _Field(
+        fd=fd, name=fd.name, repeated=fd.is_repeated, is_map=bool(is_map),
+        is_message=fd.message_type is not None,
+        nullable=not fd.is_repeated and fd.has_presence,
+        enum=_enum_plan(fd.enum_type) if fd.enum_type is not None else None,
+    )
+
+
+def _plan(desc: _d.Descriptor) -> _Plan:
+    cached = _plans.get(desc.full_name)
+    if cached is not None:
+        return cached
+    opts = desc.GetOptions()
+    constants = dict(c.split("=", 1) for c in opts.Extensions[options_pb2.json_constants])
+    unions = [o for o in desc.oneofs if not _is_synthetic(o)]
+    if len(unions) > 1:
+        raise TypeError(f"{desc.full_name}: a union message has exactly one oneof")
+    union = unions[0] if unions else None
+    fields = [_field_plan(fd) for fd in desc.fields
+              if not fd.GetOptions().Extensions[options_pb2.grpc_only]
+              and (union is None or fd.containing_oneof is not union)]
+    by_key: dict[str, _Field] = {}
+    for f in fields:
+        by_key[f.name] = f
+        by_key.setdefault(f.fd.json_name, f)  # lowerCamelCase, as gRPC-JSON clients write it
+    plan = _Plan(desc=desc, fields=fields, by_key=by_key, constants=constants, union=union)
+    if union is not None:
+        plan.untagged = opts.Extensions[options_pb2.untagged]
+        plan.discriminator = opts.Extensions[options_pb2.union_discriminator] or "type"
+        plan.default_tag = opts.Extensions[options_pb2.union_default]
+        for fd in union.fields:
+            member = _field_plan(fd)
+            tag = fd.GetOptions().Extensions[options_pb2.union_tag] or fd.name
+            plan.tag_of[fd.name] = tag
+            plan.member_of[tag] = member
+            plan.members.append(member)
+    _plans[desc.full_name] = plan
+    return plan
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_json(msg: Message) -> Any:
+    """The legacy JSON value (dicts, lists, scalars) of a message."""
+    return _write_message(msg, _plan(msg.DESCRIPTOR))
+
+
+def _write_message(msg: Message, plan: _Plan) -> Any:
+    full_name = plan.desc.full_name
+    if full_name in _JSON_WKT:
+        return MessageToDict(msg)
+    if full_name == _TIMESTAMP:
+        return _write_timestamp(msg)
+    if plan.union is not None and plan.untagged:
+        member = msg.WhichOneof(plan.union.name)
+        if member is None:
+            return None
+        return _write_untagged_member(getattr(msg, member), plan.member_of[plan.tag_of[member]])
+    out: dict[str, Any] = {}
+    if plan.union is not None:
+        member = msg.WhichOneof(plan.union.name)
+        if member is not None:
+            out[plan.discriminator] = plan.tag_of[member]
+            value = _write_value(getattr(msg, member), plan.member_of[plan.tag_of[member]])
+            if isinstance(value, dict):
+                out.update(value)
+            else:
+                out[plan.tag_of[member]] = value
+    out.update(plan.constants)
+    for f in plan.fields:
+        if f.repeated or not f.nullable or msg.HasField(f.name):
+            out[f.name] = _write_field(getattr(msg, f.name), f)
+        else:
+            out[f.name] = None
+    return out
+
+
+def _write_untagged_member(value: Any, member: _Field) -> Any:
+    if member.is_message:
+        inner = _plan(member.fd.message_type)
+        if _is_list_wrapper(inner):
+            item = inner.fields[0]
+            return [_write_value(v, item) for v in getattr(value, item.name)]
+    return _write_value(value, member)
+
+
+def _is_list_wrapper(plan: _Plan) -> bool:
+    return plan.union is None and len(plan.fields) == 1 and plan.fields[0].repeated \
+        and not plan.fields[0].is_map
+
+
+def _write_field(value: Any, f: _Field) -> Any:
+    if f.is_map:
+        value_field = _plan(f.fd.message_type).by_key["value"]
+        return {str(k): _write_value(v, value_field) for k, v in value.items()}
+    if f.repeated:
+        return [_write_value(v, f) for v in value]
+    return _write_value(value, f)
+
+
+def _write_value(value: Any, f: _Field) -> Any:
+    if f.is_message:
+        return _write_message(value, _plan(f.fd.message_type))
+    if f.enum is not None:
+        return f.enum.to_text.get(value, value)
+    if f.fd.type == _FD.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    return value
+
+
+def _write_timestamp(ts: timestamp_pb2.Timestamp) -> str:
+    dt = datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parse(value: Any, message_type: type[Message]) -> Message:
+    """A new message of `message_type` read from a legacy JSON value. Raises CodecError."""
+    msg = message_type()
+    from_json(value, msg)
+    return msg
+
+
+def from_json(value: Any, msg: Message, path: str = "", strict: bool = False) -> None:
+    """Merges a legacy JSON value into `msg`. Unknown keys are ignored unless `strict`."""
+    _read_message(value, msg, _plan(msg.DESCRIPTOR), path, strict)
+
+
+def _read_message(value: Any, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
+    full_name = plan.desc.full_name
+    if full_name in _JSON_WKT:
+        try:
+            ParseDict(value, msg)
+        except ParseError as e:
+            raise CodecError(path, str(e)) from None
+        return
+    if full_name == _TIMESTAMP:
+        _read_timestamp(value, msg, path)
+        return
+    if plan.union is not None and plan.untagged:
+        _read_untagged(value, msg, plan, path, strict)
+        return
+    if not isinstance(value, dict):
+        raise CodecError(path, f"expected an object, got {_kind(value)}")
+    skip: set[str] = set(plan.constants)
+    if plan.union is not None:
+        tag = value.get(plan.discriminator)
+        if tag is None:
+            tag = plan.default_tag
+            if not tag:
+                raise CodecError(_join(path, plan.discriminator),
+                                 f"required; one of {sorted(plan.member_of)}")
+        member = plan.member_of.get(tag) if isinstance(tag, str) else None
+        if member is None:
+            raise CodecError(_join(path, plan.discriminator),
+                             f"unknown value {tag!r}; expected one of {sorted(plan.member_of)}")
+        skip.add(plan.discriminator)
+        skip.update(plan.by_key)
+        if member.is_message:
+            inner = _plan(member.fd.message_type)
+            rest = {k: v for k, v in value.items() if k not in skip}
+            _read_message(rest, getattr(msg, member.name), inner, path, strict)
+            getattr(msg, member.name).SetInParent()
+        else:
+            _read_field(value.get(tag), msg, member, _join(path, tag), strict)
+        skip = set(plan.constants) | {plan.discriminator}
+        for key, item in value.items():
+            f = plan.by_key.get(key)
+            if f is not None:
+                _read_field(item, msg, f, _join(path, key), strict)
+        return
+    for key, item in value.items():
+        f = plan.by_key.get(key)
+        if f is None:
+            if strict and key not in skip:
+                raise CodecError(_join(path, key), "unknown field")
+            continue
+        _read_field(item, msg, f, _join(path, key), strict)
+
+
+def _read_untagged(value: Any, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
+    if value is None:
+        return
+    kind = _kind(value)
+    candidates = [m for m in plan.members if _accepts(m, kind)]
+    if not candidates:
+        raise CodecError(path, f"expected {' or '.join(_describe(m) for m in plan.members)}, got {kind}")
+    if len(candidates) == 1 or kind != "an object":
+        _read_member(value, msg, candidates[0], path, strict)
+        return
+    # Several object members: the first that reads strictly wins, else the first that reads.
+    first_error: CodecError | None = None
+    for strictness in (True, False):
+        for member in candidates:
+            trial = type(msg)()
+            try:
+                _read_member(value, trial, member, path, strictness)
+            except CodecError as e:
+                first_error = first_error or e
+                continue
+            msg.MergeFrom(trial)
+            return
+    assert first_error is not None
+    raise first_error
+
+
+def _read_member(value: Any, msg: Message, member: _Field, path: str, strict: bool) -> None:
+    if member.is_message:
+        inner = _plan(member.fd.message_type)
+        target = getattr(msg, member.name)
+        if isinstance(value, list) and _is_list_wrapper(inner):
+            _read_field(value, target, inner.fields[0], path, strict)
+        else:
+            _read_message(value, target, inner, path, strict)
+        target.SetInParent()
+    else:
+        setattr(msg, member.name, _read_scalar(value, member, path))
+
+
+def _accepts(member: _Field, kind: str) -> bool:
+    if member.is_message:
+        inner = _plan(member.fd.message_type)
+        if inner.desc.full_name == "google.protobuf.Value":
+            return True
+        return kind == ("an array" if _is_list_wrapper(inner) else "an object")
+    t = member.fd.type
+    if member.enum is not None or t in (_FD.TYPE_STRING, _FD.TYPE_BYTES):
+        return kind == "a string"
+    if t == _FD.TYPE_BOOL:
+        return kind == "a boolean"
+    return kind == "a number"
+
+
+def _describe(member: _Field) -> str:
+    return {"an object": "an object", "an array": "an array"}.get(
+        next((k for k in ("an object", "an array", "a string", "a boolean", "a number")
+              if _accepts(member, k)), "a value"))
+
+
+def _read_field(value: Any, msg: Message, f: _Field, path: str, strict: bool) -> None:
+    if value is None:
+        msg.ClearField(f.name)
+        return
+    if f.is_map:
+        if not isinstance(value, dict):
+            raise CodecError(path, f"expected an object, got {_kind(value)}")
+        target = getattr(msg, f.name)
+        entry = _plan(f.fd.message_type)
+        key_field, value_field = entry.by_key["key"], entry.by_key["value"]
+        for k, v in value.items():
+            key = _read_scalar(k, key_field, _join(path, k)) if key_field.fd.type == _FD.TYPE_STRING \
+                else _read_scalar(_int_key(k, path), key_field, _join(path, k))
+            if value_field.is_message:
+                _read_message(v, target[key], _plan(value_field.fd.message_type), _join(path, k), strict)
+            else:
+                target[key] = _read_scalar(v, value_field, _join(path, k))
+        return
+    if f.repeated:
+        if not isinstance(value, list):
+            raise CodecError(path, f"expected an array, got {_kind(value)}")
+        target = getattr(msg, f.name)
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            if f.is_message:
+                _read_message(item, target.add(), _plan(f.fd.message_type), item_path, strict)
+            else:
+                if item is None:
+                    raise CodecError(item_path, "null is not allowed in a list")
+                target.append(_read_scalar(item, f, item_path))
+        return
+    if f.is_message:
+        target = getattr(msg, f.name)
+        _read_message(value, target, _plan(f.fd.message_type), path, strict)
+        target.SetInParent()
+        return
+    setattr(msg, f.name, _read_scalar(value, f, path))
+
+
+def _read_scalar(value: Any, f: _Field, path: str) -> Any:
+    t = f.fd.type
+    if f.enum is not None:
+        if isinstance(value, str) and value in f.enum.from_text:
+            return f.enum.from_text[value]
+        allowed = sorted(k for k in f.enum.from_text if not k.isupper())
+        raise CodecError(path, f"expected one of {allowed}, got {value!r}")
+    if t == _FD.TYPE_STRING:
+        if not isinstance(value, str):
+            raise CodecError(path, f"expected a string, got {_kind(value)}")
+        return value
+    if t == _FD.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise CodecError(path, f"expected a boolean, got {_kind(value)}")
+        return value
+    if t in _INT_TYPES:
+        return _read_int(value, t, path)
+    if t in _FLOAT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CodecError(path, f"expected a number, got {_kind(value)}")
+        return float(value)
+    if t == _FD.TYPE_BYTES:
+        if not isinstance(value, str):
+            raise CodecError(path, f"expected a base64 string, got {_kind(value)}")
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise CodecError(path, "invalid base64") from None
+    raise CodecError(path, f"unsupported field type {t}")  # pragma: no cover - not in our protos
+
+
+def _read_int(value: Any, t: int, path: str) -> int:
+    if isinstance(value, str):  # proto3 JSON writes 64-bit integers as strings
+        try:
+            value = int(value)
+        except ValueError:
+            raise CodecError(path, f"expected an integer, got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CodecError(path, f"expected an integer, got {_kind(value)}")
+    lo, hi = (-(2**31), 2**31 - 1) if t in _INT32_TYPES else (0, 2**64 - 1) if t in _UINT_TYPES \
+        else (-(2**63), 2**63 - 1)
+    if t in (_FD.TYPE_UINT32, _FD.TYPE_FIXED32):
+        hi = 2**32 - 1
+    if not lo <= value <= hi:
+        raise CodecError(path, f"{value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _int_key(key: str, path: str) -> int:
+    try:
+        return int(key)
+    except ValueError:
+        raise CodecError(_join(path, key), "expected an integer key") from None
+
+
+def _read_timestamp(value: Any, msg: timestamp_pb2.Timestamp, path: str) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        msg.FromNanoseconds(int(value * 1e9))  # unix seconds, as the OpenAI API writes them
+        return
+    if not isinstance(value, str):
+        raise CodecError(path, f"expected an RFC 3339 timestamp, got {_kind(value)}")
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CodecError(path, f"expected an RFC 3339 timestamp, got {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    msg.FromDatetime(dt)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# Exposed for the gateway, which reads path and query parameters into fields.
+def read_scalar_field(msg: Message, field_name: str, raw: str, path: str) -> None:
+    """Sets a scalar (or appends to a repeated scalar) field from its query-string text."""
+    f = _field_plan(msg.DESCRIPTOR.fields_by_name[field_name])
+    value: Any = raw
+    t = f.fd.type
+    if f.enum is None:
+        if t in _INT_TYPES:
+            value = _read_int(raw, t, path)
+        elif t in _FLOAT_TYPES:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise CodecError(path, f"expected a number, got {raw!r}") from None
+        elif t == _FD.TYPE_BOOL:
+            if raw not in ("true", "false", "1", "0"):
+                raise CodecError(path, f"expected true or false, got {raw!r}")
+            value = raw in ("true", "1")
+    if f.repeated:
+        getattr(msg, field_name).append(_read_scalar(value, f, path))
+    else:
+        setattr(msg, field_name, _read_scalar(value, f, path))
+
+

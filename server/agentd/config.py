@@ -1,0 +1,115 @@
+"""Configuration: one YAML file plus AGENTD_* environment variables, validated by pydantic.
+
+Precedence: built-in defaults < the YAML file named by AGENTD_CONFIG (or --config) < AGENTD_*
+variables. Every top-level setting has an environment variable: AGENTD_<NAME> in upper case
+(AGENTD_GRPC_ADDR, AGENTD_DATABASE_URL, ...); structured settings (providers, models) take
+JSON there. An unknown key or variable, or an invalid value, stops the start with a message
+that names it: a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "AGENTD_"
+CONFIG_ENV = "AGENTD_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the setting."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """A model served by a provider."""
+
+    id: str = Field(min_length=1, description="The id clients use (e.g. 'llama3.2:3b').")
+    provider_model_id: str | None = Field(None, description="The provider's name; default: id.")
+    model_type: Literal["llm", "embedding"] = "llm"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProviderConfig(_Strict):
+    """An inference provider: any OpenAI-compatible endpoint, or the embedded local model."""
+
+    id: str = Field(min_length=1)
+    type: Literal["openai", "local"]
+    base_url: str | None = Field(None, description="For type openai: e.g. http://127.0.0.1:8000/v1")
+    api_key: str | None = None
+    models: list[ModelConfig] = Field(default_factory=list)
+
+
+class Settings(_Strict):
+    grpc_addr: str = Field("127.0.0.1:50051", description="host:port of the gRPC server.")
+    http_addr: str = Field("127.0.0.1:8321", description="host:port of the HTTP gateway; '' disables it.")
+    data_dir: Path = Field(Path("data"), description="Where the embedded database lives.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/agentd.db. "
+                          "PostgreSQL: postgresql+asyncpg://user@host/db")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    grace_period_s: float = Field(10.0, ge=0, description="How long SIGTERM lets running calls finish.")
+    max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, description="gRPC message size limit.")
+    providers: list[ProviderConfig] = Field(default_factory=list)
+
+    @field_validator("grpc_addr", "http_addr")
+    @classmethod
+    def _host_port(cls, value: str, info) -> str:
+        if value == "" and info.field_name == "http_addr":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:50051")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'agentd.db'}"
+
+
+def load_settings(config_path: str | os.PathLike | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Builds the settings from the YAML file and the environment. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    path = config_path or env.get(CONFIG_ENV)
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        raw.update(loaded or {})
+    fields = Settings.model_fields
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in fields:
+            raise ConfigError(f"unknown setting {name} (known: "
+                              f"{', '.join(ENV_PREFIX + k.upper() for k in fields)})")
+        if key == "providers":
+            try:
+                raw[key] = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be JSON (a list of providers)") from None
+        else:
+            raw[key] = value
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None

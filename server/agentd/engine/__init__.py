@@ -1,0 +1,1 @@
+"""The engine: agent configuration rules now; the turn and response loops later."""

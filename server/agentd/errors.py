@@ -1,0 +1,102 @@
+"""Domain errors and their ONE mapping to gRPC status (google.rpc.Status with details).
+
+Engine, storage and servicers raise these; the call interceptor (api/interceptor.py) turns
+them into a status with an ErrorInfo (stable `reason`) and, for bad input, a BadRequest
+listing the offending fields. The HTTP gateway maps that status to an HTTP answer.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "agentd.dev"
+
+
+class AgentdError(Exception):
+    """An error a client can act on. `reason` is stable, UPPER_SNAKE, at most 63 characters."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 metadata: dict[str, str] | None = None,
+                 field_violations: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.metadata = metadata or {}
+        self.field_violations = field_violations or []
+
+
+class NotFound(AgentdError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, resource: str, resource_id: str):
+        # e.g. NotFound("agent", "agent_x") -> AGENT_NOT_FOUND "Agent 'agent_x' not found."
+        super().__init__(f"{resource.capitalize()} '{resource_id}' not found.",
+                         reason=f"{resource.upper()}_NOT_FOUND",
+                         metadata={"resource": resource, "id": resource_id})
+
+
+class InvalidArgument(AgentdError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str, *, reason: str | None = None):
+        super().__init__(f"{field}: {description}" if field else description, reason=reason,
+                         field_violations=[(field, description)] if field else [])
+
+
+class FailedPrecondition(AgentdError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class Unavailable(AgentdError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class Unimplemented(AgentdError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
+def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
+    """The gRPC status for any exception; unexpected ones become a bare INTERNAL."""
+    if isinstance(error, AgentdError):
+        code, reason, message = error.code, error.reason, error.message
+        metadata, violations = dict(error.metadata), error.field_violations
+    else:
+        code, reason, message, metadata, violations = (
+            grpc.StatusCode.INTERNAL, "INTERNAL", "Internal server error.", {}, [])
+    if request_id:
+        metadata["request_id"] = request_id
+    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))]
+    if violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])))
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+def _pack(detail) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+# The HTTP status of each gRPC code (google/rpc/code.proto "HTTP Mapping").
+HTTP_STATUS = {
+    code_pb2.OK: 200, code_pb2.CANCELLED: 499, code_pb2.UNKNOWN: 500,
+    code_pb2.INVALID_ARGUMENT: 400, code_pb2.DEADLINE_EXCEEDED: 504, code_pb2.NOT_FOUND: 404,
+    code_pb2.ALREADY_EXISTS: 409, code_pb2.PERMISSION_DENIED: 403,
+    code_pb2.RESOURCE_EXHAUSTED: 429, code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.ABORTED: 409, code_pb2.OUT_OF_RANGE: 400, code_pb2.UNIMPLEMENTED: 501,
+    code_pb2.INTERNAL: 500, code_pb2.UNAVAILABLE: 503, code_pb2.DATA_LOSS: 500,
+    code_pb2.UNAUTHENTICATED: 401,
+}

@@ -1,0 +1,1 @@
+"""The HTTP/JSON gateway serving the legacy REST routes (see app.py)."""

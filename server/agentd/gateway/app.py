@@ -1,0 +1,263 @@
+"""The HTTP/JSON gateway: legacy REST routes in, gRPC calls out.
+
+Routes come from the google.api.http annotations (routes.py); messages are converted by the
+one codec (agentd.codec); calls go over a loopback gRPC channel so that every interceptor
+(request id, errors, later auth and metrics) applies to REST callers exactly as to gRPC ones.
+No handler is written per endpoint.
+
+Two generic rules beyond google.api.http:
+- A unary and a server-streaming RPC may share a route; the request's `stream` flag (JSON
+  body key, or query parameter for GET) selects the streaming one. Streams are SSE.
+- A response message with no fields is answered 204 No Content (Llama Stack's deletes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import grpc
+from google.protobuf import symbol_database
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from agentd import codec, paging
+from agentd.errors import HTTP_STATUS, AgentdError, InvalidArgument
+from agentd.gateway.routes import Route
+from agentd.v1 import options_pb2
+
+log = logging.getLogger("agentd.gateway")
+_FORWARDED_HEADERS = ("authorization", "x-request-id")
+_LEGACY_STYLE = options_pb2.ERROR_STYLE_LLAMA_STACK
+_symbols = symbol_database.Default()
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _QueryPlan:
+    """How one route reads its query parameters into the request message."""
+
+    def __init__(self, request_type: type[Message], route: Route):
+        self.fields: dict[str, str] = {}  # query name -> field name
+        self.cursors: dict[str, str] = {}  # legacy cursor query name -> page token field
+        bound = set(route.variables)
+        for fd in request_type.DESCRIPTOR.fields:
+            if fd.name in bound or fd.message_type is not None:
+                continue
+            opts = fd.GetOptions()
+            self.fields[fd.name] = fd.name
+            for alias in opts.Extensions[options_pb2.query_aliases]:
+                self.fields[alias] = fd.name
+            for cursor in opts.Extensions[options_pb2.legacy_cursors]:
+                self.cursors[cursor] = fd.name
+
+
+class Endpoint:
+    """A route with its message classes, ready to convert and call."""
+
+    def __init__(self, route: Route, channel: grpc.aio.Channel):
+        self.route = route
+        method = route.method
+        self.request_type = _symbols.GetSymbol(method.input_type.full_name)
+        self.response_type = _symbols.GetSymbol(method.output_type.full_name)
+        factory = channel.unary_stream if method.server_streaming else channel.unary_unary
+        self.call = factory(route.grpc_path, request_serializer=self.request_type.SerializeToString,
+                            response_deserializer=self.response_type.FromString)
+        self.query = _QueryPlan(self.request_type, route) if route.body != "*" else None
+        response_fields = self.response_type.DESCRIPTOR.fields
+        self.no_content = not response_fields and not method.server_streaming
+
+    def build_request(self, path_params: dict[str, str], query: list[tuple[str, str]],
+                      body: Any) -> Message:
+        msg = self.request_type()
+        if self.route.body == "*":
+            codec.from_json(body if body is not None else {}, msg)
+        elif self.route.body:
+            codec.from_json(body, getattr(msg, self.route.body), self.route.body)
+        if self.query is not None:
+            for name, raw in query:
+                if name in self.query.cursors:
+                    setattr(msg, self.query.cursors[name], paging.encode(paging.from_legacy(name, raw)))
+                elif name in self.query.fields:
+                    codec.read_scalar_field(msg, self.query.fields[name], raw, name)
+        for name, value in path_params.items():
+            codec.read_scalar_field(msg, name.replace("__", "."), value, name)
+        return msg
+
+    def unwrap(self, response: Message) -> Any:
+        if self.route.response_body:
+            return codec.to_json(getattr(response, self.route.response_body))
+        return codec.to_json(response)
+
+
+class Gateway:
+    """The ASGI application."""
+
+    def __init__(self, routes: list[Route], channel: grpc.aio.Channel):
+        self.endpoints = [Endpoint(r, channel) for r in routes]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        request = Request(scope, receive)
+        response = await self.handle(request)
+        await response(scope, receive, send)
+
+    def match(self, verb: str, path: str) -> tuple[list[tuple[Endpoint, dict]], set[str]]:
+        found, allowed = [], set()
+        for endpoint in self.endpoints:
+            m = endpoint.route.pattern.match(path)
+            if m is None:
+                continue
+            allowed.add(endpoint.route.verb)
+            if endpoint.route.verb == verb:
+                found.append((endpoint, m.groupdict()))
+        return found, allowed
+
+    async def handle(self, request: Request) -> Response:
+        candidates, allowed = self.match(request.method, request.url.path)
+        style = (candidates[0][0] if candidates else None)
+        style = style.route.error_style if style else _style_for_path(request.url.path)
+        if not candidates:
+            if allowed:
+                return _error(style, 405, "Method Not Allowed", "METHOD_NOT_ALLOWED",
+                              headers={"Allow": ", ".join(sorted(allowed))})
+            return _error(style, 404, "Not Found", "NOT_FOUND")
+        query = parse_qsl(request.url.query, keep_blank_values=True)
+        body: Any = None
+        raw = await request.body()
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError as e:
+                return _error(style, 400, f"Request body is not valid JSON: {e}", "INVALID_JSON")
+        stream = _wants_stream(body, query)
+        endpoint, path_params = _select(candidates, stream)
+        try:
+            message = endpoint.build_request(path_params, query, body)
+        except codec.CodecError as e:
+            return _agentd_error(style, InvalidArgument(e.field, e.description))
+        except AgentdError as e:
+            return _agentd_error(style, e)
+        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
+        if endpoint.route.streaming:
+            return await _stream(endpoint, message, metadata, style)
+        try:
+            response = await endpoint.call(message, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            return _rpc_error(style, e)
+        if endpoint.no_content:
+            return Response(status_code=204)
+        return Response(_dumps(endpoint.unwrap(response)), media_type="application/json")
+
+
+def _wants_stream(body: Any, query: list[tuple[str, str]]) -> bool:
+    if isinstance(body, dict) and isinstance(body.get("stream"), bool):
+        return body["stream"]
+    return any(k == "stream" and v in ("true", "1") for k, v in query)
+
+
+def _select(candidates: list[tuple[Endpoint, dict]], stream: bool) -> tuple[Endpoint, dict]:
+    for endpoint, params in candidates:
+        if endpoint.route.streaming == stream:
+            return endpoint, params
+    return candidates[0]
+
+
+async def _stream(endpoint: Endpoint, message: Message, metadata, style: int) -> Response:
+    call = endpoint.call(message, metadata=metadata)
+    try:
+        # Peek at the first event so that failures before the stream starts (bad ids,
+        # validation) get their real HTTP status rather than a 200 with an error event.
+        first = await call.read()
+    except grpc.aio.AioRpcError as e:
+        return _rpc_error(style, e)
+    if first is grpc.aio.EOF:
+        return StreamingResponse(iter(()), media_type="text/event-stream")
+
+    async def events():
+        item = first
+        try:
+            while item is not grpc.aio.EOF:
+                yield b"data: " + _dumps(endpoint.unwrap(item)) + b"\n\n"
+                item = await call.read()
+        except grpc.aio.AioRpcError as e:
+            _, body = _rpc_error_body(style, e)
+            yield b"data: " + _dumps(body) + b"\n\n"
+        finally:
+            call.cancel()  # a client that went away stops the call (no leaked stream)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _style_for_path(path: str) -> int:
+    return _LEGACY_STYLE if "/agents" in path else options_pb2.ERROR_STYLE_OPENAI
+
+
+def _rpc_error_body(style: int, error: grpc.aio.AioRpcError) -> tuple[int, dict]:
+    code = error.code()
+    reason, param = code.name, None
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    if bad.field_violations:
+                        param = bad.field_violations[0].field
+    http = HTTP_STATUS.get(code.value[0], 500)
+    return http, _error_body(style, http, error.details() or code.name, reason, param)
+
+
+def _rpc_error(style: int, error: grpc.aio.AioRpcError) -> Response:
+    http, body = _rpc_error_body(style, error)
+    return Response(_dumps(body), status_code=http, media_type="application/json")
+
+
+def _agentd_error(style: int, error: AgentdError) -> Response:
+    http = HTTP_STATUS.get(error.code.value[0], 500)
+    param = error.field_violations[0][0] if error.field_violations else None
+    return Response(_dumps(_error_body(style, http, error.message, error.reason, param)),
+                    status_code=http, media_type="application/json")
+
+
+def _error(style: int, http: int, message: str, reason: str, headers=None) -> Response:
+    return Response(_dumps(_error_body(style, http, message, reason, None)), status_code=http,
+                    media_type="application/json", headers=headers)
+
+
+def _error_body(style: int, http: int, message: str, reason: str, param: str | None) -> dict:
+    if style == _LEGACY_STYLE:
+        return {"detail": message}
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 409: "conflict_error", 429: "rate_limit_error"}.get(
+        http, "invalid_request_error" if http < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": reason.lower()}}
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+

@@ -1,0 +1,98 @@
+"""Generic, owner-scoped row access shared by every resource.
+
+Every query filters on the owner, so one tenant never sees another's rows: a row that exists
+but belongs to someone else is indistinguishable from a missing one (NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, insert, or_, select
+
+from agentd.errors import InvalidArgument
+from agentd.paging import Cursor
+from agentd.storage.database import Database
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class Page:
+    bodies: list[bytes]
+    has_more: bool
+    # Cursor of the next page (after the last row), None on the last page.
+    next_cursor: Cursor | None
+    # Ids of the first and last rows of this page ("" when empty), as OpenAI lists report them.
+    first_id: str = ""
+    last_id: str = ""
+
+
+class Repository:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def insert(self, table: Table, **values: Any) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(insert(table).values(**values))
+
+    async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
+        query = select(table.c.body).where(*self._scope(table, owner, parents), table.c.id == row_id)
+        async with self.db.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def exists(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
+        query = select(table.c.id).where(*self._scope(table, owner, parents), table.c.id == row_id)
+        async with self.db.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def delete(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
+        """Deletes a row (children go with it: ON DELETE CASCADE). False if there was none."""
+        query = delete(table).where(*self._scope(table, owner, parents), table.c.id == row_id)
+        async with self.db.engine.begin() as conn:
+            return (await conn.execute(query)).rowcount > 0
+
+    async def page(self, table: Table, owner: str, cursor: Cursor, limit: int,
+                   descending: bool = False, cursor_field: str = "page_token",
+                   **filters: str) -> Page:
+        """One page in (created_at, id) order: stable, no gaps or repeats under inserts."""
+        scope = self._scope(table, owner, filters)
+        order = (table.c.created_at, table.c.id)
+        backwards = cursor.before is not None  # walk towards the start, then flip
+        query = select(table.c.id, table.c.body).where(*scope)
+        anchor_id = cursor.after if cursor.after is not None else cursor.before
+        async with self.db.engine.connect() as conn:
+            if anchor_id is not None:
+                anchor = (await conn.execute(
+                    select(table.c.created_at).where(*scope, table.c.id == anchor_id))).first()
+                if anchor is None:
+                    raise InvalidArgument(cursor_field, f"no item with id '{anchor_id}' in this list")
+                later = descending == backwards  # rows after the anchor in storage order?
+                query = query.where(_beyond(table, anchor.created_at, anchor_id, later))
+            walk_desc = descending != backwards
+            query = query.order_by(*(c.desc() if walk_desc else c.asc() for c in order))
+            query = query.offset(cursor.offset).limit(limit + 1)
+            rows = (await conn.execute(query)).all()
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        if backwards:
+            rows.reverse()
+        next_cursor = Cursor(after=rows[-1].id) if has_more and rows else None
+        return Page(bodies=[r.body for r in rows], has_more=has_more, next_cursor=next_cursor,
+                    first_id=rows[0].id if rows else "", last_id=rows[-1].id if rows else "")
+
+    @staticmethod
+    def _scope(table: Table, owner: str, parents: dict[str, str]) -> list:
+        return [table.c.owner == owner, *(table.c[name] == value for name, value in parents.items())]
+
+
+def _beyond(table: Table, created_at: int, row_id: str, later: bool):
+    if later:
+        return or_(table.c.created_at > created_at,
+                   and_(table.c.created_at == created_at, table.c.id > row_id))
+    return or_(table.c.created_at < created_at,
+               and_(table.c.created_at == created_at, table.c.id < row_id))

@@ -1,0 +1,107 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL) and a real agentd on ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from agentd.app import Agentd
+from agentd.config import Settings
+from agentd.storage.schema import metadata
+from agentd.v1 import agents_pb2_grpc, models_pb2_grpc
+
+POSTGRES_URL = os.environ.get("AGENTD_TEST_POSTGRES_URL",
+                              "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgres"]
+
+
+async def _admin(sql: str) -> None:
+    engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    name = f"agentd_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # noqa: BLE001 - reported as a failure with the reason
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {e}. "
+                    "Set AGENTD_TEST_POSTGRES_URL or start the server.")
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'agentd.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    # One database per run; empty it after each test so tests stay independent.
+    async def truncate():
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            tables = ", ".join(t.name for t in metadata.sorted_tables)
+            await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+        await engine.dispose()
+    asyncio.run(truncate())
+
+
+def make_settings(database_url: str, tmp_path, **overrides) -> Settings:
+    values = dict(grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0", data_dir=tmp_path,
+                  database_url=database_url, grace_period_s=0, providers=[
+                      {"id": "fake", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
+                       "models": [{"id": "test-model"},
+                                  {"id": "org/test-embed", "model_type": "embedding",
+                                   "metadata": {"embedding_dimension": 384}}]}])
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest_asyncio.fixture
+async def agentd(database_url, tmp_path):
+    """A running agentd (gRPC + gateway) on ephemeral ports."""
+    server = Agentd(make_settings(database_url, tmp_path))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def channel(agentd):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def agents(channel):
+    return agents_pb2_grpc.AgentsServiceStub(channel)
+
+
+@pytest.fixture
+def models(channel):
+    return models_pb2_grpc.ModelsServiceStub(channel)
+
+
+@pytest_asyncio.fixture
+async def http(agentd):
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agentd.http_port}") as client:
+        yield client

@@ -1,0 +1,185 @@
+"""The agents and sessions RPCs over gRPC, against a real server on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import func, select
+
+from agentd.storage import schema
+from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agents_pb2 as pb
+
+
+def config(**fields) -> t.AgentConfig:
+    return t.AgentConfig(model=fields.pop("model", "test-model"),
+                         instructions=fields.pop("instructions", "Be brief."), **fields)
+
+
+async def error_of(call) -> tuple[grpc.StatusCode, str, list[str]]:
+    """The code, ErrorInfo reason and BadRequest fields of a failed call."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    status = rpc_status.from_call(caught.value)
+    reason, fields = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return caught.value.code(), reason, fields
+
+
+async def test_create_and_get_agent_normalizes_the_config(agents):
+    created = await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config(name="helper")))
+    assert created.agent_id.startswith("agent_")
+    got = (await agents.GetAgent(pb.GetAgentRequest(agent_id=created.agent_id))).agent
+    assert got == created.agent
+    cfg = got.agent_config
+    assert (cfg.model, cfg.instructions, cfg.name) == ("test-model", "Be brief.", "helper")
+    assert cfg.tool_config.tool_choice == "auto"
+    assert cfg.tool_config.system_message_behavior == t.SYSTEM_MESSAGE_BEHAVIOR_APPEND
+    assert cfg.sampling_params.strategy.WhichOneof("strategy") == "greedy"
+    assert cfg.max_infer_iters == 10
+    assert got.created_at.seconds > 0
+
+
+async def test_deprecated_tool_choice_moves_into_tool_config(agents):
+    created = await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config(tool_choice="required")))
+    assert created.agent.agent_config.tool_config.tool_choice == "required"
+
+
+@pytest.mark.parametrize("bad, field", [
+    (config(model=""), "agent_config.model"),
+    (config(tool_choice="required", tool_config=t.ToolConfig(tool_choice="auto")), "agent_config.tool_choice"),
+    (config(tool_prompt_format=t.TOOL_PROMPT_FORMAT_JSON,
+            tool_config=t.ToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
+     "agent_config.tool_prompt_format"),
+    (config(max_infer_iters=0), "agent_config.max_infer_iters"),
+    (config(client_tools=[t.ToolDef(name="a"), t.ToolDef(name="a")]), "agent_config.client_tools[1].name"),
+    (config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(
+        top_p=t.TopPSamplingStrategy(temperature=0)))), "agent_config.sampling_params.strategy.temperature"),
+])
+async def test_invalid_config_is_invalid_argument_naming_the_field(agents, agentd, bad, field):
+    code, reason, fields = await error_of(agents.CreateAgent(pb.CreateAgentRequest(agent_config=bad)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason == "INVALID_ARGUMENT"
+    assert fields == [field]
+    async with agentd.db.engine.connect() as conn:  # nothing half-written
+        assert (await conn.execute(select(func.count()).select_from(schema.agents))).scalar() == 0
+
+
+async def test_missing_config_is_invalid_argument(agents):
+    code, _, fields = await error_of(agents.CreateAgent(pb.CreateAgentRequest()))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["agent_config"])
+
+
+async def test_unknown_agent_is_not_found(agents):
+    for call in (agents.GetAgent(pb.GetAgentRequest(agent_id="agent_nope")),
+                 agents.DeleteAgent(pb.DeleteAgentRequest(agent_id="agent_nope")),
+                 agents.CreateSession(pb.CreateSessionRequest(agent_id="agent_nope", session_name="s")),
+                 agents.ListSessions(pb.ListSessionsRequest(agent_id="agent_nope"))):
+        code, reason, _ = await error_of(call)
+        assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "AGENT_NOT_FOUND")
+
+
+async def test_list_agents_pages_in_creation_order_without_gaps(agents):
+    ids = [(await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+           for _ in range(5)]
+    seen, token, pages = [], "", 0
+    while True:
+        page = await agents.ListAgents(pb.ListAgentsRequest(page_size=2, page_token=token))
+        seen += [a.agent_id for a in page.data]
+        pages += 1
+        assert page.has_more == bool(page.next_page_token)
+        if not page.has_more:
+            break
+        token = page.next_page_token
+    assert seen == ids
+    assert pages == 3
+    everything = await agents.ListAgents(pb.ListAgentsRequest())
+    assert [a.agent_id for a in everything.data] == ids and not everything.has_more
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.ListAgentsRequest(page_size=-1), "page_size"),
+    (pb.ListAgentsRequest(page_token="garbage!"), "page_token"),
+])
+async def test_bad_paging_is_invalid_argument(agents, request_, field):
+    code, _, fields = await error_of(agents.ListAgents(request_))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+
+
+async def test_sessions_lifecycle(agents):
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    made = [await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=f"s{i}"))
+            for i in range(3)]
+    assert all(m.session_id.startswith("sess_") for m in made)
+    got = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=made[0].session_id))).session
+    assert (got.session_name, list(got.turns)) == ("s0", [])
+    assert got.started_at == made[0].session.started_at
+    listed = await agents.ListSessions(pb.ListSessionsRequest(agent_id=agent_id, page_size=2))
+    assert [s.session_name for s in listed.data] == ["s0", "s1"] and listed.has_more
+    await agents.DeleteSession(pb.DeleteSessionRequest(agent_id=agent_id, session_id=made[1].session_id))
+    code, reason, _ = await error_of(agents.GetSession(pb.GetSessionRequest(
+        agent_id=agent_id, session_id=made[1].session_id)))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    rest = await agents.ListSessions(pb.ListSessionsRequest(agent_id=agent_id))
+    assert [s.session_name for s in rest.data] == ["s0", "s2"]
+
+
+async def test_session_of_another_agent_is_not_found(agents):
+    a = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    b = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=a, session_name="s"))).session_id
+    code, _, _ = await error_of(agents.GetSession(pb.GetSessionRequest(agent_id=b, session_id=session_id)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _, _ = await error_of(agents.DeleteSession(pb.DeleteSessionRequest(agent_id=b, session_id=session_id)))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_session_name_is_required(agents):
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    code, _, fields = await error_of(agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id)))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["session_name"])
+
+
+async def test_delete_agent_cascades_to_sessions(agents, agentd):
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    for i in range(2):
+        await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=f"s{i}"))
+    await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
+    code, _, _ = await error_of(agents.GetAgent(pb.GetAgentRequest(agent_id=agent_id)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    async with agentd.db.engine.connect() as conn:
+        left = await conn.execute(select(func.count()).select_from(schema.sessions)
+                                  .where(schema.sessions.c.agent_id == agent_id))
+        assert left.scalar() == 0
+
+
+async def test_unknown_turn_and_step_are_not_found(agents):
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
+    code, reason, _ = await error_of(agents.GetTurn(pb.GetTurnRequest(
+        agent_id=agent_id, session_id=session_id, turn_id="turn_nope")))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND")
+    code, _, _ = await error_of(agents.GetStep(pb.GetStepRequest(
+        agent_id=agent_id, session_id=session_id, turn_id="turn_nope", step_id="step_x")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_running_turns_is_unimplemented_for_now(agents):
+    request = dict(agent_id="agent_x", session_id="sess_x")
+    code, reason, _ = await error_of(agents.CreateTurn(pb.CreateTurnRequest(**request)))
+    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "TURNS_NOT_AVAILABLE")
+    stream = agents.StreamTurn(pb.StreamTurnRequest(**request))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stream:
+            pass
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
