@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 
@@ -24,6 +25,13 @@ POSTGRES_URL = os.environ.get("AGENTD_TEST_POSTGRES_URL",
 BACKENDS = ["sqlite", "postgres"]
 
 
+def _run(coro) -> None:
+    """Runs a coroutine to completion on a private loop in a thread: fixtures that prepare
+    databases may be set up while a test's event loop is already running."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
 async def _admin(sql: str) -> None:
     engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -38,12 +46,12 @@ def postgres_url():
     """A fresh PostgreSQL database for this test run, dropped at the end."""
     name = f"agentd_test_{uuid.uuid4().hex[:12]}"
     try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        _run(_admin(f'CREATE DATABASE "{name}"'))
     except Exception as e:  # noqa: BLE001 - reported as a failure with the reason
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {e}. "
                     "Set AGENTD_TEST_POSTGRES_URL or start the server.")
     yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -60,7 +68,7 @@ def database_url(request, tmp_path):
             tables = ", ".join(t.name for t in metadata.sorted_tables)
             await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
         await engine.dispose()
-    asyncio.run(truncate())
+    _run(truncate())
 
 
 def make_settings(database_url: str, tmp_path, **overrides) -> Settings:

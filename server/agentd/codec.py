@@ -346,9 +346,10 @@ def _accepts(member: _Field, kind: str) -> bool:
 
 
 def _describe(member: _Field) -> str:
-    return {"an object": "an object", "an array": "an array"}.get(
-        next((k for k in ("an object", "an array", "a string", "a boolean", "a number")
-              if _accepts(member, k)), "a value"))
+    for kind in ("a string", "a number", "a boolean", "an object", "an array"):
+        if _accepts(member, kind):
+            return kind
+    return "a value"
 
 
 def _read_field(value: Any, msg: Message, f: _Field, path: str, strict: bool) -> None:

@@ -183,3 +183,9 @@ async def test_running_turns_is_unimplemented_for_now(agents):
         async for _ in stream:
             pass
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_request_id_comes_back_in_initial_metadata(agents):
+    call = agents.ListAgents(pb.ListAgentsRequest(), metadata=(("x-request-id", "abc-1"),))
+    await call
+    assert dict(await call.initial_metadata())["x-request-id"] == "abc-1"

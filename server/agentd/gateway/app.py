@@ -149,13 +149,20 @@ class Gateway:
         metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
         if endpoint.route.streaming:
             return await _stream(endpoint, message, metadata, style)
+        call = endpoint.call(message, metadata=metadata)
         try:
-            response = await endpoint.call(message, metadata=metadata)
+            response = await call
         except grpc.aio.AioRpcError as e:
             return _rpc_error(style, e)
+        headers = _echoed_headers(await call.initial_metadata())
         if endpoint.no_content:
-            return Response(status_code=204)
-        return Response(_dumps(endpoint.unwrap(response)), media_type="application/json")
+            return Response(status_code=204, headers=headers)
+        return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
+                        headers=headers)
+
+
+def _echoed_headers(initial_metadata) -> dict[str, str]:
+    return {k: v for k, v in initial_metadata or () if k == "x-request-id"}
 
 
 def _wants_stream(body: Any, query: list[tuple[str, str]]) -> bool:
@@ -194,8 +201,9 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int) ->
         finally:
             call.cancel()  # a client that went away stops the call (no leaked stream)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+               **_echoed_headers(await call.initial_metadata())}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 # ---------------------------------------------------------------------------- errors

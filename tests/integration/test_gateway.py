@@ -1,0 +1,141 @@
+"""The legacy REST routes, through the real gateway in front of the real gRPC server."""
+
+from __future__ import annotations
+
+import pytest
+
+AGENT_CONFIG = {"model": "test-model", "instructions": "Be brief.",
+                "toolgroups": ["builtin::rag", {"name": "mcp::docs", "args": {"k": 3}}],
+                "client_tools": [{"name": "get_weather", "description": "Weather",
+                                  "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+                "sampling_params": {"strategy": {"type": "top_p", "temperature": 0.5, "top_p": 0.9},
+                                    "max_tokens": 256}}
+
+
+@pytest.mark.parametrize("prefix", ["/v1alpha", "/v1"])
+async def test_agent_crud_in_the_llama_stack_shape(http, prefix):
+    created = await http.post(f"{prefix}/agents", json={"agent_config": AGENT_CONFIG})
+    assert created.status_code == 200
+    assert list(created.json()) == ["agent_id"]
+    agent_id = created.json()["agent_id"]
+
+    got = await http.get(f"{prefix}/agents/{agent_id}")
+    assert got.status_code == 200
+    agent = got.json()
+    assert agent["agent_id"] == agent_id and agent["created_at"].endswith("Z")
+    cfg = agent["agent_config"]
+    assert cfg["toolgroups"] == AGENT_CONFIG["toolgroups"]
+    assert cfg["client_tools"][0]["input_schema"] == AGENT_CONFIG["client_tools"][0]["input_schema"]
+    assert cfg["sampling_params"]["strategy"] == {"type": "top_p", "temperature": 0.5, "top_p": 0.9}
+    assert cfg["sampling_params"]["max_tokens"] == 256
+    assert cfg["tool_config"] == {"tool_choice": "auto", "tool_prompt_format": None,
+                                  "system_message_behavior": "append"}
+    assert cfg["max_infer_iters"] == 10
+
+    deleted = await http.delete(f"{prefix}/agents/{agent_id}")
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    gone = await http.get(f"{prefix}/agents/{agent_id}")
+    assert gone.status_code == 404
+    assert gone.json() == {"detail": f"Agent '{agent_id}' not found."}
+
+
+async def test_list_agents_with_start_index_and_limit(http):
+    ids = [(await http.post("/v1alpha/agents", json={"agent_config": AGENT_CONFIG})).json()["agent_id"]
+           for _ in range(5)]
+    page = (await http.get("/v1alpha/agents", params={"start_index": 1, "limit": 3})).json()
+    assert [a["agent_id"] for a in page["data"]] == ids[1:4]
+    assert page["has_more"] is True
+    assert "next_page_token" not in page  # gRPC only
+    last = (await http.get("/v1alpha/agents", params={"start_index": 3, "limit": 5})).json()
+    assert [a["agent_id"] for a in last["data"]] == ids[3:] and last["has_more"] is False
+    everything = (await http.get("/v1alpha/agents")).json()
+    assert [a["agent_id"] for a in everything["data"]] == ids
+
+
+async def test_session_routes(http):
+    agent_id = (await http.post("/v1alpha/agents", json={"agent_config": AGENT_CONFIG})).json()["agent_id"]
+    base = f"/v1alpha/agents/{agent_id}"
+    made = await http.post(f"{base}/session", json={"session_name": "first"})
+    assert made.status_code == 200 and list(made.json()) == ["session_id"]
+    session_id = made.json()["session_id"]
+    session = (await http.get(f"{base}/session/{session_id}")).json()
+    assert session["session_id"] == session_id and session["session_name"] == "first"
+    assert session["turns"] == [] and session["started_at"].endswith("Z")
+    listed = (await http.get(f"{base}/sessions")).json()
+    assert [s["session_id"] for s in listed["data"]] == [session_id]
+    assert (await http.delete(f"{base}/session/{session_id}")).status_code == 204
+    missing = await http.get(f"{base}/session/{session_id}")
+    assert missing.status_code == 404 and "not found" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"agent_config": {"instructions": "x"}}, 400, "agent_config.model"),
+    ({"agent_config": {"model": 5, "instructions": "x"}}, 400, "agent_config.model: expected a string"),
+    ({"agent_config": {"model": "m", "instructions": "x", "tool_choice": "required",
+                       "tool_config": {"tool_choice": "auto"}}}, 400, "tool_choice is deprecated"),
+    ({"agent_config": {"model": "m", "instructions": "x",
+                       "sampling_params": {"strategy": {"type": "nucleus"}}}}, 400, "unknown value 'nucleus'"),
+    ({}, 400, "agent_config: required"),
+])
+async def test_bad_agent_config_is_400_with_detail(http, body, status, needle):
+    response = await http.post("/v1alpha/agents", json=body)
+    assert response.status_code == status
+    assert needle in response.json()["detail"]
+
+
+async def test_invalid_json_body_is_400(http):
+    response = await http.post("/v1alpha/agents", content=b"{not json",
+                               headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
+
+
+async def test_wrong_method_is_405_with_allow_and_unknown_route_404(http):
+    response = await http.put("/v1alpha/agents")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert (await http.get("/v1alpha/nothing-here")).status_code == 404
+
+
+async def test_bad_legacy_cursor_is_400(http):
+    response = await http.get("/v1alpha/agents", params={"start_index": "x"})
+    assert response.status_code == 400 and "start_index" in response.json()["detail"]
+    response = await http.get("/v1alpha/agents", params={"limit": "-3"})
+    assert response.status_code == 400 and "page_size" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_turn_route_answers_501_until_the_engine_lands(http, stream):
+    agent_id = (await http.post("/v1alpha/agents", json={"agent_config": AGENT_CONFIG})).json()["agent_id"]
+    session_id = (await http.post(f"/v1alpha/agents/{agent_id}/session",
+                                  json={"session_name": "s"})).json()["session_id"]
+    response = await http.post(f"/v1alpha/agents/{agent_id}/session/{session_id}/turn",
+                               json={"messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    # A streaming call that fails before its first event gets the real status, not a 200.
+    assert response.status_code == 501
+    assert response.headers["content-type"] == "application/json"
+    assert "not available" in response.json()["detail"]
+
+
+async def test_models_in_both_sdk_shapes(http):
+    for path in ("/v1/models", "/v1/openai/v1/models"):
+        body = (await http.get(path)).json()
+        assert body["object"] == "list"
+        first = body["data"][0]
+        assert first["identifier"] == first["id"] == "test-model"
+        assert first["object"] == "model" and first["type"] == "model"
+        assert first["model_type"] == "llm" and first["owned_by"] == "fake"
+        assert isinstance(first["created"], int)
+    embed = await http.get("/v1/models/org/test-embed")  # ids may contain "/"
+    assert embed.status_code == 200
+    assert embed.json()["metadata"] == {"embedding_dimension": 384}
+    missing = await http.get("/v1/models/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+    assert missing.json()["error"]["type"] == "not_found_error"
+
+
+async def test_request_id_is_forwarded_and_echoed(http):
+    given = await http.get("/v1alpha/agents", headers={"x-request-id": "req-123"})
+    assert given.headers["x-request-id"] == "req-123"
+    generated = await http.get("/v1alpha/agents")
+    assert len(generated.headers["x-request-id"]) == 16

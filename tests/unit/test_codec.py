@@ -1,0 +1,144 @@
+"""The generic codec: legacy JSON shapes in and out, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentd import codec
+from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agents_pb2 as pb
+from agentd.v1 import models_pb2
+
+TURN = {
+    "turn_id": "turn_1", "session_id": "sess_1",
+    "input_messages": [
+        {"role": "user", "content": "hello", "context": None},
+        {"role": "tool", "call_id": "c1", "content": [{"type": "text", "text": "42"},
+                                                      {"type": "image", "image": {"url": {"uri": "http://x/i.png"}, "data": None}}]},
+    ],
+    "steps": [
+        {"step_type": "inference", "turn_id": "turn_1", "step_id": "step_1",
+         "started_at": "2025-10-26T12:00:00.123456Z", "completed_at": "2025-10-26T12:00:01Z",
+         "model_response": {"role": "assistant", "content": "",
+                            "stop_reason": "end_of_message",
+                            "tool_calls": [{"call_id": "c1", "tool_name": "calc", "arguments": "{\"x\": 1}"}]}},
+        {"step_type": "tool_execution", "turn_id": "turn_1", "step_id": "step_2",
+         "started_at": None, "completed_at": None,
+         "tool_calls": [{"call_id": "c1", "tool_name": "calc", "arguments": "{}"}],
+         "tool_responses": [{"call_id": "c1", "tool_name": "calc", "content": {"type": "text", "text": "1"},
+                             "metadata": {"source": "https://example.com", "n": 2}}]},
+        {"step_type": "shield_call", "turn_id": "turn_1", "step_id": "step_3", "started_at": None,
+         "completed_at": None,
+         "violation": {"violation_level": "error", "user_message": "no", "metadata": {}}},
+    ],
+    "output_message": {"role": "assistant", "content": "done", "stop_reason": "end_of_turn", "tool_calls": []},
+    "output_attachments": [{"content": {"uri": "http://x/a.txt"}, "mime_type": "text/plain"}],
+    "started_at": "2025-10-26T12:00:00Z", "completed_at": None,
+}
+
+
+def test_turn_round_trips_exactly():
+    turn = codec.parse(TURN, t.Turn)
+    assert turn.steps[1].tool_execution.tool_responses[0].metadata["n"] == 2
+    assert turn.output_attachments[0].content.WhichOneof("content") == "url"
+    assert turn.input_messages[1].tool.content.WhichOneof("content") == "items"
+    assert codec.to_json(turn) == TURN
+
+
+@pytest.mark.parametrize("content, member", [
+    ("text", "text"),
+    ({"type": "text", "text": "x"}, "item"),
+    ([{"type": "text", "text": "x"}], "items"),
+    ([], "items"),
+])
+def test_string_or_list_content_picks_the_member_by_json_kind(content, member):
+    message = codec.parse({"role": "user", "content": content}, t.TurnInputMessage)
+    assert message.user.content.WhichOneof("content") == member
+    assert codec.to_json(message)["content"] == content
+
+
+def test_object_members_of_an_untagged_union_are_tried_in_order():
+    url = codec.parse({"uri": "http://x"}, t.DocumentContent)
+    item = codec.parse({"type": "text", "text": "x"}, t.DocumentContent)
+    assert (url.WhichOneof("content"), item.WhichOneof("content")) == ("url", "item")
+
+
+def test_stream_chunk_has_the_llama_stack_shape():
+    event = t.TurnResponseEvent(sequence_number=7, payload=t.TurnEventPayload(
+        step_progress=t.StepProgressPayload(
+            step_type=t.STEP_TYPE_INFERENCE, step_id="s",
+            delta=t.ContentDelta(tool_call=t.ToolCallDelta(
+                tool_call=t.ToolCallOrString(call=t.ToolCall(call_id="c", tool_name="f", arguments="{}")),
+                parse_status=t.TOOL_CALL_PARSE_STATUS_SUCCEEDED)))))
+    assert codec.to_json(pb.StreamTurnResponse(event=event)) == {"event": {
+        "payload": {"event_type": "step_progress", "step_type": "inference", "step_id": "s",
+                    "delta": {"type": "tool_call", "parse_status": "succeeded",
+                              "tool_call": {"call_id": "c", "tool_name": "f", "arguments": "{}"}}},
+        "sequence_number": 7}}
+
+
+def test_empty_union_member_is_written_with_its_tag():
+    strategy = t.SamplingStrategy(greedy=t.GreedySamplingStrategy())
+    assert codec.to_json(strategy) == {"type": "greedy"}
+    assert codec.parse({"type": "greedy"}, t.SamplingStrategy).WhichOneof("strategy") == "greedy"
+
+
+def test_constants_grpc_only_int64_and_enums():
+    model = models_pb2.Model(identifier="m", id="m", created=1_700_000_000_000, model_type=models_pb2.MODEL_TYPE_LLM)
+    out = codec.to_json(model)
+    assert out["object"] == "model" and out["type"] == "model"
+    assert out["created"] == 1_700_000_000_000  # a number, not proto3 JSON's string
+    assert out["model_type"] == "llm"
+    created = codec.to_json(pb.CreateAgentResponse(agent_id="a", agent=t.Agent(agent_id="a")))
+    assert created == {"agent_id": "a"}
+    assert codec.parse({"object": "model", "id": "x"}, models_pb2.Model).id == "x"  # constants ignored
+
+
+def test_unset_optional_and_message_fields_are_null_and_read_back_as_unset():
+    cfg = codec.parse({"model": "m", "instructions": "", "name": None, "response_format": None}, t.AgentConfig)
+    assert not cfg.HasField("name") and not cfg.HasField("response_format")
+    out = codec.to_json(cfg)
+    assert out["name"] is None and out["response_format"] is None and out["max_infer_iters"] is None
+    assert out["input_shields"] == []
+
+
+def test_unknown_keys_are_ignored_like_fastapi_does():
+    assert codec.parse({"model": "m", "instructions": "", "whatever": 1}, t.AgentConfig).model == "m"
+
+
+def test_camel_case_keys_are_accepted_for_grpc_json_clients():
+    assert codec.parse({"model": "m", "maxInferIters": 3}, t.AgentConfig).max_infer_iters == 3
+
+
+@pytest.mark.parametrize("value, message_type, path, needle", [
+    ({"model": 1}, t.AgentConfig, "model", "expected a string, got a number"),
+    ({"max_infer_iters": "ten"}, t.AgentConfig, "max_infer_iters", "expected an integer"),
+    ({"max_infer_iters": 2**40}, t.AgentConfig, "max_infer_iters", "out of range"),
+    ({"input_shields": "x"}, t.AgentConfig, "input_shields", "expected an array"),
+    ({"input_shields": [None]}, t.AgentConfig, "input_shields[0]", "null is not allowed"),
+    ({"toolgroups": [5]}, t.AgentConfig, "toolgroups[0]", "expected a string or an object"),
+    ({"tool_prompt_format": "yaml"}, t.AgentConfig, "tool_prompt_format", "expected one of"),
+    ({"sampling_params": {"strategy": {}}}, t.AgentConfig, "sampling_params.strategy.type", "required"),
+    ({"messages": [{"content": "x"}]}, pb.CreateTurnRequest, "messages[0].role", "required"),
+    ({"started_at": "yesterday"}, t.Turn, "started_at", "RFC 3339"),
+    ({"tool_calls": [{"call_id": 1}]}, t.CompletionMessage, "tool_calls[0].call_id", "expected a string"),
+    ({"image": "%%%"}, t.ImageDelta, "image", "base64"),
+    ("x", t.AgentConfig, "", "expected an object"),
+])
+def test_bad_input_names_the_field(value, message_type, path, needle):
+    with pytest.raises(codec.CodecError) as caught:
+        codec.parse(value, message_type)
+    assert caught.value.field == path
+    assert needle in caught.value.description
+
+
+def test_query_string_scalars():
+    request = pb.GetSessionRequest()
+    codec.read_scalar_field(request, "turn_ids", "t1", "turn_ids")
+    codec.read_scalar_field(request, "turn_ids", "t2", "turn_ids")
+    assert list(request.turn_ids) == ["t1", "t2"]
+    page = pb.ListAgentsRequest()
+    codec.read_scalar_field(page, "page_size", "20", "limit")
+    assert page.page_size == 20
+    with pytest.raises(codec.CodecError):
+        codec.read_scalar_field(page, "page_size", "", "limit")

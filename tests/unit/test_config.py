@@ -1,0 +1,62 @@
+"""Configuration: YAML + AGENTD_* env, env wins, and anything unknown or invalid is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentd.config import ConfigError, load_settings
+
+
+def test_defaults_need_nothing():
+    settings = load_settings(environ={})
+    assert settings.grpc_addr == "127.0.0.1:50051"
+    assert settings.http_addr == "127.0.0.1:8321"
+    assert settings.effective_database_url == "sqlite+aiosqlite:///data/agentd.db"
+
+
+def test_env_wins_over_the_yaml_file(tmp_path: Path):
+    config = tmp_path / "agentd.yaml"
+    config.write_text("grpc_addr: 0.0.0.0:6000\nlog_level: debug\n"
+                      "providers:\n  - {id: vllm, type: openai, base_url: 'http://h:8000/v1', models: [{id: m}]}\n")
+    settings = load_settings(environ={"AGENTD_CONFIG": str(config), "AGENTD_GRPC_ADDR": "127.0.0.1:7000",
+                                      "AGENTD_DATA_DIR": str(tmp_path)})
+    assert settings.grpc_addr == "127.0.0.1:7000"
+    assert settings.log_level == "debug"
+    assert settings.providers[0].models[0].id == "m"
+    assert settings.effective_database_url.endswith(f"{tmp_path}/agentd.db")
+
+
+def test_database_url_from_env():
+    url = "postgresql+asyncpg://u@h/db"
+    assert load_settings(environ={"AGENTD_DATABASE_URL": url}).effective_database_url == url
+
+
+@pytest.mark.parametrize("environ, needle", [
+    ({"AGENTD_GRPC_ADRR": "x"}, "unknown setting AGENTD_GRPC_ADRR"),
+    ({"AGENTD_GRPC_ADDR": "nonsense"}, "grpc_addr: Value error, expected host:port"),
+    ({"AGENTD_LOG_LEVEL": "loud"}, "log_level"),
+    ({"AGENTD_GRACE_PERIOD_S": "-1"}, "grace_period_s"),
+    ({"AGENTD_PROVIDERS": "not json"}, "AGENTD_PROVIDERS must be JSON"),
+    ({"AGENTD_PROVIDERS": '[{"id": "p", "type": "magic"}]'}, "providers.0.type"),
+    ({"AGENTD_CONFIG": "/nonexistent/agentd.yaml"}, "cannot read config file"),
+])
+def test_bad_settings_stop_the_start_with_their_name(environ, needle):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    assert needle in str(caught.value)
+
+
+def test_unknown_yaml_key_is_named(tmp_path: Path):
+    config = tmp_path / "agentd.yaml"
+    config.write_text("grpc_addr: 127.0.0.1:1\ndatabse_url: x\n")
+    with pytest.raises(ConfigError, match="databse_url: Extra inputs are not permitted"):
+        load_settings(config, environ={})
+
+
+def test_yaml_must_be_a_mapping(tmp_path: Path):
+    config = tmp_path / "agentd.yaml"
+    config.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_settings(config, environ={})
