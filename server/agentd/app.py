@@ -15,13 +15,16 @@ from agentd.api.interceptor import CallInterceptor
 from agentd.api.models import ModelsServicer
 from agentd.config import Settings
 from agentd.storage import Database, Repository
-from agentd.v1 import agents_pb2, agents_pb2_grpc, models_pb2, models_pb2_grpc
+from agentd.v1 import (agents_pb2, agents_pb2_grpc, conversations_pb2, conversations_pb2_grpc,
+                       models_pb2, models_pb2_grpc, responses_pb2, responses_pb2_grpc)
 
 log = logging.getLogger("agentd")
 
-# The services agentd implements now; the gateway serves the routes of exactly these.
+# The services agentd serves; the gateway serves the routes of exactly these.
 SERVICES = [
     agents_pb2.DESCRIPTOR.services_by_name["AgentsService"],
+    responses_pb2.DESCRIPTOR.services_by_name["ResponsesService"],
+    conversations_pb2.DESCRIPTOR.services_by_name["ConversationsService"],
     models_pb2.DESCRIPTOR.services_by_name["ModelsService"],
 ]
 
@@ -60,6 +63,12 @@ class Agentd:
         server = grpc.aio.server(interceptors=[CallInterceptor()], options=server_options(self.settings))
         agents_pb2_grpc.add_AgentsServiceServicer_to_server(AgentsServicer(self.repo), server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(self.settings), server)
+        # Responses and conversations are in the contract; until their engine lands the
+        # generated base servicers answer every RPC with UNIMPLEMENTED.
+        responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
+            responses_pb2_grpc.ResponsesServiceServicer(), server)
+        conversations_pb2_grpc.add_ConversationsServiceServicer_to_server(
+            conversations_pb2_grpc.ConversationsServiceServicer(), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

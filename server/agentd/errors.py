@@ -71,6 +71,11 @@ def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
     if isinstance(error, AgentdError):
         code, reason, message = error.code, error.reason, error.message
         metadata, violations = dict(error.metadata), error.field_violations
+    elif isinstance(error, NotImplementedError):
+        # The generated base servicers raise this for RPCs that are in the contract but not
+        # built yet.
+        code, reason, message, metadata, violations = (
+            grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "This method is not available yet.", {}, [])
     else:
         code, reason, message, metadata, violations = (
             grpc.StatusCode.INTERNAL, "INTERNAL", "Internal server error.", {}, [])

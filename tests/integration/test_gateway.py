@@ -139,3 +139,30 @@ async def test_request_id_is_forwarded_and_echoed(http):
     assert given.headers["x-request-id"] == "req-123"
     generated = await http.get("/v1alpha/agents")
     assert len(generated.headers["x-request-id"]) == 16
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v1/responses", {"model": "test-model", "input": "hi"}),
+    ("POST", "/v1/responses", {"model": "test-model", "input": "hi", "stream": True}),
+    ("POST", "/v1/openai/v1/responses", {"model": "test-model", "input": [{"role": "user", "content": "hi"}]}),
+    ("GET", "/v1/responses/resp_1", None),
+    ("GET", "/v1/responses/resp_1?stream=true&starting_after=3", None),
+    ("GET", "/v1/responses/resp_1/input_items?limit=2&order=asc", None),
+    ("DELETE", "/v1/responses/resp_1", None),
+    ("POST", "/v1/conversations", {"metadata": {"topic": "demo"}}),
+    ("GET", "/v1/conversations/conv_1/items?after=msg_1", None),
+])
+async def test_responses_and_conversations_answer_501_in_the_openai_shape(http, method, path, body):
+    response = await http.request(method, path, json=body)
+    assert response.status_code == 501, response.text
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "unimplemented"
+
+
+async def test_openai_routes_reject_bad_input_before_calling(http):
+    response = await http.post("/v1/responses", json={"model": "m", "input": 42})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "input"
+    response = await http.get("/v1/responses/resp_1/input_items", params={"order": "sideways"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "order"

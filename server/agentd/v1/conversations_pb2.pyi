@@ -409,7 +409,7 @@ class ListConversationItemsRequest(_message.Message):
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Extra item data to include ("file_search_call.results", "message.output_text.logprobs",
-        ...). Default [].
+        ...). Default []. The openai SDK sends the query as "include[]".
         """
 
     def __init__(
@@ -484,7 +484,9 @@ class GetConversationItemRequest(_message.Message):
     """The item. Required."""
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra item data to include (as in ListConversationItemsRequest.include). Default []."""
+        """Extra item data to include (as in ListConversationItemsRequest.include). Default [].
+        The openai SDK sends the query as "include[]".
+        """
 
     def __init__(
         self,

@@ -678,9 +678,10 @@ class ResponseError(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Machine-readable code: an OpenAI code ("server_error", "rate_limit_exceeded",
-    "invalid_prompt", "vector_store_timeout", ...) or an agentd one ("model_not_found",
-    "tool_error", "interrupted"). Required.
+    """Machine-readable code, one of OpenAI's: "server_error" (provider, tool or internal
+    failure, and responses interrupted by a shutdown), "rate_limit_exceeded" (the provider
+    throttled), "invalid_prompt" (the provider rejected the input), "vector_store_timeout",
+    "invalid_image", ... Required.
     """
     message: _builtins.str
     """Human-readable description. Required."""
@@ -791,16 +792,20 @@ class ResponseInputTokensDetails(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     cached_tokens: _builtins.int
     """Prompt tokens served from the provider's cache; 0 when not reported."""
+    cache_write_tokens: _builtins.int
+    """Prompt tokens written to the provider's cache; 0 when not reported."""
     def __init__(
         self,
         *,
         cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1087,7 +1092,9 @@ class ResponseItem(_message.Message):
 
     @_builtins.property
     def item_reference(self) -> Global___ResponseItemReference:
-        """A reference to a stored item, by id (input only)."""
+        """A reference to a stored item, by id (input only: the stored input holds the
+        referenced item in its place).
+        """
 
     def __init__(
         self,
@@ -1134,8 +1141,9 @@ class ResponseMessage(_message.Message):
     """in_progress, completed or incomplete; null on input the client sent without one."""
     @_builtins.property
     def content(self) -> Global___ResponseMessageContent:
-        """The content: a string or a list of parts. Output messages always have a list of
-        output_text / refusal parts. Required.
+        """The content: a string or a list of parts. Required. agentd writes a list: output messages
+        have output_text / refusal parts, and stored input and conversation messages given as
+        a string have one input_text part (output_text for the assistant role).
         """
 
     def __init__(
@@ -1903,7 +1911,9 @@ class ResponseWebSearchCall(_message.Message):
     """in_progress, searching, completed, incomplete or failed."""
     @_builtins.property
     def action(self) -> Global___ResponseWebSearchAction:
-        """What the search did; null while unknown."""
+        """What the search did. agentd always writes a search action (its query null until known);
+        null only on input that omits it.
+        """
 
     def __init__(
         self,
@@ -2096,7 +2106,9 @@ class ResponseMcpCall(_message.Message):
     """The tool's output (text content joined); null when the call failed."""
     @_builtins.property
     def error(self) -> Global___ResponseMcpCallError:
-        """The error, when the call failed; null otherwise."""
+        """The error, when the call failed; null otherwise. agentd writes the object form; the
+        string form is accepted on input.
+        """
 
     def __init__(
         self,

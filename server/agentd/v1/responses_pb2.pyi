@@ -577,7 +577,9 @@ class GetResponseRequest(_message.Message):
     """The response ("resp_..."). Required."""
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra output data to include (as in CreateResponseRequest.include). Default []."""
+        """Extra output data to include (as in CreateResponseRequest.include). Default [].
+        The openai SDK sends the query as "include[]".
+        """
 
     def __init__(
         self,
@@ -634,7 +636,9 @@ class StreamResponseEventsRequest(_message.Message):
     """
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra output data to include (as in CreateResponseRequest.include). Default []."""
+        """Extra output data to include (as in CreateResponseRequest.include). Default [].
+        The openai SDK sends the query as "include[]".
+        """
 
     def __init__(
         self,
@@ -864,7 +868,9 @@ class ListResponseInputItemsRequest(_message.Message):
     """Order of the items. Default "desc" (last input item first)."""
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra item data to include (as in CreateResponseRequest.include). Default []."""
+        """Extra item data to include (as in CreateResponseRequest.include). Default [].
+        The openai SDK sends the query as "include[]".
+        """
 
     def __init__(
         self,

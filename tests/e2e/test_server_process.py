@@ -1,0 +1,70 @@
+"""The `agentd serve` process: health, reflection, buf curl, config errors, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from tests.e2e.conftest import AGENTD, start_agentd
+
+BUF = Path(sys.executable).parent / "buf"
+
+
+def test_reflection_lists_the_services(agentd_process):
+    with grpc.insecure_channel(agentd_process.grpc_target) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"agentd.v1.AgentsService", "agentd.v1.ModelsService", "grpc.health.v1.Health"} <= services
+
+
+def test_buf_curl_through_reflection(agentd_process):
+    target = f"http://{agentd_process.grpc_target}"
+    created = subprocess.run(
+        [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d",
+         '{"agent_config": {"model": "test-model", "instructions": "hi"}}',
+         f"{target}/agentd.v1.AgentsService/CreateAgent"], capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    agent_id = json.loads(created.stdout)["agentId"]
+    got = subprocess.run(
+        [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d",
+         json.dumps({"agent_id": agent_id}), f"{target}/agentd.v1.AgentsService/GetAgent"],
+        capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["agent"]["agentConfig"]["model"] == "test-model"
+
+
+def test_unknown_setting_stops_the_start_naming_it(tmp_path):
+    run = subprocess.run([*AGENTD, "serve"], env={"AGENTD_GRPC_PORT": "1", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 2
+    assert "unknown setting AGENTD_GRPC_PORT" in run.stderr
+
+
+def test_sigterm_drains_and_exits_cleanly(tmp_path):
+    server = start_agentd(tmp_path)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="agentd.v1.AgentsService"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert httpx.get(f"{server.base_url}/v1/models").status_code == 200
+    assert server.terminate() == 0
+    log = server.log()
+    assert "shutting down" in log and "stopped" in log
+    assert "Traceback" not in log
+
+
+def test_data_survives_a_restart(tmp_path):
+    server = start_agentd(tmp_path)
+    agent_id = httpx.post(f"{server.base_url}/v1alpha/agents",
+                          json={"agent_config": {"model": "test-model", "instructions": ""}}).json()["agent_id"]
+    assert server.terminate() == 0
+    again = start_agentd(tmp_path)
+    try:
+        assert httpx.get(f"{again.base_url}/v1alpha/agents/{agent_id}").status_code == 200
+    finally:
+        assert again.terminate() == 0

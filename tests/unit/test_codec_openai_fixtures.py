@@ -1,0 +1,41 @@
+"""OpenAI wire documents (tests/unit/fixtures/openai, shaped after the openai SDK's types)
+go through the codec and come back unchanged: the Responses/Conversations contract can
+express the OpenAI JSON exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf import symbol_database
+
+import agentd.v1.conversations_pb2  # noqa: F401 - registers the messages
+import agentd.v1.responses_pb2  # noqa: F401
+from agentd import codec
+from agentd.v1 import options_pb2, response_types_pb2
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openai"
+INDEX = json.loads((FIXTURES / "index.json").read_text())
+
+
+def _documents():
+    for name, message in sorted(INDEX.items()):
+        value = json.loads((FIXTURES / name).read_text())
+        for i, document in enumerate(value if isinstance(value, list) else [value]):
+            yield pytest.param(message, document, id=f"{name}[{i}]")
+
+
+@pytest.mark.parametrize("message_name, document", list(_documents()))
+def test_round_trip(message_name, document):
+    message_type = symbol_database.Default().GetSymbol(message_name)
+    message = message_type()
+    codec.from_json(document, message, strict=True)
+    assert codec.to_json(message) == document
+
+
+def test_every_stream_event_type_is_covered():
+    events = json.loads((FIXTURES / "response_stream_events.json").read_text())
+    union = response_types_pb2.ResponseStreamEvent.DESCRIPTOR.oneofs_by_name["event"]
+    tags = {f.GetOptions().Extensions[options_pb2.union_tag] or f.name for f in union.fields}
+    assert tags == {e["type"] for e in events}
