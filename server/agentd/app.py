@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentd.api.agents import AgentsServicer
+from agentd.api.context import LOCAL_PRINCIPAL
 from agentd.api.interceptor import CallInterceptor
 from agentd.api.models import ModelsServicer
 from agentd.config import Settings
@@ -87,6 +88,8 @@ class Agentd:
             await self.health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC listening on %s:%d", host, self.grpc_port)
+        log.info("no authentication configured: every call acts as the local principal %r",
+                 LOCAL_PRINCIPAL)
         if self.settings.http_addr:
             from agentd.gateway.server import GatewayServer
 
