@@ -256,40 +256,41 @@ def _read_message(value: Any, msg: Message, plan: _Plan, path: str, strict: bool
         return
     if not isinstance(value, dict):
         raise CodecError(path, f"expected an object, got {_kind(value)}")
-    skip: set[str] = set(plan.constants)
     if plan.union is not None:
-        tag = value.get(plan.discriminator)
-        if tag is None:
-            tag = plan.default_tag
-            if not tag:
-                raise CodecError(_join(path, plan.discriminator),
-                                 f"required; one of {sorted(plan.member_of)}")
-        member = plan.member_of.get(tag) if isinstance(tag, str) else None
-        if member is None:
-            raise CodecError(_join(path, plan.discriminator),
-                             f"unknown value {tag!r}; expected one of {sorted(plan.member_of)}")
-        skip.add(plan.discriminator)
-        skip.update(plan.by_key)
-        if member.is_message:
-            inner = _plan(member.fd.message_type)
-            rest = {k: v for k, v in value.items() if k not in skip}
-            _read_message(rest, getattr(msg, member.name), inner, path, strict)
-            getattr(msg, member.name).SetInParent()
-        else:
-            _read_field(value.get(tag), msg, member, _join(path, tag), strict)
-        skip = set(plan.constants) | {plan.discriminator}
-        for key, item in value.items():
-            f = plan.by_key.get(key)
-            if f is not None:
-                _read_field(item, msg, f, _join(path, key), strict)
+        _read_tagged(value, msg, plan, path, strict)
         return
+    _read_fields(value, msg, plan, path, strict, ignored=plan.constants.keys())
+
+
+def _read_fields(value: dict, msg: Message, plan: _Plan, path: str, strict: bool, ignored) -> None:
     for key, item in value.items():
         f = plan.by_key.get(key)
         if f is None:
-            if strict and key not in skip:
+            if strict and key not in ignored:
                 raise CodecError(_join(path, key), "unknown field")
             continue
         _read_field(item, msg, f, _join(path, key), strict)
+
+
+def _read_tagged(value: dict, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
+    tag = value.get(plan.discriminator) or plan.default_tag
+    if not tag:
+        raise CodecError(_join(path, plan.discriminator), f"required; one of {sorted(plan.member_of)}")
+    member = plan.member_of.get(tag) if isinstance(tag, str) else None
+    if member is None:
+        raise CodecError(_join(path, plan.discriminator),
+                         f"unknown value {tag!r}; expected one of {sorted(plan.member_of)}")
+    # The union's own keys (discriminator, constants, fields outside the oneof) are read
+    # here; everything else belongs to the member.
+    own = {plan.discriminator, *plan.constants, *plan.by_key}
+    if member.is_message:
+        target = getattr(msg, member.name)
+        member_value = {k: v for k, v in value.items() if k not in own}
+        _read_message(member_value, target, _plan(member.fd.message_type), path, strict)
+        target.SetInParent()
+    else:
+        _read_field(value.get(tag), msg, member, _join(path, tag), strict)
+    _read_fields({k: v for k, v in value.items() if k in plan.by_key}, msg, plan, path, strict, ())
 
 
 def _read_untagged(value: Any, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
