@@ -57,7 +57,7 @@ def postgres_url():
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path):
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'agentd.db'}"
+        yield f"sqlite:///{tmp_path / 'agentd.db'}"
         return
     url = request.getfixturevalue("postgres_url")
     yield url

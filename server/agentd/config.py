@@ -53,8 +53,8 @@ class Settings(_Strict):
     http_addr: str = Field("127.0.0.1:8321", description="host:port of the HTTP gateway; '' disables it.")
     data_dir: Path = Field(Path("data"), description="Where the embedded database lives.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/agentd.db. "
-                          "PostgreSQL: postgresql+asyncpg://user@host/db")
+        None, description="Default sqlite:///<data_dir>/agentd.db; PostgreSQL: "
+                          "postgresql://user@host/db (driven by asyncpg).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     grace_period_s: float = Field(10.0, ge=0, description="How long SIGTERM lets running calls finish.")
@@ -71,9 +71,20 @@ class Settings(_Strict):
             raise ValueError("expected host:port, e.g. 127.0.0.1:50051")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        if value is not None:
+            from agentd.storage.database import normalize_url
+            try:
+                normalize_url(value)
+            except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL errors are varied
+                raise ValueError(str(e)) from None
+        return value
+
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'agentd.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'agentd.db'}"
 
 
 def load_settings(config_path: str | os.PathLike | None = None,

@@ -71,8 +71,8 @@ async def test_invalid_config_is_invalid_argument_naming_the_field(agents, agent
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert reason == "INVALID_ARGUMENT"
     assert fields == [field]
-    async with agentd.db.engine.connect() as conn:  # nothing half-written
-        assert (await conn.execute(select(func.count()).select_from(schema.agents))).scalar() == 0
+    count = select(func.count()).select_from(schema.agents)
+    assert await agentd.db.read(lambda conn: conn.execute(count).scalar()) == 0  # nothing half-written
 
 
 async def test_missing_config_is_invalid_argument(agents):
@@ -157,10 +157,8 @@ async def test_delete_agent_cascades_to_sessions(agents, agentd):
     await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
     code, _, _ = await error_of(agents.GetAgent(pb.GetAgentRequest(agent_id=agent_id)))
     assert code == grpc.StatusCode.NOT_FOUND
-    async with agentd.db.engine.connect() as conn:
-        left = await conn.execute(select(func.count()).select_from(schema.sessions)
-                                  .where(schema.sessions.c.agent_id == agent_id))
-        assert left.scalar() == 0
+    left = select(func.count()).select_from(schema.sessions).where(schema.sessions.c.agent_id == agent_id)
+    assert await agentd.db.read(lambda conn: conn.execute(left).scalar()) == 0
 
 
 async def test_unknown_turn_and_step_are_not_found(agents):

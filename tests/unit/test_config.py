@@ -13,7 +13,7 @@ def test_defaults_need_nothing():
     settings = load_settings(environ={})
     assert settings.grpc_addr == "127.0.0.1:50051"
     assert settings.http_addr == "127.0.0.1:8321"
-    assert settings.effective_database_url == "sqlite+aiosqlite:///data/agentd.db"
+    assert settings.effective_database_url == "sqlite:///data/agentd.db"
 
 
 def test_env_wins_over_the_yaml_file(tmp_path: Path):
@@ -37,6 +37,7 @@ def test_database_url_from_env():
     ({"AGENTD_GRPC_ADRR": "x"}, "unknown setting AGENTD_GRPC_ADRR"),
     ({"AGENTD_GRPC_ADDR": "nonsense"}, "grpc_addr: Value error, expected host:port"),
     ({"AGENTD_LOG_LEVEL": "loud"}, "log_level"),
+    ({"AGENTD_DATABASE_URL": "mysql://u@h/db"}, "database_url: Value error, unsupported database"),
     ({"AGENTD_GRACE_PERIOD_S": "-1"}, "grace_period_s"),
     ({"AGENTD_PROVIDERS": "not json"}, "AGENTD_PROVIDERS must be JSON"),
     ({"AGENTD_PROVIDERS": '[{"id": "p", "type": "magic"}]'}, "providers.0.type"),

@@ -14,9 +14,7 @@ async def test_migrations_match_the_schema(database_url):
     try:
         await db.migrate()
         await db.migrate()  # idempotent: a restart applies nothing twice
-        async with db.engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+        diff = await db.read(lambda conn: compare_metadata(MigrationContext.configure(conn), metadata))
         assert diff == []
     finally:
         await db.close()

@@ -1,45 +1,96 @@
-"""The database handle: engine, connection settings, migrations."""
+"""The database handle: engines, connection settings, migrations, and how a unit of work
+runs.
+
+Every repository operation is a plain function of a SQLAlchemy Connection, run in ONE hop:
+- SQLite (embedded): on a small thread pool with the synchronous pysqlite driver. Measured
+  on this machine, a primary-key read costs ~0.3 ms this way against ~1.3 ms through
+  aiosqlite, which crosses to its thread once per statement, fetch and rollback.
+- PostgreSQL: on the asyncpg async engine, via `run_sync` (SQLAlchemy's greenlet bridge),
+  so the event loop never blocks on the network.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
+
+# Readers run side by side under WAL; writers queue on SQLite's own lock (busy_timeout).
+SQLITE_THREADS = 4
+
+
+def normalize_url(url: str) -> URL:
+    """The driver agentd uses for a URL: pysqlite for SQLite, asyncpg for PostgreSQL."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported database {parsed.drivername!r}: use sqlite:/// or postgresql://")
 
 
 class Database:
     def __init__(self, url: str):
-        self.url = make_url(url)
+        self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {} if self.is_sqlite else {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True}
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            if self.url.database not in (None, "", ":memory:"):
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self._sync_engine = create_engine(
+                self.url, connect_args={"check_same_thread": False}, pool_size=SQLITE_THREADS)
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="agentd-sqlite")
+        else:
+            self._async_engine = create_async_engine(self.url, pool_size=10, max_overflow=20,
+                                                     pool_pre_ping=True)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Runs `work` on a connection without a write transaction."""
+        return await self._run(work, write=False)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Runs `work` in one transaction: all of it is committed, or none of it."""
+        return await self._run(work, write=True)
+
+    async def _run(self, work: Callable[[Connection], T], write: bool) -> T:
+        if self.is_sqlite:
+            def in_thread() -> T:
+                with (self._sync_engine.begin() if write else self._sync_engine.connect()) as conn:
+                    return work(conn)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, in_thread)
+        async with (self._async_engine.begin() if write else self._async_engine.connect()) as conn:
+            return await conn.run_sync(work)
 
     async def migrate(self) -> None:
         """Brings the schema to the newest migration (idempotent)."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        await self.write(_upgrade)
         log.info("database schema is current (%s)", self.url.render_as_string(hide_password=True))
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self.is_sqlite:
+            self._executor.shutdown(wait=True)
+            self._sync_engine.dispose()
+        else:
+            await self._async_engine.dispose()
 
 
-def _upgrade(sync_conn) -> None:
+def _upgrade(conn: Connection) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["connection"] = sync_conn
+    cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
 
 

@@ -37,24 +37,21 @@ class Repository:
         self.db = db
 
     async def insert(self, table: Table, **values: Any) -> None:
-        async with self.db.engine.begin() as conn:
-            await conn.execute(insert(table).values(**values))
+        query = insert(table).values(**values)
+        await self.db.write(lambda conn: conn.execute(query))
 
     async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
         query = select(table.c.body).where(*self._scope(table, owner, parents), table.c.id == row_id)
-        async with self.db.engine.connect() as conn:
-            return (await conn.execute(query)).scalar_one_or_none()
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
     async def exists(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
         query = select(table.c.id).where(*self._scope(table, owner, parents), table.c.id == row_id)
-        async with self.db.engine.connect() as conn:
-            return (await conn.execute(query)).first() is not None
+        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
 
     async def delete(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
         """Deletes a row (children go with it: ON DELETE CASCADE). False if there was none."""
         query = delete(table).where(*self._scope(table, owner, parents), table.c.id == row_id)
-        async with self.db.engine.begin() as conn:
-            return (await conn.execute(query)).rowcount > 0
+        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def page(self, table: Table, owner: str, cursor: Cursor, limit: int,
                    descending: bool = False, cursor_field: str = "page_token",
@@ -63,20 +60,21 @@ class Repository:
         scope = self._scope(table, owner, filters)
         order = (table.c.created_at, table.c.id)
         backwards = cursor.before is not None  # walk towards the start, then flip
-        query = select(table.c.id, table.c.body).where(*scope)
         anchor_id = cursor.after if cursor.after is not None else cursor.before
-        async with self.db.engine.connect() as conn:
+
+        def fetch(conn):
+            query = select(table.c.id, table.c.body).where(*scope)
             if anchor_id is not None:
-                anchor = (await conn.execute(
-                    select(table.c.created_at).where(*scope, table.c.id == anchor_id))).first()
+                anchor = conn.execute(select(table.c.created_at).where(*scope, table.c.id == anchor_id)).first()
                 if anchor is None:
                     raise InvalidArgument(cursor_field, f"no item with id '{anchor_id}' in this list")
                 later = descending == backwards  # rows after the anchor in storage order?
                 query = query.where(_beyond(table, anchor.created_at, anchor_id, later))
             walk_desc = descending != backwards
             query = query.order_by(*(c.desc() if walk_desc else c.asc() for c in order))
-            query = query.offset(cursor.offset).limit(limit + 1)
-            rows = (await conn.execute(query)).all()
+            return conn.execute(query.offset(cursor.offset).limit(limit + 1)).all()
+
+        rows = await self.db.read(fetch)
         has_more = len(rows) > limit
         rows = rows[:limit]
         if backwards:

@@ -1,0 +1,1 @@
+"""Fakes of the services outside agentd, each a real server speaking that service's protocol."""
