@@ -89,6 +89,21 @@ def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def details_of(status: status_pb2.Status) -> tuple[str, list[str]]:
+    """The ErrorInfo reason and the BadRequest field paths of a status ("" and [] if absent)."""
+    reason, fields = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return reason, fields
+
+
 def _pack(detail) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(detail)

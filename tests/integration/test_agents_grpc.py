@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import func, select
 
+from agentd.errors import details_of
 from agentd.storage import schema
 from agentd.v1 import agent_types_pb2 as t
 from agentd.v1 import agents_pb2 as pb
@@ -22,17 +22,7 @@ async def error_of(call) -> tuple[grpc.StatusCode, str, list[str]]:
     """The code, ErrorInfo reason and BadRequest fields of a failed call."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    status = rpc_status.from_call(caught.value)
-    reason, fields = "", []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [v.field for v in bad.field_violations]
+    reason, fields = details_of(rpc_status.from_call(caught.value))
     return caught.value.code(), reason, fields
 
 

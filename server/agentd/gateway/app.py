@@ -21,12 +21,12 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from agentd import codec, paging
-from agentd.errors import HTTP_STATUS, AgentdError, InvalidArgument
+from agentd.errors import HTTP_STATUS, AgentdError, InvalidArgument, details_of
 from agentd.gateway.routes import Route
 from agentd.v1 import options_pb2
 
@@ -218,17 +218,8 @@ def _rpc_error_body(style: int, error: grpc.aio.AioRpcError) -> tuple[int, dict]
     reason, param = code.name, None
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    if bad.field_violations:
-                        param = bad.field_violations[0].field
+            found, fields = details_of(status_pb2.Status.FromString(value))
+            reason, param = found or reason, (fields[0] if fields else None)
     http = HTTP_STATUS.get(code.value[0], 500)
     return http, _error_body(style, http, error.details() or code.name, reason, param)
 
