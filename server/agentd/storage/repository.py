@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, or_, select
+from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select
 
 from agentd.errors import InvalidArgument
 from agentd.paging import Cursor
@@ -35,23 +35,42 @@ class Page:
 class Repository:
     def __init__(self, db: Database):
         self.db = db
+        # Statements are built once per shape and executed with bound parameters: building
+        # a select with its comparisons costs more than running it on SQLite.
+        self._statements: dict[tuple, Any] = {}
+
+    def _statement(self, kind: str, table: Table, parents: tuple[str, ...]):
+        key = (kind, table.name, parents)
+        statement = self._statements.get(key)
+        if statement is None:
+            where = [table.c.owner == bindparam("owner"), table.c.id == bindparam("row_id"),
+                     *(table.c[name] == bindparam(name) for name in parents)]
+            statement = {"body": lambda: select(table.c.body),
+                         "exists": lambda: select(table.c.id),
+                         "delete": lambda: delete(table)}[kind]().where(*where)
+            self._statements[key] = statement
+        return statement
 
     async def insert(self, table: Table, **values: Any) -> None:
-        query = insert(table).values(**values)
-        await self.db.write(lambda conn: conn.execute(query))
+        statement = self._statements.get(("insert", table.name)) or \
+            self._statements.setdefault(("insert", table.name), insert(table))
+        await self.db.write(lambda conn: conn.execute(statement, values))
 
     async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
-        query = select(table.c.body).where(*self._scope(table, owner, parents), table.c.id == row_id)
-        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+        statement = self._statement("body", table, tuple(parents))
+        params = {"owner": owner, "row_id": row_id, **parents}
+        return await self.db.read(lambda conn: conn.execute(statement, params).scalar_one_or_none())
 
     async def exists(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
-        query = select(table.c.id).where(*self._scope(table, owner, parents), table.c.id == row_id)
-        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
+        statement = self._statement("exists", table, tuple(parents))
+        params = {"owner": owner, "row_id": row_id, **parents}
+        return await self.db.read(lambda conn: conn.execute(statement, params).first() is not None)
 
     async def delete(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
         """Deletes a row (children go with it: ON DELETE CASCADE). False if there was none."""
-        query = delete(table).where(*self._scope(table, owner, parents), table.c.id == row_id)
-        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
+        statement = self._statement("delete", table, tuple(parents))
+        params = {"owner": owner, "row_id": row_id, **parents}
+        return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0)
 
     async def page(self, table: Table, owner: str, cursor: Cursor, limit: int,
                    descending: bool = False, cursor_field: str = "page_token",
