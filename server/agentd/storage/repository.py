@@ -52,8 +52,9 @@ class Repository:
         return statement
 
     async def insert(self, table: Table, **values: Any) -> None:
-        statement = self._statements.get(("insert", table.name)) or \
-            self._statements.setdefault(("insert", table.name), insert(table))
+        statement = self._statements.get(("insert", table.name))
+        if statement is None:
+            statement = self._statements[("insert", table.name)] = insert(table)
         await self.db.write(lambda conn: conn.execute(statement, values))
 
     async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
