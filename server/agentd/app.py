@@ -55,21 +55,34 @@ class Agentd:
         self.repo = Repository(self.db)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
+        self.servicers = self._servicers()
+        assert set(self.servicers) == {s.full_name for s in SERVICES}
         self.grpc_port = 0
         self.http_port = 0
         self._gateway = None
 
+    def _servicers(self) -> dict[str, tuple[object, object]]:
+        """Each served service's full name -> (servicer, its generated add_*_to_server)."""
+        return {
+            "agentd.v1.AgentsService": (
+                AgentsServicer(self.repo), agents_pb2_grpc.add_AgentsServiceServicer_to_server),
+            # Responses and conversations are in the contract; until their engine lands the
+            # generated base servicers answer every RPC with UNIMPLEMENTED.
+            "agentd.v1.ResponsesService": (
+                responses_pb2_grpc.ResponsesServiceServicer(),
+                responses_pb2_grpc.add_ResponsesServiceServicer_to_server),
+            "agentd.v1.ConversationsService": (
+                conversations_pb2_grpc.ConversationsServiceServicer(),
+                conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
+            "agentd.v1.ModelsService": (
+                ModelsServicer(self.settings), models_pb2_grpc.add_ModelsServiceServicer_to_server),
+        }
+
     def _build_server(self) -> grpc.aio.Server:
         # Built inside the running loop: grpc.aio objects are bound to the loop that made them.
         server = grpc.aio.server(interceptors=[CallInterceptor()], options=server_options(self.settings))
-        agents_pb2_grpc.add_AgentsServiceServicer_to_server(AgentsServicer(self.repo), server)
-        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(self.settings), server)
-        # Responses and conversations are in the contract; until their engine lands the
-        # generated base servicers answer every RPC with UNIMPLEMENTED.
-        responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
-            responses_pb2_grpc.ResponsesServiceServicer(), server)
-        conversations_pb2_grpc.add_ConversationsServiceServicer_to_server(
-            conversations_pb2_grpc.ConversationsServiceServicer(), server)
+        for servicer, add_to_server in self.servicers.values():
+            add_to_server(servicer, server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -93,7 +106,8 @@ class Agentd:
         if self.settings.http_addr:
             from agentd.gateway.server import GatewayServer
 
-            self._gateway = GatewayServer(self.settings.http_addr, f"127.0.0.1:{self.grpc_port}", SERVICES)
+            self._gateway = GatewayServer(self.settings.http_addr, SERVICES,
+                                          {name: s for name, (s, _) in self.servicers.items()})
             self.http_port = await self._gateway.start()
             log.info("HTTP gateway listening on %s", self._gateway.bound_addr)
 

@@ -1,8 +1,9 @@
 """Domain errors and their ONE mapping to gRPC status (google.rpc.Status with details).
 
-Engine, storage and servicers raise these; the call interceptor (api/interceptor.py) turns
-them into a status with an ErrorInfo (stable `reason`) and, for bad input, a BadRequest
-listing the offending fields. The HTTP gateway maps that status to an HTTP answer.
+Engine, storage and servicers raise these; `status_of` turns any exception into a status
+with an ErrorInfo (stable `reason`) and, for bad input, a BadRequest listing the offending
+fields. The gRPC interceptor sends that status; the HTTP gateway maps it to an HTTP answer
+(HTTP_STATUS) in its routes' error style.
 """
 
 from __future__ import annotations
@@ -66,8 +67,21 @@ class Unimplemented(AgentdError):
     reason = "UNIMPLEMENTED"
 
 
+class StatusError(AgentdError):
+    """An error with an explicit code (what context.abort() raises for in-process calls)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code = code
+        super().__init__(message, reason=code.name)
+
+
 def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
-    """The gRPC status for any exception; unexpected ones become a bare INTERNAL."""
+    """The gRPC status (for context.abort_with_status) of any exception."""
+    return rpc_status.to_status(status_of(error, request_id))
+
+
+def status_of(error: BaseException, request_id: str = "") -> status_pb2.Status:
+    """The google.rpc.Status of any exception; unexpected ones become a bare INTERNAL."""
     if isinstance(error, AgentdError):
         code, reason, message = error.code, error.reason, error.message
         metadata, violations = dict(error.metadata), error.field_violations
@@ -85,8 +99,7 @@ def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
     if violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])))
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
 
 
 def details_of(status: status_pb2.Status) -> tuple[str, list[str]]:

@@ -1,8 +1,10 @@
-"""The HTTP/JSON gateway: legacy REST routes in, gRPC calls out.
+"""The HTTP/JSON gateway: legacy REST routes in, servicer calls out.
 
 Routes come from the google.api.http annotations (routes.py); messages are converted by the
-one codec (agentd.codec); calls go over a loopback gRPC channel so that every interceptor
-(request id, errors, later auth and metrics) applies to REST callers exactly as to gRPC ones.
+one codec (agentd.codec). Calls are dispatched in-process to the same servicer objects the
+gRPC server runs, through the same call pipeline (api/calls.py: request id, logging, the one
+error mapping), so REST callers are treated exactly as gRPC ones without paying a loopback
+gRPC hop (client and server serialization, two trips through grpc's event machinery).
 No handler is written per endpoint.
 
 Two generic rules beyond google.api.http:
@@ -18,15 +20,14 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
-import grpc
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
-from google.rpc import status_pb2
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from agentd import codec, paging
-from agentd.errors import HTTP_STATUS, AgentdError, InvalidArgument, details_of
+from agentd.api.calls import begin_call, invoke_stream, invoke_unary
+from agentd.errors import HTTP_STATUS, InvalidArgument, details_of, status_of
 from agentd.gateway.routes import Route
 from agentd.v1 import options_pb2
 
@@ -61,14 +62,12 @@ class _QueryPlan:
 class Endpoint:
     """A route with its message classes, ready to convert and call."""
 
-    def __init__(self, route: Route, channel: grpc.aio.Channel):
+    def __init__(self, route: Route, servicer):
         self.route = route
         method = route.method
         self.request_type = _symbols.GetSymbol(method.input_type.full_name)
         self.response_type = _symbols.GetSymbol(method.output_type.full_name)
-        factory = channel.unary_stream if method.server_streaming else channel.unary_unary
-        self.call = factory(route.grpc_path, request_serializer=self.request_type.SerializeToString,
-                            response_deserializer=self.response_type.FromString)
+        self.handler = getattr(servicer, method.name)
         self.query = _QueryPlan(self.request_type, route) if route.body != "*" else None
         response_fields = self.response_type.DESCRIPTOR.fields
         self.no_content = not response_fields and not method.server_streaming
@@ -99,8 +98,10 @@ class Endpoint:
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, routes: list[Route], channel: grpc.aio.Channel):
-        self.endpoints = [Endpoint(r, channel) for r in routes]
+    def __init__(self, routes: list[Route], servicers: dict[str, object]):
+        """`servicers` maps a service's full name to the object that serves it."""
+        self.endpoints = [Endpoint(r, servicers[r.method.containing_service.full_name])
+                          for r in routes if r.method.containing_service.full_name in servicers]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -140,29 +141,25 @@ class Gateway:
                 return _error(style, 400, f"Request body is not valid JSON: {e}", "INVALID_JSON")
         stream = _wants_stream(body, query)
         endpoint, path_params = _select(candidates, stream)
+        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
+        request_id = begin_call(metadata)
+        headers = {"x-request-id": request_id}
         try:
             message = endpoint.build_request(path_params, query, body)
         except codec.CodecError as e:
-            return _agentd_error(style, InvalidArgument(e.field, e.description))
-        except AgentdError as e:
-            return _agentd_error(style, e)
-        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
+            return _error_response(style, InvalidArgument(e.field, e.description), headers)
+        except Exception as e:  # noqa: BLE001 - e.g. a bad legacy cursor; mapped like any error
+            return _error_response(style, e, headers)
         if endpoint.route.streaming:
-            return await _stream(endpoint, message, metadata, style)
-        call = endpoint.call(message, metadata=metadata)
+            return await _stream(endpoint, message, metadata, style, headers)
         try:
-            response = await call
-        except grpc.aio.AioRpcError as e:
-            return _rpc_error(style, e)
-        headers = _echoed_headers(await call.initial_metadata())
+            response = await invoke_unary(endpoint.route.grpc_path, endpoint.handler, message, metadata)
+        except Exception as e:  # noqa: BLE001 - invoke_unary logged it; answer with its status
+            return _error_response(style, e, headers)
         if endpoint.no_content:
             return Response(status_code=204, headers=headers)
         return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
                         headers=headers)
-
-
-def _echoed_headers(initial_metadata) -> dict[str, str]:
-    return {k: v for k, v in initial_metadata or () if k == "x-request-id"}
 
 
 def _wants_stream(body: Any, query: list[tuple[str, str]]) -> bool:
@@ -178,32 +175,31 @@ def _select(candidates: list[tuple[Endpoint, dict]], stream: bool) -> tuple[Endp
     return candidates[0]
 
 
-async def _stream(endpoint: Endpoint, message: Message, metadata, style: int) -> Response:
-    call = endpoint.call(message, metadata=metadata)
+async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, headers) -> Response:
+    events = invoke_stream(endpoint.route.grpc_path, endpoint.handler, message, metadata)
     try:
-        # Peek at the first event so that failures before the stream starts (bad ids,
+        # Wait for the first event so that failures before the stream starts (bad ids,
         # validation) get their real HTTP status rather than a 200 with an error event.
-        first = await call.read()
-    except grpc.aio.AioRpcError as e:
-        return _rpc_error(style, e)
-    if first is grpc.aio.EOF:
-        return StreamingResponse(iter(()), media_type="text/event-stream")
+        first = await anext(events)
+    except StopAsyncIteration:
+        return StreamingResponse(iter(()), media_type="text/event-stream", headers=headers)
+    except Exception as e:  # noqa: BLE001
+        await events.aclose()
+        return _error_response(style, e, headers)
 
-    async def events():
-        item = first
+    async def sse():
         try:
-            while item is not grpc.aio.EOF:
+            yield b"data: " + _dumps(endpoint.unwrap(first)) + b"\n\n"
+            async for item in events:
                 yield b"data: " + _dumps(endpoint.unwrap(item)) + b"\n\n"
-                item = await call.read()
-        except grpc.aio.AioRpcError as e:
-            _, body = _rpc_error_body(style, e)
+        except Exception as e:  # noqa: BLE001 - the status is sent; HTTP 200 has gone out
+            _, body = _error_body_of(style, e)
             yield b"data: " + _dumps(body) + b"\n\n"
         finally:
-            call.cancel()  # a client that went away stops the call (no leaked stream)
+            await events.aclose()  # a client that went away stops the servicer (no leaked stream)
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-               **_echoed_headers(await call.initial_metadata())}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(sse(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
 
 # ---------------------------------------------------------------------------- errors
@@ -213,27 +209,17 @@ def _style_for_path(path: str) -> int:
     return _LEGACY_STYLE if "/agents" in path else options_pb2.ERROR_STYLE_OPENAI
 
 
-def _rpc_error_body(style: int, error: grpc.aio.AioRpcError) -> tuple[int, dict]:
-    code = error.code()
-    reason, param = code.name, None
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            found, fields = details_of(status_pb2.Status.FromString(value))
-            reason, param = found or reason, (fields[0] if fields else None)
-    http = HTTP_STATUS.get(code.value[0], 500)
-    return http, _error_body(style, http, error.details() or code.name, reason, param)
+def _error_body_of(style: int, error: BaseException) -> tuple[int, dict]:
+    """The HTTP status and body for any exception, through the one mapping (status_of)."""
+    status = status_of(error)
+    reason, fields = details_of(status)
+    http = HTTP_STATUS.get(status.code, 500)
+    return http, _error_body(style, http, status.message, reason, fields[0] if fields else None)
 
 
-def _rpc_error(style: int, error: grpc.aio.AioRpcError) -> Response:
-    http, body = _rpc_error_body(style, error)
-    return Response(_dumps(body), status_code=http, media_type="application/json")
-
-
-def _agentd_error(style: int, error: AgentdError) -> Response:
-    http = HTTP_STATUS.get(error.code.value[0], 500)
-    param = error.field_violations[0][0] if error.field_violations else None
-    return Response(_dumps(_error_body(style, http, error.message, error.reason, param)),
-                    status_code=http, media_type="application/json")
+def _error_response(style: int, error: BaseException, headers: dict) -> Response:
+    http, body = _error_body_of(style, error)
+    return Response(_dumps(body), status_code=http, media_type="application/json", headers=headers)
 
 
 def _error(style: int, http: int, message: str, reason: str, headers=None) -> Response:

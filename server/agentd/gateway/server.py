@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import uvicorn
 
 from agentd.gateway.app import Gateway
@@ -12,20 +11,17 @@ from agentd.gateway.routes import routes_of
 
 
 class GatewayServer:
-    def __init__(self, http_addr: str, grpc_target: str, services):
+    def __init__(self, http_addr: str, services, servicers: dict[str, object]):
         self.host, _, port = http_addr.rpartition(":")
         self.port = int(port)
-        self.grpc_target = grpc_target
         self.services = services
-        self.channel: grpc.aio.Channel | None = None
+        self.servicers = servicers
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
         self.bound_addr = ""
 
     async def start(self) -> int:
-        # The channel belongs to this loop (grpc.aio channels are loop-bound).
-        self.channel = grpc.aio.insecure_channel(self.grpc_target)
-        app = Gateway(routes_of(self.services), self.channel)
+        app = Gateway(routes_of(self.services), self.servicers)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_config=None,
                                 access_log=False, lifespan="on", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
@@ -46,5 +42,3 @@ class GatewayServer:
             self._server.config.timeout_graceful_shutdown = max(grace, 0.1)
             self._server.should_exit = True
             await self._task
-        if self.channel is not None:
-            await self.channel.close(grace)

@@ -1,0 +1,95 @@
+"""What every call goes through, whichever transport brought it.
+
+gRPC calls pass through CallInterceptor; the HTTP gateway dispatches to the same servicers
+in-process (no loopback hop) through `invoke_unary` / `invoke_stream`. Both begin a call the
+same way (request id, log context) and end a failed one the same way (log, then
+agentd.errors.status_of), so REST and gRPC callers get identical treatment.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from typing import Any, AsyncIterator, Iterable
+
+import grpc
+
+from agentd.api import context as call_context
+from agentd.errors import AgentdError, StatusError
+
+log = logging.getLogger("agentd.rpc")
+Metadata = Iterable[tuple[str, str]]
+
+
+def begin_call(metadata: Metadata | None) -> str:
+    """Sets the call's request id (the caller's x-request-id, or a new one) and returns it."""
+    request_id = next((v[:128] for k, v in metadata or () if k == "x-request-id" and v), None)
+    request_id = request_id or uuid.uuid4().hex[:16]
+    call_context.request_id.set(request_id)
+    return request_id
+
+
+def log_failure(method: str, error: BaseException) -> None:
+    if isinstance(error, AgentdError):
+        log.info("rpc %s failed: %s %s", method, error.code.name, error.message)
+    elif isinstance(error, NotImplementedError):
+        log.info("rpc %s failed: UNIMPLEMENTED", method)
+    else:
+        log.error("rpc %s crashed", method, exc_info=error)
+
+
+class LocalContext:
+    """The part of grpc.aio.ServicerContext that servicers may use, for in-process calls."""
+
+    def __init__(self, metadata: Metadata):
+        self._metadata = tuple(metadata)
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    async def send_initial_metadata(self, metadata) -> None:
+        pass  # the gateway answers with its own headers
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    def set_code(self, code) -> None:
+        pass  # the generated base servicers set UNIMPLEMENTED, then raise
+
+    def set_details(self, details) -> None:
+        pass
+
+    def time_remaining(self) -> float | None:
+        return None  # HTTP callers have no deadline
+
+    def cancelled(self) -> bool:
+        return False
+
+    def peer(self) -> str:
+        return "gateway"
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+        raise StatusError(code, details)
+
+
+async def invoke_unary(method: str, handler, request, metadata: Metadata) -> Any:
+    """Runs a unary servicer method in-process. Failures are logged and re-raised."""
+    try:
+        result = handler(request, LocalContext(metadata))
+        return await result if inspect.isawaitable(result) else result
+    except Exception as error:
+        log_failure(method, error)
+        raise
+
+
+async def invoke_stream(method: str, handler, request, metadata: Metadata) -> AsyncIterator[Any]:
+    """Runs a server-streaming servicer method in-process; closing this iterator (a client
+    that went away) closes the servicer's generator, which stops its work."""
+    try:
+        stream = handler(request, LocalContext(metadata))
+        async for item in stream:
+            yield item
+    except Exception as error:
+        log_failure(method, error)
+        raise
