@@ -83,13 +83,15 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         name = _required(request.session_name, "session_name")
         if len(name) > MAX_SESSION_NAME:
             raise InvalidArgument("session_name", f"at most {MAX_SESSION_NAME} characters")
-        await self._require_agent(request.agent_id)
+        agent_id = _required(request.agent_id, "agent_id")
         created = now_micros()
         session = types.Session(session_id=new_id("sess"), session_name=name,
                                 started_at=_timestamp(created))
-        await self.repo.insert(schema.sessions, id=session.session_id, owner=principal.get(),
-                               agent_id=request.agent_id, created_at=created,
-                               body=session.SerializeToString())
+        if not await self.repo.insert_child(schema.sessions, schema.agents, agent_id,
+                                            id=session.session_id, owner=principal.get(),
+                                            agent_id=agent_id, created_at=created,
+                                            body=session.SerializeToString()):
+            raise NotFound("agent", agent_id)
         return pb.CreateSessionResponse(session_id=session.session_id, session=session)
 
     async def GetSession(self, request: pb.GetSessionRequest, context) -> pb.GetSessionResponse:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from agentd.errors import InvalidArgument
 from agentd.paging import Cursor
@@ -51,11 +52,31 @@ class Repository:
             self._statements[key] = statement
         return statement
 
-    async def insert(self, table: Table, **values: Any) -> None:
+    def _insert(self, table: Table):
         statement = self._statements.get(("insert", table.name))
         if statement is None:
             statement = self._statements[("insert", table.name)] = insert(table)
+        return statement
+
+    async def insert(self, table: Table, **values: Any) -> None:
+        statement = self._insert(table)
         await self.db.write(lambda conn: conn.execute(statement, values))
+
+    async def insert_child(self, table: Table, parent: Table, parent_id: str, **values: Any) -> bool:
+        """Inserts a row under a parent row of the same owner, in one transaction.
+        False (and nothing written) when the owner has no such parent."""
+        check = self._statement("exists", parent, ())
+        statement = self._insert(table)
+
+        def work(conn) -> bool:
+            if conn.execute(check, {"owner": values["owner"], "row_id": parent_id}).first() is None:
+                return False
+            conn.execute(statement, values)
+            return True
+        try:
+            return await self.db.write(work)
+        except IntegrityError:
+            return False  # the parent was deleted between the check and the insert
 
     async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
         statement = self._statement("body", table, tuple(parents))
