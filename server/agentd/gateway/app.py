@@ -192,9 +192,8 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
             yield b"data: " + _dumps(endpoint.unwrap(first)) + b"\n\n"
             async for item in events:
                 yield b"data: " + _dumps(endpoint.unwrap(item)) + b"\n\n"
-        except Exception as e:  # noqa: BLE001 - the status is sent; HTTP 200 has gone out
-            _, body = _error_body_of(style, e)
-            yield b"data: " + _dumps(body) + b"\n\n"
+        except Exception as e:  # noqa: BLE001 - HTTP 200 has gone out: the error is an event
+            yield b"data: " + _dumps(_stream_error_body(style, e)) + b"\n\n"
         finally:
             await events.aclose()  # a client that went away stops the servicer (no leaked stream)
 
@@ -215,6 +214,15 @@ def _error_body_of(style: int, error: BaseException) -> tuple[int, dict]:
     reason, fields = details_of(status)
     http = HTTP_STATUS.get(status.code, 500)
     return http, _error_body(style, http, status.message, reason, fields[0] if fields else None)
+
+
+def _stream_error_body(style: int, error: BaseException) -> dict:
+    """The last event of a stream that failed: {"error": {...}}, which the openai SDK raises
+    as APIError; Llama Stack's is {"error": {"message": "<status>: <detail>"}}."""
+    http, body = _error_body_of(style, error)
+    if style == _LEGACY_STYLE:
+        return {"error": {"message": f"{http}: {body['detail']}"}}
+    return body
 
 
 def _error_response(style: int, error: BaseException, headers: dict) -> Response:
