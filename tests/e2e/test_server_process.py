@@ -12,6 +12,8 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from agentd.v1 import agents_pb2, agents_pb2_grpc
+
 from tests.e2e.conftest import AGENTD, start_agentd
 
 BUF = Path(sys.executable).parent / "buf"
@@ -68,3 +70,22 @@ def test_data_survives_a_restart(tmp_path):
         assert httpx.get(f"{again.base_url}/v1alpha/agents/{agent_id}").status_code == 200
     finally:
         assert again.terminate() == 0
+
+
+def test_json_logs_carry_the_request_id(tmp_path):
+    server = start_agentd(tmp_path, AGENTD_LOG_FORMAT="json")
+    try:
+        missing = httpx.get(f"{server.base_url}/v1alpha/agents/agent_x", headers={"x-request-id": "e2e-req-1"})
+        assert missing.status_code == 404 and missing.headers["x-request-id"] == "e2e-req-1"
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = agents_pb2_grpc.AgentsServiceStub(channel)
+            try:
+                stub.GetAgent(agents_pb2.GetAgentRequest(agent_id="agent_y"), metadata=(("x-request-id", "e2e-req-2"),))
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        assert server.terminate() == 0
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    failures = {e["request_id"]: e["message"] for e in entries if "failed" in e["message"]}
+    assert "agent_x" in failures["e2e-req-1"] and "agent_y" in failures["e2e-req-2"]
+    assert all(e["level"] in {"info", "warning", "error", "debug"} for e in entries)
