@@ -16,7 +16,6 @@ Two generic rules beyond google.api.http:
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -31,7 +30,6 @@ from agentd.errors import HTTP_STATUS, InvalidArgument, details_of, status_of
 from agentd.gateway.routes import Route
 from agentd.v1 import options_pb2
 
-log = logging.getLogger("agentd.gateway")
 _FORWARDED_HEADERS = ("authorization", "x-request-id")
 _LEGACY_STYLE = options_pb2.ERROR_STYLE_LLAMA_STACK
 _symbols = symbol_database.Default()
@@ -124,8 +122,7 @@ class Gateway:
 
     async def handle(self, request: Request) -> Response:
         candidates, allowed = self.match(request.method, request.url.path)
-        style = (candidates[0][0] if candidates else None)
-        style = style.route.error_style if style else _style_for_path(request.url.path)
+        style = candidates[0][0].route.error_style if candidates else _style_for_path(request.url.path)
         if not candidates:
             if allowed:
                 return _error(style, 405, "Method Not Allowed", "METHOD_NOT_ALLOWED",
@@ -205,6 +202,7 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 
 
 def _style_for_path(path: str) -> int:
+    # Only for paths no route matched (404/405): answer in the style of the API they aimed at.
     return _LEGACY_STYLE if "/agents" in path else options_pb2.ERROR_STYLE_OPENAI
 
 
