@@ -47,7 +47,9 @@ def generate(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--mypy_out={out}", f"--mypy_grpc_out={out}", *sources,
     ]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:  # protoc's own messages name the file and line
+        sys.exit(f"protoc failed:\n{run.stderr}")
     # protoc writes an empty *_grpc module for every file; keep only those with a service.
     for grpc_module in (out / PACKAGE_DIR).glob("*_pb2_grpc.py*"):
         if "Stub" not in grpc_module.read_text():
