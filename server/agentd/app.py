@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agentd.api.agents import AgentsServicer
 from agentd.api.context import LOCAL_PRINCIPAL
-from agentd.api.interceptor import CallInterceptor
+from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
 from agentd.config import Settings
 from agentd.storage import Database, Repository
@@ -80,9 +80,10 @@ class Agentd:
 
     def _build_server(self) -> grpc.aio.Server:
         # Built inside the running loop: grpc.aio objects are bound to the loop that made them.
-        server = grpc.aio.server(interceptors=[CallInterceptor()], options=server_options(self.settings))
-        for servicer, add_to_server in self.servicers.values():
-            add_to_server(servicer, server)
+        server = grpc.aio.server(options=server_options(self.settings))
+        for service in SERVICES:
+            servicer, add_to_server = self.servicers[service.full_name]
+            add_to_server(WrappedServicer(servicer, service), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -2,7 +2,7 @@
 
 Engine, storage and servicers raise these; `status_of` turns any exception into a status
 with an ErrorInfo (stable `reason`) and, for bad input, a BadRequest listing the offending
-fields. The gRPC interceptor sends that status; the HTTP gateway maps it to an HTTP answer
+fields. The gRPC call pipeline (api/grpc_pipeline.py) sends that status; the HTTP gateway maps it to an HTTP answer
 (HTTP_STATUS) in its routes' error style.
 """
 
@@ -76,8 +76,12 @@ class StatusError(AgentdError):
 
 
 def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
-    """The gRPC status (for context.abort_with_status) of any exception."""
-    return rpc_status.to_status(status_of(error, request_id))
+    """The gRPC status (for context.abort_with_status) of any exception; its trailing
+    metadata carries the call's request id next to the details."""
+    status = rpc_status.to_status(status_of(error, request_id))
+    if request_id:
+        status = status._replace(trailing_metadata=(*status.trailing_metadata, ("x-request-id", request_id)))
+    return status
 
 
 def status_of(error: BaseException, request_id: str = "") -> status_pb2.Status:

@@ -173,7 +173,11 @@ async def test_running_turns_is_unimplemented_for_now(agents):
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_request_id_comes_back_in_initial_metadata(agents):
+async def test_request_id_comes_back_in_trailing_metadata(agents):
     call = agents.ListAgents(pb.ListAgentsRequest(), metadata=(("x-request-id", "abc-1"),))
     await call
-    assert dict(await call.initial_metadata())["x-request-id"] == "abc-1"
+    assert dict(await call.trailing_metadata())["x-request-id"] == "abc-1"
+    failed = agents.GetAgent(pb.GetAgentRequest(agent_id="agent_x"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await failed
+    assert len(dict(caught.value.trailing_metadata())["x-request-id"]) == 16

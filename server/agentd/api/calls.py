@@ -1,6 +1,6 @@
 """What every call goes through, whichever transport brought it.
 
-gRPC calls pass through CallInterceptor; the HTTP gateway dispatches to the same servicers
+gRPC calls pass through api/grpc_pipeline.py; the HTTP gateway dispatches to the same servicers
 in-process (no loopback hop) through `invoke_unary` / `invoke_stream`. Both begin a call the
 same way (request id, log context) and end a failed one the same way (log, then
 agentd.errors.status_of), so REST and gRPC callers get identical treatment.

@@ -1,4 +1,4 @@
-"""Per-call context (request id, principal), set by the interceptor for the whole call."""
+"""Per-call context (request id, principal), set when a call begins (api/calls.py) for the whole call."""
 
 from __future__ import annotations
 
