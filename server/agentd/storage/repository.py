@@ -115,7 +115,7 @@ class Repository:
             query = query.order_by(*(c.desc() if walk_desc else c.asc() for c in order))
             return conn.execute(query.offset(cursor.offset).limit(limit + 1)).all()
 
-        rows = await self.db.read(fetch)
+        rows = await self.db.scan(fetch)
         has_more = len(rows) > limit
         rows = rows[:limit]
         if backwards:
