@@ -45,12 +45,14 @@ try:
 
     from agentd.v1 import agent_types_pb2 as t
     from agentd.v1 import agents_pb2 as pb
-    from agentd.v1 import agents_pb2_grpc
+    from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
 except ImportError as e:  # the usual cause: run with a Python that is not the project's venv
     sys.exit(f"bench: {e}. Run it with the project's venv: `make bench` or `.venv/bin/python bench/run.py`.")
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = ("GetAgent", "CreateSession")
+# ListModels touches no database: it is the floor of the same stack (transport, call
+# pipeline, codec), measured in the same run, so GetAgent - ListModels is what storage costs.
+OPS = ("GetAgent", "CreateSession", "ListModels")
 TRANSPORTS = ("grpc", "http")
 BUDGET_MS = 1.0  # the budget: both checks below compare against 1 ms
 START_TIMEOUT_S = 60.0
@@ -209,9 +211,14 @@ def error_kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def grpc_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: str, timeout: float) -> Call:
+def grpc_call(channel: grpc.aio.Channel, op: str, agent_id: str, timeout: float) -> Call:
     # Requests are built once: per-call message construction is client-side cost that would
     # blur the server latency we are after (the HTTP side likewise reuses its encoded body).
+    if op == "ListModels":
+        models = models_pb2_grpc.ModelsServiceStub(channel)
+        listing = models_pb2.ListModelsRequest()
+        return lambda: models.ListModels(listing, timeout=timeout)
+    stub = agents_pb2_grpc.AgentsServiceStub(channel)
     if op == "GetAgent":
         get = pb.GetAgentRequest(agent_id=agent_id)
         return lambda: stub.GetAgent(get, timeout=timeout)
@@ -220,8 +227,8 @@ def grpc_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: str, t
 
 
 def http_call(client: httpx.AsyncClient, op: str, agent_id: str) -> Call:
-    if op == "GetAgent":
-        path = f"/v1alpha/agents/{agent_id}"
+    if op in ("GetAgent", "ListModels"):
+        path = f"/v1alpha/agents/{agent_id}" if op == "GetAgent" else "/v1/models"
 
         async def call() -> None:
             response = await client.get(path)
@@ -332,7 +339,7 @@ async def measure_cell(server: Server, args: argparse.Namespace, op: str, transp
     if transport == "grpc":
         # One channel (one HTTP/2 connection) shared by all workers, as a gRPC client normally has.
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            call = grpc_call(agents_pb2_grpc.AgentsServiceStub(channel), op, agent_id, args.request_timeout)
+            call = grpc_call(channel, op, agent_id, args.request_timeout)
             return await _warm_then_measure(server, [call] * concurrency, args, op, transport)
     # `concurrency` keep-alive connections, as one client whose pool is sized to the concurrency would
     # hold, but as one single-connection client per worker: httpx's shared pool costs client CPU
