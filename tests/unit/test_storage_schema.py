@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -18,3 +20,16 @@ async def test_migrations_match_the_schema(database_url):
         assert diff == []
     finally:
         await db.close()
+
+
+async def test_replicas_starting_together_migrate_once(database_url):
+    """Several servers migrating one fresh database at the same time all succeed."""
+    databases = [Database(database_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(db.migrate() for db in databases))
+        version = await databases[0].read(
+            lambda conn: conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
+        assert version == "0001"
+    finally:
+        for db in databases:
+            await db.close()

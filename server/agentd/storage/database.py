@@ -100,7 +100,18 @@ class Database:
             await self._async_engine.dispose()
 
 
+# Servers that start together on one database take turns migrating: the first upgrades, the
+# others wait for its commit and then find nothing to do. PostgreSQL: a transaction-scoped
+# advisory lock. SQLite: the write lock, taken up front (pysqlite would not begin a
+# transaction before DDL, so two migrators could interleave their CREATE TABLEs).
+_MIGRATION_LOCK_ID = 0x61676E7464  # "agntd"
+
+
 def _upgrade(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
