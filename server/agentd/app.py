@@ -108,7 +108,8 @@ class Agentd:
             from agentd.gateway.server import GatewayServer
 
             self._gateway = GatewayServer(self.settings.http_addr, SERVICES,
-                                          {name: s for name, (s, _) in self.servicers.items()})
+                                          {name: s for name, (s, _) in self.servicers.items()},
+                                          max_body_bytes=self.settings.max_message_bytes)
             self.http_port = await self._gateway.start()
             log.info("HTTP gateway listening on %s", self._gateway.bound_addr)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
+
+from agentd.app import Agentd
+from tests.conftest import make_settings
 
 AGENT_CONFIG = {"model": "test-model", "instructions": "Be brief.",
                 "toolgroups": ["builtin::rag", {"name": "mcp::docs", "args": {"k": 3}}],
@@ -166,3 +170,23 @@ async def test_openai_routes_reject_bad_input_before_calling(http):
     assert error["type"] == "invalid_request_error" and error["param"] == "input"
     response = await http.get("/v1/responses/resp_1/input_items", params={"order": "sideways"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "order"
+
+
+async def test_body_over_the_message_limit_is_413(database_url, tmp_path):
+    server = Agentd(make_settings(database_url, tmp_path, max_message_bytes=4096))
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}") as client:
+            config = {"agent_config": {"model": "test-model", "instructions": "x" * 5000}}
+            too_big = await client.post("/v1alpha/agents", json=config)
+            assert too_big.status_code == 413 and "4096" in too_big.json()["detail"]
+            async def chunks():
+                yield b"{" + b" " * 5000 + b"}"
+            chunked = await client.post("/v1alpha/agents", content=chunks())
+            assert chunked.status_code == 413  # no content-length: counted while reading
+            ok = await client.post("/v1alpha/agents", json={"agent_config": {"model": "m", "instructions": "x"}})
+            assert ok.status_code == 200
+            listed = (await client.get("/v1alpha/agents")).json()["data"]
+            assert [a["agent_config"]["instructions"] for a in listed] == ["x"]
+    finally:
+        await server.stop(0)

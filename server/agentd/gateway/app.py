@@ -96,8 +96,10 @@ class Endpoint:
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, routes: list[Route], servicers: dict[str, object]):
-        """`servicers` maps a service's full name to the object that serves it."""
+    def __init__(self, routes: list[Route], servicers: dict[str, object], max_body_bytes: int):
+        """`servicers` maps a service's full name to the object that serves it; a request
+        body over `max_body_bytes` (the gRPC message limit) is refused with 413."""
+        self.max_body_bytes = max_body_bytes
         self.endpoints = [Endpoint(r, servicers[r.method.containing_service.full_name])
                           for r in routes if r.method.containing_service.full_name in servicers]
 
@@ -130,7 +132,11 @@ class Gateway:
             return _error(style, 404, "Not Found", "NOT_FOUND")
         query = parse_qsl(request.url.query, keep_blank_values=True)
         body: Any = None
-        raw = await request.body()
+        try:
+            raw = await _read_body(request, self.max_body_bytes)
+        except _TooLarge:
+            return _error(style, 413, f"Request body is larger than {self.max_body_bytes} bytes.",
+                          "REQUEST_TOO_LARGE")
         if raw:
             try:
                 body = json.loads(raw)
@@ -157,6 +163,24 @@ class Gateway:
             return Response(status_code=204, headers=headers)
         return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
                         headers=headers)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than `limit` bytes (a client cannot make us buffer more)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _wants_stream(body: Any, query: list[tuple[str, str]]) -> bool:

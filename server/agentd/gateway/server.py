@@ -11,17 +11,19 @@ from agentd.gateway.routes import routes_of
 
 
 class GatewayServer:
-    def __init__(self, http_addr: str, services, servicers: dict[str, object]):
+    def __init__(self, http_addr: str, services, servicers: dict[str, object],
+                 max_body_bytes: int = 8 * 1024 * 1024):
         self.host, _, port = http_addr.rpartition(":")
         self.port = int(port)
         self.services = services
         self.servicers = servicers
+        self.max_body_bytes = max_body_bytes
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
         self.bound_addr = ""
 
     async def start(self) -> int:
-        app = Gateway(routes_of(self.services), self.servicers)
+        app = Gateway(routes_of(self.services), self.servicers, self.max_body_bytes)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_config=None,
                                 access_log=False, lifespan="on", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
