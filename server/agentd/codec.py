@@ -19,7 +19,7 @@ from typing import Any
 
 from google.protobuf import descriptor as _d
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
+from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
@@ -160,7 +160,7 @@ def to_json(msg: Message) -> Any:
 def _write_message(msg: Message, plan: _Plan) -> Any:
     full_name = plan.desc.full_name
     if full_name in _JSON_WKT:
-        return MessageToDict(msg)
+        return _write_struct_like(msg, full_name)
     if full_name == _TIMESTAMP:
         return _write_timestamp(msg)
     if plan.union is not None and plan.untagged:
@@ -218,6 +218,35 @@ def _write_value(value: Any, f: _Field) -> Any:
     if f.fd.type == _FD.TYPE_BYTES:
         return base64.b64encode(value).decode()
     return value
+
+
+def _write_struct_like(msg: Message, full_name: str) -> Any:
+    if full_name == "google.protobuf.Struct":
+        return {k: _write_json_value(v) for k, v in msg.fields.items()}
+    if full_name == "google.protobuf.ListValue":
+        return [_write_json_value(v) for v in msg.values]
+    return _write_json_value(msg)
+
+
+_MAX_EXACT_INT = 2**53
+
+
+def _write_json_value(value: struct_pb2.Value) -> Any:
+    # Struct keeps every number as a double; a whole number is written back as an integer so
+    # that {"k": 3} does not come back as {"k": 3.0} (JSON schemas, tool arguments).
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) <= _MAX_EXACT_INT else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: _write_json_value(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_write_json_value(v) for v in value.list_value.values]
+    return None
 
 
 def _write_timestamp(ts: timestamp_pb2.Timestamp) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agentd import codec
@@ -142,3 +144,9 @@ def test_query_string_scalars():
     assert page.page_size == 20
     with pytest.raises(codec.CodecError):
         codec.read_scalar_field(page, "page_size", "", "limit")
+
+
+def test_free_form_json_keeps_whole_numbers_whole():
+    args = {"k": 3, "ratio": 0.5, "big": 2**40, "nested": {"list": [1, 2.5, None, True, "x"]}}
+    group = codec.parse({"name": "g", "args": args}, t.AgentToolGroupWithArgs)
+    assert json.dumps(codec.to_json(group)["args"], sort_keys=True) == json.dumps(args, sort_keys=True)
