@@ -20,7 +20,7 @@ from agentd.config import Settings
 from agentd.storage.schema import metadata
 from agentd.v1 import agents_pb2_grpc, models_pb2_grpc
 
-POSTGRES_URL = os.environ.get("AGENTD_TEST_POSTGRES_URL",
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
                               "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
 
@@ -49,7 +49,7 @@ def postgres_url():
         _run(_admin(f'CREATE DATABASE "{name}"'))
     except Exception as e:  # noqa: BLE001 - reported as a failure with the reason
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {e}. "
-                    "Set AGENTD_TEST_POSTGRES_URL or start the server.")
+                    "Set TEST_POSTGRES_URL or start the server.")
     yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -7,6 +7,7 @@ import logging
 import signal
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -20,6 +21,18 @@ from agentd.v1 import (agents_pb2, agents_pb2_grpc, conversations_pb2, conversat
                        models_pb2, models_pb2_grpc, responses_pb2, responses_pb2_grpc)
 
 log = logging.getLogger("agentd")
+
+
+class StartError(Exception):
+    """agentd could not start; the message says what and why, for the operator."""
+
+
+def _start_failure(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return str(error)
+    if isinstance(error, SQLAlchemyError):
+        return f"the database is not usable: {error.__class__.__name__}: {getattr(error, 'orig', error)}"
+    return f"{error.__class__.__name__}: {error}"
 
 # The services agentd serves; the gateway serves the routes of exactly these.
 SERVICES = [
@@ -91,12 +104,24 @@ class Agentd:
         return server
 
     async def start(self) -> None:
+        """Starts everything, or nothing: a failure stops what had started and raises
+        StartError saying what could not start."""
+        try:
+            await self._start()
+        except BaseException as error:
+            await self.stop(0, quiet=True)
+            if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+                raise
+            raise StartError(_start_failure(error)) from error
+
+    async def _start(self) -> None:
         await self.db.migrate()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")
-        self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {self.settings.grpc_addr}")
+        try:
+            self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as e:  # grpc's way of saying the port is taken
+            raise OSError(f"cannot listen on {self.settings.grpc_addr} (gRPC): {e}") from None
         await self.server.start()
         for service in SERVICES:
             await self.health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
@@ -113,15 +138,21 @@ class Agentd:
             self.http_port = await self._gateway.start()
             log.info("HTTP gateway listening on %s", self._gateway.bound_addr)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Graceful: health NOT_SERVING, stop taking calls, let running ones finish."""
+    async def stop(self, grace: float | None = None, quiet: bool = False) -> None:
+        """Graceful: health NOT_SERVING, then both transports stop taking calls at once and
+        give running ones `grace` seconds. Safe on a half-started server."""
         grace = self.settings.grace_period_s if grace is None else grace
-        await self.health.enter_graceful_shutdown()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        stopping = []
         if self._gateway is not None:
-            await self._gateway.stop(grace)
-        await self.server.stop(grace)
+            stopping.append(self._gateway.stop(grace))
+        if self.server is not None:
+            stopping.append(self.server.stop(grace))
+        await asyncio.gather(*stopping)
         await self.db.close()
-        log.info("stopped")
+        if not quiet:
+            log.info("stopped")
 
     async def run_until_signal(self) -> None:
         stop = asyncio.Event()

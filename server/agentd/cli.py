@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentd: {e}", file=sys.stderr)
         return 2
     setup_logging(settings)
-    from agentd.app import Agentd
+    from agentd.app import Agentd, StartError
 
     try:
         asyncio.run(Agentd(settings).run_until_signal())
-    except OSError as e:
+    except StartError as e:
         logging.getLogger("agentd").error("cannot start: %s", e)
         return 1
     return 0

@@ -58,7 +58,8 @@ class Settings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     grace_period_s: float = Field(10.0, ge=0, description="How long SIGTERM lets running calls finish.")
-    max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, description="gRPC message size limit.")
+    max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, le=2**31 - 1,
+                                   description="gRPC message size limit; larger REST bodies get 413.")
     providers: list[ProviderConfig] = Field(default_factory=list)
 
     @field_validator("grpc_addr", "http_addr")
@@ -81,6 +82,20 @@ class Settings(_Strict):
             except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL errors are varied
                 raise ValueError(str(e)) from None
         return value
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_ids(cls, providers: list[ProviderConfig]) -> list[ProviderConfig]:
+        seen_providers, seen_models = set(), set()
+        for provider in providers:
+            if provider.id in seen_providers:
+                raise ValueError(f"provider id {provider.id!r} is used twice")
+            seen_providers.add(provider.id)
+            for model in provider.models:
+                if model.id in seen_models:
+                    raise ValueError(f"model id {model.id!r} is served by two providers")
+                seen_models.add(model.id)
+        return providers
 
     @property
     def effective_database_url(self) -> str:

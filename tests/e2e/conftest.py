@@ -65,7 +65,8 @@ def start_agentd(tmp_path: Path, **env: str) -> AgentdProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
     environ.update(AGENTD_GRPC_ADDR=f"127.0.0.1:{grpc_port}", AGENTD_HTTP_ADDR=f"127.0.0.1:{http_port}",
                    AGENTD_DATA_DIR=str(tmp_path / "data"), AGENTD_PROVIDERS=json.dumps(PROVIDERS),
-                   AGENTD_GRACE_PERIOD_S="5", **env)
+                   AGENTD_GRACE_PERIOD_S="5")
+    environ.update(env)
     log_path = tmp_path / "agentd.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([*AGENTD, "serve"], env=environ, stdout=log, stderr=subprocess.STDOUT,

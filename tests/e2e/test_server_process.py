@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from agentd.v1 import agents_pb2, agents_pb2_grpc
 
-from tests.e2e.conftest import AGENTD, start_agentd
+from tests.e2e.conftest import AGENTD, free_port, start_agentd
 
 BUF = Path(sys.executable).parent / "buf"
 
@@ -89,3 +91,47 @@ def test_json_logs_carry_the_request_id(tmp_path):
     failures = {e["request_id"]: e["message"] for e in entries if "failed" in e["message"]}
     assert "agent_x" in failures["e2e-req-1"] and "agent_y" in failures["e2e-req-2"]
     assert all(e["level"] in {"info", "warning", "error", "debug"} for e in entries)
+
+
+def _serve(tmp_path, **env) -> subprocess.CompletedProcess:
+    environ = {"PATH": "/usr/bin:/bin", "AGENTD_DATA_DIR": str(tmp_path / "data"), **env}
+    return subprocess.run([*AGENTD, "serve"], env=environ, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("which", ["grpc", "http"])
+def test_a_port_in_use_stops_the_start_with_a_clear_message(tmp_path, which):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = {"AGENTD_GRPC_ADDR": busy if which == "grpc" else f"127.0.0.1:{free_port()}",
+               "AGENTD_HTTP_ADDR": busy if which == "http" else f"127.0.0.1:{free_port()}"}
+        run = _serve(tmp_path, **env)
+    assert run.returncode == 1, run.stderr
+    assert "cannot start:" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_unusable_database_stops_the_start_with_a_clear_message(tmp_path):
+    run = _serve(tmp_path, AGENTD_GRPC_ADDR=f"127.0.0.1:{free_port()}", AGENTD_HTTP_ADDR="",
+                 AGENTD_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/agentd_no_such_database")
+    assert run.returncode == 1, run.stderr
+    assert "cannot start: the database is not usable" in run.stderr
+    assert "agentd_no_such_database" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_gateway_listens_on_ipv6_loopback(tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        port = probe.getsockname()[1]
+    server = start_agentd(tmp_path, AGENTD_HTTP_ADDR=f"[::1]:{port}")
+    try:
+        assert httpx.get(f"http://[::1]:{port}/v1/models").status_code == 200
+    finally:
+        assert server.terminate() == 0

@@ -61,3 +61,28 @@ def test_yaml_must_be_a_mapping(tmp_path: Path):
     config.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_settings(config, environ={})
+
+
+@pytest.mark.parametrize("environ, needle", [
+    ({"AGENTD_DATABASE_URL": "sqlite:///:memory:"}, "in-memory SQLite database is not supported"),
+    ({"AGENTD_MAX_MESSAGE_BYTES": str(2**32)}, "max_message_bytes"),
+    ({"AGENTD_PROVIDERS": '[{"id": "a", "type": "openai", "models": [{"id": "m"}]},'
+                          ' {"id": "b", "type": "openai", "models": [{"id": "m"}]}]'},
+     "model id 'm' is served by two providers"),
+    ({"AGENTD_PROVIDERS": '[{"id": "a", "type": "openai"}, {"id": "a", "type": "local"}]'},
+     "provider id 'a' is used twice"),
+])
+def test_settings_that_could_not_work_are_refused_at_load(environ, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(environ=environ)
+
+
+def test_libpq_sslmode_is_translated_for_asyncpg():
+    from agentd.storage.database import normalize_url
+    url = normalize_url("postgresql://u@db.example/agentd?sslmode=require")
+    assert url.drivername == "postgresql+asyncpg" and dict(url.query) == {"ssl": "require"}
+
+
+def test_ipv6_addresses_are_accepted():
+    settings = load_settings(environ={"AGENTD_HTTP_ADDR": "[::1]:8321", "AGENTD_GRPC_ADDR": "[::1]:50051"})
+    assert (settings.http_addr, settings.grpc_addr) == ("[::1]:8321", "[::1]:50051")

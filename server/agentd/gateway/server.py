@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import uvicorn
 
@@ -13,7 +14,8 @@ from agentd.gateway.routes import routes_of
 class GatewayServer:
     def __init__(self, http_addr: str, services, servicers: dict[str, object],
                  max_body_bytes: int = 8 * 1024 * 1024):
-        self.host, _, port = http_addr.rpartition(":")
+        host, _, port = http_addr.rpartition(":")
+        self.host = host.strip("[]")  # "[::1]:8321": uvicorn wants the bare IPv6 address
         self.port = int(port)
         self.services = services
         self.servicers = servicers
@@ -23,20 +25,26 @@ class GatewayServer:
         self.bound_addr = ""
 
     async def start(self) -> int:
+        # We bind the socket ourselves: a port in use is then an OSError here, where uvicorn
+        # would log it and call sys.exit() from inside its task.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as e:
+            raise OSError(f"cannot listen on {self.host}:{self.port} (HTTP gateway): {e.strerror}") from None
         app = Gateway(routes_of(self.services), self.servicers, self.max_body_bytes)
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_config=None,
-                                access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # agentd owns the signals
-        self._task = asyncio.create_task(self._server.serve())
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # raises the startup error (e.g. port in use)
-                raise OSError(f"HTTP gateway failed to start on {self.host}:{self.port}")
+                self._task.result()
+                raise OSError(f"the HTTP gateway on {self.host}:{self.port} stopped while starting")
             await asyncio.sleep(0.01)
-        sock = self._server.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
-        self.bound_addr = f"{host}:{port}"
+        self.bound_addr = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         return port
 
     async def stop(self, grace: float) -> None:

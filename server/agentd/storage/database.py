@@ -42,9 +42,16 @@ def normalize_url(url: str) -> URL:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # Each thread would get its own empty database: reads (inline) and writes
+            # (worker threads) would never meet.
+            raise ValueError("an in-memory SQLite database is not supported: give a file path")
         return parsed.set(drivername="sqlite")
     if backend == "postgresql":
-        return parsed.set(drivername="postgresql+asyncpg")
+        query = dict(parsed.query)
+        if "sslmode" in query:  # libpq's name, as managed PostgreSQL URLs carry it; asyncpg's is ssl
+            query["ssl"] = query.pop("sslmode")
+        return parsed.set(drivername="postgresql+asyncpg", query=query)
     raise ValueError(f"unsupported database {parsed.drivername!r}: use sqlite:/// or postgresql://")
 
 
@@ -53,10 +60,10 @@ class Database:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            if self.url.database not in (None, "", ":memory:"):
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            # One connection per worker thread, plus room for the inline reads of the loop.
             self._sync_engine = create_engine(
-                self.url, connect_args={"check_same_thread": False}, pool_size=SQLITE_THREADS)
+                self.url, connect_args={"check_same_thread": False}, pool_size=SQLITE_THREADS + 2)
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
             self._executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="agentd-sqlite")
         else:
