@@ -2,8 +2,11 @@
 (which folds the legacy cursors `start_index`, `after` and `before` into one).
 
 A token is URL-safe base64 of a small JSON object with exactly one of:
+  {"key": [T, ID]}  items after the sort key (created_at T, id ID) in the listing order: the
+                    next_page_token we hand out. It needs no lookup, so it keeps working
+                    when the item it names has been deleted meanwhile.
   {"offset": N}     skip N items (Llama Stack's start_index)
-  {"after": ID}     items after the item ID in the listing order (OpenAI's after; our next page)
+  {"after": ID}     items after the item ID in the listing order (OpenAI's after)
   {"before": ID}    items before the item ID (OpenAI's before)
 """
 
@@ -18,6 +21,7 @@ from agentd.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_OFFSET = 2**31 - 1  # beyond any real list, and within every database's integer range
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +29,13 @@ class Cursor:
     offset: int = 0
     after: str | None = None
     before: str | None = None
+    key: tuple[int, str] | None = None
 
 
 def encode(cursor: Cursor) -> str:
-    if cursor.after is not None:
+    if cursor.key is not None:
+        body: dict = {"key": list(cursor.key)}
+    elif cursor.after is not None:
         body = {"after": cursor.after}
     elif cursor.before is not None:
         body = {"before": cursor.before}
@@ -47,9 +54,10 @@ def decode(token: str, field: str = "page_token") -> Cursor:
     if not isinstance(body, dict) or len(body) != 1:
         raise InvalidArgument(field, "not a page token returned by this service")
     if isinstance(body.get("offset"), int) and not isinstance(body["offset"], bool):
-        if body["offset"] < 0:
-            raise InvalidArgument(field, "the offset (start_index) must be >= 0")
-        return Cursor(offset=body["offset"])
+        return Cursor(offset=_offset(body["offset"], field))
+    key = body.get("key")
+    if isinstance(key, list) and len(key) == 2 and isinstance(key[0], int) and isinstance(key[1], str):
+        return Cursor(key=(key[0], key[1]))
     for key in ("after", "before"):
         if isinstance(body.get(key), str):
             return Cursor(**{key: body[key]})
@@ -70,11 +78,15 @@ def from_legacy(name: str, raw: str) -> Cursor:
             offset = int(raw)
         except ValueError:
             raise InvalidArgument(name, f"expected an integer, got {raw!r}") from None
-        if offset < 0:
-            raise InvalidArgument(name, "must be >= 0")
-        return Cursor(offset=offset)
+        return Cursor(offset=_offset(offset, name))
     if name in ("after", "before"):
         if not raw:
             raise InvalidArgument(name, "must not be empty")
         return Cursor(**{name: raw})
     raise ValueError(f"unknown legacy cursor {name!r}")  # a proto option names an unknown cursor
+
+
+def _offset(offset: int, field: str) -> int:
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidArgument(field, f"must be between 0 and {MAX_OFFSET}")
+    return offset

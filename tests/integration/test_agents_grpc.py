@@ -181,3 +181,66 @@ async def test_request_id_comes_back_in_trailing_metadata(agents):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await failed
     assert len(dict(caught.value.trailing_metadata())["x-request-id"]) == 16
+
+
+async def test_paging_survives_the_deletion_of_the_last_item_seen(agents):
+    ids = [(await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+           for _ in range(4)]
+    first = await agents.ListAgents(pb.ListAgentsRequest(page_size=2))
+    await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=first.data[-1].agent_id))
+    second = await agents.ListAgents(pb.ListAgentsRequest(page_size=2, page_token=first.next_page_token))
+    assert [a.agent_id for a in second.data] == ids[2:] and not second.has_more
+
+
+async def test_huge_offsets_are_invalid_argument(http):
+    response = await http.get("/v1alpha/agents", params={"start_index": str(2**70)})
+    assert response.status_code == 400 and "start_index" in response.json()["detail"]
+
+
+async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> list[str]:
+    """Turns and steps written straight into storage: the turn engine does not exist yet."""
+    turn_ids = []
+    for i in range(count):
+        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id, steps=[t.Step(
+            inference=t.InferenceStep(turn_id=f"turn_{i}", step_id=f"step_{i}"))])
+        await agentd.repo.insert(schema.turns, id=turn.turn_id, owner="local", session_id=session_id,
+                                 created_at=1000 + i, status="completed", body=turn.SerializeToString())
+        await agentd.repo.insert(schema.steps, id=f"step_{i}", owner="local", turn_id=turn.turn_id,
+                                 position=0, created_at=1000 + i, body=turn.steps[0].SerializeToString())
+        turn_ids.append(turn.turn_id)
+    return turn_ids
+
+
+async def test_get_session_turn_and_step_read_what_storage_holds(agents, agentd, http):
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
+    turn_ids = await _stored_turns(agentd, agent_id, session_id, 3)
+    whole = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
+    assert [turn.turn_id for turn in whole.turns] == turn_ids
+    some = await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id,
+                                                        turn_ids=["turn_2", "turn_0", "turn_x"]))
+    assert [turn.turn_id for turn in some.session.turns] == ["turn_0", "turn_2"]
+    base = f"/v1alpha/agents/{agent_id}/session/{session_id}"
+    for query in ("turn_ids=turn_0,turn_2", "turn_ids=turn_0&turn_ids=turn_2"):  # both SDK forms
+        body = (await http.get(f"{base}?{query}")).json()
+        assert [turn["turn_id"] for turn in body["turns"]] == ["turn_0", "turn_2"]
+    turn = (await http.get(f"{base}/turn/turn_1")).json()
+    assert turn["turn_id"] == "turn_1" and turn["steps"][0]["step_type"] == "inference"
+    step = (await http.get(f"{base}/turn/turn_1/step/step_1")).json()
+    assert step == {"step": turn["steps"][0]}
+
+
+async def test_delete_agent_cascades_to_turns_and_steps(agents, agentd):
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
+    await _stored_turns(agentd, agent_id, session_id, 2)
+    await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
+    for table in (schema.sessions, schema.turns, schema.steps):
+        count = select(func.count()).select_from(table)
+        assert await agentd.db.read(lambda conn: conn.execute(count).scalar()) == 0, table.name
+
+
+async def test_ids_with_nul_are_invalid_argument(agents, http):
+    code, _, fields = await error_of(agents.GetAgent(pb.GetAgentRequest(agent_id="agent\x00x")))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["agent_id"])
+    assert (await http.get("/v1alpha/agents/ab%00cd")).status_code == 400

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from agentd import paging
@@ -9,7 +12,7 @@ from agentd.errors import InvalidArgument
 
 
 @pytest.mark.parametrize("cursor", [paging.Cursor(offset=5), paging.Cursor(after="agent_1"),
-                                    paging.Cursor(before="msg_2"), paging.Cursor()])
+                                    paging.Cursor(before="msg_2"), paging.Cursor(), paging.Cursor(key=(5, "x"))])
 def test_tokens_round_trip(cursor):
     assert paging.decode(paging.encode(cursor)) == cursor
 
@@ -41,3 +44,14 @@ def test_legacy_cursors():
         with pytest.raises(InvalidArgument) as caught:
             paging.from_legacy(name, raw)
         assert caught.value.field_violations[0][0] == name
+
+
+def test_key_tokens_and_offset_bounds():
+    assert paging.decode(paging.encode(paging.Cursor(key=(17, "agent_1")))) == paging.Cursor(key=(17, "agent_1"))
+    for bad in ({"key": [1]}, {"key": ["1", "a"]}, {"offset": paging.MAX_OFFSET + 1}):
+        token = base64.urlsafe_b64encode(json.dumps(bad).encode()).decode()
+        with pytest.raises(InvalidArgument):
+            paging.decode(token)
+    with pytest.raises(InvalidArgument) as caught:
+        paging.from_legacy("start_index", "100000000000000000000")
+    assert "between 0 and" in caught.value.message

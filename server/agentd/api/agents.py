@@ -30,8 +30,11 @@ def _timestamp(micros: int) -> Timestamp:
 
 
 def _required(value: str, field: str) -> str:
+    """A required id or name. NUL is refused here: PostgreSQL cannot store or compare it."""
     if not value:
         raise InvalidArgument(field, "required")
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
     return value
 
 
@@ -96,12 +99,14 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
 
     async def GetSession(self, request: pb.GetSessionRequest, context) -> pb.GetSessionResponse:
         session = await self._session(request.agent_id, request.session_id)
-        wanted = set(request.turn_ids)
-        page = await self.repo.page(schema.turns, principal.get(), paging.Cursor(),
-                                    paging.MAX_PAGE_SIZE, session_id=session.session_id)
-        turns = [types.Turn.FromString(b) for b in page.bodies]
-        session.turns.extend(t for t in turns if not wanted or t.turn_id in wanted)
-        return pb.GetSessionResponse(session=session)
+        cursor, wanted = paging.Cursor(), list(request.turn_ids) or None
+        while True:  # every turn (or every wanted one), oldest first
+            page = await self.repo.page(schema.turns, principal.get(), cursor, paging.MAX_PAGE_SIZE,
+                                        ids=wanted, session_id=session.session_id)
+            session.turns.extend(types.Turn.FromString(b) for b in page.bodies)
+            if page.next_cursor is None:
+                return pb.GetSessionResponse(session=session)
+            cursor = page.next_cursor
 
     async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
         await self._require_agent(request.agent_id)

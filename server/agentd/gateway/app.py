@@ -45,12 +45,17 @@ class _QueryPlan:
     def __init__(self, request_type: type[Message], route: Route):
         self.fields: dict[str, str] = {}  # query name -> field name
         self.cursors: dict[str, str] = {}  # legacy cursor query name -> page token field
+        # Repeated fields take repeated parameters (?id=a&id=b) or one comma-separated value
+        # (?id=a,b), which is how the llama-stack-client SDKs send lists.
+        self.repeated: set[str] = set()
         bound = set(route.variables)
         for fd in request_type.DESCRIPTOR.fields:
             if fd.name in bound or fd.message_type is not None:
                 continue
             opts = fd.GetOptions()
             self.fields[fd.name] = fd.name
+            if fd.is_repeated:
+                self.repeated.add(fd.name)
             for alias in opts.Extensions[options_pb2.query_aliases]:
                 self.fields[alias] = fd.name
             for cursor in opts.Extensions[options_pb2.legacy_cursors]:
@@ -82,7 +87,9 @@ class Endpoint:
                 if name in self.query.cursors:
                     setattr(msg, self.query.cursors[name], paging.encode(paging.from_legacy(name, raw)))
                 elif name in self.query.fields:
-                    codec.read_scalar_field(msg, self.query.fields[name], raw, name)
+                    field = self.query.fields[name]
+                    for value in raw.split(",") if field in self.query.repeated else (raw,):
+                        codec.read_scalar_field(msg, field, value, name)
         for name, value in path_params.items():
             codec.read_scalar_field(msg, name.replace("__", "."), value, name)
         return msg

@@ -96,21 +96,27 @@ class Repository:
 
     async def page(self, table: Table, owner: str, cursor: Cursor, limit: int,
                    descending: bool = False, cursor_field: str = "page_token",
-                   **filters: str) -> Page:
-        """One page in (created_at, id) order: stable, no gaps or repeats under inserts."""
+                   ids: list[str] | None = None, **filters: str) -> Page:
+        """One page in (created_at, id) order: stable, no gaps or repeats under inserts.
+        `ids`, when given, keeps only those rows."""
         scope = self._scope(table, owner, filters)
+        if ids is not None:
+            scope.append(table.c.id.in_(ids))
         order = (table.c.created_at, table.c.id)
         backwards = cursor.before is not None  # walk towards the start, then flip
         anchor_id = cursor.after if cursor.after is not None else cursor.before
 
         def fetch(conn):
-            query = select(table.c.id, table.c.body).where(*scope)
-            if anchor_id is not None:
-                anchor = conn.execute(select(table.c.created_at).where(*scope, table.c.id == anchor_id)).first()
-                if anchor is None:
+            query = select(table.c.id, table.c.created_at, table.c.body).where(*scope)
+            anchor = cursor.key
+            if anchor is None and anchor_id is not None:
+                found = conn.execute(select(table.c.created_at).where(*scope, table.c.id == anchor_id)).first()
+                if found is None:
                     raise InvalidArgument(cursor_field, f"no item with id '{anchor_id}' in this list")
+                anchor = (found.created_at, anchor_id)
+            if anchor is not None:
                 later = descending == backwards  # rows after the anchor in storage order?
-                query = query.where(_beyond(table, anchor.created_at, anchor_id, later))
+                query = query.where(_beyond(table, anchor[0], anchor[1], later))
             walk_desc = descending != backwards
             query = query.order_by(*(c.desc() if walk_desc else c.asc() for c in order))
             return conn.execute(query.offset(cursor.offset).limit(limit + 1)).all()
@@ -120,7 +126,7 @@ class Repository:
         rows = rows[:limit]
         if backwards:
             rows.reverse()
-        next_cursor = Cursor(after=rows[-1].id) if has_more and rows else None
+        next_cursor = Cursor(key=(rows[-1].created_at, rows[-1].id)) if has_more and rows else None
         return Page(bodies=[r.body for r in rows], has_more=has_more, next_cursor=next_cursor,
                     first_id=rows[0].id if rows else "", last_id=rows[-1].id if rows else "")
 
