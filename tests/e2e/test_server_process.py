@@ -77,6 +77,8 @@ def test_data_survives_a_restart(tmp_path):
 def test_json_logs_carry_the_request_id(tmp_path):
     server = start_agentd(tmp_path, AGENTD_LOG_FORMAT="json")
     try:
+        listed = httpx.get(f"{server.base_url}/v1alpha/agents", headers={"x-request-id": "e2e-req-0"})
+        assert listed.status_code == 200
         missing = httpx.get(f"{server.base_url}/v1alpha/agents/agent_x", headers={"x-request-id": "e2e-req-1"})
         assert missing.status_code == 404 and missing.headers["x-request-id"] == "e2e-req-1"
         with grpc.insecure_channel(server.grpc_target) as channel:
@@ -88,8 +90,10 @@ def test_json_logs_carry_the_request_id(tmp_path):
     finally:
         assert server.terminate() == 0
     entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    failures = {e["request_id"]: e["message"] for e in entries if "failed" in e["message"]}
-    assert "agent_x" in failures["e2e-req-1"] and "agent_y" in failures["e2e-req-2"]
+    calls = {e["request_id"]: e["message"] for e in entries if e["logger"] == "agentd.rpc"}
+    assert calls["e2e-req-0"].startswith("rpc /agentd.v1.AgentsService/ListAgents OK")
+    assert calls["e2e-req-1"].startswith("rpc /agentd.v1.AgentsService/GetAgent NOT_FOUND")
+    assert "agent_x" in calls["e2e-req-1"] and "agent_y" in calls["e2e-req-2"]
     assert all(e["level"] in {"info", "warning", "error", "debug"} for e in entries)
 
 

@@ -2,14 +2,17 @@
 
 gRPC calls pass through api/grpc_pipeline.py; the HTTP gateway dispatches to the same servicers
 in-process (no loopback hop) through `invoke_unary` / `invoke_stream`. Both begin a call the
-same way (request id, log context) and end a failed one the same way (log, then
-agentd.errors.status_of), so REST and gRPC callers get identical treatment.
+same way (request id, log context), end it the same way (one access-log line with the
+outcome), and turn a failure into a status through agentd.errors.status_of, so REST and gRPC
+callers get identical treatment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import time
 import uuid
 from typing import Any, AsyncIterator, Iterable
 
@@ -30,13 +33,20 @@ def begin_call(metadata: Metadata | None) -> str:
     return request_id
 
 
-def log_failure(method: str, error: BaseException) -> None:
-    if isinstance(error, AgentdError):
-        log.info("rpc %s failed: %s %s", method, error.code.name, error.message)
+def end_call(method: str, started: float, error: BaseException | None = None) -> None:
+    """The call's access-log line: method, outcome, duration. Crashes are logged with their
+    traceback (the client only sees a bare INTERNAL)."""
+    ms = (time.perf_counter() - started) * 1000
+    if error is None:
+        log.info("rpc %s OK %.2f ms", method, ms)
+    elif isinstance(error, AgentdError):
+        log.info("rpc %s %s %.2f ms: %s", method, error.code.name, ms, error.message)
     elif isinstance(error, NotImplementedError):
-        log.info("rpc %s failed: UNIMPLEMENTED", method)
+        log.info("rpc %s UNIMPLEMENTED %.2f ms", method, ms)
+    elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        log.info("rpc %s CANCELLED %.2f ms", method, ms)
     else:
-        log.error("rpc %s crashed", method, exc_info=error)
+        log.error("rpc %s INTERNAL %.2f ms", method, ms, exc_info=error)
 
 
 class LocalContext:
@@ -72,24 +82,33 @@ class LocalContext:
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
         raise StatusError(code, details)
 
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        raise StatusError(status.code, status.details)
+
 
 async def invoke_unary(method: str, handler, request, metadata: Metadata) -> Any:
-    """Runs a unary servicer method in-process. Failures are logged and re-raised."""
+    """Runs a unary servicer method in-process; a failure is logged and re-raised."""
+    started, error = time.perf_counter(), None
     try:
         result = handler(request, LocalContext(metadata))
         return await result if inspect.isawaitable(result) else result
-    except Exception as error:
-        log_failure(method, error)
+    except BaseException as e:
+        error = e
         raise
+    finally:
+        end_call(method, started, error)
 
 
 async def invoke_stream(method: str, handler, request, metadata: Metadata) -> AsyncIterator[Any]:
     """Runs a server-streaming servicer method in-process; closing this iterator (a client
     that went away) closes the servicer's generator, which stops its work."""
+    started, error = time.perf_counter(), None
     try:
         stream = handler(request, LocalContext(metadata))
         async for item in stream:
             yield item
-    except Exception as error:
-        log_failure(method, error)
+    except BaseException as e:
+        error = e
         raise
+    finally:
+        end_call(method, started, error)

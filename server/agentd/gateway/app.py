@@ -26,7 +26,7 @@ from starlette.responses import Response, StreamingResponse
 
 from agentd import codec, paging
 from agentd.api.calls import begin_call, invoke_stream, invoke_unary
-from agentd.errors import HTTP_STATUS, InvalidArgument, details_of, status_of
+from agentd.errors import HTTP_STATUS, AgentdError, InvalidArgument, details_of, status_of
 from agentd.gateway.routes import Route
 from agentd.v1 import options_pb2
 
@@ -76,7 +76,9 @@ class Endpoint:
         self.no_content = not response_fields and not method.server_streaming
 
     def build_request(self, path_params: dict[str, str], query: list[tuple[str, str]],
-                      body: Any) -> Message:
+                      body: Any, renames: dict[str, str]) -> Message:
+        """The request message; `renames` collects field -> query alias, so that an error about
+        a field names the parameter the client actually sent (limit, not page_size)."""
         msg = self.request_type()
         if self.route.body == "*":
             codec.from_json(body if body is not None else {}, msg)
@@ -86,8 +88,11 @@ class Endpoint:
             for name, raw in query:
                 if name in self.query.cursors:
                     setattr(msg, self.query.cursors[name], paging.encode(paging.from_legacy(name, raw)))
+                    renames[self.query.cursors[name]] = name
                 elif name in self.query.fields:
                     field = self.query.fields[name]
+                    if name != field:
+                        renames[field] = name
                     for value in raw.split(",") if field in self.query.repeated else (raw,):
                         codec.read_scalar_field(msg, field, value, name)
         for name, value in path_params.items():
@@ -144,32 +149,37 @@ class Gateway:
         except _TooLarge:
             return _error(style, 413, f"Request body is larger than {self.max_body_bytes} bytes.",
                           "REQUEST_TOO_LARGE")
+        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
+        headers = {"x-request-id": begin_call(metadata)}
         if raw:
             try:
-                body = json.loads(raw)
-            except ValueError as e:
-                return _error(style, 400, f"Request body is not valid JSON: {e}", "INVALID_JSON")
-        stream = _wants_stream(body, query)
-        endpoint, path_params = _select(candidates, stream)
-        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
-        request_id = begin_call(metadata)
-        headers = {"x-request-id": request_id}
+                body = json.loads(raw, parse_constant=_no_constants)
+            except (ValueError, RecursionError) as e:
+                reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+                return _error_response(style, InvalidArgument(
+                    "", f"Request body is not valid JSON: {reason}", reason="INVALID_JSON"), headers)
+        endpoint, path_params = _select(candidates, _wants_stream(body, query))
+        renames: dict[str, str] = {}  # field -> the query name the client used for it
         try:
-            message = endpoint.build_request(path_params, query, body)
+            message = endpoint.build_request(path_params, query, body, renames)
         except codec.CodecError as e:
             return _error_response(style, InvalidArgument(e.field, e.description), headers)
-        except Exception as e:  # noqa: BLE001 - e.g. a bad legacy cursor; mapped like any error
+        except AgentdError as e:  # e.g. a bad legacy cursor
             return _error_response(style, e, headers)
         if endpoint.route.streaming:
-            return await _stream(endpoint, message, metadata, style, headers)
+            return await _stream(endpoint, message, metadata, style, headers, renames)
         try:
             response = await invoke_unary(endpoint.route.grpc_path, endpoint.handler, message, metadata)
         except Exception as e:  # noqa: BLE001 - invoke_unary logged it; answer with its status
-            return _error_response(style, e, headers)
+            return _error_response(style, e, headers, renames)
         if endpoint.no_content:
             return Response(status_code=204, headers=headers)
         return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
                         headers=headers)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class _TooLarge(Exception):
@@ -203,7 +213,8 @@ def _select(candidates: list[tuple[Endpoint, dict]], stream: bool) -> tuple[Endp
     return candidates[0]
 
 
-async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, headers) -> Response:
+async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, headers,
+                  renames: dict[str, str]) -> Response:
     events = invoke_stream(endpoint.route.grpc_path, endpoint.handler, message, metadata)
     try:
         # Wait for the first event so that failures before the stream starts (bad ids,
@@ -213,7 +224,7 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
         return StreamingResponse(iter(()), media_type="text/event-stream", headers=headers)
     except Exception as e:  # noqa: BLE001
         await events.aclose()
-        return _error_response(style, e, headers)
+        return _error_response(style, e, headers, renames)
 
     async def sse():
         try:
@@ -237,12 +248,17 @@ def _style_for_path(path: str) -> int:
     return _LEGACY_STYLE if "/agents" in path else options_pb2.ERROR_STYLE_OPENAI
 
 
-def _error_body_of(style: int, error: BaseException) -> tuple[int, dict]:
+def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | None = None) -> tuple[int, dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
     status = status_of(error)
     reason, fields = details_of(status)
+    param, message = (fields[0] if fields else None), status.message
+    if param in (renames or {}):
+        alias = renames[param]
+        message = alias + message[len(param):] if message.startswith(param + ":") else message
+        param = alias
     http = HTTP_STATUS.get(status.code, 500)
-    return http, _error_body(style, http, status.message, reason, fields[0] if fields else None)
+    return http, _error_body(style, http, message, reason, param)
 
 
 def _stream_error_body(style: int, error: BaseException) -> dict:
@@ -254,8 +270,9 @@ def _stream_error_body(style: int, error: BaseException) -> dict:
     return body
 
 
-def _error_response(style: int, error: BaseException, headers: dict) -> Response:
-    http, body = _error_body_of(style, error)
+def _error_response(style: int, error: BaseException, headers: dict,
+                    renames: dict[str, str] | None = None) -> Response:
+    http, body = _error_body_of(style, error, renames)
     return Response(_dumps(body), status_code=http, media_type="application/json", headers=headers)
 
 
