@@ -14,6 +14,7 @@ LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
 setup: $(VENV)/.installed $(VENV312)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentd needs Python >= 3.11; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -56,5 +57,6 @@ test: setup lint
 bench: setup
 	$(PY) bench/run.py
 
+# Leaves ./data (the database `make run` uses) alone.
 clean:
-	rm -rf $(VENV) $(VENV312) third_party data
+	rm -rf $(VENV) $(VENV312) third_party

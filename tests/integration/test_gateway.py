@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -28,7 +30,7 @@ async def test_agent_crud_in_the_llama_stack_shape(http, prefix):
     agent = got.json()
     assert agent["agent_id"] == agent_id and agent["created_at"].endswith("Z")
     cfg = agent["agent_config"]
-    assert cfg["toolgroups"] == AGENT_CONFIG["toolgroups"]
+    assert json.dumps(cfg["toolgroups"]) == json.dumps(AGENT_CONFIG["toolgroups"])  # 3 stays 3, not 3.0
     assert cfg["client_tools"][0]["input_schema"] == AGENT_CONFIG["client_tools"][0]["input_schema"]
     assert cfg["sampling_params"]["strategy"] == {"type": "top_p", "temperature": 0.5, "top_p": 0.9}
     assert cfg["sampling_params"]["max_tokens"] == 256
@@ -135,7 +137,7 @@ async def test_models_in_both_sdk_shapes(http):
         assert isinstance(first["created"], int)
     embed = await http.get("/v1/models/org/test-embed")  # ids may contain "/"
     assert embed.status_code == 200
-    assert embed.json()["metadata"] == {"embedding_dimension": 384}
+    assert embed.text.count('"embedding_dimension":384') == 1
     missing = await http.get("/v1/models/nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"

@@ -4,9 +4,11 @@ express the OpenAI JSON exactly."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 from google.protobuf import symbol_database
 
@@ -39,3 +41,30 @@ def test_every_stream_event_type_is_covered():
     union = response_types_pb2.ResponseStreamEvent.DESCRIPTOR.oneofs_by_name["event"]
     tags = {f.GetOptions().Extensions[options_pb2.union_tag] or f.name for f in union.fields}
     assert tags == {e["type"] for e in events}
+
+
+# The fixtures against the openai SDK's own models (pydantic, strict about types): the check
+# that is not circular. The agentd-only heartbeat event is left out.
+SDK_TYPES = {
+    "agentd.v1.Response": "openai.types.responses:Response",
+    "agentd.v1.ResponseStreamEvent": "openai.types.responses:ResponseStreamEvent",
+    "agentd.v1.ListResponseInputItemsResponse": "openai.types.responses:ResponseItemList",
+    "agentd.v1.Conversation": "openai.types.conversations:Conversation",
+    "agentd.v1.DeleteConversationResponse": "openai.types.conversations:ConversationDeletedResource",
+    "agentd.v1.ListConversationItemsResponse": "openai.types.conversations:ConversationItemList",
+    "agentd.v1.CreateConversationItemsResponse": "openai.types.conversations:ConversationItemList",
+    "agentd.v1.ResponseItem": "openai.types.conversations:ConversationItem",
+}
+
+
+def _sdk_documents():
+    for name, document in (p.values for p in _documents()):
+        if name in SDK_TYPES and document.get("type") != "response.heartbeat":
+            yield pytest.param(SDK_TYPES[name], document, id=f"{name}:{document.get('type', '')}")
+
+
+@pytest.mark.parametrize("sdk_type, document", list(_sdk_documents()))
+def test_fixture_is_valid_for_the_openai_sdk(sdk_type, document):
+    module, _, name = sdk_type.partition(":")
+    adapter = pydantic.TypeAdapter(getattr(importlib.import_module(module), name))
+    adapter.validate_python(document, strict=False)
