@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import httpx
 import pytest_asyncio
@@ -99,3 +100,27 @@ async def test_a_client_that_goes_away_stops_the_servicer(gateway):
             if line.startswith("data: "):
                 break
     await asyncio.wait_for(servicer.closed.wait(), timeout=5)
+
+
+async def test_accepted_gateway_connections_have_nagle_off():
+    """With Nagle on, every small response waits for the client's delayed ACK (~40 ms)."""
+    from agentd.gateway.server import _listening_socket
+
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await asyncio.get_running_loop().create_server(
+        Probe, sock=_listening_socket(socket.AF_INET, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert await asyncio.wait_for(accepted, 5) != 0
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
