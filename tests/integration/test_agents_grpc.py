@@ -6,11 +6,13 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from agentd.errors import details_of
 from agentd.storage import schema
 from agentd.v1 import agent_types_pb2 as t
 from agentd.v1 import agents_pb2 as pb
+from tests.conftest import _admin
 
 
 def config(**fields) -> t.AgentConfig:
@@ -244,3 +246,21 @@ async def test_ids_with_nul_are_invalid_argument(agents, http):
     code, _, fields = await error_of(agents.GetAgent(pb.GetAgentRequest(agent_id="agent\x00x")))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["agent_id"])
     assert (await http.get("/v1alpha/agents/ab%00cd")).status_code == 400
+
+
+async def test_a_lost_database_connection_is_unavailable_then_recovers(agents, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL connections can be cut from outside; an SQLite file cannot")
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    database = make_url(database_url).database
+    await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 f"WHERE datname = '{database}' AND pid <> pg_backend_pid()")
+    outcomes = []
+    for _ in range(3):  # the pooled connection is dead: one failure, then a fresh connection
+        try:
+            await agents.GetAgent(pb.GetAgentRequest(agent_id=agent_id))
+            outcomes.append("OK")
+        except grpc.aio.AioRpcError as e:
+            outcomes.append(e.code().name)
+    # A dead connection found by the first call invalidates the whole pool: one failure only.
+    assert outcomes == ["UNAVAILABLE", "OK", "OK"]
