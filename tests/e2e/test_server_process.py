@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -139,3 +141,28 @@ def test_the_gateway_listens_on_ipv6_loopback(tmp_path):
         assert httpx.get(f"http://[::1]:{port}/v1/models").status_code == 200
     finally:
         assert server.terminate() == 0
+
+
+def test_sigterm_with_a_stream_in_flight(tmp_path):
+    """Health turns NOT_SERVING at once, new calls are refused while running ones drain, and
+    the process exits within the grace period. A health Watch stream stands in for a long
+    turn stream (no turn RPC runs yet)."""
+    server = start_agentd(tmp_path, AGENTD_GRACE_PERIOD_S="2")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with grpc.insecure_channel(server.grpc_target) as fresh:
+            try:
+                agents_pb2_grpc.AgentsServiceStub(fresh).ListAgents(agents_pb2.ListAgentsRequest(), timeout=5)
+                refused = None
+            except grpc.RpcError as e:
+                refused = e.code()
+        assert refused == grpc.StatusCode.UNAVAILABLE
+        assert server.process.wait(15) == 0
+        elapsed = time.monotonic() - started
+    assert elapsed < 2 + 3  # the grace period and a margin, not two graces in a row
+    log = server.log()
+    assert "shutting down" in log and "stopped" in log and "Traceback" not in log
