@@ -7,9 +7,9 @@ import logging
 import signal
 
 import grpc
-from sqlalchemy.exc import SQLAlchemyError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import SQLAlchemyError
 
 from agentd.api.agents import AgentsServicer
 from agentd.api.context import LOCAL_PRINCIPAL
@@ -33,6 +33,7 @@ def _start_failure(error: BaseException) -> str:
     if isinstance(error, SQLAlchemyError):
         return f"the database is not usable: {error.__class__.__name__}: {getattr(error, 'orig', error)}"
     return f"{error.__class__.__name__}: {error}"
+
 
 # The services agentd serves; the gateway serves the routes of exactly these.
 SERVICES = [

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import uvicorn
 
 from agentd.gateway.app import Gateway
 from agentd.gateway.routes import routes_of
+
+log = logging.getLogger("agentd.gateway")
 
 
 class GatewayServer:
@@ -51,7 +54,10 @@ class GatewayServer:
         if self._server is not None and self._task is not None:
             self._server.config.timeout_graceful_shutdown = max(grace, 0.1)
             self._server.should_exit = True
-            await self._task
+            try:
+                await self._task
+            except Exception:  # noqa: BLE001 - stopping anyway; say what uvicorn died of
+                log.exception("the HTTP gateway had failed")
 
 
 def _listening_socket(family: int, host: str, port: int) -> socket.socket:
