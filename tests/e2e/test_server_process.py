@@ -160,7 +160,9 @@ def test_sigterm_with_a_stream_in_flight(tmp_path):
                 refused = None
             except grpc.RpcError as e:
                 refused = e.code()
-        assert refused == grpc.StatusCode.UNAVAILABLE
+        # Refused, not served: UNAVAILABLE once the listener is closed; CANCELLED when grpc's
+        # transport had accepted the connection in the instant before the server stopped.
+        assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert server.process.wait(15) == 0
         elapsed = time.monotonic() - started
     assert elapsed < 2 + 3  # the grace period and a margin, not two graces in a row
