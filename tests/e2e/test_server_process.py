@@ -154,14 +154,18 @@ def test_sigterm_with_a_stream_in_flight(tmp_path):
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        with grpc.insecure_channel(server.grpc_target) as fresh:
-            try:
-                agents_pb2_grpc.AgentsServiceStub(fresh).ListAgents(agents_pb2.ListAgentsRequest(), timeout=5)
-                refused = None
-            except grpc.RpcError as e:
-                refused = e.code()
-        # Refused, not served: UNAVAILABLE once the listener is closed; CANCELLED when grpc's
-        # transport had accepted the connection in the instant before the server stopped.
+        # New calls are refused from the moment the server stops taking them (a call that
+        # slipped in just before, between NOT_SERVING and the stop, is served: that is fine),
+        # well before the drain ends. Refused: UNAVAILABLE once the listener is closed, or
+        # CANCELLED when grpc's transport had accepted the connection in that instant.
+        refused = None
+        while refused is None and time.monotonic() - started < 1.5:
+            with grpc.insecure_channel(server.grpc_target) as fresh:
+                try:
+                    agents_pb2_grpc.AgentsServiceStub(fresh).ListAgents(agents_pb2.ListAgentsRequest(), timeout=5)
+                    time.sleep(0.05)
+                except grpc.RpcError as e:
+                    refused = e.code()
         assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert server.process.wait(15) == 0
         elapsed = time.monotonic() - started
