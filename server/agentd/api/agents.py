@@ -60,9 +60,8 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
     async def ListAgents(self, request: pb.ListAgentsRequest, context) -> pb.ListAgentsResponse:
         page = await self.repo.page(schema.agents, principal.get(), paging.decode(request.page_token),
                                     paging.page_size(request.page_size))
-        return pb.ListAgentsResponse(
-            data=[types.Agent.FromString(b) for b in page.bodies], has_more=page.has_more,
-            next_page_token=paging.encode(page.next_cursor) if page.next_cursor else "")
+        return pb.ListAgentsResponse(data=[types.Agent.FromString(b) for b in page.bodies],
+                                     has_more=page.has_more, next_page_token=page.next_page_token)
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context) -> pb.DeleteAgentResponse:
         agent_id = _required(request.agent_id, "agent_id")
@@ -76,9 +75,13 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             raise NotFound("agent", agent_id)
         return types.Agent.FromString(body)
 
-    async def _require_agent(self, agent_id: str) -> None:
-        if not await self.repo.exists(schema.agents, principal.get(), _required(agent_id, "agent_id")):
-            raise NotFound("agent", agent_id)
+    async def _not_found(self, agent_id: str, resource: str, resource_id: str) -> NotFound:
+        """The NOT_FOUND for a child that is missing: its agent's, when the agent is missing
+        too. Looked up only on this failure path; a found child proves its agent exists
+        (deleting an agent cascades to its sessions, turns and steps)."""
+        if not await self.repo.exists(schema.agents, principal.get(), agent_id):
+            return NotFound("agent", agent_id)
+        return NotFound(resource, resource_id)
 
     # ---------------------------------------------------------------- sessions
 
@@ -109,27 +112,27 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             cursor = page.next_cursor
 
     async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
-        await self._require_agent(request.agent_id)
+        agent_id = _required(request.agent_id, "agent_id")
         page = await self.repo.page(schema.sessions, principal.get(), paging.decode(request.page_token),
-                                    paging.page_size(request.page_size), agent_id=request.agent_id)
-        return pb.ListSessionsResponse(
-            data=[types.Session.FromString(b) for b in page.bodies], has_more=page.has_more,
-            next_page_token=paging.encode(page.next_cursor) if page.next_cursor else "")
+                                    paging.page_size(request.page_size), agent_id=agent_id)
+        if not page.bodies and not await self.repo.exists(schema.agents, principal.get(), agent_id):
+            raise NotFound("agent", agent_id)  # an empty list of a missing agent is not a list
+        return pb.ListSessionsResponse(data=[types.Session.FromString(b) for b in page.bodies],
+                                       has_more=page.has_more, next_page_token=page.next_page_token)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context) -> pb.DeleteSessionResponse:
-        await self._require_agent(request.agent_id)
+        agent_id = _required(request.agent_id, "agent_id")
         session_id = _required(request.session_id, "session_id")
-        if not await self.repo.delete(schema.sessions, principal.get(), session_id,
-                                      agent_id=request.agent_id):
-            raise NotFound("session", session_id)
+        if not await self.repo.delete(schema.sessions, principal.get(), session_id, agent_id=agent_id):
+            raise await self._not_found(agent_id, "session", session_id)
         return pb.DeleteSessionResponse()
 
     async def _session(self, agent_id: str, session_id: str) -> types.Session:
-        await self._require_agent(agent_id)
+        agent_id = _required(agent_id, "agent_id")
         body = await self.repo.get_body(schema.sessions, principal.get(),
                                         _required(session_id, "session_id"), agent_id=agent_id)
         if body is None:
-            raise NotFound("session", session_id)
+            raise await self._not_found(agent_id, "session", session_id)
         return types.Session.FromString(body)
 
     # ------------------------------------------------------------ turns, steps
@@ -147,7 +150,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         raise NotFound("step", step_id)
 
     async def _turn(self, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
-        await self._session(agent_id, session_id)
+        await self._session(agent_id, session_id)  # the session must belong to this agent
         body = await self.repo.get_body(schema.turns, principal.get(), _required(turn_id, "turn_id"),
                                         session_id=session_id)
         if body is None:

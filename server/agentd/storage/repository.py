@@ -14,7 +14,7 @@ from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd.errors import InvalidArgument
-from agentd.paging import Cursor
+from agentd.paging import Cursor, encode
 from agentd.storage.database import Database
 
 
@@ -31,6 +31,11 @@ class Page:
     # Ids of the first and last rows of this page ("" when empty), as OpenAI lists report them.
     first_id: str = ""
     last_id: str = ""
+
+    @property
+    def next_page_token(self) -> str:
+        """The next_page_token of a List response: "" on the last page."""
+        return encode(self.next_cursor) if self.next_cursor else ""
 
 
 class Repository:
