@@ -516,7 +516,7 @@ def _join(path: str, key: str) -> str:
 # Exposed for the gateway, which reads path and query parameters into fields.
 def read_scalar_field(msg: Message, field_name: str, raw: str, path: str) -> None:
     """Sets a scalar (or appends to a repeated scalar) field from its query-string text."""
-    f = _field_plan(msg.DESCRIPTOR.fields_by_name[field_name])
+    f = _plan(msg.DESCRIPTOR).by_key[field_name]
     value: Any = raw
     t = f.fd.type
     if f.enum is None:

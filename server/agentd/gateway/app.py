@@ -96,7 +96,7 @@ class Endpoint:
                     for value in raw.split(",") if field in self.query.repeated else (raw,):
                         codec.read_scalar_field(msg, field, value, name)
         for name, value in path_params.items():
-            codec.read_scalar_field(msg, name.replace("__", "."), value, name)
+            codec.read_scalar_field(msg, name, value, name)
         return msg
 
     def unwrap(self, response: Message) -> Any:

@@ -16,7 +16,8 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from agentd.v1 import options_pb2
 
 _VERBS = ("get", "post", "put", "patch", "delete")
-_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_.]*)(?:=([^}]+))?\}")
+# Path variables bind top-level fields only (none of our routes needs a nested one).
+_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)(?:=([^}]+))?\}")
 
 
 @dataclass(slots=True)
@@ -46,14 +47,15 @@ def compile_template(template: str) -> tuple[re.Pattern, list[str]]:
         out.append(re.escape(template[pos:m.start()]))
         name, segments = m.group(1), m.group(2) or "*"
         variables.append(name)
-        group = name.replace(".", "__")
         if segments == "**":
-            out.append(f"(?P<{group}>.+)")
+            out.append(f"(?P<{name}>.+)")
         else:
             # "{name=agents/*}" style: literal parts with one-segment wildcards.
             parts = [("[^/:]+" if s == "*" else re.escape(s)) for s in segments.split("/")]
-            out.append(f"(?P<{group}>{'/'.join(parts)})")
+            out.append(f"(?P<{name}>{'/'.join(parts)})")
         pos = m.end()
+    if "{" in _VARIABLE.sub("", template):  # e.g. {config.name}: fail at start, not per request
+        raise ValueError(f"unsupported path template {template!r}: variables bind top-level fields")
     out.append(re.escape(template[pos:]))
     return re.compile("^" + "".join(out) + "$"), variables
 
