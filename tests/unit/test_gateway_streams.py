@@ -124,3 +124,13 @@ async def test_accepted_gateway_connections_have_nagle_off():
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_running_gateway_listens_on_a_tcp_proto_socket():
+    """What makes the accepted sockets above get TCP_NODELAY: the gateway's own listener."""
+    server = GatewayServer("127.0.0.1:0", SERVICES, {"agentd.v1.AgentsService": ScriptedAgents()})
+    await server.start()
+    try:
+        assert server.socket.proto == socket.IPPROTO_TCP
+    finally:
+        await server.stop(0)

@@ -26,13 +26,14 @@ class GatewayServer:
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
         self.bound_addr = ""
+        self.socket: socket.socket | None = None  # the listening socket, once started
 
     async def start(self) -> int:
         # We bind the socket ourselves: a port in use is then an OSError here, where uvicorn
         # would log it and call sys.exit() from inside its task.
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
-            sock = _listening_socket(family, self.host, self.port)
+            self.socket = sock = _listening_socket(family, self.host, self.port)
         except OSError as e:
             raise OSError(f"cannot listen on {self.host}:{self.port} (HTTP gateway): {e.strerror}") from None
         app = Gateway(routes_of(self.services), self.servicers, self.max_body_bytes)
