@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,18 +37,20 @@ from pathlib import Path
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.support, which starts agentd as the e2e tests do
+
 try:
     import grpc
     import httpx
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from agentd.v1 import agent_types_pb2 as t
     from agentd.v1 import agents_pb2 as pb
     from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
+    from tests.support.agentd_process import AgentdProcess, AgentdStartError, start_agentd
 except ImportError as e:  # the usual cause: run with a Python that is not the project's venv
     sys.exit(f"bench: {e}. Run it with the project's venv: `make bench` or `.venv/bin/python bench/run.py`.")
 
-ROOT = Path(__file__).resolve().parents[1]
 # ListModels touches no database: it is the floor of the same stack (transport, call
 # pipeline, codec), measured in the same run, so GetAgent - ListModels is what storage costs.
 OPS = ("GetAgent", "CreateSession", "ListModels")
@@ -68,98 +69,26 @@ class BenchError(Exception):
 # agentd as a subprocess
 
 
-def free_port() -> int:
-    # There is a small race between closing this socket and agentd binding the port; if it is
-    # lost, agentd fails to start and we report that with its log rather than retrying blindly.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: on Linux, have the kernel SIGTERM agentd if this process
-    dies without cleaning up (SIGKILL, a crash), so no orphan keeps ports and CPU on a shared box."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    grpc_target: str
-    http_base: str
-    log_path: Path
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()
-        except OSError:
-            return "(no log)"
-
-    def cpu_seconds(self) -> float | None:
-        """agentd's user+system CPU time so far (Linux /proc); None where that is unavailable."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-            # Fields after the parenthesised command name (which may itself contain spaces).
-            fields = stat.rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(f"agentd exited with status {self.process.returncode} during the run; "
-                             f"its log:\n{self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM (agentd's graceful path), SIGKILL if it hangs; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(SERVER_GRACE_S + 15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
-def start_server(workdir: Path, database_url: str | None) -> Server:
-    grpc_port, http_port = free_port(), free_port()
-    # The caller's AGENTD_* (or AGENTD_CONFIG) must not change what is measured.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
-    env.update(AGENTD_GRPC_ADDR=f"127.0.0.1:{grpc_port}", AGENTD_HTTP_ADDR=f"127.0.0.1:{http_port}",
-               AGENTD_DATA_DIR=str(workdir / "data"), AGENTD_LOG_LEVEL="warning",
-               AGENTD_GRACE_PERIOD_S=str(SERVER_GRACE_S))
+def start_server(workdir: Path, database_url: str | None) -> AgentdProcess:
+    env = {"AGENTD_LOG_LEVEL": "warning", "AGENTD_GRACE_PERIOD_S": str(SERVER_GRACE_S)}
     if database_url:
         env["AGENTD_DATABASE_URL"] = database_url
-    log_path = workdir / "agentd.log"
-    with log_path.open("w") as log:
-        # Same process group on purpose: a Ctrl-C (or make being interrupted) reaches agentd too,
-        # which shuts down gracefully on SIGINT; our `finally` then only reaps it.
-        process = subprocess.Popen([sys.executable, "-m", "agentd.cli", "serve"], env=env, cwd=workdir,
-                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    return Server(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log_path)
+    # Same process group on purpose: a Ctrl-C (or make being interrupted) reaches agentd too,
+    # which shuts down gracefully on SIGINT; our `finally` then only reaps it.
+    return start_agentd(workdir, env, die_with_parent=True)
 
 
-async def wait_serving(server: Server, timeout: float = START_TIMEOUT_S) -> None:
-    """Ready = the gRPC health check answers SERVING (agentd sets it after the gateway is up)."""
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise BenchError(f"agentd failed to start (exit status {server.process.returncode}); "
-                                 f"its log:\n{server.log()}")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise BenchError(f"agentd did not become SERVING within {timeout:.0f} s; its log:\n{server.log()}")
+async def wait_serving(server: AgentdProcess, timeout: float = START_TIMEOUT_S) -> None:
+    try:
+        await asyncio.to_thread(server.wait_serving, timeout)
+    except AgentdStartError as e:
+        raise BenchError(str(e)) from None
+
+
+def check_alive(server: AgentdProcess) -> None:
+    if server.process.poll() is not None:
+        raise BenchError(f"agentd exited with status {server.process.returncode} during the run; "
+                         f"its log:\n{server.log()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +262,7 @@ def summarize(op: str, transport: str, concurrency: int, sample: Sample) -> Cell
         mean_ms=sum(lat) / len(lat) / 1e6 if lat else None, max_ms=lat[-1] / 1e6 if lat else None)
 
 
-async def measure_cell(server: Server, args: argparse.Namespace, op: str, transport: str, concurrency: int,
+async def measure_cell(server: AgentdProcess, args: argparse.Namespace, op: str, transport: str, concurrency: int,
                        agent_id: str) -> Cell:
     # Fresh connections per cell, so both transports start equal; the warm-up pays for their setup.
     if transport == "grpc":
@@ -349,13 +278,13 @@ async def measure_cell(server: Server, args: argparse.Namespace, op: str, transp
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(httpx.AsyncClient(
-            base_url=server.http_base, limits=limits, timeout=httpx.Timeout(args.request_timeout)))
+            base_url=server.base_url, limits=limits, timeout=httpx.Timeout(args.request_timeout)))
             for _ in range(concurrency)]
         calls = [http_call(client, op, agent_id) for client in clients]
         return await _warm_then_measure(server, calls, args, op, transport)
 
 
-async def _warm_then_measure(server: Server, calls: list[Call], args: argparse.Namespace, op: str,
+async def _warm_then_measure(server: AgentdProcess, calls: list[Call], args: argparse.Namespace, op: str,
                              transport: str) -> Cell:
     if args.warmup > 0:
         # Warm-up results are discarded: they include connection setup and first-use costs.
@@ -552,7 +481,7 @@ async def run(args: argparse.Namespace) -> int:
             server = start_server(Path(tmp), database_url)
             try:
                 await wait_serving(server)
-                progress(f"agentd is SERVING (gRPC {server.grpc_target}, HTTP {server.http_base}, "
+                progress(f"agentd is SERVING (gRPC {server.grpc_target}, HTTP {server.base_url}, "
                          f"{args.backend})")
                 total = len(args.ops) * len(args.concurrency) * len(args.transports)
                 async with grpc.aio.insecure_channel(server.grpc_target) as admin_channel:
@@ -566,7 +495,7 @@ async def run(args: argparse.Namespace) -> int:
                             agent_id = await create_agent(admin)
                             for transport in args.transports:
                                 cell = await measure_cell(server, args, op, transport, concurrency, agent_id)
-                                server.check_alive()
+                                check_alive(server)
                                 cells.append(cell)
                                 progress(f"[{len(cells):>2}/{total}] {op:<13} {transport:<4} c={concurrency:<3} "
                                          f"{cell.requests:>6} req {cell.throughput:>7.0f} req/s "
@@ -574,11 +503,11 @@ async def run(args: argparse.Namespace) -> int:
                                          f"errors {cell.errors}")
             except grpc.aio.AioRpcError as e:
                 # Only the setup calls (CreateAgent) get here; measured calls count as errors.
-                server.check_alive()
+                check_alive(server)
                 raise BenchError(f"setup call failed: {e.code().name}: {e.details()}\n"
                                  f"agentd log:\n{server.log()}") from None
             finally:
-                status = server.stop()
+                status = server.terminate(SERVER_GRACE_S + 15)
                 if status != 0 and cells:
                     progress(f"bench: warning: agentd exited with status {status} on SIGTERM; log:\n"
                              f"{server.log()}")
