@@ -105,7 +105,8 @@ class Database:
 
     async def close(self) -> None:
         if self.is_sqlite:
-            self._executor.shutdown(wait=True)
+            # Waiting for a write still running on a worker must not block the event loop.
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._sync_engine.dispose()
         else:
             await self._async_engine.dispose()
