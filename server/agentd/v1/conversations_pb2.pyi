@@ -101,6 +101,11 @@ class CreateConversationRequest(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key: a retried create with the same key and caller returns the conversation
+    the first call created. At most 256 characters. Default none.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
         """Initial items, in order; at most 20. Items without an id get one ("msg_" for messages).
@@ -116,12 +121,15 @@ class CreateConversationRequest(_message.Message):
         *,
         items: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "items", b"items", "metadata", b"metadata", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
+    _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
 
 Global___CreateConversationRequest: _TypeAlias = CreateConversationRequest  # noqa: Y015
 
@@ -327,8 +335,14 @@ class CreateConversationItemsRequest(_message.Message):
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation ("conv_..."). Required."""
+    request_id: _builtins.str
+    """Idempotency key: a retried append with the same key in the same conversation returns
+    the items the first call appended instead of appending them again. At most 256
+    characters. Default none.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
         """Items to append, in order; 1..20. Items without an id get one; an item whose id is
@@ -340,12 +354,15 @@ class CreateConversationItemsRequest(_message.Message):
         *,
         conversation_id: _builtins.str = ...,
         items: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
+        request_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "conversation_id", b"conversation_id", "items", b"items", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
+    _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
 
 Global___CreateConversationItemsRequest: _TypeAlias = CreateConversationItemsRequest  # noqa: Y015
 
