@@ -59,4 +59,4 @@ bench: setup
 
 # Leaves ./data (the database `make run` uses) alone.
 clean:
-	rm -rf $(VENV) $(VENV312) third_party
+	rm -rf $(VENV) $(VENV312)

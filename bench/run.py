@@ -44,7 +44,7 @@ try:
     import grpc
     import httpx
 
-    from agentd.v1 import agent_types_pb2 as t
+    from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
     from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
     from tests.support.agentd_process import AgentdProcess, AgentdStartError, start_agentd

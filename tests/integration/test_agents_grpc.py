@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 from agentd.errors import details_of
 from agentd.storage import schema
-from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.conftest import _admin
 
@@ -49,12 +49,12 @@ async def test_deprecated_tool_choice_moves_into_tool_config(agents):
 
 @pytest.mark.parametrize("bad, field", [
     (config(model=""), "agent_config.model"),
-    (config(tool_choice="required", tool_config=t.ToolConfig(tool_choice="auto")), "agent_config.tool_choice"),
+    (config(tool_choice="required", tool_config=t.AgentToolConfig(tool_choice="auto")), "agent_config.tool_choice"),
     (config(tool_prompt_format=t.TOOL_PROMPT_FORMAT_JSON,
-            tool_config=t.ToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
+            tool_config=t.AgentToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
      "agent_config.tool_prompt_format"),
     (config(max_infer_iters=0), "agent_config.max_infer_iters"),
-    (config(client_tools=[t.ToolDef(name="a"), t.ToolDef(name="a")]), "agent_config.client_tools[1].name"),
+    (config(client_tools=[t.AgentToolDef(name="a"), t.AgentToolDef(name="a")]), "agent_config.client_tools[1].name"),
     (config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(
         top_p=t.TopPSamplingStrategy(temperature=0)))), "agent_config.sampling_params.strategy.temperature"),
 ])
@@ -203,7 +203,7 @@ async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> l
     """Turns and steps written straight into storage: the turn engine does not exist yet."""
     turn_ids = []
     for i in range(count):
-        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id, steps=[t.Step(
+        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id, steps=[t.AgentStep(
             inference=t.InferenceStep(turn_id=f"turn_{i}", step_id=f"step_{i}"))])
         await agentd.repo.insert(schema.turns, id=turn.turn_id, owner="local", session_id=session_id,
                                  created_at=1000 + i, status="completed", body=turn.SerializeToString())

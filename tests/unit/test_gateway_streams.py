@@ -14,15 +14,16 @@ import pytest_asyncio
 from agentd.app import SERVICES
 from agentd.errors import NotFound
 from agentd.gateway.server import GatewayServer
-from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agent_resources_pb2 as t
+from agentd.v1 import turn_events_pb2 as events
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 
 
 def event(n: int) -> pb.StreamTurnResponse:
-    return pb.StreamTurnResponse(event=t.TurnResponseEvent(sequence_number=n, payload=t.TurnEventPayload(
-        step_progress=t.StepProgressPayload(step_type=t.STEP_TYPE_INFERENCE, step_id="step_1",
-                                            delta=t.ContentDelta(text=t.TextDelta(text=f"word{n} "))))))
+    return pb.StreamTurnResponse(event=events.TurnEvent(sequence_number=n, payload=events.TurnEventPayload(
+        step_progress=events.StepProgressPayload(step_type=t.AGENT_STEP_TYPE_INFERENCE, step_id="step_1",
+                                            delta=events.ContentDelta(text=events.TextDelta(text=f"word{n} "))))))
 
 
 class ScriptedAgents(agents_pb2_grpc.AgentsServiceServicer):

@@ -12,7 +12,7 @@ from agentd.engine import agent_config
 from agentd.errors import InvalidArgument, NotFound, Unimplemented
 from agentd.storage import Repository, schema
 from agentd.storage.repository import now_micros
-from agentd.v1 import agent_types_pb2 as types
+from agentd.v1 import agent_resources_pb2 as types
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 
@@ -91,7 +91,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             raise InvalidArgument("session_name", f"at most {MAX_SESSION_NAME} characters")
         agent_id = _required(request.agent_id, "agent_id")
         created = now_micros()
-        session = types.Session(session_id=new_id("sess"), session_name=name,
+        session = types.AgentSession(session_id=new_id("sess"), session_name=name,
                                 started_at=_timestamp(created))
         if not await self.repo.insert_child(schema.sessions, schema.agents, agent_id,
                                             id=session.session_id, owner=principal.get(),
@@ -117,7 +117,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
                                     paging.page_size(request.page_size), agent_id=agent_id)
         if not page.bodies and not await self.repo.exists(schema.agents, principal.get(), agent_id):
             raise NotFound("agent", agent_id)  # an empty list of a missing agent is not a list
-        return pb.ListSessionsResponse(data=[types.Session.FromString(b) for b in page.bodies],
+        return pb.ListSessionsResponse(data=[types.AgentSession.FromString(b) for b in page.bodies],
                                        has_more=page.has_more, next_page_token=page.next_page_token)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context) -> pb.DeleteSessionResponse:
@@ -127,13 +127,13 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             raise await self._not_found(agent_id, "session", session_id)
         return pb.DeleteSessionResponse()
 
-    async def _session(self, agent_id: str, session_id: str) -> types.Session:
+    async def _session(self, agent_id: str, session_id: str) -> types.AgentSession:
         agent_id = _required(agent_id, "agent_id")
         body = await self.repo.get_body(schema.sessions, principal.get(),
                                         _required(session_id, "session_id"), agent_id=agent_id)
         if body is None:
             raise await self._not_found(agent_id, "session", session_id)
-        return types.Session.FromString(body)
+        return types.AgentSession.FromString(body)
 
     # ------------------------------------------------------------ turns, steps
 
