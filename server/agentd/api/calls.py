@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Iterable
 
 import grpc
 
-from agentd.api import context as call_context
+from agentd import context as call_context
 from agentd.errors import AgentdError, StatusError
 
 log = logging.getLogger("agentd.rpc")
