@@ -52,3 +52,14 @@ def test_the_foundation_imports_only_the_foundation():
     wrong = {m: sorted(i for i in imported if i.split(".")[0] not in FOUNDATION | {"v1"})
              for m, imported in _imports().items() if m in FOUNDATION}
     assert {m: i for m, i in wrong.items() if i} == {}
+
+
+def test_the_benchmark_does_not_import_the_tests():
+    """bench/ starts agentd through the shipped test kit (agentd.testing), not tests/."""
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    for path in bench.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("tests"), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("tests") for a in node.names), path
