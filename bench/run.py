@@ -38,7 +38,6 @@ from typing import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.support, which starts agentd as the e2e tests do
 
 try:
     import grpc
@@ -47,7 +46,7 @@ try:
     from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
     from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
-    from tests.support.agentd_process import AgentdProcess, AgentdStartError, start_agentd
+    from agentd.testing import AgentdProcess, AgentdStartError, start_agentd
 except ImportError as e:  # the usual cause: run with a Python that is not the project's venv
     sys.exit(f"bench: {e}. Run it with the project's venv: `make bench` or `.venv/bin/python bench/run.py`.")
 

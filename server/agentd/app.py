@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentd.api.agents import AgentsServicer
-from agentd.api.context import LOCAL_PRINCIPAL
+from agentd.context import LOCAL_PRINCIPAL
 from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
 from agentd.config import Settings

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from agentd import __version__
-from agentd.api.context import RequestIdFilter
+from agentd.context import RequestIdFilter
 from agentd.config import ConfigError, Settings, load_settings
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agentd_process import AGENTD, AgentdProcess, free_port
-from tests.support.agentd_process import start_agentd as _start
+from agentd.testing import AGENTD, AgentdProcess, free_port
+from agentd.testing import start_agentd as _start
 
 __all__ = ["AGENTD", "free_port", "start_agentd"]
 

@@ -264,3 +264,24 @@ async def test_a_lost_database_connection_is_unavailable_then_recovers(agents, d
             outcomes.append(e.code().name)
     # A dead connection found by the first call invalidates the whole pool: one failure only.
     assert outcomes == ["UNAVAILABLE", "OK", "OK"]
+
+
+async def test_session_name_is_at_most_1024_characters(agents, http):
+    """Counted in characters, not bytes: a 1024-character name of multi-byte letters fits."""
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    longest = "é" * 1024
+    made = await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=longest))
+    assert made.session.session_name == longest
+    assert await error_of(agents.CreateSession(pb.CreateSessionRequest(
+        agent_id=agent_id, session_name="x" * 1025))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["session_name"])
+
+    route = f"/v1alpha/agents/{agent_id}/session"
+    accepted = await http.post(route, json={"session_name": "x" * 1024})
+    assert accepted.status_code == 200
+    session_id = accepted.json()["session_id"]
+    got = (await http.get(f"{route}/{session_id}")).json()
+    assert got["session_name"] == "x" * 1024
+    refused = await http.post(route, json={"session_name": "x" * 1025})
+    assert refused.status_code == 400
+    assert refused.json() == {"detail": "session_name: at most 1024 characters"}

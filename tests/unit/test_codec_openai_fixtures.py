@@ -28,12 +28,22 @@ def _documents():
             yield pytest.param(message, document, id=f"{name}[{i}]")
 
 
+# agentd's own request fields that OpenAI's wire documents do not carry; unset, the codec
+# writes them as null (as every optional field), which an OpenAI client never sees.
+AGENTD_EXTENSIONS = {"agentd.v1.CreateConversationRequest": {"request_id"},
+                     "agentd.v1.CreateConversationItemsRequest": {"request_id"}}
+
+
 @pytest.mark.parametrize("message_name, document", list(_documents()))
 def test_round_trip(message_name, document):
     message_type = symbol_database.Default().GetSymbol(message_name)
     message = message_type()
     codec.from_json(document, message, strict=True)
-    assert codec.to_json(message) == document
+    written = codec.to_json(message)
+    for name in AGENTD_EXTENSIONS.get(message_name, ()):
+        if name not in document:
+            assert written.pop(name) is None
+    assert written == document
 
 
 def test_every_stream_event_type_is_covered():

@@ -17,9 +17,10 @@ import uuid
 from typing import Any, AsyncIterator, Iterable
 
 import grpc
+from google.rpc import code_pb2
 
-from agentd.api import context as call_context
-from agentd.errors import AgentdError, StatusError
+from agentd import context as call_context
+from agentd.errors import StatusError, status_of
 
 log = logging.getLogger("agentd.rpc")
 Metadata = Iterable[tuple[str, str]]
@@ -34,19 +35,30 @@ def begin_call(metadata: Metadata | None) -> str:
 
 
 def end_call(method: str, started: float, error: BaseException | None = None) -> None:
-    """The call's access-log line: method, outcome, duration. Crashes are logged with their
-    traceback (the client only sees a bare INTERNAL)."""
+    """The call's access-log line: method, outcome, duration. The outcome is the code the
+    client got (errors.status_of, the one map), so log and answer never disagree. Unexpected
+    failures (INTERNAL, UNKNOWN) are logged with their traceback, since the client only sees
+    a bare INTERNAL; expected ones (bad input, not found, a lost database) take one line."""
     ms = (time.perf_counter() - started) * 1000
     if error is None:
         log.info("rpc %s OK %.2f ms", method, ms)
-    elif isinstance(error, AgentdError):
-        log.info("rpc %s %s %.2f ms: %s", method, error.code.name, ms, error.message)
-    elif isinstance(error, NotImplementedError):
-        log.info("rpc %s UNIMPLEMENTED %.2f ms", method, ms)
-    elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
         log.info("rpc %s CANCELLED %.2f ms", method, ms)
+        return
+    status = status_of(error)
+    code = code_pb2.Code.Name(status.code)
+    if status.code in _UNEXPECTED:
+        log.error("rpc %s %s %.2f ms", method, code, ms, exc_info=error)
     else:
-        log.error("rpc %s INTERNAL %.2f ms", method, ms, exc_info=error)
+        level = logging.WARNING if status.code in _OPERATOR_ATTENTION else logging.INFO
+        log.log(level, "rpc %s %s %.2f ms: %s", method, code, ms, status.message)
+
+
+_UNEXPECTED = {code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.DATA_LOSS}
+# Not the caller's fault and not a bug, but an operator wants to see it (e.g. the database
+# went away).
+_OPERATOR_ATTENTION = {code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED, code_pb2.RESOURCE_EXHAUSTED}
 
 
 class LocalContext:

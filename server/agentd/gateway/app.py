@@ -16,16 +16,18 @@ Two generic rules beyond google.api.http:
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
+import grpc
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from agentd import codec, paging
-from agentd.api.calls import begin_call, invoke_stream, invoke_unary
+from agentd.api.calls import begin_call, end_call, invoke_stream, invoke_unary
 from agentd.errors import HTTP_STATUS, AgentdError, InvalidArgument, details_of, status_of
 from agentd.gateway.routes import Route
 from agentd.v1 import options_pb2
@@ -114,6 +116,8 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.endpoints = [Endpoint(r, servicers[r.method.containing_service.full_name])
                           for r in routes if r.method.containing_service.full_name in servicers]
+        # For paths no route matches: each route's literal leading segments, with its style.
+        self._prefixes = [(_literal_segments(e.route.template), e.route.error_style) for e in self.endpoints]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -123,49 +127,79 @@ class Gateway:
         response = await self.handle(request)
         await response(scope, receive, send)
 
-    def match(self, verb: str, path: str) -> tuple[list[tuple[Endpoint, dict]], set[str]]:
-        found, allowed = [], set()
+    def match(self, verb: str, path: str) -> tuple[list[tuple[Endpoint, dict]], dict[str, int]]:
+        """The endpoints for (verb, path), and every verb the path has, with its error style."""
+        found, allowed = [], {}
         for endpoint in self.endpoints:
             m = endpoint.route.pattern.match(path)
             if m is None:
                 continue
-            allowed.add(endpoint.route.verb)
+            allowed.setdefault(endpoint.route.verb, endpoint.route.error_style)
             if endpoint.route.verb == verb:
                 found.append((endpoint, m.groupdict()))
         return found, allowed
 
+    def style_for_path(self, path: str) -> int:
+        """The error style for a path no route matched: that of the service whose route
+        templates share the most leading literal segments with it ("/v1alpha/nothing" is aimed
+        at the Agents API). A path that shares nothing, or as much with services of both
+        styles ("/v1/nothing"), is answered in the OpenAI style, the more widely parsed one."""
+        segments = path.strip("/").split("/")
+        best, styles = 0, set()
+        for prefix, style in self._prefixes:
+            shared = 0
+            for ours, theirs in zip(prefix, segments):
+                if ours != theirs:
+                    break
+                shared += 1
+            if shared > best:
+                best, styles = shared, {style}
+            elif shared == best and shared:
+                styles.add(style)
+        return styles.pop() if len(styles) == 1 else options_pb2.ERROR_STYLE_OPENAI
+
     async def handle(self, request: Request) -> Response:
-        candidates, allowed = self.match(request.method, request.url.path)
-        style = candidates[0][0].route.error_style if candidates else _style_for_path(request.url.path)
+        started = time.perf_counter()
+        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
+        headers = {"x-request-id": begin_call(metadata)}
+        path = request.url.path
+        candidates, allowed = self.match(request.method, path)
         if not candidates:
+            # The gateway's own answers are calls too: a request id and an access-log line.
+            label = f"{request.method} {path}"
             if allowed:
-                return _error(style, 405, "Method Not Allowed", "METHOD_NOT_ALLOWED",
-                              headers={"Allow": ", ".join(sorted(allowed))})
-            return _error(style, 404, "Not Found", "NOT_FOUND")
-        query = parse_qsl(request.url.query, keep_blank_values=True)
-        body: Any = None
+                verbs = ", ".join(sorted(allowed))
+                return _refuse(label, started, next(iter(allowed.values())), _GatewayError(
+                    405, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "Method Not Allowed"),
+                    {**headers, "Allow": verbs})
+            return _refuse(label, started, self.style_for_path(path), _GatewayError(
+                404, grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "Not Found"), headers)
+        style = candidates[0][0].route.error_style
+        label = candidates[0][0].route.grpc_path
         try:
             raw = await _read_body(request, self.max_body_bytes)
         except _TooLarge:
-            return _error(style, 413, f"Request body is larger than {self.max_body_bytes} bytes.",
-                          "REQUEST_TOO_LARGE")
-        metadata = tuple((h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers)
-        headers = {"x-request-id": begin_call(metadata)}
+            return _refuse(label, started, style, _GatewayError(
+                413, grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
+                f"Request body is larger than {self.max_body_bytes} bytes."), headers)
+        body: Any = None
         if raw:
             try:
                 body = json.loads(raw, parse_constant=_no_constants)
             except (ValueError, RecursionError) as e:
                 reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
-                return _error_response(style, InvalidArgument(
+                return _refuse(label, started, style, InvalidArgument(
                     "", f"Request body is not valid JSON: {reason}", reason="INVALID_JSON"), headers)
+        query = parse_qsl(request.url.query, keep_blank_values=True)
         endpoint, path_params = _select(candidates, _wants_stream(body, query))
         renames: dict[str, str] = {}  # field -> the query name the client used for it
         try:
             message = endpoint.build_request(path_params, query, body, renames)
         except codec.CodecError as e:
-            return _error_response(style, InvalidArgument(e.field, e.description), headers)
-        except AgentdError as e:  # e.g. a bad legacy cursor
-            return _error_response(style, e, headers)
+            return _refuse(endpoint.route.grpc_path, started, style,
+                           InvalidArgument(e.field, e.description), headers)
+        except Exception as e:  # noqa: BLE001 - e.g. a bad legacy cursor; a crash is logged as one
+            return _refuse(endpoint.route.grpc_path, started, style, e, headers, renames)
         if endpoint.route.streaming:
             return await _stream(endpoint, message, metadata, style, headers, renames)
         try:
@@ -176,6 +210,28 @@ class Gateway:
             return Response(status_code=204, headers=headers)
         return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
                         headers=headers)
+
+
+def _literal_segments(template: str) -> tuple[str, ...]:
+    """The path segments of a route template before its first variable."""
+    return tuple(template.split("{", 1)[0].strip("/").split("/"))
+
+
+class _GatewayError(AgentdError):
+    """An answer of the gateway's own (no such route, wrong verb, body too large): an HTTP
+    status that no gRPC code maps to, with the gRPC code its access-log line reports."""
+
+    def __init__(self, http: int, code: grpc.StatusCode, reason: str, message: str):
+        super().__init__(message, reason=reason)
+        self.code = code
+        self.http = http
+
+
+def _refuse(label: str, started: float, style: int, error: BaseException, headers: dict,
+            renames: dict[str, str] | None = None) -> Response:
+    """Answers a request the gateway refuses before any servicer runs, and logs it."""
+    end_call(label, started, error)
+    return _error_response(style, error, headers, renames)
 
 
 def _no_constants(name: str):
@@ -243,11 +299,6 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 # ---------------------------------------------------------------------------- errors
 
 
-def _style_for_path(path: str) -> int:
-    # Only for paths no route matched (404/405): answer in the style of the API they aimed at.
-    return _LEGACY_STYLE if "/agents" in path else options_pb2.ERROR_STYLE_OPENAI
-
-
 def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | None = None) -> tuple[int, dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
     status = status_of(error)
@@ -257,7 +308,7 @@ def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | N
         alias = renames[param]
         message = alias + message[len(param):] if message.startswith(param + ":") else message
         param = alias
-    http = HTTP_STATUS.get(status.code, 500)
+    http = error.http if isinstance(error, _GatewayError) else HTTP_STATUS.get(status.code, 500)
     return http, _error_body(style, http, message, reason, param)
 
 
@@ -274,11 +325,6 @@ def _error_response(style: int, error: BaseException, headers: dict,
                     renames: dict[str, str] | None = None) -> Response:
     http, body = _error_body_of(style, error, renames)
     return Response(_dumps(body), status_code=http, media_type="application/json", headers=headers)
-
-
-def _error(style: int, http: int, message: str, reason: str, headers=None) -> Response:
-    return Response(_dumps(_error_body(style, http, message, reason, None)), status_code=http,
-                    media_type="application/json", headers=headers)
 
 
 def _error_body(style: int, http: int, message: str, reason: str, param: str | None) -> dict:

@@ -1,7 +1,7 @@
 """`agentd serve` as a subprocess on free loopback ports, as a user runs it.
 
-Shared by the e2e tests (tests/e2e/conftest.py) and the benchmark (bench/run.py), so both
-start, wait for and stop the server the same way.
+Shared by the e2e tests and the benchmark, so both start, wait for and stop the server the
+same way.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Per-call context (request id, principal), set when a call begins (api/calls.py) for the whole call."""
+"""Per-call context (request id, principal), set when a call begins (api/calls.py) for the whole
+call. It lives below api/ so that engine, tools and storage code can read it without importing
+the transport layer."""
 
 from __future__ import annotations
 

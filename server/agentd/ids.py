@@ -1,0 +1,16 @@
+"""Resource ids: opaque strings with a type prefix, so a misplaced id is recognisable in logs
+and errors without being parseable by clients.
+
+The prefixes agentd uses: agent_ (agents), sess_ (sessions), turn_ (turns), step_ (steps),
+resp_ (responses), msg_ (messages), fc_ (function calls), conv_ (conversations),
+vs_ (vector stores), file_ (files).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+
+def new_id(prefix: str) -> str:
+    """A new `<prefix>_<32 hex>` id (random: ids say nothing about order or time)."""
+    return f"{prefix}_{uuid.uuid4().hex}"

@@ -1,1 +1,0 @@
-"""Helpers shared by the e2e tests and the benchmark (no pytest imports here)."""
