@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from agentd.errors import details_of
 from agentd.storage import schema
+from agentd.storage.agents import AgentStore
 from agentd.v1 import agent_types_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.conftest import _admin
@@ -200,15 +201,15 @@ async def test_huge_offsets_are_invalid_argument(http):
 
 
 async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> list[str]:
-    """Turns and steps written straight into storage: the turn engine does not exist yet."""
+    """Turns and steps written through the store, as the turn engine will write them."""
+    store = AgentStore(agentd.repo)
     turn_ids = []
     for i in range(count):
-        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id, steps=[t.Step(
-            inference=t.InferenceStep(turn_id=f"turn_{i}", step_id=f"step_{i}"))])
-        await agentd.repo.insert(schema.turns, id=turn.turn_id, owner="local", session_id=session_id,
-                                 created_at=1000 + i, status="completed", body=turn.SerializeToString())
-        await agentd.repo.insert(schema.steps, id=f"step_{i}", owner="local", turn_id=turn.turn_id,
-                                 position=0, created_at=1000 + i, body=turn.steps[0].SerializeToString())
+        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id)
+        turn.started_at.FromMicroseconds(1000 + i)
+        assert await store.insert_turn("local", turn)
+        assert await store.append_step("local", turn.turn_id, t.Step(
+            inference=t.InferenceStep(turn_id=turn.turn_id, step_id=f"step_{i}")))
         turn_ids.append(turn.turn_id)
     return turn_ids
 
