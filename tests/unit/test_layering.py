@@ -17,6 +17,10 @@ def modules_loaded_by(module: str) -> set[str]:
 @pytest.mark.parametrize("module, forbidden", [
     ("agentd.errors", "sqlalchemy"),            # storage translates its own errors
     ("agentd.config", "agentd.storage"),        # configuration validates URLs on its own
+    ("agentd.storage.agents", "agentd.api"),    # storage never reaches up to the servicers
+    ("agentd.storage.events", "agentd.api"),
+    ("agentd.storage.responses", "agentd.api"),
+    ("agentd.storage.conversations", "agentd.api"),
 ])
 def test_module_does_not_import(module, forbidden):
     loaded = modules_loaded_by(module)

@@ -69,14 +69,15 @@ class Repository:
         await self.db.write(lambda conn: conn.execute(statement, values))
 
     async def create(self, table: Table, *, key: tuple[str, ...] = (), parent: Table | None = None,
-                     parent_id: str = "", **values: Any) -> bytes | None:
+                     parent_id: str = "", children: tuple[tuple[Table, list[dict]], ...] = (),
+                     **values: Any) -> bytes | None:
         """Inserts a row and returns its body, in one transaction.
 
         `key` names the columns of a unique index (an idempotency key, e.g. owner and
         request_id): when a row with the same key exists, nothing is written and that row's
         body is returned: a retried create answers what the first one created, also when
         both run at once. With `parent`: None, and nothing written, when the owner has no
-        such parent row."""
+        such parent row. `children` (table, rows) are inserted with a new row only."""
         check = self._statement("exists", parent, ()) if parent is not None else None
         keyed = bool(key) and all(values[name] is not None for name in key)
         statement = self._insert_or_nothing(table, key) if keyed else self._insert(table)
@@ -90,6 +91,9 @@ class Repository:
                 # a concurrent inserter), so this later statement sees it.
                 existing = select(table.c.body).where(*(table.c[name] == values[name] for name in key))
                 return conn.execute(existing).scalar_one()
+            for child_table, rows in children:
+                if rows:
+                    conn.execute(self._insert(child_table), rows)
             return values["body"]
         try:
             return await self.db.write(work)
