@@ -17,6 +17,7 @@ from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
 from agentd.config import Settings
 from agentd.storage import Database, Repository
+from agentd.storage.agents import AgentStore
 from agentd.v1 import (agents_pb2, agents_pb2_grpc, conversations_pb2, conversations_pb2_grpc,
                        models_pb2, models_pb2_grpc, responses_pb2, responses_pb2_grpc)
 
@@ -79,7 +80,7 @@ class Agentd:
         """Each served service's full name -> (servicer, its generated add_*_to_server)."""
         return {
             "agentd.v1.AgentsService": (
-                AgentsServicer(self.repo), agents_pb2_grpc.add_AgentsServiceServicer_to_server),
+                AgentsServicer(AgentStore(self.repo)), agents_pb2_grpc.add_AgentsServiceServicer_to_server),
             # Responses and conversations are in the contract; until their engine lands the
             # generated base servicers answer every RPC with UNIMPLEMENTED.
             "agentd.v1.ResponsesService": (

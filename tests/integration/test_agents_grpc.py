@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from agentd.errors import details_of
 from agentd.storage import schema
+from agentd.storage.agents import AgentStore
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.conftest import _admin
@@ -200,15 +201,15 @@ async def test_huge_offsets_are_invalid_argument(http):
 
 
 async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> list[str]:
-    """Turns and steps written straight into storage: the turn engine does not exist yet."""
+    """Turns and steps written through the store, as the turn engine will write them."""
+    store = AgentStore(agentd.repo)
     turn_ids = []
     for i in range(count):
-        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id, steps=[t.AgentStep(
-            inference=t.InferenceStep(turn_id=f"turn_{i}", step_id=f"step_{i}"))])
-        await agentd.repo.insert(schema.turns, id=turn.turn_id, owner="local", session_id=session_id,
-                                 created_at=1000 + i, status="completed", body=turn.SerializeToString())
-        await agentd.repo.insert(schema.steps, id=f"step_{i}", owner="local", turn_id=turn.turn_id,
-                                 position=0, created_at=1000 + i, body=turn.steps[0].SerializeToString())
+        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id)
+        turn.started_at.FromMicroseconds(1000 + i)
+        assert await store.insert_turn("local", turn)
+        assert await store.append_step("local", turn.turn_id, t.AgentStep(
+            inference=t.InferenceStep(turn_id=turn.turn_id, step_id=f"step_{i}")))
         turn_ids.append(turn.turn_id)
     return turn_ids
 
@@ -264,24 +265,3 @@ async def test_a_lost_database_connection_is_unavailable_then_recovers(agents, d
             outcomes.append(e.code().name)
     # A dead connection found by the first call invalidates the whole pool: one failure only.
     assert outcomes == ["UNAVAILABLE", "OK", "OK"]
-
-
-async def test_session_name_is_at_most_1024_characters(agents, http):
-    """Counted in characters, not bytes: a 1024-character name of multi-byte letters fits."""
-    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    longest = "é" * 1024
-    made = await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=longest))
-    assert made.session.session_name == longest
-    assert await error_of(agents.CreateSession(pb.CreateSessionRequest(
-        agent_id=agent_id, session_name="x" * 1025))) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["session_name"])
-
-    route = f"/v1alpha/agents/{agent_id}/session"
-    accepted = await http.post(route, json={"session_name": "x" * 1024})
-    assert accepted.status_code == 200
-    session_id = accepted.json()["session_id"]
-    got = (await http.get(f"{route}/{session_id}")).json()
-    assert got["session_name"] == "x" * 1024
-    refused = await http.post(route, json={"session_name": "x" * 1025})
-    assert refused.status_code == 400
-    assert refused.json() == {"detail": "session_name: at most 1024 characters"}
