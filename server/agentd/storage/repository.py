@@ -59,10 +59,6 @@ class Repository:
             statement = self._statements[("insert", table.name)] = insert(table)
         return statement
 
-    async def insert(self, table: Table, **values: Any) -> None:
-        statement = self._insert(table)
-        await self.db.write(lambda conn: conn.execute(statement, values))
-
     async def create(self, table: Table, *, key: tuple[str, ...] = (), parent: Table | None = None,
                      parent_id: str = "", children: tuple[tuple[Table, list[dict]], ...] = (),
                      **values: Any) -> bytes | None:
@@ -78,7 +74,8 @@ class Repository:
         statement = self._insert_or_nothing(table, key) if keyed else self._insert(table)
 
         def work(conn) -> bytes | None:
-            if check is not None and conn.execute(check, {"owner": values["owner"], "row_id": parent_id}).first() is None:
+            parent_row = {"owner": values["owner"], "row_id": parent_id}
+            if check is not None and conn.execute(check, parent_row).first() is None:
                 return None
             result = conn.execute(statement, values)
             if keyed and result.first() is None:
@@ -93,8 +90,8 @@ class Repository:
         try:
             return await self.db.write(work)
         except IntegrityError:
-            # Key conflicts never get here (ON CONFLICT), so this is a foreign key: the parent
-            # was deleted between the check and the insert. Anything else is a bug: raise it.
+            # Key conflicts never get here (ON CONFLICT). A parent that is gone now was deleted
+            # between the check and the insert (its foreign key failed); else it is a bug.
             if parent is not None and not await self.exists(parent, values["owner"], parent_id):
                 return None
             raise
