@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "to_json", "from_json", "parse"]
+__all__ = ["CodecError", "to_json", "from_json", "parse", "redact", "union_member"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -61,6 +61,7 @@ class _Field:
     is_message: bool
     nullable: bool  # unset is written as null
     enum: _Enum | None = None
+    sensitive: bool = False  # never written (null on output)
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class _Plan:
     untagged: bool = False
     discriminator: str = "type"
     default_tag: str = ""
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (key, tag), in order
     tag_of: dict[str, str] = field(default_factory=dict)  # member field name -> tag
     member_of: dict[str, _Field] = field(default_factory=dict)  # tag -> member
     members: list[_Field] = field(default_factory=list)
@@ -114,6 +116,7 @@ def _field_plan(fd: _d.FieldDescriptor) -> _Field:
         is_message=fd.message_type is not None,
         nullable=not fd.is_repeated and fd.has_presence,
         enum=_enum_plan(fd.enum_type) if fd.enum_type is not None else None,
+        sensitive=fd.GetOptions().Extensions[options_pb2.sensitive],
     )
 
 
@@ -139,6 +142,7 @@ def _plan(desc: _d.Descriptor) -> _Plan:
         plan.untagged = opts.Extensions[options_pb2.untagged]
         plan.discriminator = opts.Extensions[options_pb2.union_discriminator] or "type"
         plan.default_tag = opts.Extensions[options_pb2.union_default]
+        plan.fallbacks = [tuple(f.split("=", 1)) for f in opts.Extensions[options_pb2.union_fallbacks]]
         for fd in union.fields:
             member = _field_plan(fd)
             tag = fd.GetOptions().Extensions[options_pb2.union_tag] or fd.name
@@ -171,7 +175,9 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
     out: dict[str, Any] = {}
     if plan.union is not None:
         member = msg.WhichOneof(plan.union.name)
-        if member is not None:
+        if member is not None and plan.member_of[plan.tag_of[member]].sensitive:
+            out[plan.discriminator] = plan.tag_of[member]
+        elif member is not None:
             out[plan.discriminator] = plan.tag_of[member]
             value = _write_value(getattr(msg, member), plan.member_of[plan.tag_of[member]])
             if isinstance(value, dict):
@@ -180,7 +186,9 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
                 out[plan.tag_of[member]] = value
     out.update(plan.constants)
     for f in plan.fields:
-        if f.repeated or not f.nullable or msg.HasField(f.name):
+        if f.sensitive:
+            out[f.name] = None
+        elif f.repeated or not f.nullable or msg.HasField(f.name):
             out[f.name] = _write_field(getattr(msg, f.name), f)
         else:
             out[f.name] = None
@@ -302,7 +310,9 @@ def _read_fields(value: dict, msg: Message, plan: _Plan, path: str, strict: bool
 
 
 def _read_tagged(value: dict, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
-    tag = value.get(plan.discriminator) or plan.default_tag
+    tag = value.get(plan.discriminator)
+    if not tag:
+        tag = next((t for key, t in plan.fallbacks if key in value), plan.default_tag)
     if not tag:
         raise CodecError(_join(path, plan.discriminator), f"required; one of {sorted(plan.member_of)}")
     member = plan.member_of.get(tag) if isinstance(tag, str) else None
@@ -511,6 +521,84 @@ def _kind(value: Any) -> str:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+@dataclass(slots=True)
+class _Redaction:
+    sensitive: list[str]  # fields cleared
+    nested: list[_d.FieldDescriptor]  # message fields that may hold sensitive fields
+
+
+_redactions: dict[str, _Redaction | None] = {}
+_MISSING = object()
+
+
+def _redaction(desc: _d.Descriptor) -> _Redaction | None:
+    """What redact() clears in a message of `desc`; None when nothing in it can be sensitive."""
+    cached = _redactions.get(desc.full_name, _MISSING)
+    if cached is not _MISSING:
+        return cached
+    if desc.full_name.startswith("google.protobuf."):
+        _redactions[desc.full_name] = None
+        return None
+    _redactions[desc.full_name] = _Redaction([], [])  # a cycle is assumed to hold secrets
+    sensitive, nested = [], []
+    for fd in desc.fields:
+        if fd.GetOptions().Extensions[options_pb2.sensitive]:
+            sensitive.append(fd.name)
+            continue
+        target = fd.message_type
+        if target is not None and target.GetOptions().map_entry:
+            target = target.fields_by_name["value"].message_type
+        if target is not None and _redaction(target) is not None:
+            nested.append(fd)
+    plan = _Redaction(sensitive, nested) if sensitive or nested else None
+    _redactions[desc.full_name] = plan
+    return plan
+
+
+def redact(msg: Message) -> Message:
+    """A copy of `msg` with every `sensitive` field cleared, at any depth: what may be stored
+    or logged. The message itself is left as it is (the run that needs the secrets keeps it)."""
+    copy = type(msg)()
+    copy.CopyFrom(msg)
+    _redact_in_place(copy)
+    return copy
+
+
+def _redact_in_place(msg: Message) -> None:
+    plan = _redaction(msg.DESCRIPTOR)
+    if plan is None:
+        return
+    for name in plan.sensitive:
+        msg.ClearField(name)
+    for fd in plan.nested:
+        value = getattr(msg, fd.name)
+        if fd.message_type.GetOptions().map_entry:
+            for item in value.values():
+                _redact_in_place(item)
+        elif fd.is_repeated:
+            for item in value:
+                _redact_in_place(item)
+        elif msg.HasField(fd.name):
+            _redact_in_place(value)
+
+
+def union_member(msg: Message) -> tuple[str, str] | None:
+    """(field name, JSON tag) of the set member of a tagged union message, else None."""
+    plan = _plan(msg.DESCRIPTOR)
+    if plan.union is None:
+        return None
+    member = msg.WhichOneof(plan.union.name)
+    return None if member is None else (member, plan.tag_of[member])
+
+
+def read_field(msg: Message, field_name: str, value: Any, path: str) -> None:
+    """Reads a legacy JSON value into one field of `msg` (e.g. a JSON header's value)."""
+    _read_field(value, msg, _plan(msg.DESCRIPTOR).by_key[field_name], path, False)
 
 
 # Exposed for the gateway, which reads path and query parameters into fields.
