@@ -61,7 +61,7 @@ def turn_path(session_id: str) -> str:
 
 
 def data_lines(text: str) -> list[dict]:
-    return [json.loads(line[len("data: "):]) for line in text.split("\n\n") if line.startswith("data: ")]
+    return [json.loads(line[len("data: "):]) for line in text.split("\n") if line.startswith("data: ")]
 
 
 async def test_events_are_sse_data_lines_in_order(gateway):

@@ -114,7 +114,7 @@ async def invoke_unary(method: str, handler, request, metadata: Metadata) -> Any
 async def invoke_stream(method: str, handler, request, metadata: Metadata) -> AsyncIterator[Any]:
     """Runs a server-streaming servicer method in-process; closing this iterator (a client
     that went away) closes the servicer's generator, which stops its work."""
-    started, error = time.perf_counter(), None
+    started, error, stream = time.perf_counter(), None, None
     try:
         stream = handler(request, LocalContext(metadata))
         async for item in stream:
@@ -123,4 +123,11 @@ async def invoke_stream(method: str, handler, request, metadata: Metadata) -> As
         error = e
         raise
     finally:
-        end_call(method, started, error)
+        # A caller that stops early (the gateway after a terminal error event) closes the
+        # servicer's generator now, not whenever it is garbage-collected.
+        aclose = getattr(stream, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            end_call(method, started, error)
