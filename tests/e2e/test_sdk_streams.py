@@ -6,6 +6,8 @@ synchronous SDKs run on a worker thread."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import llama_stack_client
 import openai
@@ -86,3 +88,22 @@ async def test_openai_sdk_sees_exactly_the_response_events_without_heartbeats(ba
 async def test_openai_sdk_reattaches_after_an_event(base_url):
     events = await asyncio.to_thread(_response_events, base_url, 1)
     assert [e.type for e in events] == ["response.output_text.delta", "response.completed"]
+
+
+async def test_llama_stack_client_0_3_sees_exactly_the_events(base_url):
+    """0.3.0 needs Python >= 3.12: it runs in .venv312 (see test_llama_stack_client_0_3.py)."""
+    from tests.e2e.test_llama_stack_client_0_3 import PYTHON312, _python312_available
+    if not PYTHON312.exists():
+        if _python312_available():
+            pytest.fail("Python 3.12 is on this machine but .venv312 is missing: run `make setup`")
+        pytest.skip("no Python >= 3.12 on this machine: llama-stack-client 0.3 cannot be installed")
+    scenario = Path(__file__).parent / "scenarios" / "llama_stack_client_0_3_stream.py"
+    run = await asyncio.create_subprocess_exec(str(PYTHON312), str(scenario), base_url,
+                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(run.communicate(), 120)
+    assert run.returncode == 0, (err + out).decode()
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["version"] == "0.3.0"
+    assert summary["events"] == [[0, "turn_start"], [1, "step_progress"], [2, "step_progress"],
+                                 [3, "turn_complete"]]
+    assert summary["failed"] == ["turn_start", "step_progress", {"message": f"503: {FAILURE.message}"}]
