@@ -7,6 +7,9 @@ written and read in the legacy shape.
 
 Per descriptor, a plan (field kinds, JSON keys, union tags, enum texts) is computed once and
 cached, so converting a message costs one pass over its set fields.
+
+`sensitive` fields (secrets such as MCP headers) are read but never written; `redact(msg)`
+returns a copy with every sensitive field cleared at any depth, for storage and logs.
 """
 
 from __future__ import annotations
