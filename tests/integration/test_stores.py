@@ -19,7 +19,7 @@ from agentd.storage.events import EventStore
 from agentd.storage.responses import ResponseStore
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import conversations_pb2 as cv
-from agentd.v1 import response_items_pb2 as items
+from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt
 
 
@@ -58,10 +58,10 @@ def inference(turn_id: str, step_id: str) -> t.AgentStep:
     return t.AgentStep(inference=t.InferenceStep(turn_id=turn_id, step_id=step_id))
 
 
-def message(item_id: str) -> items.ResponseItem:
-    item = items.ResponseItem()
+def message(item_id: str) -> item_types.ResponseItem:
+    item = item_types.ResponseItem()
     item.message.id = item_id
-    item.message.role = items.RESPONSE_MESSAGE_ROLE_USER
+    item.message.role = item_types.RESPONSE_MESSAGE_ROLE_USER
     return item
 
 
@@ -254,11 +254,11 @@ async def test_items_append_in_order_and_an_existing_id_is_replaced_in_place(rep
     appended = await store.append_items("alice", "conv_1", [message("msg_3"), message("msg_4")])
     assert [i.message.id for i in appended] == ["msg_3", "msg_4"]
     replacement = message("msg_2")
-    replacement.message.role = items.RESPONSE_MESSAGE_ROLE_ASSISTANT
+    replacement.message.role = item_types.RESPONSE_MESSAGE_ROLE_ASSISTANT
     await store.append_items("alice", "conv_1", [replacement])
     items, page = await store.list_items("alice", "conv_1", paging.Cursor(), 3, descending=False)
     assert [i.message.id for i in items] == ["msg_1", "msg_2", "msg_3"] and page.has_more
-    assert items[1].message.role == items.RESPONSE_MESSAGE_ROLE_ASSISTANT
+    assert items[1].message.role == item_types.RESPONSE_MESSAGE_ROLE_ASSISTANT
     rest, page = await store.list_items("alice", "conv_1", page.next_cursor, 3, descending=False)
     assert [i.message.id for i in rest] == ["msg_4"] and not page.has_more
     newest, _ = await store.list_items("alice", "conv_1", paging.Cursor(after="msg_3"), 10)

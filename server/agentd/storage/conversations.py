@@ -17,7 +17,7 @@ from agentd.clock import now_micros
 from agentd.storage.repository import Page, Repository
 from agentd.storage.responses import item_id_of
 from agentd.v1 import conversations_pb2 as cv
-from agentd.v1 import response_items_pb2 as items
+from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt
 
 
@@ -34,7 +34,7 @@ class ConversationStore:
         self._claim_request = (dialect.insert(requests).on_conflict_do_nothing()
                                .returning(requests.c.request_id))
 
-    async def create(self, owner: str, conversation: cv.Conversation, items: list[items.ResponseItem],
+    async def create(self, owner: str, conversation: cv.Conversation, items: list[item_types.ResponseItem],
                      request_id: str | None = None) -> cv.Conversation:
         """Stores a new conversation with its first items, in one transaction. With a
         request_id already used by this owner, stores nothing and returns the conversation
@@ -55,8 +55,8 @@ class ConversationStore:
     async def delete(self, owner: str, conversation_id: str) -> bool:
         return await self.repo.delete(schema.conversations, owner, conversation_id)
 
-    async def append_items(self, owner: str, conversation_id: str, items: list[items.ResponseItem],
-                           request_id: str | None = None) -> list[items.ResponseItem] | None:
+    async def append_items(self, owner: str, conversation_id: str, items: list[item_types.ResponseItem],
+                           request_id: str | None = None) -> list[item_types.ResponseItem] | None:
         """Appends items after the conversation's last one, in one transaction, and returns
         them; None if the owner has no such conversation. With a request_id already used in
         this conversation, appends nothing and returns what the first call appended."""
@@ -70,7 +70,7 @@ class ConversationStore:
         last = select(func.max(table.c.position)).where(table.c.conversation_id == conversation_id)
         appended = rt.ResponseItemList(items=items).SerializeToString()
 
-        def work(conn) -> list[items.ResponseItem] | None:
+        def work(conn) -> list[item_types.ResponseItem] | None:
             if conn.execute(owned).first() is None:
                 return None
             if request_id is not None:
@@ -90,22 +90,22 @@ class ConversationStore:
         return await self.db.write(work)
 
     async def list_items(self, owner: str, conversation_id: str, cursor: Cursor, limit: int,
-                         descending: bool = True) -> tuple[list[items.ResponseItem], Page] | None:
+                         descending: bool = True) -> tuple[list[item_types.ResponseItem], Page] | None:
         """A page of the conversation's items in position order (newest first by default);
         None if the owner has no such conversation."""
         if not await self.repo.exists(schema.conversations, owner, conversation_id):
             return None
         page = await self.repo.page(schema.conversation_items, None, cursor, limit, descending=descending,
                                     sort="position", conversation_id=conversation_id)
-        return [items.ResponseItem.FromString(b) for b in page.bodies], page
+        return [item_types.ResponseItem.FromString(b) for b in page.bodies], page
 
-    async def get_item(self, owner: str, conversation_id: str, item_id: str) -> items.ResponseItem | None:
+    async def get_item(self, owner: str, conversation_id: str, item_id: str) -> item_types.ResponseItem | None:
         conversations, items = schema.conversations, schema.conversation_items
         query = (select(items.c.body).join(conversations, conversations.c.id == items.c.conversation_id)
                  .where(conversations.c.owner == owner, items.c.conversation_id == conversation_id,
                         items.c.id == item_id))
         body = await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
-        return items.ResponseItem.FromString(body) if body is not None else None
+        return item_types.ResponseItem.FromString(body) if body is not None else None
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
         conversations, items = schema.conversations, schema.conversation_items

@@ -86,6 +86,8 @@ class Database:
             if _unavailable(e):
                 raise _database_unavailable() from e
             raise
+        except OSError as e:  # asyncpg's connect: refused, unreachable, timed out (not wrapped)
+            raise _database_unavailable() from e
 
     async def _run_on_engine(self, work: Callable[[Connection], T], write: bool) -> T:
         if self.is_sqlite:

@@ -384,7 +384,7 @@ class ResponseInputText(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """The text. Required."""
+    """The text. Required (may be "")."""
     def __init__(
         self,
         *,
@@ -494,7 +494,7 @@ class ResponseOutputText(_message.Message):
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """The generated text. Required."""
+    """The generated text. Required (may be "")."""
     @_builtins.property
     def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResponseAnnotation]:
         """Citations and file paths in the text, in order of position. Default []."""
@@ -526,7 +526,7 @@ class ResponseRefusal(_message.Message):
 
     REFUSAL_FIELD_NUMBER: _builtins.int
     refusal: _builtins.str
-    """The refusal explanation shown to the user. Required."""
+    """The refusal explanation shown to the user. Required (may be "")."""
     def __init__(
         self,
         *,
@@ -826,7 +826,7 @@ class ResponseFunctionCall(_message.Message):
     name: _builtins.str
     """Name of the function. Required."""
     arguments: _builtins.str
-    """Arguments as a JSON object encoded in a string ("{}" when none). Required."""
+    """Arguments as a JSON object encoded in a string ("{}" when none). Required (may be "")."""
     status: Global___ResponseItemStatus.ValueType
     """in_progress, completed or incomplete; null on input the client sent without one."""
     def __init__(
@@ -1203,7 +1203,7 @@ class ResponseMcpCall(_message.Message):
     name: _builtins.str
     """Name of the tool called. Required."""
     arguments: _builtins.str
-    """Arguments as a JSON object encoded in a string. Required."""
+    """Arguments as a JSON object encoded in a string. Required (may be "")."""
     status: Global___ResponseItemStatus.ValueType
     """in_progress, calling, completed, incomplete or failed."""
     approval_request_id: _builtins.str
@@ -1463,7 +1463,7 @@ class ResponseMcpApprovalRequest(_message.Message):
     name: _builtins.str
     """Name of the tool to call. Required."""
     arguments: _builtins.str
-    """Arguments as a JSON object encoded in a string. Required."""
+    """Arguments as a JSON object encoded in a string. Required (may be "")."""
     def __init__(
         self,
         *,
