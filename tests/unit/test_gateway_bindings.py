@@ -50,11 +50,13 @@ def sse_events(text: str) -> list[dict]:
 
 
 TURN = "/v1/agents/agent_1/session/{}/turn"
+# The smallest valid turn input (the request validator refuses an empty messages list).
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 async def test_llama_stack_stream_has_data_and_id_lines_and_bare_keepalive_comments(gateway):
     client, _ = gateway
-    response = await client.post(TURN.format("sess_heartbeat"), json={"messages": [], "stream": True})
+    response = await client.post(TURN.format("sess_heartbeat"), json={"messages": MESSAGES, "stream": True})
     assert response.status_code == 200
     text = response.text
     # The heartbeat is one comment line with no blank line after it.
@@ -71,7 +73,7 @@ async def test_llama_stack_stream_has_data_and_id_lines_and_bare_keepalive_comme
 
 async def test_turn_failed_is_the_routes_error_event_and_ends_the_stream(gateway):
     client, served = gateway
-    response = await client.post(TURN.format("sess_turn_failed"), json={"messages": [], "stream": True})
+    response = await client.post(TURN.format("sess_turn_failed"), json={"messages": MESSAGES, "stream": True})
     assert response.status_code == 200
     events = sse_events(response.text)
     assert [e["id"] for e in events] == ["0", "1", "2"]
@@ -94,13 +96,13 @@ async def test_openai_stream_has_event_lines_with_the_discriminator(gateway):
 
 
 @pytest.mark.parametrize("path, body, streams", [
-    (TURN.format("sess_heartbeat"), {"messages": [], "stream": True}, True),
-    (TURN.format("sess_heartbeat"), {"messages": [], "stream": False}, False),
-    (TURN.format("sess_heartbeat"), {"messages": []}, False),
-    (TURN.format("sess_heartbeat"), {"messages": [], "stream": "yes"}, False),
+    (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": True}, True),
+    (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": False}, False),
+    (TURN.format("sess_heartbeat"), {"messages": MESSAGES}, False),
+    (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": "yes"}, False),
     # The canonical route serves only the stream, whatever the flag says.
-    (TURN.format("sess_heartbeat") + ":stream", {"messages": []}, True),
-    (TURN.format("sess_heartbeat") + ":stream", {"messages": [], "stream": False}, True),
+    (TURN.format("sess_heartbeat") + ":stream", {"messages": MESSAGES}, True),
+    (TURN.format("sess_heartbeat") + ":stream", {"messages": MESSAGES, "stream": False}, True),
     ("/v1/responses", {"model": "m", "input": "hi"}, False),
     ("/v1/responses:stream", {"model": "m", "input": "hi"}, True),
 ])
@@ -152,13 +154,13 @@ async def test_provider_data_is_read_from_its_header(gateway):
     agents = served["agentd.v1.AgentsService"]
     data = {"mcp_headers": {"http://mcp": {"Authorization": "Bearer x"}}}
     for stream in (False, True):
-        response = await client.post(TURN.format("sess_heartbeat"), json={"messages": [], "stream": stream},
+        response = await client.post(TURN.format("sess_heartbeat"), json={"messages": MESSAGES, "stream": stream},
                                      headers={"X-LlamaStack-Provider-Data": json.dumps(data)})
         assert response.status_code == 200
         request = agents.requests[-1]
         assert isinstance(request, pb.StreamTurnRequest if stream else pb.CreateTurnRequest)
         assert request.provider_data.mcp_headers["http://mcp"]["Authorization"] == "Bearer x"
-    await client.post(TURN.format("sess_heartbeat"), json={"messages": []})
+    await client.post(TURN.format("sess_heartbeat"), json={"messages": MESSAGES})
     assert not agents.requests[-1].HasField("provider_data")
 
 
@@ -168,7 +170,7 @@ async def test_provider_data_is_read_from_its_header(gateway):
 ])
 async def test_bad_provider_data_header_is_400_naming_it(gateway, value, needle):
     client, served = gateway
-    response = await client.post(TURN.format("sess_heartbeat"), json={"messages": []},
+    response = await client.post(TURN.format("sess_heartbeat"), json={"messages": MESSAGES},
                                  headers={"x-llamastack-provider-data": value})
     assert response.status_code == 400
     assert needle in response.json()["detail"]

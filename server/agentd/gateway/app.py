@@ -340,7 +340,7 @@ class Gateway:
                     405, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "Method Not Allowed"),
                     {**headers, "Allow": verbs})
             return _refuse(label, started, self.style_for_path(path), _GatewayError(
-                404, grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "Not Found"), headers)
+                404, grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "Not Found"), headers)
         style = candidates[0][0].route.error_style
         label = candidates[0][0].route.grpc_path
         try:
