@@ -8,8 +8,8 @@ written and read in the legacy shape.
 Per descriptor, a plan (field kinds, JSON keys, union tags, enum texts) is computed once and
 cached, so converting a message costs one pass over its set fields.
 
-`sensitive` fields (secrets such as MCP headers) are read but never written; `redact(msg)`
-returns a copy with every sensitive field cleared at any depth, for storage and logs.
+`sensitive` fields (secrets such as MCP headers) are read but never written (agentd.sensitive
+strips them from what is stored or logged).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "to_json", "from_json", "parse", "redact", "union_member"]
+__all__ = ["CodecError", "to_json", "from_json", "parse", "union_member"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -524,70 +524,6 @@ def _kind(value: Any) -> str:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-# --------------------------------------------------------------------------- redaction
-
-
-@dataclass(slots=True)
-class _Redaction:
-    sensitive: list[str]  # fields cleared
-    nested: list[_d.FieldDescriptor]  # message fields that may hold sensitive fields
-
-
-_redactions: dict[str, _Redaction | None] = {}
-_MISSING = object()
-
-
-def _redaction(desc: _d.Descriptor) -> _Redaction | None:
-    """What redact() clears in a message of `desc`; None when nothing in it can be sensitive."""
-    cached = _redactions.get(desc.full_name, _MISSING)
-    if cached is not _MISSING:
-        return cached
-    if desc.full_name.startswith("google.protobuf."):
-        _redactions[desc.full_name] = None
-        return None
-    _redactions[desc.full_name] = _Redaction([], [])  # a cycle is assumed to hold secrets
-    sensitive, nested = [], []
-    for fd in desc.fields:
-        if fd.GetOptions().Extensions[options_pb2.sensitive]:
-            sensitive.append(fd.name)
-            continue
-        target = fd.message_type
-        if target is not None and target.GetOptions().map_entry:
-            target = target.fields_by_name["value"].message_type
-        if target is not None and _redaction(target) is not None:
-            nested.append(fd)
-    plan = _Redaction(sensitive, nested) if sensitive or nested else None
-    _redactions[desc.full_name] = plan
-    return plan
-
-
-def redact(msg: Message) -> Message:
-    """A copy of `msg` with every `sensitive` field cleared, at any depth: what may be stored
-    or logged. The message itself is left as it is (the run that needs the secrets keeps it)."""
-    copy = type(msg)()
-    copy.CopyFrom(msg)
-    _redact_in_place(copy)
-    return copy
-
-
-def _redact_in_place(msg: Message) -> None:
-    plan = _redaction(msg.DESCRIPTOR)
-    if plan is None:
-        return
-    for name in plan.sensitive:
-        msg.ClearField(name)
-    for fd in plan.nested:
-        value = getattr(msg, fd.name)
-        if fd.message_type.GetOptions().map_entry:
-            for item in value.values():
-                _redact_in_place(item)
-        elif fd.is_repeated:
-            for item in value:
-                _redact_in_place(item)
-        elif msg.HasField(fd.name):
-            _redact_in_place(value)
 
 
 def union_member(msg: Message) -> tuple[str, str] | None:
