@@ -38,6 +38,7 @@ proto-check: $(VENV)/.installed
 	$(PY) scripts/gen_protos.py --check
 
 lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) scripts/gen_protos.py --check
 	$(BUF) lint
 	$(BUF) format -d --exit-code protos

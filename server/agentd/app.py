@@ -12,13 +12,21 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentd.api.agents import AgentsServicer
-from agentd.context import LOCAL_PRINCIPAL
 from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
 from agentd.config import Settings
+from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import Database, Repository
-from agentd.v1 import (agents_pb2, agents_pb2_grpc, conversations_pb2, conversations_pb2_grpc,
-                       models_pb2, models_pb2_grpc, responses_pb2, responses_pb2_grpc)
+from agentd.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    conversations_pb2,
+    conversations_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    responses_pb2,
+    responses_pb2_grpc,
+)
 
 log = logging.getLogger("agentd")
 

@@ -12,9 +12,8 @@ cached, so converting a message costs one pass over its set fields.
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import descriptor as _d
@@ -24,7 +23,7 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "to_json", "from_json", "parse"]
+__all__ = ["CodecError", "from_json", "parse", "to_json"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -271,7 +270,7 @@ def _write_json_value(value: struct_pb2.Value) -> Any:
 
 
 def _write_timestamp(ts: timestamp_pb2.Timestamp) -> str:
-    dt = datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
+    dt = datetime.fromtimestamp(ts.seconds, tz=UTC).replace(microsecond=ts.nanos // 1000)
     return dt.isoformat().replace("+00:00", "Z")
 
 
@@ -550,7 +549,7 @@ def _read_timestamp(value: Any, msg: timestamp_pb2.Timestamp, path: str) -> None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         msg.FromDatetime(dt)
     except (ValueError, OverflowError):  # not a timestamp, or before year 1 once in UTC
         raise CodecError(path, f"expected an RFC 3339 timestamp, got {value!r}") from None

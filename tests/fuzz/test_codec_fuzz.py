@@ -27,7 +27,8 @@ def _read(message_type, value, strict: bool = False):
 @settings(max_examples=10)
 @given(data=st.data())
 def test_from_json_raises_only_codec_errors(message_type, data):
-    value = data.draw(st.one_of(message_json(message_type.DESCRIPTOR), message_json(message_type.DESCRIPTOR, 1),
+    value = data.draw(st.one_of(message_json(message_type.DESCRIPTOR), message_json(message_type.DESCRIPTOR,
+                                                                                    1),
                                    ANY_JSON, DEEP))
     strict = data.draw(st.booleans())
     try:

@@ -46,7 +46,8 @@ class Served:
 
     def fresh(self) -> None:
         """An agent and a session for the paths to name (the fuzz of a delete route deletes them)."""
-        agent = self.request("POST", "/v1alpha/agents", json={"agent_config": {"model": "m", "instructions": "x"}})
+        agent = self.request("POST", "/v1alpha/agents", json={"agent_config": {"model": "m",
+                                                                               "instructions": "x"}})
         assert agent.status_code == 200, agent.text
         self.agent_id = agent.json()["agent_id"]
         session = self.request("POST", f"/v1alpha/agents/{self.agent_id}/session", json={"session_name": "s"})
@@ -110,7 +111,7 @@ def requests(draw, endpoint, served):
     for name in route.variables:
         real = {"agent_id": [served.agent_id], "session_id": [served.session_id]}.get(name, [f"{name}_1"])
         value = draw(st.one_of(st.sampled_from(real), SEGMENT_TEXT.map(_quote), RAW_ESCAPES))
-        path = re.sub(r"\{" + name + r"(=[^}]*)?\}", lambda _: value, path)
+        path = re.sub(r"\{" + name + r"(=[^}]*)?\}", lambda _, value=value: value, path)
     names = sorted({*(endpoint.query.fields if endpoint.query else ()),
                     *(endpoint.query.cursors if endpoint.query else ()), "stream"})
     query = draw(st.lists(st.tuples(st.one_of(st.sampled_from(names), TEXT.map(_quote)),
@@ -181,10 +182,13 @@ def test_lone_surrogates_are_400_naming_the_field(served):
     assert schema.json()["detail"].startswith(
         "agent_config.client_tools[0].input_schema.properties.\\ud800: invalid Unicode")
     items = served.request("POST", "/v1/conversations/conv_1/items", content=json.dumps({"items": [
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "\udc00"}]}]}).encode())
+        {"type": "message", "role": "user", "content": [{"type": "input_text",
+                                                         "text": "\udc00"}]}]}).encode())
     assert items.status_code == 400
     assert items.json()["error"]["param"] == "items[0].content[0].text"
-    metadata = served.request("POST", "/v1/conversations", content=json.dumps({"metadata": {"\ud800": "v"}}).encode())
+    metadata = served.request("POST", "/v1/conversations",
+                              content=json.dumps({"metadata": {"\ud800": "v"}}).encode())
     assert metadata.status_code == 400 and metadata.json()["error"]["param"] == "metadata.\\ud800"
-    value = served.request("POST", "/v1/conversations", content=json.dumps({"metadata": {"k": "\ud800"}}).encode())
+    value = served.request("POST", "/v1/conversations",
+                           content=json.dumps({"metadata": {"k": "\ud800"}}).encode())
     assert value.status_code == 400 and value.json()["error"]["param"] == "metadata.k"

@@ -24,7 +24,8 @@ def _access_lines(caplog) -> list[str]:
 @pytest.mark.parametrize("method, path, content, status, logged", [
     ("GET", "/v1alpha/nothing-here", None, 404, "rpc GET /v1alpha/nothing-here NOT_FOUND "),
     ("PUT", "/v1alpha/agents", None, 405, "rpc PUT /v1alpha/agents UNIMPLEMENTED "),
-    ("POST", "/v1alpha/agents", b"{not json", 400, "rpc /agentd.v1.AgentsService/CreateAgent INVALID_ARGUMENT "),
+    ("POST", "/v1alpha/agents", b"{not json", 400,
+     "rpc /agentd.v1.AgentsService/CreateAgent INVALID_ARGUMENT "),
     ("POST", "/v1alpha/agents", b'{"agent_config": 3}', 400,
      "rpc /agentd.v1.AgentsService/CreateAgent INVALID_ARGUMENT "),
 ])

@@ -16,14 +16,16 @@ TURN = {
     "input_messages": [
         {"role": "user", "content": "hello", "context": None},
         {"role": "tool", "call_id": "c1", "content": [{"type": "text", "text": "42"},
-                                                      {"type": "image", "image": {"url": {"uri": "http://x/i.png"}, "data": None}}]},
+                                                      {"type": "image", "image": {"url": {"uri": "http://x/i.png"},
+                                                                                  "data": None}}]},
     ],
     "steps": [
         {"step_type": "inference", "turn_id": "turn_1", "step_id": "step_1",
          "started_at": "2025-10-26T12:00:00.123456Z", "completed_at": "2025-10-26T12:00:01Z",
          "model_response": {"role": "assistant", "content": "",
                             "stop_reason": "end_of_message",
-                            "tool_calls": [{"call_id": "c1", "tool_name": "calc", "arguments": "{\"x\": 1}"}]}},
+                            "tool_calls": [{"call_id": "c1", "tool_name": "calc",
+                                            "arguments": "{\"x\": 1}"}]}},
         {"step_type": "tool_execution", "turn_id": "turn_1", "step_id": "step_2",
          "started_at": None, "completed_at": None,
          "tool_calls": [{"call_id": "c1", "tool_name": "calc", "arguments": "{}"}],
@@ -33,7 +35,8 @@ TURN = {
          "completed_at": None,
          "violation": {"violation_level": "error", "user_message": "no", "metadata": {}}},
     ],
-    "output_message": {"role": "assistant", "content": "done", "stop_reason": "end_of_turn", "tool_calls": []},
+    "output_message": {"role": "assistant", "content": "done", "stop_reason": "end_of_turn",
+                       "tool_calls": []},
     "output_attachments": [{"content": {"uri": "http://x/a.txt"}, "mime_type": "text/plain"}],
     "started_at": "2025-10-26T12:00:00Z", "completed_at": None,
 }
@@ -86,7 +89,8 @@ def test_empty_union_member_is_written_with_its_tag():
 
 
 def test_constants_grpc_only_int64_and_enums():
-    model = models_pb2.Model(identifier="m", id="m", created=1_700_000_000_000, model_type=models_pb2.MODEL_TYPE_LLM)
+    model = models_pb2.Model(identifier="m", id="m", created=1_700_000_000_000,
+                             model_type=models_pb2.MODEL_TYPE_LLM)
     out = codec.to_json(model)
     assert out["object"] == "model" and out["type"] == "model"
     assert out["created"] == 1_700_000_000_000  # a number, not proto3 JSON's string
@@ -97,7 +101,8 @@ def test_constants_grpc_only_int64_and_enums():
 
 
 def test_unset_optional_and_message_fields_are_null_and_read_back_as_unset():
-    cfg = codec.parse({"model": "m", "instructions": "", "name": None, "response_format": None}, t.AgentConfig)
+    cfg = codec.parse({"model": "m", "instructions": "", "name": None, "response_format": None},
+                      t.AgentConfig)
     assert not cfg.HasField("name") and not cfg.HasField("response_format")
     out = codec.to_json(cfg)
     assert out["name"] is None and out["response_format"] is None and out["max_infer_iters"] is None

@@ -19,7 +19,8 @@ def test_defaults_need_nothing():
 def test_env_wins_over_the_yaml_file(tmp_path: Path):
     config = tmp_path / "agentd.yaml"
     config.write_text("grpc_addr: 0.0.0.0:6000\nlog_level: debug\n"
-                      "providers:\n  - {id: vllm, type: openai, base_url: 'http://h:8000/v1', models: [{id: m}]}\n")
+                      "providers:\n"
+                      "  - {id: vllm, type: openai, base_url: 'http://h:8000/v1', models: [{id: m}]}\n")
     settings = load_settings(environ={"AGENTD_CONFIG": str(config), "AGENTD_GRPC_ADDR": "127.0.0.1:7000",
                                       "AGENTD_DATA_DIR": str(tmp_path)})
     assert settings.grpc_addr == "127.0.0.1:7000"

@@ -95,7 +95,8 @@ async def test_failure_mid_stream_ends_with_an_error_event(gateway):
 
 async def test_a_client_that_goes_away_stops_the_servicer(gateway):
     client, servicer = gateway
-    async with client.stream("POST", turn_path("sess_endless"), json={"messages": [], "stream": True}) as response:
+    async with client.stream("POST", turn_path("sess_endless"), json={"messages": [],
+                                                                      "stream": True}) as response:
         async for line in response.aiter_lines():
             if line.startswith("data: "):
                 break

@@ -148,7 +148,7 @@ class Gateway:
         best, styles = 0, set()
         for prefix, style in self._prefixes:
             shared = 0
-            for ours, theirs in zip(prefix, segments):
+            for ours, theirs in zip(prefix, segments, strict=False):
                 if ours != theirs:
                     break
                 shared += 1
@@ -299,7 +299,8 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 # ---------------------------------------------------------------------------- errors
 
 
-def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | None = None) -> tuple[int, dict]:
+def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | None = None) -> tuple[int,
+                                                                                                     dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
     status = status_of(error)
     reason, fields = details_of(status)
