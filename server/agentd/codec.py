@@ -542,7 +542,10 @@ def _read_timestamp(value: Any, msg: timestamp_pb2.Timestamp, path: str) -> None
         # Unix seconds, as the OpenAI API writes them, within what a Timestamp holds.
         if not _MIN_SECONDS <= value <= _MAX_SECONDS:
             raise CodecError(path, f"{value} is out of range [{_MIN_SECONDS}, {_MAX_SECONDS}]")
-        msg.FromNanoseconds(int(value * 1e9))
+        if isinstance(value, int):
+            msg.FromSeconds(value)  # exactly: through a float, 9999-12-31 came back a second early
+        else:
+            msg.FromMicroseconds(round(value * 1e6))  # microseconds, as timestamps are written
         return
     if not isinstance(value, str):
         raise CodecError(path, f"expected an RFC 3339 timestamp, got {_kind(value)}")
