@@ -27,13 +27,11 @@ BACKENDS = ["sqlite", "postgres"]
 
 # The fuzz tests (tests/fuzz) run in every `make test`: derandomized (the same examples on
 # every run and machine, so a failure reproduces), no example database left behind, and
-# bounded by each test's max_examples. AGENTD_FUZZ=deep multiplies the examples, for a
-# longer hunt by hand.
+# bounded by each test's max_examples (tests/fuzz/strategies.py: budget).
 settings.register_profile(
     "agentd", derandomize=True, database=None, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
-settings.register_profile("deep", parent=settings.get_profile("agentd"), max_examples=2000)
-settings.load_profile("deep" if os.environ.get("AGENTD_FUZZ") == "deep" else "agentd")
+settings.load_profile("agentd")
 
 
 def _run(coro) -> None:

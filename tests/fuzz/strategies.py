@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import os
 import pkgutil
 from functools import cache
 
@@ -22,6 +23,12 @@ import agentd.v1
 from agentd import codec
 
 _FD = _d.FieldDescriptor
+
+
+def budget(examples: int) -> int:
+    """max_examples for a fuzz test: small in `make test` (the whole fuzz stays under a
+    minute on two cores); AGENTD_FUZZ=deep multiplies it for a longer hunt by hand."""
+    return examples * 50 if os.environ.get("AGENTD_FUZZ") == "deep" else examples
 
 # Lone UTF-16 halves: valid in JSON as escapes, not encodable as UTF-8.
 SURROGATES = st.sampled_from(["\ud800", "\udfff", "a\udc00b", "\ud83d", "ok \ud83d\ude00 \udbff"])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentd import codec
-from tests.fuzz.strategies import ANY_JSON, DEEP, all_message_types, message_json
+from tests.fuzz.strategies import ANY_JSON, DEEP, all_message_types, budget, message_json
 
 MESSAGE_TYPES = all_message_types()
 IDS = [m.DESCRIPTOR.full_name.removeprefix("agentd.v1.") for m in MESSAGE_TYPES]
@@ -24,7 +24,7 @@ def _read(message_type, value, strict: bool = False):
 
 
 @pytest.mark.parametrize("message_type", MESSAGE_TYPES, ids=IDS)
-@settings(max_examples=10)
+@settings(max_examples=budget(10))
 @given(data=st.data())
 def test_from_json_raises_only_codec_errors(message_type, data):
     value = data.draw(st.one_of(message_json(message_type.DESCRIPTOR), message_json(message_type.DESCRIPTOR,
@@ -41,7 +41,7 @@ def test_from_json_raises_only_codec_errors(message_type, data):
 
 
 @pytest.mark.parametrize("message_type", MESSAGE_TYPES, ids=IDS)
-@settings(max_examples=6)
+@settings(max_examples=budget(6))
 @given(data=st.data())
 def test_what_reads_round_trips(message_type, data):
     value = data.draw(message_json(message_type.DESCRIPTOR, 0))

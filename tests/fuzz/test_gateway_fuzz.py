@@ -25,7 +25,7 @@ from agentd.gateway.app import Gateway
 from agentd.gateway.routes import routes_of
 from agentd.v1.options_pb2 import ERROR_STYLE_LLAMA_STACK
 from tests.conftest import make_settings
-from tests.fuzz.strategies import ANY_JSON, DEEP, SURROGATES, TEXT, message_json
+from tests.fuzz.strategies import ANY_JSON, DEEP, SURROGATES, TEXT, budget, message_json
 
 MAX_BODY = 64 * 1024
 
@@ -156,7 +156,7 @@ def test_hostile_requests_never_get_a_5xx(served, verb, template):
     endpoint = _endpoints(served.gateway)[(verb, template)]
     served.fresh()
 
-    @settings(max_examples=50 if endpoint.route.body else 20)
+    @settings(max_examples=budget(50 if endpoint.route.body else 20))
     @given(request=requests(endpoint, served))
     def fuzz(request):
         url, content = request

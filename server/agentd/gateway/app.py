@@ -299,8 +299,8 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 # ---------------------------------------------------------------------------- errors
 
 
-def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | None = None) -> tuple[int,
-                                                                                                     dict]:
+def _error_body_of(style: int, error: BaseException,
+                   renames: dict[str, str] | None = None) -> tuple[int, dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
     status = status_of(error)
     reason, fields = details_of(status)
