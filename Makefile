@@ -9,7 +9,7 @@ VENV312 := .venv312
 # llama-stack-client 0.3 (client.alpha.agents, /v1alpha routes) needs Python >= 3.12.
 LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
 
-.PHONY: setup run test proto proto-check lint unit integration e2e bench clean
+.PHONY: setup run test proto proto-check lint contract-baseline unit integration e2e bench clean
 
 setup: $(VENV)/.installed $(VENV312)/.installed
 
@@ -37,11 +37,19 @@ proto: $(VENV)/.installed
 proto-check: $(VENV)/.installed
 	$(PY) scripts/gen_protos.py --check
 
+# The settled v1 contract: `buf breaking` fails on any change that would break code generated
+# from it (FILE rules). Moving the baseline is a deliberate commit: `make contract-baseline`.
+CONTRACT_BASELINE := contract/v1.binpb
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) scripts/gen_protos.py --check
 	$(BUF) lint
 	$(BUF) format -d --exit-code protos
+	$(BUF) breaking protos --against $(CONTRACT_BASELINE)
+
+contract-baseline: $(VENV)/.installed
+	$(BUF) build protos --exclude-source-info -o $(CONTRACT_BASELINE)
 
 unit: setup
 	$(PY) -m pytest tests/unit -q
@@ -60,4 +68,4 @@ bench: setup
 
 # Leaves ./data (the database `make run` uses) alone.
 clean:
-	rm -rf $(VENV) $(VENV312) third_party
+	rm -rf $(VENV) $(VENV312)

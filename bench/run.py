@@ -44,7 +44,7 @@ try:
     import httpx
 
     from agentd.testing import AgentdProcess, AgentdStartError, start_agentd
-    from agentd.v1 import agent_types_pb2 as t
+    from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
     from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
 except ImportError as e:  # the usual cause: run with a Python that is not the project's venv
@@ -263,8 +263,7 @@ def summarize(op: str, transport: str, concurrency: int, sample: Sample) -> Cell
 
 
 async def measure_cell(server: AgentdProcess, args: argparse.Namespace, op: str, transport: str,
-                       concurrency: int,
-                       agent_id: str) -> Cell:
+                       concurrency: int, agent_id: str) -> Cell:
     # Fresh connections per cell, so both transports start equal; the warm-up pays for their setup.
     if transport == "grpc":
         # One channel (one HTTP/2 connection) shared by all workers, as a gRPC client normally has.

@@ -17,6 +17,7 @@ from agentd.api.models import ModelsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import Database, Repository
+from agentd.storage.agents import AgentStore
 from agentd.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -87,7 +88,7 @@ class Agentd:
         """Each served service's full name -> (servicer, its generated add_*_to_server)."""
         return {
             "agentd.v1.AgentsService": (
-                AgentsServicer(self.repo), agents_pb2_grpc.add_AgentsServiceServicer_to_server),
+                AgentsServicer(AgentStore(self.repo)), agents_pb2_grpc.add_AgentsServiceServicer_to_server),
             # Responses and conversations are in the contract; until their engine lands the
             # generated base servicers answer every RPC with UNIMPLEMENTED.
             "agentd.v1.ResponsesService": (

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agentd.database_url import normalize_url
+
 ENV_PREFIX = "AGENTD_"
 CONFIG_ENV = "AGENTD_CONFIG"
 
@@ -76,7 +78,6 @@ class Settings(_Strict):
     @classmethod
     def _supported_database(cls, value: str | None) -> str | None:
         if value is not None:
-            from agentd.storage.database import normalize_url
             try:
                 normalize_url(value)
             except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL errors are varied

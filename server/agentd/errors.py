@@ -12,7 +12,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 ERROR_DOMAIN = "agentd.dev"
 
@@ -90,12 +89,6 @@ def status_of(error: BaseException, request_id: str = "") -> status_pb2.Status:
     if isinstance(error, AgentdError):
         code, reason, message = error.code, error.reason, error.message
         metadata, violations = dict(error.metadata), error.field_violations
-    elif isinstance(error, (OperationalError, InterfaceError)) or (
-            isinstance(error, DBAPIError) and error.connection_invalidated):
-        # The database went away or stayed locked past its timeout: retryable, unlike a bug.
-        code, reason, message, metadata, violations = (
-            grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE",
-            "The database is unavailable; retry the call.", {}, [])
     elif isinstance(error, NotImplementedError):
         # The generated base servicers raise this for RPCs that are in the contract but not
         # built yet.

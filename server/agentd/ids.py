@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import uuid
 
+AGENT, SESSION, TURN, STEP = "agent", "sess", "turn", "step"
+RESPONSE, CONVERSATION = "resp", "conv"
+
 
 def new_id(prefix: str) -> str:
     """A new `<prefix>_<32 hex>` id (random: ids say nothing about order or time)."""

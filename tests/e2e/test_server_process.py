@@ -88,8 +88,8 @@ def test_json_logs_carry_the_request_id(tmp_path):
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = agents_pb2_grpc.AgentsServiceStub(channel)
             try:
-                stub.GetAgent(agents_pb2.GetAgentRequest(agent_id="agent_y"), metadata=(("x-request-id",
-                                                                                         "e2e-req-2"),))
+                stub.GetAgent(agents_pb2.GetAgentRequest(agent_id="agent_y"),
+                              metadata=(("x-request-id", "e2e-req-2"),))
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.NOT_FOUND
     finally:
@@ -165,8 +165,8 @@ def test_sigterm_with_a_stream_in_flight(tmp_path):
         while refused is None and time.monotonic() - started < 1.5:
             with grpc.insecure_channel(server.grpc_target) as fresh:
                 try:
-                    agents_pb2_grpc.AgentsServiceStub(fresh).ListAgents(agents_pb2.ListAgentsRequest(),
-                                                                        timeout=5)
+                    stub = agents_pb2_grpc.AgentsServiceStub(fresh)
+                    stub.ListAgents(agents_pb2.ListAgentsRequest(), timeout=5)
                     time.sleep(0.05)
                 except grpc.RpcError as e:
                     refused = e.code()

@@ -334,8 +334,8 @@ class _Completion:
         self.model = body["model"]
         self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.calls = [(c.id or "call_" + uuid.uuid4().hex[:24], c.name,
-                       c.arguments_json()) for c in reply.tool_calls]
+        self.calls = [(c.id or "call_" + uuid.uuid4().hex[:24], c.name, c.arguments_json())
+                      for c in reply.tool_calls]
         self.finish_reason = reply.finish_reason or ("tool_calls" if self.calls else "stop")
         self.usage = self._usage(body)
 
@@ -480,8 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             raise _Drop from exc
 
-    def _start(self, rec: RecordedRequest, status: int, content_type: str, headers: Mapping[str,
-                                                                                            str]) -> None:
+    def _start(self, rec: RecordedRequest, status: int, content_type: str,
+               headers: Mapping[str, str]) -> None:
         rec.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)

@@ -27,8 +27,8 @@ def _read(message_type, value, strict: bool = False):
 @settings(max_examples=budget(10))
 @given(data=st.data())
 def test_from_json_raises_only_codec_errors(message_type, data):
-    value = data.draw(st.one_of(message_json(message_type.DESCRIPTOR), message_json(message_type.DESCRIPTOR,
-                                                                                    1),
+    desc = message_type.DESCRIPTOR
+    value = data.draw(st.one_of(message_json(desc), message_json(desc, 1),
                                    ANY_JSON, DEEP))
     strict = data.draw(st.booleans())
     try:

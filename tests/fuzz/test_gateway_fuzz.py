@@ -46,8 +46,8 @@ class Served:
 
     def fresh(self) -> None:
         """An agent and a session for the paths to name (the fuzz of a delete route deletes them)."""
-        agent = self.request("POST", "/v1alpha/agents", json={"agent_config": {"model": "m",
-                                                                               "instructions": "x"}})
+        config = {"model": "m", "instructions": "x"}
+        agent = self.request("POST", "/v1alpha/agents", json={"agent_config": config})
         assert agent.status_code == 200, agent.text
         self.agent_id = agent.json()["agent_id"]
         session = self.request("POST", f"/v1alpha/agents/{self.agent_id}/session", json={"session_name": "s"})
@@ -182,8 +182,8 @@ def test_lone_surrogates_are_400_naming_the_field(served):
     assert schema.json()["detail"].startswith(
         "agent_config.client_tools[0].input_schema.properties.\\ud800: invalid Unicode")
     items = served.request("POST", "/v1/conversations/conv_1/items", content=json.dumps({"items": [
-        {"type": "message", "role": "user", "content": [{"type": "input_text",
-                                                         "text": "\udc00"}]}]}).encode())
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "\udc00"}]}]}).encode())
     assert items.status_code == 400
     assert items.json()["error"]["param"] == "items[0].content[0].text"
     metadata = served.request("POST", "/v1/conversations",

@@ -10,7 +10,8 @@ from sqlalchemy.engine import make_url
 
 from agentd.errors import details_of
 from agentd.storage import schema
-from agentd.v1 import agent_types_pb2 as t
+from agentd.storage.agents import AgentStore
+from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.conftest import _admin
 
@@ -49,13 +50,14 @@ async def test_deprecated_tool_choice_moves_into_tool_config(agents):
 
 @pytest.mark.parametrize("bad, field", [
     (config(model=""), "agent_config.model"),
-    (config(tool_choice="required", tool_config=t.ToolConfig(tool_choice="auto")),
+    (config(tool_choice="required", tool_config=t.AgentToolConfig(tool_choice="auto")),
      "agent_config.tool_choice"),
     (config(tool_prompt_format=t.TOOL_PROMPT_FORMAT_JSON,
-            tool_config=t.ToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
+            tool_config=t.AgentToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
      "agent_config.tool_prompt_format"),
     (config(max_infer_iters=0), "agent_config.max_infer_iters"),
-    (config(client_tools=[t.ToolDef(name="a"), t.ToolDef(name="a")]), "agent_config.client_tools[1].name"),
+    (config(client_tools=[t.AgentToolDef(name="a"), t.AgentToolDef(name="a")]),
+     "agent_config.client_tools[1].name"),
     (config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(
         top_p=t.TopPSamplingStrategy(temperature=0)))), "agent_config.sampling_params.strategy.temperature"),
 ])
@@ -65,8 +67,8 @@ async def test_invalid_config_is_invalid_argument_naming_the_field(agents, agent
     assert reason == "INVALID_ARGUMENT"
     assert fields == [field]
     count = select(func.count()).select_from(schema.agents)
-    assert await agentd.db.read(lambda conn,
-                                count=count: conn.execute(count).scalar()) == 0  # nothing half-written
+    # Nothing half-written.
+    assert await agentd.db.read(lambda conn, count=count: conn.execute(count).scalar()) == 0
 
 
 async def test_missing_config_is_invalid_argument(agents):
@@ -115,8 +117,8 @@ async def test_sessions_lifecycle(agents):
     made = [await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=f"s{i}"))
             for i in range(3)]
     assert all(m.session_id.startswith("sess_") for m in made)
-    got = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id,
-                                                        session_id=made[0].session_id))).session
+    got = (await agents.GetSession(
+        pb.GetSessionRequest(agent_id=agent_id, session_id=made[0].session_id))).session
     assert (got.session_name, list(got.turns)) == ("s0", [])
     assert got.started_at == made[0].session.started_at
     listed = await agents.ListSessions(pb.ListSessionsRequest(agent_id=agent_id, page_size=2))
@@ -132,12 +134,12 @@ async def test_sessions_lifecycle(agents):
 async def test_session_of_another_agent_is_not_found(agents):
     a = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
     b = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=a,
-                                                                     session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=a, session_name="s"))).session_id
     code, _, _ = await error_of(agents.GetSession(pb.GetSessionRequest(agent_id=b, session_id=session_id)))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, _, _ = await error_of(agents.DeleteSession(pb.DeleteSessionRequest(agent_id=b,
-                                                                             session_id=session_id)))
+    code, _, _ = await error_of(
+        agents.DeleteSession(pb.DeleteSessionRequest(agent_id=b, session_id=session_id)))
     assert code == grpc.StatusCode.NOT_FOUND
 
 
@@ -160,8 +162,8 @@ async def test_delete_agent_cascades_to_sessions(agents, agentd):
 
 async def test_unknown_turn_and_step_are_not_found(agents):
     agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id,
-                                                                     session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
     code, reason, _ = await error_of(agents.GetTurn(pb.GetTurnRequest(
         agent_id=agent_id, session_id=session_id, turn_id="turn_nope")))
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND")
@@ -206,23 +208,23 @@ async def test_huge_offsets_are_invalid_argument(http):
 
 
 async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> list[str]:
-    """Turns and steps written straight into storage: the turn engine does not exist yet."""
+    """Turns and steps written through the store, as the turn engine will write them."""
+    store = AgentStore(agentd.repo)
     turn_ids = []
     for i in range(count):
-        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id, steps=[t.Step(
-            inference=t.InferenceStep(turn_id=f"turn_{i}", step_id=f"step_{i}"))])
-        await agentd.repo.insert(schema.turns, id=turn.turn_id, owner="local", session_id=session_id,
-                                 created_at=1000 + i, status="completed", body=turn.SerializeToString())
-        await agentd.repo.insert(schema.steps, id=f"step_{i}", owner="local", turn_id=turn.turn_id,
-                                 position=0, created_at=1000 + i, body=turn.steps[0].SerializeToString())
+        turn = t.Turn(turn_id=f"turn_{i}", session_id=session_id)
+        turn.started_at.FromMicroseconds(1000 + i)
+        assert await store.insert_turn("local", turn)
+        assert await store.append_step("local", turn.turn_id, t.AgentStep(
+            inference=t.InferenceStep(turn_id=turn.turn_id, step_id=f"step_{i}")))
         turn_ids.append(turn.turn_id)
     return turn_ids
 
 
 async def test_get_session_turn_and_step_read_what_storage_holds(agents, agentd, http):
     agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id,
-                                                                     session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
     turn_ids = await _stored_turns(agentd, agent_id, session_id, 3)
     whole = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
     assert [turn.turn_id for turn in whole.turns] == turn_ids
@@ -241,8 +243,8 @@ async def test_get_session_turn_and_step_read_what_storage_holds(agents, agentd,
 
 async def test_delete_agent_cascades_to_turns_and_steps(agents, agentd):
     agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id,
-                                                                     session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
     await _stored_turns(agentd, agent_id, session_id, 2)
     await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
     for table in (schema.sessions, schema.turns, schema.steps):
@@ -272,24 +274,3 @@ async def test_a_lost_database_connection_is_unavailable_then_recovers(agents, d
             outcomes.append(e.code().name)
     # A dead connection found by the first call invalidates the whole pool: one failure only.
     assert outcomes == ["UNAVAILABLE", "OK", "OK"]
-
-
-async def test_session_name_is_at_most_1024_characters(agents, http):
-    """Counted in characters, not bytes: a 1024-character name of multi-byte letters fits."""
-    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    longest = "é" * 1024
-    made = await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=longest))
-    assert made.session.session_name == longest
-    assert await error_of(agents.CreateSession(pb.CreateSessionRequest(
-        agent_id=agent_id, session_name="x" * 1025))) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["session_name"])
-
-    route = f"/v1alpha/agents/{agent_id}/session"
-    accepted = await http.post(route, json={"session_name": "x" * 1024})
-    assert accepted.status_code == 200
-    session_id = accepted.json()["session_id"]
-    got = (await http.get(f"{route}/{session_id}")).json()
-    assert got["session_name"] == "x" * 1024
-    refused = await http.post(route, json={"session_name": "x" * 1025})
-    assert refused.status_code == 400
-    assert refused.json() == {"detail": "session_name: at most 1024 characters"}

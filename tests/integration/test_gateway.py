@@ -157,8 +157,8 @@ async def test_request_id_is_forwarded_and_echoed(http):
 @pytest.mark.parametrize("method, path, body", [
     ("POST", "/v1/responses", {"model": "test-model", "input": "hi"}),
     ("POST", "/v1/responses", {"model": "test-model", "input": "hi", "stream": True}),
-    ("POST", "/v1/openai/v1/responses", {"model": "test-model", "input": [{"role": "user",
-                                                                           "content": "hi"}]}),
+    ("POST", "/v1/openai/v1/responses",
+     {"model": "test-model", "input": [{"role": "user", "content": "hi"}]}),
     ("GET", "/v1/responses/resp_1", None),
     ("GET", "/v1/responses/resp_1?stream=true&starting_after=3", None),
     ("GET", "/v1/responses/resp_1/input_items?limit=2&order=asc", None),
@@ -194,8 +194,8 @@ async def test_body_over_the_message_limit_is_413(database_url, tmp_path):
                 yield b"{" + b" " * 5000 + b"}"
             chunked = await client.post("/v1alpha/agents", content=chunks())
             assert chunked.status_code == 413  # no content-length: counted while reading
-            ok = await client.post("/v1alpha/agents", json={"agent_config": {"model": "m",
-                                                                             "instructions": "x"}})
+            small = {"agent_config": {"model": "m", "instructions": "x"}}
+            ok = await client.post("/v1alpha/agents", json=small)
             assert ok.status_code == 200
             listed = (await client.get("/v1alpha/agents")).json()["data"]
             assert [a["agent_config"]["instructions"] for a in listed] == ["x"]

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from agentd_client import AsyncClient, Client
 
-from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import models_pb2
 

@@ -7,10 +7,11 @@ import asyncio
 import logging
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import text
 
 from agentd.api.calls import invoke_stream, invoke_unary
-from agentd.errors import NotFound
+from agentd.errors import NotFound, Unavailable
+from agentd.storage import Database
 
 METHOD = "/agentd.v1.AgentsService/GetAgent"
 
@@ -50,9 +51,16 @@ async def test_an_agentd_error_is_one_line_with_its_code_and_message(caplog):
 
 async def test_a_lost_database_is_logged_unavailable_as_the_client_sees_it(caplog):
     caplog.set_level(logging.INFO, "agentd.rpc")
-    lost = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
-    with pytest.raises(OperationalError):
-        await _call(lost)
+    # A real Database whose server refuses connections: storage turns that into UNAVAILABLE.
+    db = Database("postgresql://nobody@127.0.0.1:1/none")
+
+    async def handler(request, context):
+        return await db.read(lambda conn: conn.execute(text("SELECT 1")))
+    try:
+        with pytest.raises(Unavailable):
+            await invoke_unary(METHOD, handler, None, ())
+    finally:
+        await db.close()
     record = _line(caplog)
     assert f"rpc {METHOD} UNAVAILABLE " in record.getMessage()
     assert record.levelno == logging.WARNING and record.exc_info is None

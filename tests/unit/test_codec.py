@@ -7,9 +7,11 @@ import json
 import pytest
 
 from agentd import codec
-from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agent_messages_pb2 as messages
+from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import models_pb2
+from agentd.v1 import turn_events_pb2 as events
 
 TURN = {
     "turn_id": "turn_1", "session_id": "sess_1",
@@ -25,20 +27,24 @@ TURN = {
          "model_response": {"role": "assistant", "content": "",
                             "stop_reason": "end_of_message",
                             "tool_calls": [{"call_id": "c1", "tool_name": "calc",
-                                            "arguments": "{\"x\": 1}"}]}},
+                                            "arguments": "{\"x\": 1}"}]},
+         "model": "m1", "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}},
         {"step_type": "tool_execution", "turn_id": "turn_1", "step_id": "step_2",
          "started_at": None, "completed_at": None,
          "tool_calls": [{"call_id": "c1", "tool_name": "calc", "arguments": "{}"}],
          "tool_responses": [{"call_id": "c1", "tool_name": "calc", "content": {"type": "text", "text": "1"},
-                             "metadata": {"source": "https://example.com", "n": 2}}]},
+                             "metadata": {"source": "https://example.com", "n": 2},
+                             "error_message": None}]},
         {"step_type": "shield_call", "turn_id": "turn_1", "step_id": "step_3", "started_at": None,
          "completed_at": None,
-         "violation": {"violation_level": "error", "user_message": "no", "metadata": {}}},
+         "violation": {"violation_level": "error", "user_message": "no", "metadata": {}},
+         "touchpoint": "user-input", "shield_id": "llama-guard"},
     ],
     "output_message": {"role": "assistant", "content": "done", "stop_reason": "end_of_turn",
                        "tool_calls": []},
     "output_attachments": [{"content": {"uri": "http://x/a.txt"}, "mime_type": "text/plain"}],
     "started_at": "2025-10-26T12:00:00Z", "completed_at": None,
+    "status": "completed", "stop_reason": "end_of_turn", "background": False,
 }
 
 
@@ -57,29 +63,30 @@ def test_turn_round_trips_exactly():
     ([], "items"),
 ])
 def test_string_or_list_content_picks_the_member_by_json_kind(content, member):
-    message = codec.parse({"role": "user", "content": content}, t.TurnInputMessage)
+    message = codec.parse({"role": "user", "content": content}, messages.TurnInputMessage)
     assert message.user.content.WhichOneof("content") == member
     assert codec.to_json(message)["content"] == content
 
 
 def test_object_members_of_an_untagged_union_are_tried_in_order():
-    url = codec.parse({"uri": "http://x"}, t.DocumentContent)
-    item = codec.parse({"type": "text", "text": "x"}, t.DocumentContent)
+    url = codec.parse({"uri": "http://x"}, messages.AgentDocumentContent)
+    item = codec.parse({"type": "text", "text": "x"}, messages.AgentDocumentContent)
     assert (url.WhichOneof("content"), item.WhichOneof("content")) == ("url", "item")
 
 
 def test_stream_chunk_has_the_llama_stack_shape():
-    event = t.TurnResponseEvent(sequence_number=7, payload=t.TurnEventPayload(
-        step_progress=t.StepProgressPayload(
-            step_type=t.STEP_TYPE_INFERENCE, step_id="s",
-            delta=t.ContentDelta(tool_call=t.ToolCallDelta(
-                tool_call=t.ToolCallOrString(call=t.ToolCall(call_id="c", tool_name="f", arguments="{}")),
-                parse_status=t.TOOL_CALL_PARSE_STATUS_SUCCEEDED)))))
+    event = events.TurnEvent(sequence_number=7, turn_id="turn_1", payload=events.TurnEventPayload(
+        step_progress=events.StepProgressPayload(
+            step_type=t.AGENT_STEP_TYPE_INFERENCE, step_id="s",
+            delta=events.ContentDelta(tool_call=events.ToolCallDelta(
+                tool_call=events.ToolCallOrString(
+                    call=messages.AgentToolCall(call_id="c", tool_name="f", arguments="{}")),
+                parse_status=events.TOOL_CALL_PARSE_STATUS_SUCCEEDED)))))
     assert codec.to_json(pb.StreamTurnResponse(event=event)) == {"event": {
         "payload": {"event_type": "step_progress", "step_type": "inference", "step_id": "s",
                     "delta": {"type": "tool_call", "parse_status": "succeeded",
                               "tool_call": {"call_id": "c", "tool_name": "f", "arguments": "{}"}}},
-        "sequence_number": 7}}
+        "sequence_number": 7, "turn_id": "turn_1"}}
 
 
 def test_empty_union_member_is_written_with_its_tag():
@@ -128,8 +135,9 @@ def test_camel_case_keys_are_accepted_for_grpc_json_clients():
     ({"sampling_params": {"strategy": {}}}, t.AgentConfig, "sampling_params.strategy.type", "required"),
     ({"messages": [{"content": "x"}]}, pb.CreateTurnRequest, "messages[0].role", "required"),
     ({"started_at": "yesterday"}, t.Turn, "started_at", "RFC 3339"),
-    ({"tool_calls": [{"call_id": 1}]}, t.CompletionMessage, "tool_calls[0].call_id", "expected a string"),
-    ({"image": "%%%"}, t.ImageDelta, "image", "base64"),
+    ({"tool_calls": [{"call_id": 1}]}, messages.CompletionMessage, "tool_calls[0].call_id",
+     "expected a string"),
+    ({"image": "%%%"}, events.ImageDelta, "image", "base64"),
     ("x", t.AgentConfig, "", "expected an object"),
 ])
 def test_bad_input_names_the_field(value, message_type, path, needle):

@@ -15,7 +15,7 @@ from google.protobuf import symbol_database
 import agentd.v1.conversations_pb2  # registers the messages
 import agentd.v1.responses_pb2  # noqa: F401
 from agentd import codec
-from agentd.v1 import options_pb2, response_types_pb2
+from agentd.v1 import options_pb2, response_events_pb2
 
 FIXTURES = Path(__file__).parent / "fixtures" / "openai"
 INDEX = json.loads((FIXTURES / "index.json").read_text())
@@ -48,7 +48,7 @@ def test_round_trip(message_name, document):
 
 def test_every_stream_event_type_is_covered():
     events = json.loads((FIXTURES / "response_stream_events.json").read_text())
-    union = response_types_pb2.ResponseStreamEvent.DESCRIPTOR.oneofs_by_name["event"]
+    union = response_events_pb2.ResponseStreamEvent.DESCRIPTOR.oneofs_by_name["event"]
     tags = {f.GetOptions().Extensions[options_pb2.union_tag] or f.name for f in union.fields}
     assert tags == {e["type"] for e in events}
 

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from agentd import codec
-from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import conversations_pb2 as conv
+from agentd.v1 import turn_events_pb2 as events
 
 
 def refusal(value, message_type) -> codec.CodecError:
@@ -88,5 +89,5 @@ def test_timestamps_at_the_limits_are_read():
 
 @pytest.mark.parametrize("value", ["aGk=\u00e9", "\ud800", "not base64!"])
 def test_bad_base64_is_refused(value):
-    error = refusal({"image": value}, t.ImageDelta)
+    error = refusal({"image": value}, events.ImageDelta)
     assert (error.field, error.description) == ("image", "invalid base64")

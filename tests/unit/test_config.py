@@ -79,7 +79,7 @@ def test_settings_that_could_not_work_are_refused_at_load(environ, needle):
 
 
 def test_libpq_sslmode_is_translated_for_asyncpg():
-    from agentd.storage.database import normalize_url
+    from agentd.database_url import normalize_url
     url = normalize_url("postgresql://u@db.example/agentd?sslmode=require")
     assert url.drivername == "postgresql+asyncpg" and dict(url.query) == {"ssl": "require"}
 

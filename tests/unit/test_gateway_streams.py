@@ -14,15 +14,17 @@ import pytest_asyncio
 from agentd.app import SERVICES
 from agentd.errors import NotFound
 from agentd.gateway.server import GatewayServer
-from agentd.v1 import agent_types_pb2 as t
+from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
+from agentd.v1 import turn_events_pb2 as events
 
 
 def event(n: int) -> pb.StreamTurnResponse:
-    return pb.StreamTurnResponse(event=t.TurnResponseEvent(sequence_number=n, payload=t.TurnEventPayload(
-        step_progress=t.StepProgressPayload(step_type=t.STEP_TYPE_INFERENCE, step_id="step_1",
-                                            delta=t.ContentDelta(text=t.TextDelta(text=f"word{n} "))))))
+    delta = events.ContentDelta(text=events.TextDelta(text=f"word{n} "))
+    return pb.StreamTurnResponse(event=events.TurnEvent(sequence_number=n, payload=events.TurnEventPayload(
+        step_progress=events.StepProgressPayload(step_type=t.AGENT_STEP_TYPE_INFERENCE, step_id="step_1",
+                                                 delta=delta))))
 
 
 class ScriptedAgents(agents_pb2_grpc.AgentsServiceServicer):
@@ -95,8 +97,8 @@ async def test_failure_mid_stream_ends_with_an_error_event(gateway):
 
 async def test_a_client_that_goes_away_stops_the_servicer(gateway):
     client, servicer = gateway
-    async with client.stream("POST", turn_path("sess_endless"), json={"messages": [],
-                                                                      "stream": True}) as response:
+    body = {"messages": [], "stream": True}
+    async with client.stream("POST", turn_path("sess_endless"), json=body) as response:
         async for line in response.aiter_lines():
             if line.startswith("data: "):
                 break

@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from agentd.errors import InvalidArgument
-from agentd.v1 import agent_types_pb2 as pb
+from agentd.v1 import agent_resources_pb2 as pb
 
 DEFAULT_MAX_INFER_ITERS = 10
 FIELD = "agent_config"
@@ -85,8 +85,12 @@ def _validate_tools(cfg: pb.AgentConfig) -> None:
         if tool.name in names:
             raise InvalidArgument(f"{path}.name", f"duplicate tool name '{tool.name}'")
         names.add(tool.name)
-        if tool.parameters and not tool.HasField("input_schema"):
-            tool.input_schema.CopyFrom(_schema_from_parameters(tool.parameters))
+        if tool.HasField("parameters") and not tool.HasField("input_schema"):
+            # Either llama-stack-client 0.2's parameter list or an OpenAI-style JSON schema.
+            if tool.parameters.WhichOneof("parameters") == "json_schema":
+                tool.input_schema.CopyFrom(tool.parameters.json_schema)
+            else:
+                tool.input_schema.CopyFrom(_schema_from_parameters(tool.parameters.list.parameters))
     for i, group in enumerate(cfg.toolgroups):
         name = group.name if group.WhichOneof("toolgroup") == "name" else group.with_args.name
         if not name:

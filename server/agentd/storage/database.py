@@ -26,8 +26,11 @@ from typing import Callable, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from agentd.database_url import normalize_url
+from agentd.errors import Unavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,24 +38,6 @@ T = TypeVar("T")
 
 # Readers run side by side under WAL; writers queue on SQLite's own lock (busy_timeout).
 SQLITE_THREADS = 4
-
-
-def normalize_url(url: str) -> URL:
-    """The driver agentd uses for a URL: pysqlite for SQLite, asyncpg for PostgreSQL."""
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            # Each thread would get its own empty database: reads (inline) and writes
-            # (worker threads) would never meet.
-            raise ValueError("an in-memory SQLite database is not supported: give a file path")
-        return parsed.set(drivername="sqlite")
-    if backend == "postgresql":
-        query = dict(parsed.query)
-        if "sslmode" in query:  # libpq's name, as managed PostgreSQL URLs carry it; asyncpg's is ssl
-            query["ssl"] = query.pop("sslmode")
-        return parsed.set(drivername="postgresql+asyncpg", query=query)
-    raise ValueError(f"unsupported database {parsed.drivername!r}: use sqlite:/// or postgresql://")
 
 
 class Database:
@@ -69,7 +54,7 @@ class Database:
         else:
             # No pre-ping: it costs a round trip per checkout (~1 ms per call, measured with
             # make bench). A connection found dead instead fails that one call with
-            # UNAVAILABLE (retryable; errors.status_of) and SQLAlchemy drops the pool's stale
+            # UNAVAILABLE (retryable: Database._run) and SQLAlchemy drops the pool's stale
             # connections, so the retry gets a fresh one.
             self._async_engine = create_async_engine(self.url, pool_size=10, max_overflow=20,
                                                      pool_recycle=1800)
@@ -77,8 +62,13 @@ class Database:
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Runs `work`, a read of a few rows by key, without a write transaction."""
         if self.is_sqlite:
-            with self._sync_engine.connect() as conn:
-                return work(conn)
+            try:
+                with self._sync_engine.connect() as conn:
+                    return work(conn)
+            except DBAPIError as e:
+                if _unavailable(e):
+                    raise _database_unavailable() from e
+                raise
         return await self._run(work, write=False)
 
     async def scan(self, work: Callable[[Connection], T]) -> T:
@@ -90,6 +80,16 @@ class Database:
         return await self._run(work, write=True)
 
     async def _run(self, work: Callable[[Connection], T], write: bool) -> T:
+        try:
+            return await self._run_on_engine(work, write)
+        except DBAPIError as e:
+            if _unavailable(e):
+                raise _database_unavailable() from e
+            raise
+        except OSError as e:  # asyncpg's connect: refused, unreachable, timed out (not wrapped)
+            raise _database_unavailable() from e
+
+    async def _run_on_engine(self, work: Callable[[Connection], T], write: bool) -> T:
         if self.is_sqlite:
             def in_thread() -> T:
                 with (self._sync_engine.begin() if write else self._sync_engine.connect()) as conn:
@@ -110,6 +110,18 @@ class Database:
             self._sync_engine.dispose()
         else:
             await self._async_engine.dispose()
+
+
+def _unavailable(error: DBAPIError) -> bool:
+    """Whether a driver error means the database went away or stayed locked past its
+    timeout: retryable, unlike a bug. Any other error (an integrity error the caller did not
+    handle, bad SQL) propagates as it is: callers may catch it, and the call pipeline
+    answers INTERNAL."""
+    return isinstance(error, (OperationalError, InterfaceError)) or error.connection_invalidated
+
+
+def _database_unavailable() -> Unavailable:
+    return Unavailable("The database is unavailable; retry the call.", reason="DATABASE_UNAVAILABLE")
 
 
 # Servers that start together on one database take turns migrating: the first upgrades, the

@@ -6,20 +6,16 @@ but belongs to someone else is indistinguishable from a missing one (NOT_FOUND).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agentd.errors import InvalidArgument
 from agentd.paging import Cursor, encode
 from agentd.storage.database import Database
-
-
-def now_micros() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(slots=True)
@@ -63,25 +59,54 @@ class Repository:
             statement = self._statements[("insert", table.name)] = insert(table)
         return statement
 
-    async def insert(self, table: Table, **values: Any) -> None:
-        statement = self._insert(table)
-        await self.db.write(lambda conn: conn.execute(statement, values))
+    async def create(self, table: Table, *, key: tuple[str, ...] = (), parent: Table | None = None,
+                     parent_id: str = "", children: tuple[tuple[Table, list[dict]], ...] = (),
+                     **values: Any) -> bytes | None:
+        """Inserts a row and returns its body, in one transaction.
 
-    async def insert_child(self, table: Table, parent: Table, parent_id: str, **values: Any) -> bool:
-        """Inserts a row under a parent row of the same owner, in one transaction.
-        False (and nothing written) when the owner has no such parent."""
-        check = self._statement("exists", parent, ())
-        statement = self._insert(table)
+        `key` names the columns of a unique index (an idempotency key, e.g. owner and
+        request_id): when a row with the same key exists, nothing is written and that row's
+        body is returned: a retried create answers what the first one created, also when
+        both run at once. With `parent`: None, and nothing written, when the owner has no
+        such parent row. `children` (table, rows) are inserted with a new row only."""
+        check = self._statement("exists", parent, ()) if parent is not None else None
+        keyed = bool(key) and all(values[name] is not None for name in key)
+        statement = self._insert_or_nothing(table, key) if keyed else self._insert(table)
 
-        def work(conn) -> bool:
-            if conn.execute(check, {"owner": values["owner"], "row_id": parent_id}).first() is None:
-                return False
-            conn.execute(statement, values)
-            return True
+        def work(conn) -> bytes | None:
+            parent_row = {"owner": values["owner"], "row_id": parent_id}
+            if check is not None and conn.execute(check, parent_row).first() is None:
+                return None
+            result = conn.execute(statement, values)
+            if keyed and result.first() is None:
+                # The key is taken. The conflicting row is committed (ON CONFLICT waits for
+                # a concurrent inserter), so this later statement sees it.
+                existing = select(table.c.body).where(*(table.c[name] == values[name] for name in key))
+                return conn.execute(existing).scalar_one()
+            for child_table, rows in children:
+                if rows:
+                    conn.execute(self._insert(child_table), rows)
+            return values["body"]
         try:
             return await self.db.write(work)
         except IntegrityError:
-            return False  # the parent was deleted between the check and the insert
+            # Key conflicts never get here (ON CONFLICT). A parent that is gone now was deleted
+            # between the check and the insert (its foreign key failed); else it is a bug.
+            if parent is not None and not await self.exists(parent, values["owner"], parent_id):
+                return None
+            raise
+
+    def _insert_or_nothing(self, table: Table, key: tuple[str, ...]):
+        """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id: no row comes back on a
+        conflict. Both dialects spell it alike; an IntegrityError is then never the key's."""
+        cache_key = ("insert_or_nothing", table.name, key)
+        statement = self._statements.get(cache_key)
+        if statement is None:
+            dialect = sqlite if self.db.is_sqlite else postgresql
+            statement = (dialect.insert(table).on_conflict_do_nothing(index_elements=list(key))
+                         .returning(table.c.id))
+            self._statements[cache_key] = statement
+        return statement
 
     async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
         statement = self._statement("body", table, tuple(parents))
@@ -99,29 +124,31 @@ class Repository:
         params = {"owner": owner, "row_id": row_id, **parents}
         return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0)
 
-    async def page(self, table: Table, owner: str, cursor: Cursor, limit: int,
+    async def page(self, table: Table, owner: str | None, cursor: Cursor, limit: int,
                    descending: bool = False, cursor_field: str = "page_token",
-                   ids: list[str] | None = None, **filters: str) -> Page:
-        """One page in (created_at, id) order: stable, no gaps or repeats under inserts.
-        `ids`, when given, keeps only those rows."""
+                   ids: list[str] | None = None, sort: str = "created_at", **filters: str) -> Page:
+        """One page in (`sort`, id) order: stable, no gaps or repeats under inserts.
+        `ids`, when given, keeps only those rows. Owner None: a table without an owner
+        column, whose caller has checked the owner of the parent in `filters`."""
         scope = self._scope(table, owner, filters)
         if ids is not None:
             scope.append(table.c.id.in_(ids))
-        order = (table.c.created_at, table.c.id)
+        sort_key = table.c[sort]
+        order = (sort_key, table.c.id)
         backwards = cursor.before is not None  # walk towards the start, then flip
         anchor_id = cursor.after if cursor.after is not None else cursor.before
 
         def fetch(conn):
-            query = select(table.c.id, table.c.created_at, table.c.body).where(*scope)
+            query = select(table.c.id, sort_key.label("sort_key"), table.c.body).where(*scope)
             anchor = cursor.key
             if anchor is None and anchor_id is not None:
-                found = conn.execute(select(table.c.created_at).where(*scope, table.c.id == anchor_id)).first()
+                found = conn.execute(select(sort_key).where(*scope, table.c.id == anchor_id)).scalar()
                 if found is None:
                     raise InvalidArgument(cursor_field, f"no item with id '{anchor_id}' in this list")
-                anchor = (found.created_at, anchor_id)
+                anchor = (found, anchor_id)
             if anchor is not None:
                 later = descending == backwards  # rows after the anchor in storage order?
-                query = query.where(_beyond(table, anchor[0], anchor[1], later))
+                query = query.where(_beyond(sort_key, table.c.id, anchor[0], anchor[1], later))
             walk_desc = descending != backwards
             query = query.order_by(*(c.desc() if walk_desc else c.asc() for c in order))
             return conn.execute(query.offset(cursor.offset).limit(limit + 1)).all()
@@ -131,18 +158,17 @@ class Repository:
         rows = rows[:limit]
         if backwards:
             rows.reverse()
-        next_cursor = Cursor(key=(rows[-1].created_at, rows[-1].id)) if has_more and rows else None
+        next_cursor = Cursor(key=(rows[-1].sort_key, rows[-1].id)) if has_more and rows else None
         return Page(bodies=[r.body for r in rows], has_more=has_more, next_cursor=next_cursor,
                     first_id=rows[0].id if rows else "", last_id=rows[-1].id if rows else "")
 
     @staticmethod
-    def _scope(table: Table, owner: str, parents: dict[str, str]) -> list:
-        return [table.c.owner == owner, *(table.c[name] == value for name, value in parents.items())]
+    def _scope(table: Table, owner: str | None, parents: dict[str, str]) -> list:
+        owned = [table.c.owner == owner] if owner is not None else []
+        return [*owned, *(table.c[name] == value for name, value in parents.items())]
 
 
-def _beyond(table: Table, created_at: int, row_id: str, later: bool):
+def _beyond(sort_key, id_column, value: int, row_id: str, later: bool):
     if later:
-        return or_(table.c.created_at > created_at,
-                   and_(table.c.created_at == created_at, table.c.id > row_id))
-    return or_(table.c.created_at < created_at,
-               and_(table.c.created_at == created_at, table.c.id < row_id))
+        return or_(sort_key > value, and_(sort_key == value, id_column > row_id))
+    return or_(sort_key < value, and_(sort_key == value, id_column < row_id))

@@ -9,13 +9,15 @@ no second mapping to keep in sync, and a parse that costs microseconds.
 a total order for stable keyset paging (owner, created_at, id).
 """
 
-from sqlalchemy import (BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, MetaData,
-                        String, Table, UniqueConstraint)
+from sqlalchemy import (BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer,
+                        LargeBinary, MetaData, String, Table, UniqueConstraint)
 
 metadata = MetaData()
 
 ID = String(64)
 OWNER = String(255)
+# Idempotency keys of creates: at most 256 characters (the API validates; see the protos).
+REQUEST_ID = String(256)
 
 
 def _owned(name: str, *columns, indexes=()) -> Table:
@@ -30,12 +32,22 @@ def _owned(name: str, *columns, indexes=()) -> Table:
     )
 
 
-agents = _owned("agents", indexes=[Index("ix_agents_owner_created", "owner", "created_at", "id")])
+# Idempotency keys are unique INDEXES, not constraints: SQLite adds an index in place but
+# would have to rebuild the table for a constraint (and dropping a table cascades to its
+# children when foreign keys are on). NULL keys never collide.
+agents = _owned(
+    "agents",
+    Column("request_id", REQUEST_ID),
+    indexes=[Index("ix_agents_owner_created", "owner", "created_at", "id"),
+             Index("uq_agents_owner_request", "owner", "request_id", unique=True)],
+)
 
 sessions = _owned(
     "sessions",
     Column("agent_id", ID, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
-    indexes=[Index("ix_sessions_agent_created", "agent_id", "created_at", "id")],
+    Column("request_id", REQUEST_ID),
+    indexes=[Index("ix_sessions_agent_created", "agent_id", "created_at", "id"),
+             Index("uq_sessions_agent_request", "agent_id", "request_id", unique=True)],
 )
 
 turns = _owned(
@@ -53,7 +65,7 @@ steps = _owned(
     "steps",
     Column("turn_id", ID, ForeignKey("turns.id", ondelete="CASCADE"), nullable=False),
     Column("position", Integer, nullable=False),
-    indexes=[Index("ix_steps_turn_position", "turn_id", "position")],
+    indexes=[Index("uq_steps_turn_position", "turn_id", "position", unique=True)],
 )
 
 responses = _owned(
@@ -79,7 +91,11 @@ response_items = Table(
 )
 
 conversations = _owned(
-    "conversations", indexes=[Index("ix_conversations_owner_created", "owner", "created_at", "id")])
+    "conversations",
+    Column("request_id", REQUEST_ID),
+    indexes=[Index("ix_conversations_owner_created", "owner", "created_at", "id"),
+             Index("uq_conversations_owner_request", "owner", "request_id", unique=True)],
+)
 
 conversation_items = Table(
     "conversation_items", metadata,
@@ -89,4 +105,30 @@ conversation_items = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("body", LargeBinary, nullable=False),
     Index("ix_conversation_items_position", "conversation_id", "position"),
+)
+
+# What an idempotent CreateConversationItems appended (a ResponseItemList), so that a retry
+# answers the same items without appending them again.
+conversation_item_requests = Table(
+    "conversation_item_requests", metadata,
+    Column("conversation_id", ID, ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True),
+    Column("request_id", REQUEST_ID, primary_key=True),
+    Column("body", LargeBinary, nullable=False),
+)
+
+# The numbered events of a run (a turn or a response), kept for re-attaching streams. A run
+# id is a turn id or a response id; exactly one of turn_id / response_id repeats it, so that
+# deleting the run (or its session or agent) cascades to its events.
+run_events = Table(
+    "run_events", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("sequence_number", Integer, primary_key=True, autoincrement=False),
+    Column("owner", OWNER, nullable=False),
+    Column("turn_id", ID, ForeignKey("turns.id", ondelete="CASCADE")),
+    Column("response_id", ID, ForeignKey("responses.id", ondelete="CASCADE")),
+    Column("created_at", BigInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    CheckConstraint("(turn_id IS NULL) <> (response_id IS NULL)", name="ck_run_events_one_run"),
+    Index("ix_run_events_turn", "turn_id"),
+    Index("ix_run_events_response", "response_id"),
 )

@@ -3,10 +3,13 @@
 isort:skip_file
 """
 
-from agentd.v1 import agent_types_pb2 as _agent_types_pb2
+from agentd.v1 import agent_messages_pb2 as _agent_messages_pb2
+from agentd.v1 import agent_resources_pb2 as _agent_resources_pb2
+from agentd.v1 import turn_events_pb2 as _turn_events_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -32,13 +35,13 @@ class CreateAgentRequest(_message.Message):
     first call created. At most 256 characters. Default none.
     """
     @_builtins.property
-    def agent_config(self) -> _agent_types_pb2.AgentConfig:
+    def agent_config(self) -> _agent_resources_pb2.AgentConfig:
         """The agent's configuration. Required."""
 
     def __init__(
         self,
         *,
-        agent_config: _agent_types_pb2.AgentConfig | None = ...,
+        agent_config: _agent_resources_pb2.AgentConfig | None = ...,
         request_id: _builtins.str | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "agent_config", b"agent_config", "request_id", b"request_id"]  # noqa: Y015
@@ -62,14 +65,14 @@ class CreateAgentResponse(_message.Message):
     agent_id: _builtins.str
     """Id of the new agent."""
     @_builtins.property
-    def agent(self) -> _agent_types_pb2.Agent:
+    def agent(self) -> _agent_resources_pb2.Agent:
         """The stored agent (gRPC only: the legacy JSON is {"agent_id"})."""
 
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
-        agent: _agent_types_pb2.Agent | None = ...,
+        agent: _agent_resources_pb2.Agent | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -119,13 +122,13 @@ class ListAgentsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def data(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.Agent]:
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_agent_resources_pb2.Agent]:
         """The agents of this page, oldest first."""
 
     def __init__(
         self,
         *,
-        data: _abc.Iterable[_agent_types_pb2.Agent] | None = ...,
+        data: _abc.Iterable[_agent_resources_pb2.Agent] | None = ...,
         has_more: _builtins.bool = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
@@ -167,13 +170,13 @@ class GetAgentResponse(_message.Message):
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> _agent_types_pb2.Agent:
+    def agent(self) -> _agent_resources_pb2.Agent:
         """The agent."""
 
     def __init__(
         self,
         *,
-        agent: _agent_types_pb2.Agent | None = ...,
+        agent: _agent_resources_pb2.Agent | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -267,14 +270,14 @@ class CreateSessionResponse(_message.Message):
     session_id: _builtins.str
     """Id of the new session."""
     @_builtins.property
-    def session(self) -> _agent_types_pb2.Session:
+    def session(self) -> _agent_resources_pb2.AgentSession:
         """The stored session (gRPC only: the legacy JSON is {"session_id"})."""
 
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
-        session: _agent_types_pb2.Session | None = ...,
+        session: _agent_resources_pb2.AgentSession | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -328,13 +331,13 @@ class ListSessionsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def data(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.Session]:
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_agent_resources_pb2.AgentSession]:
         """The sessions of this page, oldest first, without turns."""
 
     def __init__(
         self,
         *,
-        data: _abc.Iterable[_agent_types_pb2.Session] | None = ...,
+        data: _abc.Iterable[_agent_resources_pb2.AgentSession] | None = ...,
         has_more: _builtins.bool = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
@@ -386,13 +389,13 @@ class GetSessionResponse(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> _agent_types_pb2.Session:
+    def session(self) -> _agent_resources_pb2.AgentSession:
         """The session with its turns."""
 
     def __init__(
         self,
         *,
-        session: _agent_types_pb2.Session | None = ...,
+        session: _agent_resources_pb2.AgentSession | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -458,45 +461,74 @@ class CreateTurnRequest(_message.Message):
     TOOLGROUPS_FIELD_NUMBER: _builtins.int
     TOOL_CONFIG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    PROVIDER_DATA_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent. Required."""
     session_id: _builtins.str
     """The session. Required."""
     request_id: _builtins.str
-    """Idempotency key: a retried create with the same key returns the same turn."""
+    """Idempotency key: a retried create with the same key in the same session returns the same turn
+    instead of running the model again. At most 256 characters. Default none.
+    """
+    instructions: _builtins.str
+    """Overrides the agent's instructions for this turn. Default: the agent's."""
+    background: _builtins.bool
+    """Run to the end even when the stream goes away (see AgentsService). Default false."""
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.TurnInputMessage]:
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_agent_messages_pb2.TurnInputMessage]:
         """Messages that start the turn, appended after the session history. Required, non-empty."""
 
     @_builtins.property
-    def documents(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.Document]:
-        """Documents whose text is added to the last message."""
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[_agent_messages_pb2.AgentDocument]:
+        """Documents whose text is added to the last message (text/*, JSON, YAML; http(s) URLs are
+        fetched). Default none.
+        """
 
     @_builtins.property
-    def toolgroups(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.AgentToolGroup]:
-        """Tool groups for this turn, added to the agent's."""
+    def toolgroups(self) -> _containers.RepeatedCompositeFieldContainer[_agent_resources_pb2.AgentToolGroup]:
+        """Tool groups for this turn, added to the agent's. Default none."""
 
     @_builtins.property
-    def tool_config(self) -> _agent_types_pb2.ToolConfig:
-        """Overrides the agent's tool_config for this turn."""
+    def tool_config(self) -> _agent_resources_pb2.AgentToolConfig:
+        """Overrides the agent's tool_config for this turn. Default: the agent's."""
+
+    @_builtins.property
+    def provider_data(self) -> Global___ProviderData:
+        """Per-request data for tool providers, such as MCP server headers. Over HTTP it is read
+        from the X-LlamaStack-Provider-Data header (JSON), as Llama Stack does. Default none.
+        """
 
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
-        messages: _abc.Iterable[_agent_types_pb2.TurnInputMessage] | None = ...,
-        documents: _abc.Iterable[_agent_types_pb2.Document] | None = ...,
-        toolgroups: _abc.Iterable[_agent_types_pb2.AgentToolGroup] | None = ...,
-        tool_config: _agent_types_pb2.ToolConfig | None = ...,
+        messages: _abc.Iterable[_agent_messages_pb2.TurnInputMessage] | None = ...,
+        documents: _abc.Iterable[_agent_messages_pb2.AgentDocument] | None = ...,
+        toolgroups: _abc.Iterable[_agent_resources_pb2.AgentToolGroup] | None = ...,
+        tool_config: _agent_resources_pb2.AgentToolConfig | None = ...,
         request_id: _builtins.str | None = ...,
+        instructions: _builtins.str | None = ...,
+        background: _builtins.bool | None = ...,
+        provider_data: Global___ProviderData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id", "tool_config", b"tool_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_instructions", b"_instructions", "_request_id", b"_request_id", "background", b"background", "instructions", b"instructions", "provider_data", b"provider_data", "request_id", b"request_id", "tool_config", b"tool_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "agent_id", b"agent_id", "documents", b"documents", "messages", b"messages", "request_id", b"request_id", "session_id", b"session_id", "tool_config", b"tool_config", "toolgroups", b"toolgroups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_instructions", b"_instructions", "_request_id", b"_request_id", "agent_id", b"agent_id", "background", b"background", "documents", b"documents", "instructions", b"instructions", "messages", b"messages", "provider_data", b"provider_data", "request_id", b"request_id", "session_id", b"session_id", "tool_config", b"tool_config", "toolgroups", b"toolgroups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__background: _TypeAlias = _typing.Literal["background"]  # noqa: Y015
+    _WhichOneofArgType__background: _TypeAlias = _typing.Literal["_background", b"_background"]  # noqa: Y015
+    _WhichOneofReturnType__instructions: _TypeAlias = _typing.Literal["instructions"]  # noqa: Y015
+    _WhichOneofArgType__instructions: _TypeAlias = _typing.Literal["_instructions", b"_instructions"]  # noqa: Y015
     _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
     _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__background) -> _WhichOneofReturnType__background | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__instructions) -> _WhichOneofReturnType__instructions | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
 
 Global___CreateTurnRequest: _TypeAlias = CreateTurnRequest  # noqa: Y015
@@ -509,13 +541,13 @@ class CreateTurnResponse(_message.Message):
 
     TURN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def turn(self) -> _agent_types_pb2.Turn:
+    def turn(self) -> _agent_resources_pb2.Turn:
         """The finished or paused turn."""
 
     def __init__(
         self,
         *,
-        turn: _agent_types_pb2.Turn | None = ...,
+        turn: _agent_resources_pb2.Turn | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -527,7 +559,9 @@ Global___CreateTurnResponse: _TypeAlias = CreateTurnResponse  # noqa: Y015
 
 @_typing.final
 class StreamTurnRequest(_message.Message):
-    """Request message for AgentsService.StreamTurn."""
+    """Request message for AgentsService.StreamTurn: the same fields as CreateTurnRequest, with
+    the same numbers (keep them in sync).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -538,45 +572,74 @@ class StreamTurnRequest(_message.Message):
     TOOLGROUPS_FIELD_NUMBER: _builtins.int
     TOOL_CONFIG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    PROVIDER_DATA_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent. Required."""
     session_id: _builtins.str
     """The session. Required."""
     request_id: _builtins.str
-    """Idempotency key: a retried create with the same key re-attaches to the same turn."""
+    """Idempotency key: a retried create with the same key in the same session re-attaches to the same turn from its first event
+    instead of running the model again. At most 256 characters. Default none.
+    """
+    instructions: _builtins.str
+    """Overrides the agent's instructions for this turn. Default: the agent's."""
+    background: _builtins.bool
+    """Run to the end even when the stream goes away (see AgentsService). Default false."""
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.TurnInputMessage]:
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_agent_messages_pb2.TurnInputMessage]:
         """Messages that start the turn, appended after the session history. Required, non-empty."""
 
     @_builtins.property
-    def documents(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.Document]:
-        """Documents whose text is added to the last message."""
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[_agent_messages_pb2.AgentDocument]:
+        """Documents whose text is added to the last message (text/*, JSON, YAML; http(s) URLs are
+        fetched). Default none.
+        """
 
     @_builtins.property
-    def toolgroups(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.AgentToolGroup]:
-        """Tool groups for this turn, added to the agent's."""
+    def toolgroups(self) -> _containers.RepeatedCompositeFieldContainer[_agent_resources_pb2.AgentToolGroup]:
+        """Tool groups for this turn, added to the agent's. Default none."""
 
     @_builtins.property
-    def tool_config(self) -> _agent_types_pb2.ToolConfig:
-        """Overrides the agent's tool_config for this turn."""
+    def tool_config(self) -> _agent_resources_pb2.AgentToolConfig:
+        """Overrides the agent's tool_config for this turn. Default: the agent's."""
+
+    @_builtins.property
+    def provider_data(self) -> Global___ProviderData:
+        """Per-request data for tool providers, such as MCP server headers. Over HTTP it is read
+        from the X-LlamaStack-Provider-Data header (JSON), as Llama Stack does. Default none.
+        """
 
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
-        messages: _abc.Iterable[_agent_types_pb2.TurnInputMessage] | None = ...,
-        documents: _abc.Iterable[_agent_types_pb2.Document] | None = ...,
-        toolgroups: _abc.Iterable[_agent_types_pb2.AgentToolGroup] | None = ...,
-        tool_config: _agent_types_pb2.ToolConfig | None = ...,
+        messages: _abc.Iterable[_agent_messages_pb2.TurnInputMessage] | None = ...,
+        documents: _abc.Iterable[_agent_messages_pb2.AgentDocument] | None = ...,
+        toolgroups: _abc.Iterable[_agent_resources_pb2.AgentToolGroup] | None = ...,
+        tool_config: _agent_resources_pb2.AgentToolConfig | None = ...,
         request_id: _builtins.str | None = ...,
+        instructions: _builtins.str | None = ...,
+        background: _builtins.bool | None = ...,
+        provider_data: Global___ProviderData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id", "tool_config", b"tool_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_instructions", b"_instructions", "_request_id", b"_request_id", "background", b"background", "instructions", b"instructions", "provider_data", b"provider_data", "request_id", b"request_id", "tool_config", b"tool_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "agent_id", b"agent_id", "documents", b"documents", "messages", b"messages", "request_id", b"request_id", "session_id", b"session_id", "tool_config", b"tool_config", "toolgroups", b"toolgroups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_instructions", b"_instructions", "_request_id", b"_request_id", "agent_id", b"agent_id", "background", b"background", "documents", b"documents", "instructions", b"instructions", "messages", b"messages", "provider_data", b"provider_data", "request_id", b"request_id", "session_id", b"session_id", "tool_config", b"tool_config", "toolgroups", b"toolgroups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__background: _TypeAlias = _typing.Literal["background"]  # noqa: Y015
+    _WhichOneofArgType__background: _TypeAlias = _typing.Literal["_background", b"_background"]  # noqa: Y015
+    _WhichOneofReturnType__instructions: _TypeAlias = _typing.Literal["instructions"]  # noqa: Y015
+    _WhichOneofArgType__instructions: _TypeAlias = _typing.Literal["_instructions", b"_instructions"]  # noqa: Y015
     _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
     _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__background) -> _WhichOneofReturnType__background | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__instructions) -> _WhichOneofReturnType__instructions | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
 
 Global___StreamTurnRequest: _TypeAlias = StreamTurnRequest  # noqa: Y015
@@ -589,13 +652,13 @@ class StreamTurnResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _agent_types_pb2.TurnResponseEvent:
+    def event(self) -> _turn_events_pb2.TurnEvent:
         """The event."""
 
     def __init__(
         self,
         *,
-        event: _agent_types_pb2.TurnResponseEvent | None = ...,
+        event: _turn_events_pb2.TurnEvent | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -616,6 +679,8 @@ class ResumeTurnRequest(_message.Message):
     TURN_ID_FIELD_NUMBER: _builtins.int
     TOOL_RESPONSES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    PROVIDER_DATA_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent. Required."""
     session_id: _builtins.str
@@ -623,10 +688,20 @@ class ResumeTurnRequest(_message.Message):
     turn_id: _builtins.str
     """The paused turn. Required."""
     request_id: _builtins.str
-    """Idempotency key: a retried resume with the same key returns the same turn."""
+    """Idempotency key: a retried resume with the same key returns the same turn
+    instead of resuming twice. At most 256 characters. Default none.
+    """
+    background: _builtins.bool
+    """Run to the end even when the stream goes away (see AgentsService). Default false."""
     @_builtins.property
-    def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.ToolResponse]:
-        """One result per pending client tool call. Required."""
+    def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[_agent_messages_pb2.AgentToolResponse]:
+        """One result per pending client tool call (output_message.tool_calls of the paused turn),
+        each call id exactly once. Required.
+        """
+
+    @_builtins.property
+    def provider_data(self) -> Global___ProviderData:
+        """Per-request data for tool providers (see CreateTurnRequest.provider_data)."""
 
     def __init__(
         self,
@@ -634,15 +709,22 @@ class ResumeTurnRequest(_message.Message):
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         turn_id: _builtins.str = ...,
-        tool_responses: _abc.Iterable[_agent_types_pb2.ToolResponse] | None = ...,
+        tool_responses: _abc.Iterable[_agent_messages_pb2.AgentToolResponse] | None = ...,
         request_id: _builtins.str | None = ...,
+        background: _builtins.bool | None = ...,
+        provider_data: Global___ProviderData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_request_id", b"_request_id", "background", b"background", "provider_data", b"provider_data", "request_id", b"request_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "agent_id", b"agent_id", "request_id", b"request_id", "session_id", b"session_id", "tool_responses", b"tool_responses", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_request_id", b"_request_id", "agent_id", b"agent_id", "background", b"background", "provider_data", b"provider_data", "request_id", b"request_id", "session_id", b"session_id", "tool_responses", b"tool_responses", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__background: _TypeAlias = _typing.Literal["background"]  # noqa: Y015
+    _WhichOneofArgType__background: _TypeAlias = _typing.Literal["_background", b"_background"]  # noqa: Y015
     _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
     _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__background) -> _WhichOneofReturnType__background | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
 
 Global___ResumeTurnRequest: _TypeAlias = ResumeTurnRequest  # noqa: Y015
@@ -655,13 +737,13 @@ class ResumeTurnResponse(_message.Message):
 
     TURN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def turn(self) -> _agent_types_pb2.Turn:
+    def turn(self) -> _agent_resources_pb2.Turn:
         """The finished or again paused turn."""
 
     def __init__(
         self,
         *,
-        turn: _agent_types_pb2.Turn | None = ...,
+        turn: _agent_resources_pb2.Turn | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -673,7 +755,9 @@ Global___ResumeTurnResponse: _TypeAlias = ResumeTurnResponse  # noqa: Y015
 
 @_typing.final
 class StreamResumeTurnRequest(_message.Message):
-    """Request message for AgentsService.StreamResumeTurn."""
+    """Request message for AgentsService.StreamResumeTurn: the same fields as ResumeTurnRequest,
+    with the same numbers (keep them in sync).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -682,6 +766,8 @@ class StreamResumeTurnRequest(_message.Message):
     TURN_ID_FIELD_NUMBER: _builtins.int
     TOOL_RESPONSES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    PROVIDER_DATA_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent. Required."""
     session_id: _builtins.str
@@ -689,10 +775,20 @@ class StreamResumeTurnRequest(_message.Message):
     turn_id: _builtins.str
     """The paused turn. Required."""
     request_id: _builtins.str
-    """Idempotency key: a retried resume with the same key re-attaches to the same stream."""
+    """Idempotency key: a retried resume with the same key re-attaches to the same stream
+    instead of resuming twice. At most 256 characters. Default none.
+    """
+    background: _builtins.bool
+    """Run to the end even when the stream goes away (see AgentsService). Default false."""
     @_builtins.property
-    def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[_agent_types_pb2.ToolResponse]:
-        """One result per pending client tool call. Required."""
+    def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[_agent_messages_pb2.AgentToolResponse]:
+        """One result per pending client tool call (output_message.tool_calls of the paused turn),
+        each call id exactly once. Required.
+        """
+
+    @_builtins.property
+    def provider_data(self) -> Global___ProviderData:
+        """Per-request data for tool providers (see CreateTurnRequest.provider_data)."""
 
     def __init__(
         self,
@@ -700,15 +796,22 @@ class StreamResumeTurnRequest(_message.Message):
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         turn_id: _builtins.str = ...,
-        tool_responses: _abc.Iterable[_agent_types_pb2.ToolResponse] | None = ...,
+        tool_responses: _abc.Iterable[_agent_messages_pb2.AgentToolResponse] | None = ...,
         request_id: _builtins.str | None = ...,
+        background: _builtins.bool | None = ...,
+        provider_data: Global___ProviderData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_request_id", b"_request_id", "background", b"background", "provider_data", b"provider_data", "request_id", b"request_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "agent_id", b"agent_id", "request_id", b"request_id", "session_id", b"session_id", "tool_responses", b"tool_responses", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_request_id", b"_request_id", "agent_id", b"agent_id", "background", b"background", "provider_data", b"provider_data", "request_id", b"request_id", "session_id", b"session_id", "tool_responses", b"tool_responses", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__background: _TypeAlias = _typing.Literal["background"]  # noqa: Y015
+    _WhichOneofArgType__background: _TypeAlias = _typing.Literal["_background", b"_background"]  # noqa: Y015
     _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
     _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__background) -> _WhichOneofReturnType__background | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
 
 Global___StreamResumeTurnRequest: _TypeAlias = StreamResumeTurnRequest  # noqa: Y015
@@ -721,13 +824,13 @@ class StreamResumeTurnResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _agent_types_pb2.TurnResponseEvent:
+    def event(self) -> _turn_events_pb2.TurnEvent:
         """The event."""
 
     def __init__(
         self,
         *,
-        event: _agent_types_pb2.TurnResponseEvent | None = ...,
+        event: _turn_events_pb2.TurnEvent | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -775,13 +878,13 @@ class GetTurnResponse(_message.Message):
 
     TURN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def turn(self) -> _agent_types_pb2.Turn:
+    def turn(self) -> _agent_resources_pb2.Turn:
         """The turn."""
 
     def __init__(
         self,
         *,
-        turn: _agent_types_pb2.Turn | None = ...,
+        turn: _agent_resources_pb2.Turn | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -833,13 +936,13 @@ class GetStepResponse(_message.Message):
 
     STEP_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def step(self) -> _agent_types_pb2.Step:
+    def step(self) -> _agent_resources_pb2.AgentStep:
         """The step."""
 
     def __init__(
         self,
         *,
-        step: _agent_types_pb2.Step | None = ...,
+        step: _agent_resources_pb2.AgentStep | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -848,3 +951,168 @@ class GetStepResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStepResponse: _TypeAlias = GetStepResponse  # noqa: Y015
+
+@_typing.final
+class StreamTurnEventsRequest(_message.Message):
+    """Request message for AgentsService.StreamTurnEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    STARTING_AFTER_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent. Required."""
+    session_id: _builtins.str
+    """The session. Required."""
+    turn_id: _builtins.str
+    """The turn. Required."""
+    starting_after: _builtins.int
+    """Replay only events whose sequence_number is greater than this. Default: from the first
+    event (turn_start). Over SSE the Last-Event-ID header stands for it.
+    """
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+        starting_after: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_starting_after", b"_starting_after", "starting_after", b"starting_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_starting_after", b"_starting_after", "agent_id", b"agent_id", "session_id", b"session_id", "starting_after", b"starting_after", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__starting_after: _TypeAlias = _typing.Literal["starting_after"]  # noqa: Y015
+    _WhichOneofArgType__starting_after: _TypeAlias = _typing.Literal["_starting_after", b"_starting_after"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__starting_after) -> _WhichOneofReturnType__starting_after | None: ...
+
+Global___StreamTurnEventsRequest: _TypeAlias = StreamTurnEventsRequest  # noqa: Y015
+
+@_typing.final
+class StreamTurnEventsResponse(_message.Message):
+    """Response message for AgentsService.StreamTurnEvents: one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _turn_events_pb2.TurnEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: _turn_events_pb2.TurnEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamTurnEventsResponse: _TypeAlias = StreamTurnEventsResponse  # noqa: Y015
+
+@_typing.final
+class CancelTurnRequest(_message.Message):
+    """Request message for AgentsService.CancelTurn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent. Required."""
+    session_id: _builtins.str
+    """The session. Required."""
+    turn_id: _builtins.str
+    """The turn. Required."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "session_id", b"session_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTurnRequest: _TypeAlias = CancelTurnRequest  # noqa: Y015
+
+@_typing.final
+class CancelTurnResponse(_message.Message):
+    """Response message for AgentsService.CancelTurn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def turn(self) -> _agent_resources_pb2.Turn:
+        """The cancelled turn."""
+
+    def __init__(
+        self,
+        *,
+        turn: _agent_resources_pb2.Turn | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["turn", b"turn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTurnResponse: _TypeAlias = CancelTurnResponse  # noqa: Y015
+
+@_typing.final
+class ProviderData(_message.Message):
+    """Per-request data for tool providers: Llama Stack's X-LlamaStack-Provider-Data header.
+    Never stored, logged or echoed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class McpHeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Struct: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Struct | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MCP_HEADERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mcp_headers(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Struct]:
+        """HTTP headers per MCP server, keyed by the server's URL: {"<url>": {"<header>": "<value>"}}
+        (Llama Stack's "mcp_headers"). Header values must be strings.
+        """
+
+    def __init__(
+        self,
+        *,
+        mcp_headers: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mcp_headers", b"mcp_headers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderData: _TypeAlias = ProviderData  # noqa: Y015

@@ -30,7 +30,22 @@ class AgentsServiceStub:
     agents/{agent_id}/sessions/{session_id}/turns/{turn_id}/steps/{step_id}
     Every RPC is also served over HTTP on the legacy routes: /v1alpha/agents/... and the
     deprecated /v1/agents/... . Errors there are {"detail": "..."} as in Llama Stack.
-    Unknown ids are NOT_FOUND (404), bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field) for bad input; UNAVAILABLE (DATABASE_UNAVAILABLE) when
+    the database is unreachable (retry); INTERNAL for a bug. Another caller's resources are
+    NOT_FOUND, as if they did not exist. The ErrorInfo reasons are catalogued in errors.proto.
+
+    Turns are runs (see turn_events.proto). A turn's stream and the turn are tied: when the
+    stream goes away (the client cancels it, its deadline passes, the HTTP client disconnects),
+    the turn is cancelled, as in Llama Stack, unless it was created with background = true,
+    in which case it runs to its end (or its next pause) and can be followed with
+    StreamTurnEvents, read with GetTurn and stopped with CancelTurn. The unary RPCs
+    (CreateTurn, ResumeTurn) run the same stream to its end and return the turn.
+    How a turn stream fails: before its first event, the call fails with a status (over SSE:
+    the HTTP status of that code and {"detail"}); after it, the stream ends with a
+    turn_failed event (over SSE: {"error": {"message": "<http status>: <message>"}}) and the
+    call ends OK.
     """
 
     def __init__(self, channel):
@@ -99,6 +114,16 @@ class AgentsServiceStub:
                 request_serializer=agentd_dot_v1_dot_agents__pb2.StreamResumeTurnRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_agents__pb2.StreamResumeTurnResponse.FromString,
                 _registered_method=True)
+        self.StreamTurnEvents = channel.unary_stream(
+                '/agentd.v1.AgentsService/StreamTurnEvents',
+                request_serializer=agentd_dot_v1_dot_agents__pb2.StreamTurnEventsRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_agents__pb2.StreamTurnEventsResponse.FromString,
+                _registered_method=True)
+        self.CancelTurn = channel.unary_unary(
+                '/agentd.v1.AgentsService/CancelTurn',
+                request_serializer=agentd_dot_v1_dot_agents__pb2.CancelTurnRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_agents__pb2.CancelTurnResponse.FromString,
+                _registered_method=True)
         self.GetTurn = channel.unary_unary(
                 '/agentd.v1.AgentsService/GetTurn',
                 request_serializer=agentd_dot_v1_dot_agents__pb2.GetTurnRequest.SerializeToString,
@@ -116,11 +141,27 @@ class AgentsServiceServicer:
     agents/{agent_id}/sessions/{session_id}/turns/{turn_id}/steps/{step_id}
     Every RPC is also served over HTTP on the legacy routes: /v1alpha/agents/... and the
     deprecated /v1/agents/... . Errors there are {"detail": "..."} as in Llama Stack.
-    Unknown ids are NOT_FOUND (404), bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field) for bad input; UNAVAILABLE (DATABASE_UNAVAILABLE) when
+    the database is unreachable (retry); INTERNAL for a bug. Another caller's resources are
+    NOT_FOUND, as if they did not exist. The ErrorInfo reasons are catalogued in errors.proto.
+
+    Turns are runs (see turn_events.proto). A turn's stream and the turn are tied: when the
+    stream goes away (the client cancels it, its deadline passes, the HTTP client disconnects),
+    the turn is cancelled, as in Llama Stack, unless it was created with background = true,
+    in which case it runs to its end (or its next pause) and can be followed with
+    StreamTurnEvents, read with GetTurn and stopped with CancelTurn. The unary RPCs
+    (CreateTurn, ResumeTurn) run the same stream to its end and return the turn.
+    How a turn stream fails: before its first event, the call fails with a status (over SSE:
+    the HTTP status of that code and {"detail"}); after it, the stream ends with a
+    turn_failed event (over SSE: {"error": {"message": "<http status>: <message>"}}) and the
+    call ends OK.
     """
 
     def CreateAgent(self, request, context):
-        """Creates an agent. Returns INVALID_ARGUMENT (naming the field) for a bad config.
+        """Creates an agent. INVALID_ARGUMENT (naming the field) for a bad config. A retry with the
+        same request_id returns the agent the first call created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,57 +175,68 @@ class AgentsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAgent(self, request, context):
-        """Returns an agent. NOT_FOUND if it does not exist.
+        """Returns an agent. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAgent(self, request, context):
-        """Deletes an agent with its sessions, turns and steps. NOT_FOUND if it does not exist.
+        """Deletes an agent with its sessions, turns, steps and events; running turns of the agent
+        are cancelled. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateSession(self, request, context):
-        """Creates a session of an agent. NOT_FOUND if the agent does not exist.
+        """Creates a session of an agent. NOT_FOUND (AGENT_NOT_FOUND) if the agent does not exist.
+        A retry with the same request_id returns the session the first call created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Lists an agent's sessions, oldest first (without their turns).
+        """Lists an agent's sessions, oldest first (without their turns). NOT_FOUND
+        (AGENT_NOT_FOUND) if the agent does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Returns a session with its turns. NOT_FOUND if the agent or session does not exist.
+        """Returns a session with its turns. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Deletes a session with its turns and steps. NOT_FOUND if it does not exist.
+        """Deletes a session with its turns, steps and events; its running turn is cancelled.
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateTurn(self, request, context):
-        """Runs a turn to its end (or to a pause for client tools) and returns it.
-        Shares its HTTP route with StreamTurn: the body's "stream" flag selects (default false).
+        """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
+        failed is returned with status failed and its error, not raised. Errors before the turn
+        starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
+        TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
+        turn of the session is in progress or awaiting input (resume or cancel it first).
+        A retry with the same request_id returns the turn the first call started.
+        Shares its legacy HTTP route with StreamTurn (the body's "stream" flag selects).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamTurn(self, request, context):
-        """Runs a turn and streams its events; the last is turn_complete or turn_awaiting_input.
+        """Runs a turn and streams its events: turn_start first, then steps, then turn_complete,
+        turn_awaiting_input or turn_failed. Errors before the first event as CreateTurn.
+        A retry with the same request_id replays the first call's turn from its first event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,28 +244,55 @@ class AgentsServiceServicer:
 
     def ResumeTurn(self, request, context):
         """Continues a turn paused on client tools with their results and returns it.
-        FAILED_PRECONDITION if the turn is not awaiting input. Shares its route with StreamResumeTurn.
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
+        (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
+        (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
+        once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamResumeTurn(self, request, context):
-        """Continues a paused turn and streams its events.
+        """Continues a paused turn and streams its events, numbered on from the turn's last event;
+        it ends with turn_complete, turn_awaiting_input or turn_failed. Errors as ResumeTurn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTurnEvents(self, request, context):
+        """Re-attaches to a turn's events: replays the kept events after starting_after, then
+        follows the live ones until the turn completes, pauses or fails (at once if it already
+        has). NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND). Over HTTP also
+        GET .../turn/{turn_id}?stream=true&starting_after=N, where the Last-Event-ID header
+        stands for starting_after.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTurn(self, request, context):
+        """Stops a turn that is in progress or awaiting input: it ends with status cancelled and a
+        turn_failed event (code CANCELLED, reason TURN_CANCELLED); steps completed before are
+        kept. Returns the turn. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND);
+        FAILED_PRECONDITION (TURN_NOT_RUNNING) if the turn has already ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTurn(self, request, context):
-        """Returns a turn. NOT_FOUND if it does not exist.
+        """Returns a turn, also while it runs (its completed steps so far).
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetStep(self, request, context):
-        """Returns a step of a turn. NOT_FOUND if it does not exist.
+        """Returns a step of a turn.
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND, STEP_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +361,16 @@ def add_AgentsServiceServicer_to_server(servicer, server):
                     request_deserializer=agentd_dot_v1_dot_agents__pb2.StreamResumeTurnRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_agents__pb2.StreamResumeTurnResponse.SerializeToString,
             ),
+            'StreamTurnEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamTurnEvents,
+                    request_deserializer=agentd_dot_v1_dot_agents__pb2.StreamTurnEventsRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_agents__pb2.StreamTurnEventsResponse.SerializeToString,
+            ),
+            'CancelTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTurn,
+                    request_deserializer=agentd_dot_v1_dot_agents__pb2.CancelTurnRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_agents__pb2.CancelTurnResponse.SerializeToString,
+            ),
             'GetTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTurn,
                     request_deserializer=agentd_dot_v1_dot_agents__pb2.GetTurnRequest.FromString,
@@ -305,7 +394,22 @@ class AgentsService:
     agents/{agent_id}/sessions/{session_id}/turns/{turn_id}/steps/{step_id}
     Every RPC is also served over HTTP on the legacy routes: /v1alpha/agents/... and the
     deprecated /v1/agents/... . Errors there are {"detail": "..."} as in Llama Stack.
-    Unknown ids are NOT_FOUND (404), bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field) for bad input; UNAVAILABLE (DATABASE_UNAVAILABLE) when
+    the database is unreachable (retry); INTERNAL for a bug. Another caller's resources are
+    NOT_FOUND, as if they did not exist. The ErrorInfo reasons are catalogued in errors.proto.
+
+    Turns are runs (see turn_events.proto). A turn's stream and the turn are tied: when the
+    stream goes away (the client cancels it, its deadline passes, the HTTP client disconnects),
+    the turn is cancelled, as in Llama Stack, unless it was created with background = true,
+    in which case it runs to its end (or its next pause) and can be followed with
+    StreamTurnEvents, read with GetTurn and stopped with CancelTurn. The unary RPCs
+    (CreateTurn, ResumeTurn) run the same stream to its end and return the turn.
+    How a turn stream fails: before its first event, the call fails with a status (over SSE:
+    the HTTP status of that code and {"detail"}); after it, the stream ends with a
+    turn_failed event (over SSE: {"error": {"message": "<http status>: <message>"}}) and the
+    call ends OK.
     """
 
     @staticmethod
@@ -622,6 +726,60 @@ class AgentsService:
             '/agentd.v1.AgentsService/StreamResumeTurn',
             agentd_dot_v1_dot_agents__pb2.StreamResumeTurnRequest.SerializeToString,
             agentd_dot_v1_dot_agents__pb2.StreamResumeTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTurnEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentd.v1.AgentsService/StreamTurnEvents',
+            agentd_dot_v1_dot_agents__pb2.StreamTurnEventsRequest.SerializeToString,
+            agentd_dot_v1_dot_agents__pb2.StreamTurnEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.AgentsService/CancelTurn',
+            agentd_dot_v1_dot_agents__pb2.CancelTurnRequest.SerializeToString,
+            agentd_dot_v1_dot_agents__pb2.CancelTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

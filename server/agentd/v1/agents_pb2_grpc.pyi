@@ -31,7 +31,22 @@ class AgentsServiceStub:
       agents/{agent_id}/sessions/{session_id}/turns/{turn_id}/steps/{step_id}
     Every RPC is also served over HTTP on the legacy routes: /v1alpha/agents/... and the
     deprecated /v1/agents/... . Errors there are {"detail": "..."} as in Llama Stack.
-    Unknown ids are NOT_FOUND (404), bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field) for bad input; UNAVAILABLE (DATABASE_UNAVAILABLE) when
+    the database is unreachable (retry); INTERNAL for a bug. Another caller's resources are
+    NOT_FOUND, as if they did not exist. The ErrorInfo reasons are catalogued in errors.proto.
+
+    Turns are runs (see turn_events.proto). A turn's stream and the turn are tied: when the
+    stream goes away (the client cancels it, its deadline passes, the HTTP client disconnects),
+    the turn is cancelled, as in Llama Stack, unless it was created with background = true,
+    in which case it runs to its end (or its next pause) and can be followed with
+    StreamTurnEvents, read with GetTurn and stopped with CancelTurn. The unary RPCs
+    (CreateTurn, ResumeTurn) run the same stream to its end and return the turn.
+    How a turn stream fails: before its first event, the call fails with a status (over SSE:
+    the HTTP status of that code and {"detail"}); after it, the stream ends with a
+    turn_failed event (over SSE: {"error": {"message": "<http status>: <message>"}}) and the
+    call ends OK.
     """
 
     @_typing.overload
@@ -39,37 +54,77 @@ class AgentsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentsServiceAsyncStub: ...
     CreateAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateAgentRequest, _agents_pb2.CreateAgentResponse]
-    """Creates an agent. Returns INVALID_ARGUMENT (naming the field) for a bad config."""
+    """Creates an agent. INVALID_ARGUMENT (naming the field) for a bad config. A retry with the
+    same request_id returns the agent the first call created.
+    """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListAgentsRequest, _agents_pb2.ListAgentsResponse]
     """Lists the caller's agents, oldest first."""
     GetAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.GetAgentResponse]
-    """Returns an agent. NOT_FOUND if it does not exist."""
+    """Returns an agent. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist."""
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _agents_pb2.DeleteAgentResponse]
-    """Deletes an agent with its sessions, turns and steps. NOT_FOUND if it does not exist."""
+    """Deletes an agent with its sessions, turns, steps and events; running turns of the agent
+    are cancelled. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist.
+    """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateSessionRequest, _agents_pb2.CreateSessionResponse]
-    """Creates a session of an agent. NOT_FOUND if the agent does not exist."""
+    """Creates a session of an agent. NOT_FOUND (AGENT_NOT_FOUND) if the agent does not exist.
+    A retry with the same request_id returns the session the first call created.
+    """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListSessionsRequest, _agents_pb2.ListSessionsResponse]
-    """Lists an agent's sessions, oldest first (without their turns)."""
+    """Lists an agent's sessions, oldest first (without their turns). NOT_FOUND
+    (AGENT_NOT_FOUND) if the agent does not exist.
+    """
     GetSession: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetSessionRequest, _agents_pb2.GetSessionResponse]
-    """Returns a session with its turns. NOT_FOUND if the agent or session does not exist."""
+    """Returns a session with its turns. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND)."""
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteSessionRequest, _agents_pb2.DeleteSessionResponse]
-    """Deletes a session with its turns and steps. NOT_FOUND if it does not exist."""
+    """Deletes a session with its turns, steps and events; its running turn is cancelled.
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND).
+    """
     CreateTurn: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateTurnRequest, _agents_pb2.CreateTurnResponse]
-    """Runs a turn to its end (or to a pause for client tools) and returns it.
-    Shares its HTTP route with StreamTurn: the body's "stream" flag selects (default false).
+    """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
+    failed is returned with status failed and its error, not raised. Errors before the turn
+    starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
+    TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
+    turn of the session is in progress or awaiting input (resume or cancel it first).
+    A retry with the same request_id returns the turn the first call started.
+    Shares its legacy HTTP route with StreamTurn (the body's "stream" flag selects).
     """
     StreamTurn: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamTurnRequest, _agents_pb2.StreamTurnResponse]
-    """Runs a turn and streams its events; the last is turn_complete or turn_awaiting_input."""
+    """Runs a turn and streams its events: turn_start first, then steps, then turn_complete,
+    turn_awaiting_input or turn_failed. Errors before the first event as CreateTurn.
+    A retry with the same request_id replays the first call's turn from its first event.
+    """
     ResumeTurn: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ResumeTurnRequest, _agents_pb2.ResumeTurnResponse]
     """Continues a turn paused on client tools with their results and returns it.
-    FAILED_PRECONDITION if the turn is not awaiting input. Shares its route with StreamResumeTurn.
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
+    (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
+    (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
+    once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
     """
     StreamResumeTurn: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamResumeTurnRequest, _agents_pb2.StreamResumeTurnResponse]
-    """Continues a paused turn and streams its events."""
+    """Continues a paused turn and streams its events, numbered on from the turn's last event;
+    it ends with turn_complete, turn_awaiting_input or turn_failed. Errors as ResumeTurn.
+    """
+    StreamTurnEvents: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamTurnEventsRequest, _agents_pb2.StreamTurnEventsResponse]
+    """Re-attaches to a turn's events: replays the kept events after starting_after, then
+    follows the live ones until the turn completes, pauses or fails (at once if it already
+    has). NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND). Over HTTP also
+    GET .../turn/{turn_id}?stream=true&starting_after=N, where the Last-Event-ID header
+    stands for starting_after.
+    """
+    CancelTurn: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CancelTurnRequest, _agents_pb2.CancelTurnResponse]
+    """Stops a turn that is in progress or awaiting input: it ends with status cancelled and a
+    turn_failed event (code CANCELLED, reason TURN_CANCELLED); steps completed before are
+    kept. Returns the turn. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND);
+    FAILED_PRECONDITION (TURN_NOT_RUNNING) if the turn has already ended.
+    """
     GetTurn: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetTurnRequest, _agents_pb2.GetTurnResponse]
-    """Returns a turn. NOT_FOUND if it does not exist."""
+    """Returns a turn, also while it runs (its completed steps so far).
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND).
+    """
     GetStep: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetStepRequest, _agents_pb2.GetStepResponse]
-    """Returns a step of a turn. NOT_FOUND if it does not exist."""
+    """Returns a step of a turn.
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND, STEP_NOT_FOUND).
+    """
 
 @_typing.type_check_only
 class AgentsServiceAsyncStub(AgentsServiceStub):
@@ -77,49 +132,119 @@ class AgentsServiceAsyncStub(AgentsServiceStub):
       agents/{agent_id}/sessions/{session_id}/turns/{turn_id}/steps/{step_id}
     Every RPC is also served over HTTP on the legacy routes: /v1alpha/agents/... and the
     deprecated /v1/agents/... . Errors there are {"detail": "..."} as in Llama Stack.
-    Unknown ids are NOT_FOUND (404), bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field) for bad input; UNAVAILABLE (DATABASE_UNAVAILABLE) when
+    the database is unreachable (retry); INTERNAL for a bug. Another caller's resources are
+    NOT_FOUND, as if they did not exist. The ErrorInfo reasons are catalogued in errors.proto.
+
+    Turns are runs (see turn_events.proto). A turn's stream and the turn are tied: when the
+    stream goes away (the client cancels it, its deadline passes, the HTTP client disconnects),
+    the turn is cancelled, as in Llama Stack, unless it was created with background = true,
+    in which case it runs to its end (or its next pause) and can be followed with
+    StreamTurnEvents, read with GetTurn and stopped with CancelTurn. The unary RPCs
+    (CreateTurn, ResumeTurn) run the same stream to its end and return the turn.
+    How a turn stream fails: before its first event, the call fails with a status (over SSE:
+    the HTTP status of that code and {"detail"}); after it, the stream ends with a
+    turn_failed event (over SSE: {"error": {"message": "<http status>: <message>"}}) and the
+    call ends OK.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateAgentRequest, _agents_pb2.CreateAgentResponse]  # type: ignore[assignment]
-    """Creates an agent. Returns INVALID_ARGUMENT (naming the field) for a bad config."""
+    """Creates an agent. INVALID_ARGUMENT (naming the field) for a bad config. A retry with the
+    same request_id returns the agent the first call created.
+    """
     ListAgents: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListAgentsRequest, _agents_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists the caller's agents, oldest first."""
     GetAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.GetAgentResponse]  # type: ignore[assignment]
-    """Returns an agent. NOT_FOUND if it does not exist."""
+    """Returns an agent. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist."""
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _agents_pb2.DeleteAgentResponse]  # type: ignore[assignment]
-    """Deletes an agent with its sessions, turns and steps. NOT_FOUND if it does not exist."""
+    """Deletes an agent with its sessions, turns, steps and events; running turns of the agent
+    are cancelled. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist.
+    """
     CreateSession: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateSessionRequest, _agents_pb2.CreateSessionResponse]  # type: ignore[assignment]
-    """Creates a session of an agent. NOT_FOUND if the agent does not exist."""
+    """Creates a session of an agent. NOT_FOUND (AGENT_NOT_FOUND) if the agent does not exist.
+    A retry with the same request_id returns the session the first call created.
+    """
     ListSessions: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListSessionsRequest, _agents_pb2.ListSessionsResponse]  # type: ignore[assignment]
-    """Lists an agent's sessions, oldest first (without their turns)."""
+    """Lists an agent's sessions, oldest first (without their turns). NOT_FOUND
+    (AGENT_NOT_FOUND) if the agent does not exist.
+    """
     GetSession: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetSessionRequest, _agents_pb2.GetSessionResponse]  # type: ignore[assignment]
-    """Returns a session with its turns. NOT_FOUND if the agent or session does not exist."""
+    """Returns a session with its turns. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND)."""
     DeleteSession: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteSessionRequest, _agents_pb2.DeleteSessionResponse]  # type: ignore[assignment]
-    """Deletes a session with its turns and steps. NOT_FOUND if it does not exist."""
+    """Deletes a session with its turns, steps and events; its running turn is cancelled.
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND).
+    """
     CreateTurn: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateTurnRequest, _agents_pb2.CreateTurnResponse]  # type: ignore[assignment]
-    """Runs a turn to its end (or to a pause for client tools) and returns it.
-    Shares its HTTP route with StreamTurn: the body's "stream" flag selects (default false).
+    """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
+    failed is returned with status failed and its error, not raised. Errors before the turn
+    starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
+    TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
+    turn of the session is in progress or awaiting input (resume or cancel it first).
+    A retry with the same request_id returns the turn the first call started.
+    Shares its legacy HTTP route with StreamTurn (the body's "stream" flag selects).
     """
     StreamTurn: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamTurnRequest, _agents_pb2.StreamTurnResponse]  # type: ignore[assignment]
-    """Runs a turn and streams its events; the last is turn_complete or turn_awaiting_input."""
+    """Runs a turn and streams its events: turn_start first, then steps, then turn_complete,
+    turn_awaiting_input or turn_failed. Errors before the first event as CreateTurn.
+    A retry with the same request_id replays the first call's turn from its first event.
+    """
     ResumeTurn: _aio.UnaryUnaryMultiCallable[_agents_pb2.ResumeTurnRequest, _agents_pb2.ResumeTurnResponse]  # type: ignore[assignment]
     """Continues a turn paused on client tools with their results and returns it.
-    FAILED_PRECONDITION if the turn is not awaiting input. Shares its route with StreamResumeTurn.
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
+    (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
+    (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
+    once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
     """
     StreamResumeTurn: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamResumeTurnRequest, _agents_pb2.StreamResumeTurnResponse]  # type: ignore[assignment]
-    """Continues a paused turn and streams its events."""
+    """Continues a paused turn and streams its events, numbered on from the turn's last event;
+    it ends with turn_complete, turn_awaiting_input or turn_failed. Errors as ResumeTurn.
+    """
+    StreamTurnEvents: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamTurnEventsRequest, _agents_pb2.StreamTurnEventsResponse]  # type: ignore[assignment]
+    """Re-attaches to a turn's events: replays the kept events after starting_after, then
+    follows the live ones until the turn completes, pauses or fails (at once if it already
+    has). NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND). Over HTTP also
+    GET .../turn/{turn_id}?stream=true&starting_after=N, where the Last-Event-ID header
+    stands for starting_after.
+    """
+    CancelTurn: _aio.UnaryUnaryMultiCallable[_agents_pb2.CancelTurnRequest, _agents_pb2.CancelTurnResponse]  # type: ignore[assignment]
+    """Stops a turn that is in progress or awaiting input: it ends with status cancelled and a
+    turn_failed event (code CANCELLED, reason TURN_CANCELLED); steps completed before are
+    kept. Returns the turn. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND);
+    FAILED_PRECONDITION (TURN_NOT_RUNNING) if the turn has already ended.
+    """
     GetTurn: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetTurnRequest, _agents_pb2.GetTurnResponse]  # type: ignore[assignment]
-    """Returns a turn. NOT_FOUND if it does not exist."""
+    """Returns a turn, also while it runs (its completed steps so far).
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND).
+    """
     GetStep: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetStepRequest, _agents_pb2.GetStepResponse]  # type: ignore[assignment]
-    """Returns a step of a turn. NOT_FOUND if it does not exist."""
+    """Returns a step of a turn.
+    NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND, STEP_NOT_FOUND).
+    """
 
 class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentsService serves the Llama Stack Agents API. Resource tree:
       agents/{agent_id}/sessions/{session_id}/turns/{turn_id}/steps/{step_id}
     Every RPC is also served over HTTP on the legacy routes: /v1alpha/agents/... and the
     deprecated /v1/agents/... . Errors there are {"detail": "..."} as in Llama Stack.
-    Unknown ids are NOT_FOUND (404), bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field) for bad input; UNAVAILABLE (DATABASE_UNAVAILABLE) when
+    the database is unreachable (retry); INTERNAL for a bug. Another caller's resources are
+    NOT_FOUND, as if they did not exist. The ErrorInfo reasons are catalogued in errors.proto.
+
+    Turns are runs (see turn_events.proto). A turn's stream and the turn are tied: when the
+    stream goes away (the client cancels it, its deadline passes, the HTTP client disconnects),
+    the turn is cancelled, as in Llama Stack, unless it was created with background = true,
+    in which case it runs to its end (or its next pause) and can be followed with
+    StreamTurnEvents, read with GetTurn and stopped with CancelTurn. The unary RPCs
+    (CreateTurn, ResumeTurn) run the same stream to its end and return the turn.
+    How a turn stream fails: before its first event, the call fails with a status (over SSE:
+    the HTTP status of that code and {"detail"}); after it, the stream ends with a
+    turn_failed event (over SSE: {"error": {"message": "<http status>: <message>"}}) and the
+    call ends OK.
     """
 
     @_abc_1.abstractmethod
@@ -128,7 +253,9 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.CreateAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.CreateAgentResponse, _abc.Awaitable[_agents_pb2.CreateAgentResponse]]:
-        """Creates an agent. Returns INVALID_ARGUMENT (naming the field) for a bad config."""
+        """Creates an agent. INVALID_ARGUMENT (naming the field) for a bad config. A retry with the
+        same request_id returns the agent the first call created.
+        """
 
     @_abc_1.abstractmethod
     def ListAgents(
@@ -144,7 +271,7 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.GetAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.GetAgentResponse, _abc.Awaitable[_agents_pb2.GetAgentResponse]]:
-        """Returns an agent. NOT_FOUND if it does not exist."""
+        """Returns an agent. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist."""
 
     @_abc_1.abstractmethod
     def DeleteAgent(
@@ -152,7 +279,9 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.DeleteAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.DeleteAgentResponse, _abc.Awaitable[_agents_pb2.DeleteAgentResponse]]:
-        """Deletes an agent with its sessions, turns and steps. NOT_FOUND if it does not exist."""
+        """Deletes an agent with its sessions, turns, steps and events; running turns of the agent
+        are cancelled. NOT_FOUND (AGENT_NOT_FOUND) if it does not exist.
+        """
 
     @_abc_1.abstractmethod
     def CreateSession(
@@ -160,7 +289,9 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.CreateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.CreateSessionResponse, _abc.Awaitable[_agents_pb2.CreateSessionResponse]]:
-        """Creates a session of an agent. NOT_FOUND if the agent does not exist."""
+        """Creates a session of an agent. NOT_FOUND (AGENT_NOT_FOUND) if the agent does not exist.
+        A retry with the same request_id returns the session the first call created.
+        """
 
     @_abc_1.abstractmethod
     def ListSessions(
@@ -168,7 +299,9 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.ListSessionsResponse, _abc.Awaitable[_agents_pb2.ListSessionsResponse]]:
-        """Lists an agent's sessions, oldest first (without their turns)."""
+        """Lists an agent's sessions, oldest first (without their turns). NOT_FOUND
+        (AGENT_NOT_FOUND) if the agent does not exist.
+        """
 
     @_abc_1.abstractmethod
     def GetSession(
@@ -176,7 +309,7 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.GetSessionResponse, _abc.Awaitable[_agents_pb2.GetSessionResponse]]:
-        """Returns a session with its turns. NOT_FOUND if the agent or session does not exist."""
+        """Returns a session with its turns. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND)."""
 
     @_abc_1.abstractmethod
     def DeleteSession(
@@ -184,7 +317,9 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.DeleteSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.DeleteSessionResponse, _abc.Awaitable[_agents_pb2.DeleteSessionResponse]]:
-        """Deletes a session with its turns and steps. NOT_FOUND if it does not exist."""
+        """Deletes a session with its turns, steps and events; its running turn is cancelled.
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND).
+        """
 
     @_abc_1.abstractmethod
     def CreateTurn(
@@ -192,8 +327,13 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.CreateTurnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.CreateTurnResponse, _abc.Awaitable[_agents_pb2.CreateTurnResponse]]:
-        """Runs a turn to its end (or to a pause for client tools) and returns it.
-        Shares its HTTP route with StreamTurn: the body's "stream" flag selects (default false).
+        """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
+        failed is returned with status failed and its error, not raised. Errors before the turn
+        starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
+        TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
+        turn of the session is in progress or awaiting input (resume or cancel it first).
+        A retry with the same request_id returns the turn the first call started.
+        Shares its legacy HTTP route with StreamTurn (the body's "stream" flag selects).
         """
 
     @_abc_1.abstractmethod
@@ -202,7 +342,10 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.StreamTurnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agents_pb2.StreamTurnResponse], _abc.AsyncIterator[_agents_pb2.StreamTurnResponse]]:
-        """Runs a turn and streams its events; the last is turn_complete or turn_awaiting_input."""
+        """Runs a turn and streams its events: turn_start first, then steps, then turn_complete,
+        turn_awaiting_input or turn_failed. Errors before the first event as CreateTurn.
+        A retry with the same request_id replays the first call's turn from its first event.
+        """
 
     @_abc_1.abstractmethod
     def ResumeTurn(
@@ -211,7 +354,10 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.ResumeTurnResponse, _abc.Awaitable[_agents_pb2.ResumeTurnResponse]]:
         """Continues a turn paused on client tools with their results and returns it.
-        FAILED_PRECONDITION if the turn is not awaiting input. Shares its route with StreamResumeTurn.
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
+        (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
+        (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
+        once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
         """
 
     @_abc_1.abstractmethod
@@ -220,7 +366,34 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.StreamResumeTurnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agents_pb2.StreamResumeTurnResponse], _abc.AsyncIterator[_agents_pb2.StreamResumeTurnResponse]]:
-        """Continues a paused turn and streams its events."""
+        """Continues a paused turn and streams its events, numbered on from the turn's last event;
+        it ends with turn_complete, turn_awaiting_input or turn_failed. Errors as ResumeTurn.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamTurnEvents(
+        self,
+        request: _agents_pb2.StreamTurnEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agents_pb2.StreamTurnEventsResponse], _abc.AsyncIterator[_agents_pb2.StreamTurnEventsResponse]]:
+        """Re-attaches to a turn's events: replays the kept events after starting_after, then
+        follows the live ones until the turn completes, pauses or fails (at once if it already
+        has). NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND). Over HTTP also
+        GET .../turn/{turn_id}?stream=true&starting_after=N, where the Last-Event-ID header
+        stands for starting_after.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelTurn(
+        self,
+        request: _agents_pb2.CancelTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.CancelTurnResponse, _abc.Awaitable[_agents_pb2.CancelTurnResponse]]:
+        """Stops a turn that is in progress or awaiting input: it ends with status cancelled and a
+        turn_failed event (code CANCELLED, reason TURN_CANCELLED); steps completed before are
+        kept. Returns the turn. NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND);
+        FAILED_PRECONDITION (TURN_NOT_RUNNING) if the turn has already ended.
+        """
 
     @_abc_1.abstractmethod
     def GetTurn(
@@ -228,7 +401,9 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.GetTurnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.GetTurnResponse, _abc.Awaitable[_agents_pb2.GetTurnResponse]]:
-        """Returns a turn. NOT_FOUND if it does not exist."""
+        """Returns a turn, also while it runs (its completed steps so far).
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND).
+        """
 
     @_abc_1.abstractmethod
     def GetStep(
@@ -236,6 +411,8 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.GetStepRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.GetStepResponse, _abc.Awaitable[_agents_pb2.GetStepResponse]]:
-        """Returns a step of a turn. NOT_FOUND if it does not exist."""
+        """Returns a step of a turn.
+        NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND, STEP_NOT_FOUND).
+        """
 
 def add_AgentsServiceServicer_to_server(servicer: AgentsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,42 +22,81 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentd.v1 import common_pb2 as agentd_dot_v1_dot_common__pb2
 from agentd.v1 import options_pb2 as agentd_dot_v1_dot_options__pb2
-from agentd.v1 import response_types_pb2 as agentd_dot_v1_dot_response__types__pb2
+from agentd.v1 import response_items_pb2 as agentd_dot_v1_dot_response__items__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentd/v1/conversations.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1e\x61gentd/v1/response_types.proto\x1a\x1cgoogle/api/annotations.proto\"\xb1\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.agentd.v1.Conversation.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x17\xe2\xf3\x18\x13object=conversation\"\xe2\x01\n\x19\x43reateConversationRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x44\n\x08metadata\x18\x02 \x03(\x0b\x32\x32.agentd.v1.CreateConversationRequest.MetadataEntry\x12\x17\n\nrequest_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_request_id\"K\n\x1a\x43reateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation\"1\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"H\n\x17GetConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation\"\xab\x01\n\x19UpdateConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x44\n\x08metadata\x18\x02 \x03(\x0b\x32\x32.agentd.v1.UpdateConversationRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x1aUpdateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"Z\n\x1a\x44\x65leteConversationResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08:\x1f\xe2\xf3\x18\x1bobject=conversation.deleted\"\x89\x01\n\x1e\x43reateConversationItemsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x17\n\nrequest_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_request_id\"\x8e\x01\n\x1f\x43reateConversationItemsResponse\x12%\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x10\n\x08\x66irst_id\x18\x02 \x01(\t\x12\x0f\n\x07last_id\x18\x03 \x01(\t\x12\x10\n\x08has_more\x18\x04 \x01(\x08:\x0f\xe2\xf3\x18\x0bobject=list\"\xb9\x01\n\x1cListConversationItemsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x1c\n\tpage_size\x18\x02 \x01(\x05\x42\t\xaa\xf4\x18\x05limit\x12\x1d\n\npage_token\x18\x03 \x01(\tB\t\xb2\xf4\x18\x05\x61\x66ter\x12#\n\x05order\x18\x04 \x01(\x0e\x32\x14.agentd.v1.SortOrder\x12\x1e\n\x07include\x18\x05 \x03(\tB\r\xaa\xf4\x18\tinclude[]\"\xab\x01\n\x1dListConversationItemsResponse\x12%\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x10\n\x08\x66irst_id\x18\x02 \x01(\t\x12\x0f\n\x07last_id\x18\x03 \x01(\t\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12\x1d\n\x0fnext_page_token\x18\x05 \x01(\tB\x04\xa0\xf4\x18\x01:\x0f\xe2\xf3\x18\x0bobject=list\"f\n\x1aGetConversationItemRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x1e\n\x07include\x18\x03 \x03(\tB\r\xaa\xf4\x18\tinclude[]\"D\n\x1bGetConversationItemResponse\x12%\n\x04item\x18\x01 \x01(\x0b\x32\x17.agentd.v1.ResponseItem\"I\n\x1d\x44\x65leteConversationItemRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\"O\n\x1e\x44\x65leteConversationItemResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation2\xa3\n\n\x14\x43onversationsService\x12\x8d\x01\n\x12\x43reateConversation\x12$.agentd.v1.CreateConversationRequest\x1a%.agentd.v1.CreateConversationResponse\"*\x82\xd3\xe4\x93\x02$\"\x11/v1/conversations:\x01*b\x0c\x63onversation\x12\x93\x01\n\x0fGetConversation\x12!.agentd.v1.GetConversationRequest\x1a\".agentd.v1.GetConversationResponse\"9\x82\xd3\xe4\x93\x02\x33\x12#/v1/conversations/{conversation_id}b\x0c\x63onversation\x12\x9f\x01\n\x12UpdateConversation\x12$.agentd.v1.UpdateConversationRequest\x1a%.agentd.v1.UpdateConversationResponse\"<\x82\xd3\xe4\x93\x02\x36\"#/v1/conversations/{conversation_id}:\x01*b\x0c\x63onversation\x12\x8e\x01\n\x12\x44\x65leteConversation\x12$.agentd.v1.DeleteConversationRequest\x1a%.agentd.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\xa6\x01\n\x17\x43reateConversationItems\x12).agentd.v1.CreateConversationItemsRequest\x1a*.agentd.v1.CreateConversationItemsResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/conversations/{conversation_id}/items:\x01*\x12\x9d\x01\n\x15ListConversationItems\x12\'.agentd.v1.ListConversationItemsRequest\x1a(.agentd.v1.ListConversationItemsResponse\"1\x82\xd3\xe4\x93\x02+\x12)/v1/conversations/{conversation_id}/items\x12\xa7\x01\n\x13GetConversationItem\x12%.agentd.v1.GetConversationItemRequest\x1a&.agentd.v1.GetConversationItemResponse\"A\x82\xd3\xe4\x93\x02;\x12\x33/v1/conversations/{conversation_id}/items/{item_id}b\x04item\x12\xb8\x01\n\x16\x44\x65leteConversationItem\x12(.agentd.v1.DeleteConversationItemRequest\x1a).agentd.v1.DeleteConversationItemResponse\"I\x82\xd3\xe4\x93\x02\x43*3/v1/conversations/{conversation_id}/items/{item_id}b\x0c\x63onversation\x1a\x04\xb8\xf5\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentd/v1/conversations.proto\x12\tagentd.v1\x1a\x16\x61gentd/v1/common.proto\x1a\x17\x61gentd/v1/options.proto\x1a\x1e\x61gentd/v1/response_items.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xbd\x01\n\x0c\x43onversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ncreated_at\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.agentd.v1.Conversation.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x17\xe2\xf3\x18\x13object=conversation\"\xf4\x01\n\x19\x43reateConversationRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItemB\x04\xe2\x41\x01\x01\x12J\n\x08metadata\x18\x02 \x03(\x0b\x32\x32.agentd.v1.CreateConversationRequest.MetadataEntryB\x04\xe2\x41\x01\x01\x12\x1d\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_request_id\"K\n\x1a\x43reateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation\"7\n\x16GetConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"H\n\x17GetConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation\"\xb7\x01\n\x19UpdateConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12J\n\x08metadata\x18\x02 \x03(\x0b\x32\x32.agentd.v1.UpdateConversationRequest.MetadataEntryB\x04\xe2\x41\x01\x02\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x1aUpdateConversationResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation\":\n\x19\x44\x65leteConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Z\n\x1a\x44\x65leteConversationResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08:\x1f\xe2\xf3\x18\x1bobject=conversation.deleted\"\x9b\x01\n\x1e\x43reateConversationItemsRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x17.agentd.v1.ResponseItemB\x04\xe2\x41\x01\x02\x12\x1d\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\r\n\x0b_request_id\"\x8e\x01\n\x1f\x43reateConversationItemsResponse\x12%\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x10\n\x08\x66irst_id\x18\x02 \x01(\t\x12\x0f\n\x07last_id\x18\x03 \x01(\t\x12\x10\n\x08has_more\x18\x04 \x01(\x08:\x0f\xe2\xf3\x18\x0bobject=list\"\xd1\x01\n\x1cListConversationItemsRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\tpage_size\x18\x02 \x01(\x05\x42\r\xe2\x41\x01\x01\xaa\xf4\x18\x05limit\x12!\n\npage_token\x18\x03 \x01(\tB\r\xe2\x41\x01\x01\xb2\xf4\x18\x05\x61\x66ter\x12)\n\x05order\x18\x04 \x01(\x0e\x32\x14.agentd.v1.SortOrderB\x04\xe2\x41\x01\x01\x12\"\n\x07include\x18\x05 \x03(\tB\x11\xe2\x41\x01\x01\xaa\xf4\x18\tinclude[]\"\xab\x01\n\x1dListConversationItemsResponse\x12%\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x10\n\x08\x66irst_id\x18\x02 \x01(\t\x12\x0f\n\x07last_id\x18\x03 \x01(\t\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12\x1d\n\x0fnext_page_token\x18\x05 \x01(\tB\x04\xa0\xf4\x18\x01:\x0f\xe2\xf3\x18\x0bobject=list\"v\n\x1aGetConversationItemRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07item_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x07include\x18\x03 \x03(\tB\x11\xe2\x41\x01\x01\xaa\xf4\x18\tinclude[]\"D\n\x1bGetConversationItemResponse\x12%\n\x04item\x18\x01 \x01(\x0b\x32\x17.agentd.v1.ResponseItem\"U\n\x1d\x44\x65leteConversationItemRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07item_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x1e\x44\x65leteConversationItemResponse\x12-\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x17.agentd.v1.Conversation2\xa3\n\n\x14\x43onversationsService\x12\x8d\x01\n\x12\x43reateConversation\x12$.agentd.v1.CreateConversationRequest\x1a%.agentd.v1.CreateConversationResponse\"*\x82\xd3\xe4\x93\x02$\"\x11/v1/conversations:\x01*b\x0c\x63onversation\x12\x93\x01\n\x0fGetConversation\x12!.agentd.v1.GetConversationRequest\x1a\".agentd.v1.GetConversationResponse\"9\x82\xd3\xe4\x93\x02\x33\x12#/v1/conversations/{conversation_id}b\x0c\x63onversation\x12\x9f\x01\n\x12UpdateConversation\x12$.agentd.v1.UpdateConversationRequest\x1a%.agentd.v1.UpdateConversationResponse\"<\x82\xd3\xe4\x93\x02\x36\"#/v1/conversations/{conversation_id}:\x01*b\x0c\x63onversation\x12\x8e\x01\n\x12\x44\x65leteConversation\x12$.agentd.v1.DeleteConversationRequest\x1a%.agentd.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\xa6\x01\n\x17\x43reateConversationItems\x12).agentd.v1.CreateConversationItemsRequest\x1a*.agentd.v1.CreateConversationItemsResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/conversations/{conversation_id}/items:\x01*\x12\x9d\x01\n\x15ListConversationItems\x12\'.agentd.v1.ListConversationItemsRequest\x1a(.agentd.v1.ListConversationItemsResponse\"1\x82\xd3\xe4\x93\x02+\x12)/v1/conversations/{conversation_id}/items\x12\xa7\x01\n\x13GetConversationItem\x12%.agentd.v1.GetConversationItemRequest\x1a&.agentd.v1.GetConversationItemResponse\"A\x82\xd3\xe4\x93\x02;\x12\x33/v1/conversations/{conversation_id}/items/{item_id}b\x04item\x12\xb8\x01\n\x16\x44\x65leteConversationItem\x12(.agentd.v1.DeleteConversationItemRequest\x1a).agentd.v1.DeleteConversationItemResponse\"I\x82\xd3\xe4\x93\x02\x43*3/v1/conversations/{conversation_id}/items/{item_id}b\x0c\x63onversation\x1a\x04\xb8\xf5\x18\x02\x42\x88\x01\n\rdev.agentd.v1B\x12\x43onversationsProtoP\x01Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\xa2\x02\x03\x41\x44X\xaa\x02\tAgentd.V1\xca\x02\tAgentd\\V1\xea\x02\nAgentd::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentd.v1.conversations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.agentd.v1B\022ConversationsProtoP\001Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\242\002\003ADX\252\002\tAgentd.V1\312\002\tAgentd\\V1\352\002\nAgentd::V1'
   _globals['_CONVERSATION_METADATAENTRY']._loaded_options = None
   _globals['_CONVERSATION_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CONVERSATION'].fields_by_name['id']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_CONVERSATION'].fields_by_name['created_at']._loaded_options = None
+  _globals['_CONVERSATION'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_CONVERSATION']._loaded_options = None
   _globals['_CONVERSATION']._serialized_options = b'\342\363\030\023object=conversation'
   _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CREATECONVERSATIONREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_CREATECONVERSATIONREQUEST'].fields_by_name['items']._serialized_options = b'\342A\001\001'
+  _globals['_CREATECONVERSATIONREQUEST'].fields_by_name['metadata']._loaded_options = None
+  _globals['_CREATECONVERSATIONREQUEST'].fields_by_name['metadata']._serialized_options = b'\342A\001\001'
+  _globals['_CREATECONVERSATIONREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATECONVERSATIONREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_GETCONVERSATIONREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_GETCONVERSATIONREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
   _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATECONVERSATIONREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_UPDATECONVERSATIONREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATECONVERSATIONREQUEST'].fields_by_name['metadata']._loaded_options = None
+  _globals['_UPDATECONVERSATIONREQUEST'].fields_by_name['metadata']._serialized_options = b'\342A\001\002'
+  _globals['_DELETECONVERSATIONREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_DELETECONVERSATIONREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
   _globals['_DELETECONVERSATIONRESPONSE']._loaded_options = None
   _globals['_DELETECONVERSATIONRESPONSE']._serialized_options = b'\342\363\030\033object=conversation.deleted'
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['items']._serialized_options = b'\342A\001\002'
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_CREATECONVERSATIONITEMSRESPONSE']._loaded_options = None
   _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_options = b'\342\363\030\013object=list'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_size']._loaded_options = None
-  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_size']._serialized_options = b'\252\364\030\005limit'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001\252\364\030\005limit'
   _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_token']._loaded_options = None
-  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_token']._serialized_options = b'\262\364\030\005after'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001\262\364\030\005after'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['order']._loaded_options = None
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['order']._serialized_options = b'\342A\001\001'
   _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['include']._loaded_options = None
-  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['include']._serialized_options = b'\252\364\030\tinclude[]'
+  _globals['_LISTCONVERSATIONITEMSREQUEST'].fields_by_name['include']._serialized_options = b'\342A\001\001\252\364\030\tinclude[]'
   _globals['_LISTCONVERSATIONITEMSRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
   _globals['_LISTCONVERSATIONITEMSRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\240\364\030\001'
   _globals['_LISTCONVERSATIONITEMSRESPONSE']._loaded_options = None
   _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_options = b'\342\363\030\013object=list'
+  _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['item_id']._loaded_options = None
+  _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['item_id']._serialized_options = b'\342A\001\002'
   _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['include']._loaded_options = None
-  _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['include']._serialized_options = b'\252\364\030\tinclude[]'
+  _globals['_GETCONVERSATIONITEMREQUEST'].fields_by_name['include']._serialized_options = b'\342A\001\001\252\364\030\tinclude[]'
+  _globals['_DELETECONVERSATIONITEMREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_DELETECONVERSATIONITEMREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
+  _globals['_DELETECONVERSATIONITEMREQUEST'].fields_by_name['item_id']._loaded_options = None
+  _globals['_DELETECONVERSATIONITEMREQUEST'].fields_by_name['item_id']._serialized_options = b'\342A\001\002'
   _globals['_CONVERSATIONSSERVICE']._loaded_options = None
   _globals['_CONVERSATIONSSERVICE']._serialized_options = b'\270\365\030\002'
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['CreateConversation']._loaded_options = None
@@ -76,46 +115,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['GetConversationItem']._serialized_options = b'\202\323\344\223\002;\0223/v1/conversations/{conversation_id}/items/{item_id}b\004item'
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['DeleteConversationItem']._loaded_options = None
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['DeleteConversationItem']._serialized_options = b'\202\323\344\223\002C*3/v1/conversations/{conversation_id}/items/{item_id}b\014conversation'
-  _globals['_CONVERSATION']._serialized_start=132
-  _globals['_CONVERSATION']._serialized_end=309
-  _globals['_CONVERSATION_METADATAENTRY']._serialized_start=237
-  _globals['_CONVERSATION_METADATAENTRY']._serialized_end=284
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=312
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=538
-  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=237
-  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=284
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=540
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=615
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=617
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=666
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=668
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=740
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=743
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=914
-  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=237
-  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=284
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=916
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=991
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=993
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1045
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1047
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1137
-  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_start=1140
-  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_end=1277
-  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_start=1280
-  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_end=1422
-  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_start=1425
-  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_end=1610
-  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_start=1613
-  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_end=1784
-  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_start=1786
-  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_end=1888
-  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_start=1890
-  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_end=1958
-  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_start=1960
-  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_end=2033
-  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_start=2035
-  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_end=2114
-  _globals['_CONVERSATIONSSERVICE']._serialized_start=2117
-  _globals['_CONVERSATIONSSERVICE']._serialized_end=3432
+  _globals['_CONVERSATION']._serialized_start=189
+  _globals['_CONVERSATION']._serialized_end=378
+  _globals['_CONVERSATION_METADATAENTRY']._serialized_start=306
+  _globals['_CONVERSATION_METADATAENTRY']._serialized_end=353
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=381
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=625
+  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=306
+  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=353
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=627
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=702
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=704
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=759
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=761
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=833
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=836
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1019
+  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=306
+  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=353
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1021
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1096
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1098
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1156
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1158
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1248
+  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_start=1251
+  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_end=1406
+  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_start=1409
+  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_end=1551
+  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_start=1554
+  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_end=1763
+  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_start=1766
+  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_end=1937
+  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_start=1939
+  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_end=2057
+  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_start=2059
+  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_end=2127
+  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_start=2129
+  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_end=2214
+  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_start=2216
+  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_end=2295
+  _globals['_CONVERSATIONSSERVICE']._serialized_start=2298
+  _globals['_CONVERSATIONSSERVICE']._serialized_end=3613
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,8 @@
 isort:skip_file
 """
 
-from agentd.v1 import response_types_pb2 as _response_types_pb2
+from agentd.v1 import common_pb2 as _common_pb2
+from agentd.v1 import response_items_pb2 as _response_items_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -107,7 +108,7 @@ class CreateConversationRequest(_message.Message):
     the first call created. At most 256 characters. Default none.
     """
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """Initial items, in order; at most 20. Items without an id get one ("msg_" for messages).
         Default [].
         """
@@ -119,7 +120,7 @@ class CreateConversationRequest(_message.Message):
     def __init__(
         self,
         *,
-        items: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
+        items: _abc.Iterable[_response_items_pb2.ResponseItem] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str | None = ...,
     ) -> None: ...
@@ -344,7 +345,7 @@ class CreateConversationItemsRequest(_message.Message):
     characters. Default none.
     """
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """Items to append, in order; 1..20. Items without an id get one; an item whose id is
         already in the conversation replaces it. Required.
         """
@@ -353,7 +354,7 @@ class CreateConversationItemsRequest(_message.Message):
         self,
         *,
         conversation_id: _builtins.str = ...,
-        items: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
+        items: _abc.Iterable[_response_items_pb2.ResponseItem] | None = ...,
         request_id: _builtins.str | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_request_id", b"_request_id", "request_id", b"request_id"]  # noqa: Y015
@@ -383,13 +384,13 @@ class CreateConversationItemsResponse(_message.Message):
     has_more: _builtins.bool
     """Always false."""
     @_builtins.property
-    def data(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """The appended items, in order, with their ids."""
 
     def __init__(
         self,
         *,
-        data: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
+        data: _abc.Iterable[_response_items_pb2.ResponseItem] | None = ...,
         first_id: _builtins.str = ...,
         last_id: _builtins.str = ...,
         has_more: _builtins.bool = ...,
@@ -421,7 +422,7 @@ class ListConversationItemsRequest(_message.Message):
     """next_page_token of the previous page; empty for the first. Legacy query: after (an
     item id).
     """
-    order: _response_types_pb2.SortOrder.ValueType
+    order: _common_pb2.SortOrder.ValueType
     """Order of the items. Default "desc" (newest first)."""
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -435,7 +436,7 @@ class ListConversationItemsRequest(_message.Message):
         conversation_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
-        order: _response_types_pb2.SortOrder.ValueType = ...,
+        order: _common_pb2.SortOrder.ValueType = ...,
         include: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -466,13 +467,13 @@ class ListConversationItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def data(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """The items of this page."""
 
     def __init__(
         self,
         *,
-        data: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
+        data: _abc.Iterable[_response_items_pb2.ResponseItem] | None = ...,
         first_id: _builtins.str = ...,
         last_id: _builtins.str = ...,
         has_more: _builtins.bool = ...,
@@ -528,13 +529,13 @@ class GetConversationItemResponse(_message.Message):
 
     ITEM_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def item(self) -> _response_types_pb2.ResponseItem:
+    def item(self) -> _response_items_pb2.ResponseItem:
         """The item."""
 
     def __init__(
         self,
         *,
-        item: _response_types_pb2.ResponseItem | None = ...,
+        item: _response_items_pb2.ResponseItem | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -24,38 +24,42 @@ _sym_db = _symbol_database.Default()
 
 from agentd.v1 import options_pb2 as agentd_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentd/v1/models.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xf2\x01\n\x05Model\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\x12\x1c\n\x14provider_resource_id\x18\x04 \x01(\t\x12(\n\nmodel_type\x18\x05 \x01(\x0e\x32\x14.agentd.v1.ModelType\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x03\x12\x10\n\x08owned_by\x18\x08 \x01(\t:\x1e\xe2\xf3\x18\ntype=model\xe2\xf3\x18\x0cobject=model\"\x13\n\x11ListModelsRequest\"E\n\x12ListModelsResponse\x12\x1e\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x10.agentd.v1.Model:\x0f\xe2\xf3\x18\x0bobject=list\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"3\n\x10GetModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.agentd.v1.Model*U\n\tModelType\x12\x1a\n\x16MODEL_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_TYPE_LLM\x10\x01\x12\x18\n\x14MODEL_TYPE_EMBEDDING\x10\x02\x32\xa8\x02\n\rModelsService\x12u\n\nListModels\x12\x1c.agentd.v1.ListModelsRequest\x1a\x1d.agentd.v1.ListModelsResponse\"*\x82\xd3\xe4\x93\x02$\x12\n/v1/modelsZ\x16\x12\x14/v1/openai/v1/models\x12\x99\x01\n\x08GetModel\x12\x1a.agentd.v1.GetModelRequest\x1a\x1b.agentd.v1.GetModelResponse\"T\x82\xd3\xe4\x93\x02N\x12\x18/v1/models/{model_id=**}Z+\x12\"/v1/openai/v1/models/{model_id=**}b\x05modelb\x05model\x1a\x04\xb8\xf5\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentd/v1/models.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xf2\x01\n\x05Model\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\x12\x1c\n\x14provider_resource_id\x18\x04 \x01(\t\x12(\n\nmodel_type\x18\x05 \x01(\x0e\x32\x14.agentd.v1.ModelType\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x03\x12\x10\n\x08owned_by\x18\x08 \x01(\t:\x1e\xe2\xf3\x18\ntype=model\xe2\xf3\x18\x0cobject=model\"\x13\n\x11ListModelsRequest\"E\n\x12ListModelsResponse\x12\x1e\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x10.agentd.v1.Model:\x0f\xe2\xf3\x18\x0bobject=list\")\n\x0fGetModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x10GetModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.agentd.v1.Model*U\n\tModelType\x12\x1a\n\x16MODEL_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_TYPE_LLM\x10\x01\x12\x18\n\x14MODEL_TYPE_EMBEDDING\x10\x02\x32\xa8\x02\n\rModelsService\x12u\n\nListModels\x12\x1c.agentd.v1.ListModelsRequest\x1a\x1d.agentd.v1.ListModelsResponse\"*\x82\xd3\xe4\x93\x02$\x12\n/v1/modelsZ\x16\x12\x14/v1/openai/v1/models\x12\x99\x01\n\x08GetModel\x12\x1a.agentd.v1.GetModelRequest\x1a\x1b.agentd.v1.GetModelResponse\"T\x82\xd3\xe4\x93\x02N\x12\x18/v1/models/{model_id=**}Z+\x12\"/v1/openai/v1/models/{model_id=**}b\x05modelb\x05model\x1a\x04\xb8\xf5\x18\x02\x42\x81\x01\n\rdev.agentd.v1B\x0bModelsProtoP\x01Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\xa2\x02\x03\x41\x44X\xaa\x02\tAgentd.V1\xca\x02\tAgentd\\V1\xea\x02\nAgentd::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentd.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.agentd.v1B\013ModelsProtoP\001Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\242\002\003ADX\252\002\tAgentd.V1\312\002\tAgentd\\V1\352\002\nAgentd::V1'
   _globals['_MODEL']._loaded_options = None
   _globals['_MODEL']._serialized_options = b'\342\363\030\ntype=model\342\363\030\014object=model'
   _globals['_LISTMODELSRESPONSE']._loaded_options = None
   _globals['_LISTMODELSRESPONSE']._serialized_options = b'\342\363\030\013object=list'
+  _globals['_GETMODELREQUEST'].fields_by_name['model_id']._loaded_options = None
+  _globals['_GETMODELREQUEST'].fields_by_name['model_id']._serialized_options = b'\342A\001\002'
   _globals['_MODELSSERVICE']._loaded_options = None
   _globals['_MODELSSERVICE']._serialized_options = b'\270\365\030\002'
   _globals['_MODELSSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_MODELSSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002$\022\n/v1/modelsZ\026\022\024/v1/openai/v1/models'
   _globals['_MODELSSERVICE'].methods_by_name['GetModel']._loaded_options = None
   _globals['_MODELSSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002N\022\030/v1/models/{model_id=**}Z+\022\"/v1/openai/v1/models/{model_id=**}b\005modelb\005model'
-  _globals['_MODELTYPE']._serialized_start=549
-  _globals['_MODELTYPE']._serialized_end=634
-  _globals['_MODEL']._serialized_start=123
-  _globals['_MODEL']._serialized_end=365
-  _globals['_LISTMODELSREQUEST']._serialized_start=367
-  _globals['_LISTMODELSREQUEST']._serialized_end=386
-  _globals['_LISTMODELSRESPONSE']._serialized_start=388
-  _globals['_LISTMODELSRESPONSE']._serialized_end=457
-  _globals['_GETMODELREQUEST']._serialized_start=459
-  _globals['_GETMODELREQUEST']._serialized_end=494
-  _globals['_GETMODELRESPONSE']._serialized_start=496
-  _globals['_GETMODELRESPONSE']._serialized_end=547
-  _globals['_MODELSSERVICE']._serialized_start=637
-  _globals['_MODELSSERVICE']._serialized_end=933
+  _globals['_MODELTYPE']._serialized_start=588
+  _globals['_MODELTYPE']._serialized_end=673
+  _globals['_MODEL']._serialized_start=156
+  _globals['_MODEL']._serialized_end=398
+  _globals['_LISTMODELSREQUEST']._serialized_start=400
+  _globals['_LISTMODELSREQUEST']._serialized_end=419
+  _globals['_LISTMODELSRESPONSE']._serialized_start=421
+  _globals['_LISTMODELSRESPONSE']._serialized_end=490
+  _globals['_GETMODELREQUEST']._serialized_start=492
+  _globals['_GETMODELREQUEST']._serialized_end=533
+  _globals['_GETMODELRESPONSE']._serialized_start=535
+  _globals['_GETMODELRESPONSE']._serialized_end=586
+  _globals['_MODELSSERVICE']._serialized_start=676
+  _globals['_MODELSSERVICE']._serialized_end=972
 # @@protoc_insertion_point(module_scope)

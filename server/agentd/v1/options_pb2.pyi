@@ -28,9 +28,11 @@ class _ErrorStyleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorStyle
     ERROR_STYLE_UNSPECIFIED: _ErrorStyle.ValueType  # 0
     """Not set: the gateway uses ERROR_STYLE_OPENAI."""
     ERROR_STYLE_LLAMA_STACK: _ErrorStyle.ValueType  # 1
-    """Llama Stack / FastAPI: {"detail": "<message>"}."""
+    """Llama Stack / FastAPI: {"detail": "<message>"}; an error event of a stream is
+    {"error": {"message": "<http status>: <message>"}}.
+    """
     ERROR_STYLE_OPENAI: _ErrorStyle.ValueType  # 2
-    """OpenAI: {"error": {"message", "type", "param", "code"}}."""
+    """OpenAI: {"error": {"message", "type", "param", "code"}}, also as a stream's error event."""
 
 class ErrorStyle(_ErrorStyle, metaclass=_ErrorStyleEnumTypeWrapper):
     """How the HTTP gateway writes errors for a service's legacy routes."""
@@ -38,21 +40,56 @@ class ErrorStyle(_ErrorStyle, metaclass=_ErrorStyleEnumTypeWrapper):
 ERROR_STYLE_UNSPECIFIED: ErrorStyle.ValueType  # 0
 """Not set: the gateway uses ERROR_STYLE_OPENAI."""
 ERROR_STYLE_LLAMA_STACK: ErrorStyle.ValueType  # 1
-"""Llama Stack / FastAPI: {"detail": "<message>"}."""
+"""Llama Stack / FastAPI: {"detail": "<message>"}; an error event of a stream is
+{"error": {"message": "<http status>: <message>"}}.
+"""
 ERROR_STYLE_OPENAI: ErrorStyle.ValueType  # 2
-"""OpenAI: {"error": {"message", "type", "param", "code"}}."""
+"""OpenAI: {"error": {"message", "type", "param", "code"}}, also as a stream's error event."""
 Global___ErrorStyle: _TypeAlias = ErrorStyle  # noqa: Y015
+
+class _SseFraming:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SseFramingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SseFraming.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SSE_FRAMING_UNSPECIFIED: _SseFraming.ValueType  # 0
+    """Not set: SSE_FRAMING_DATA_ONLY."""
+    SSE_FRAMING_DATA_ONLY: _SseFraming.ValueType  # 1
+    """One "data: <json>" line per event (Llama Stack)."""
+    SSE_FRAMING_EVENT_AND_DATA: _SseFraming.ValueType  # 2
+    """"event: <the event's discriminator value>" then "data: <json>" (OpenAI)."""
+
+class SseFraming(_SseFraming, metaclass=_SseFramingEnumTypeWrapper):
+    """How the HTTP gateway frames a service's Server-Sent Events."""
+
+SSE_FRAMING_UNSPECIFIED: SseFraming.ValueType  # 0
+"""Not set: SSE_FRAMING_DATA_ONLY."""
+SSE_FRAMING_DATA_ONLY: SseFraming.ValueType  # 1
+"""One "data: <json>" line per event (Llama Stack)."""
+SSE_FRAMING_EVENT_AND_DATA: SseFraming.ValueType  # 2
+""""event: <the event's discriminator value>" then "data: <json>" (OpenAI)."""
+Global___SseFraming: _TypeAlias = SseFraming  # noqa: Y015
 
 UNION_DISCRIMINATOR_FIELD_NUMBER: _builtins.int
 UNTAGGED_FIELD_NUMBER: _builtins.int
 UNION_DEFAULT_FIELD_NUMBER: _builtins.int
 JSON_CONSTANTS_FIELD_NUMBER: _builtins.int
+UNION_FALLBACKS_FIELD_NUMBER: _builtins.int
 UNION_TAG_FIELD_NUMBER: _builtins.int
 GRPC_ONLY_FIELD_NUMBER: _builtins.int
 QUERY_ALIASES_FIELD_NUMBER: _builtins.int
 LEGACY_CURSORS_FIELD_NUMBER: _builtins.int
+SENSITIVE_FIELD_NUMBER: _builtins.int
+SSE_EVENT_ID_FIELD_NUMBER: _builtins.int
+FROM_LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
+SSE_KEEPALIVE_FIELD_NUMBER: _builtins.int
+SSE_ERROR_FIELD_NUMBER: _builtins.int
+FROM_HEADER_FIELD_NUMBER: _builtins.int
 ENUM_JSON_FIELD_NUMBER: _builtins.int
 ERROR_STYLE_FIELD_NUMBER: _builtins.int
+SSE_FRAMING_FIELD_NUMBER: _builtins.int
+STREAM_FLAG_FIELD_NUMBER: _builtins.int
 union_discriminator: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.str]
 """JSON key that names the member of this union. Default: "type"."""
 untagged: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.bool]
@@ -64,6 +101,11 @@ union_default: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.Message
 json_constants: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
 """Constant "key=value" pairs always written into this message's JSON and ignored on input
 (e.g. "object=response", "role=assistant").
+"""
+union_fallbacks: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+""""key=tag" pairs tried in order when the discriminator key is absent on input: the first
+whose key is present picks the member (e.g. "role=message", "id=item_reference"). When
+none matches, union_default applies.
 """
 union_tag: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.str]
 """JSON tag of this oneof member when it differs from the field name
@@ -79,7 +121,36 @@ legacy_cursors: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldO
 """Legacy cursor query parameters that the gateway folds into this page_token field
 (e.g. "start_index", "after", "before"); see server/agentd/paging.py.
 """
+sensitive: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""A secret (an MCP header, an access token). Accepted on input; never written to JSON
+(null on output), never logged, never stored: agentd keeps it in memory for the run
+that needs it.
+"""
+sse_event_id: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""On a stream event message: the field written as the event's SSE "id:" line."""
+from_last_event_id: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""On a re-attach request: the field the gateway reads from the Last-Event-ID header
+(an explicit query parameter wins).
+"""
+sse_keepalive: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""On a oneof member of a stream event: over SSE the event is the comment line
+": keep-alive" instead of a data line.
+"""
+sse_error: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""On a oneof member of a stream event: over SSE the event is the route's error body,
+made from the member's `error` field (google.rpc.Status).
+"""
+from_header: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.str]
+"""The gateway reads this request field from the named HTTP header, whose value is JSON
+(e.g. Llama Stack's "X-LlamaStack-Provider-Data").
+"""
 enum_json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
 """JSON text of this enum value when it is not the lower-cased suffix."""
 error_style: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, Global___ErrorStyle.ValueType]
 """Error body style of this service's HTTP routes."""
+sse_framing: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, Global___SseFraming.ValueType]
+"""SSE framing of this service's streams."""
+stream_flag: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.str]
+"""On a streaming RPC that shares an HTTP route with a unary RPC: the boolean request flag
+(a body key, or a query parameter on GET) whose value true selects this RPC.
+"""

@@ -3,7 +3,12 @@
 isort:skip_file
 """
 
-from agentd.v1 import response_types_pb2 as _response_types_pb2
+from agentd.v1 import common_pb2 as _common_pb2
+from agentd.v1 import response_events_pb2 as _response_events_pb2
+from agentd.v1 import response_items_pb2 as _response_items_pb2
+from agentd.v1 import response_resource_pb2 as _response_resource_pb2
+from agentd.v1 import response_text_pb2 as _response_text_pb2
+from agentd.v1 import response_tools_pb2 as _response_tools_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -107,7 +112,7 @@ class CreateResponseRequest(_message.Message):
     """
     store: _builtins.bool
     """Whether to store the response so it can be retrieved, listed and chained. Default true."""
-    truncation: _response_types_pb2.ResponseTruncation.ValueType
+    truncation: _response_resource_pb2.ResponseTruncation.ValueType
     """Truncation strategy when the input exceeds the context window. Default "disabled"."""
     top_logprobs: _builtins.int
     """Number of most likely alternatives returned per output token, 0..20; non-zero also
@@ -132,26 +137,26 @@ class CreateResponseRequest(_message.Message):
     Default none.
     """
     @_builtins.property
-    def input(self) -> _response_types_pb2.ResponseInput:
+    def input(self) -> _response_resource_pb2.ResponseInput:
         """The input: a string (one user message) or a list of items. Required."""
 
     @_builtins.property
-    def conversation(self) -> _response_types_pb2.ResponseConversationParam:
+    def conversation(self) -> _response_resource_pb2.ResponseConversationParam:
         """Continue this conversation ("conv_..." or {"id": "conv_..."}): its items come before this
         input, and this input and the output are appended to it. Mutually exclusive with
         previous_response_id. NOT_FOUND if it does not exist. Default none.
         """
 
     @_builtins.property
-    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseTool]:
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_response_tools_pb2.ResponseTool]:
         """Tools the model may use. Not inherited from previous_response_id. Default []."""
 
     @_builtins.property
-    def tool_choice(self) -> _response_types_pb2.ResponseToolChoice:
+    def tool_choice(self) -> _response_tools_pb2.ResponseToolChoice:
         """How the model chooses tools. Default "auto"."""
 
     @_builtins.property
-    def text(self) -> _response_types_pb2.ResponseTextConfig:
+    def text(self) -> _response_text_pb2.ResponseTextConfig:
         """Text output format and verbosity. Default {"format": {"type": "text"}}."""
 
     @_builtins.property
@@ -168,11 +173,11 @@ class CreateResponseRequest(_message.Message):
         """
 
     @_builtins.property
-    def reasoning(self) -> _response_types_pb2.ResponseReasoningConfig:
+    def reasoning(self) -> _response_resource_pb2.ResponseReasoningConfig:
         """Reasoning options, passed to providers that support them. Default none."""
 
     @_builtins.property
-    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseGuardrail]:
+    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[_response_resource_pb2.ResponseGuardrail]:
         """Llama Stack extension: shields run over the input and the output; a violation ends the
         response as completed with a single refusal message. NOT_FOUND for an unknown shield.
         Default [].
@@ -182,14 +187,14 @@ class CreateResponseRequest(_message.Message):
         self,
         *,
         model: _builtins.str = ...,
-        input: _response_types_pb2.ResponseInput | None = ...,
+        input: _response_resource_pb2.ResponseInput | None = ...,
         instructions: _builtins.str | None = ...,
         previous_response_id: _builtins.str | None = ...,
-        conversation: _response_types_pb2.ResponseConversationParam | None = ...,
-        tools: _abc.Iterable[_response_types_pb2.ResponseTool] | None = ...,
-        tool_choice: _response_types_pb2.ResponseToolChoice | None = ...,
+        conversation: _response_resource_pb2.ResponseConversationParam | None = ...,
+        tools: _abc.Iterable[_response_tools_pb2.ResponseTool] | None = ...,
+        tool_choice: _response_tools_pb2.ResponseToolChoice | None = ...,
         parallel_tool_calls: _builtins.bool | None = ...,
-        text: _response_types_pb2.ResponseTextConfig | None = ...,
+        text: _response_text_pb2.ResponseTextConfig | None = ...,
         temperature: _builtins.float | None = ...,
         top_p: _builtins.float | None = ...,
         max_output_tokens: _builtins.int | None = ...,
@@ -197,11 +202,11 @@ class CreateResponseRequest(_message.Message):
         max_infer_iters: _builtins.int | None = ...,
         store: _builtins.bool | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        truncation: _response_types_pb2.ResponseTruncation.ValueType = ...,
+        truncation: _response_resource_pb2.ResponseTruncation.ValueType = ...,
         include: _abc.Iterable[_builtins.str] | None = ...,
-        reasoning: _response_types_pb2.ResponseReasoningConfig | None = ...,
+        reasoning: _response_resource_pb2.ResponseReasoningConfig | None = ...,
         top_logprobs: _builtins.int | None = ...,
-        guardrails: _abc.Iterable[_response_types_pb2.ResponseGuardrail] | None = ...,
+        guardrails: _abc.Iterable[_response_resource_pb2.ResponseGuardrail] | None = ...,
         background: _builtins.bool | None = ...,
         user: _builtins.str | None = ...,
         safety_identifier: _builtins.str | None = ...,
@@ -288,13 +293,13 @@ class CreateResponseResponse(_message.Message):
 
     RESPONSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def response(self) -> _response_types_pb2.Response:
+    def response(self) -> _response_resource_pb2.Response:
         """The finished response."""
 
     def __init__(
         self,
         *,
-        response: _response_types_pb2.Response | None = ...,
+        response: _response_resource_pb2.Response | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -380,7 +385,7 @@ class StreamResponseRequest(_message.Message):
     """Llama Stack extension: maximum model calls that run server-side tools. Default 10."""
     store: _builtins.bool
     """Whether to store the response. Default true."""
-    truncation: _response_types_pb2.ResponseTruncation.ValueType
+    truncation: _response_resource_pb2.ResponseTruncation.ValueType
     """Truncation strategy. Default "disabled"."""
     top_logprobs: _builtins.int
     """Alternatives returned per output token, 0..20. Default none."""
@@ -399,23 +404,23 @@ class StreamResponseRequest(_message.Message):
     stream (from its first event) instead of running the model again. Default none.
     """
     @_builtins.property
-    def input(self) -> _response_types_pb2.ResponseInput:
+    def input(self) -> _response_resource_pb2.ResponseInput:
         """The input: a string or a list of items. Required."""
 
     @_builtins.property
-    def conversation(self) -> _response_types_pb2.ResponseConversationParam:
+    def conversation(self) -> _response_resource_pb2.ResponseConversationParam:
         """Continue this conversation. Default none."""
 
     @_builtins.property
-    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseTool]:
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_response_tools_pb2.ResponseTool]:
         """Tools the model may use. Default []."""
 
     @_builtins.property
-    def tool_choice(self) -> _response_types_pb2.ResponseToolChoice:
+    def tool_choice(self) -> _response_tools_pb2.ResponseToolChoice:
         """How the model chooses tools. Default "auto"."""
 
     @_builtins.property
-    def text(self) -> _response_types_pb2.ResponseTextConfig:
+    def text(self) -> _response_text_pb2.ResponseTextConfig:
         """Text output format and verbosity. Default {"format": {"type": "text"}}."""
 
     @_builtins.property
@@ -427,29 +432,29 @@ class StreamResponseRequest(_message.Message):
         """Extra output data to include. Default []."""
 
     @_builtins.property
-    def reasoning(self) -> _response_types_pb2.ResponseReasoningConfig:
+    def reasoning(self) -> _response_resource_pb2.ResponseReasoningConfig:
         """Reasoning options. Default none."""
 
     @_builtins.property
-    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseGuardrail]:
+    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[_response_resource_pb2.ResponseGuardrail]:
         """Llama Stack extension: shields run over the input and the output. Default []."""
 
     @_builtins.property
-    def stream_options(self) -> _response_types_pb2.ResponseStreamOptions:
+    def stream_options(self) -> _response_resource_pb2.ResponseStreamOptions:
         """Streaming options. Default none."""
 
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
-        input: _response_types_pb2.ResponseInput | None = ...,
+        input: _response_resource_pb2.ResponseInput | None = ...,
         instructions: _builtins.str | None = ...,
         previous_response_id: _builtins.str | None = ...,
-        conversation: _response_types_pb2.ResponseConversationParam | None = ...,
-        tools: _abc.Iterable[_response_types_pb2.ResponseTool] | None = ...,
-        tool_choice: _response_types_pb2.ResponseToolChoice | None = ...,
+        conversation: _response_resource_pb2.ResponseConversationParam | None = ...,
+        tools: _abc.Iterable[_response_tools_pb2.ResponseTool] | None = ...,
+        tool_choice: _response_tools_pb2.ResponseToolChoice | None = ...,
         parallel_tool_calls: _builtins.bool | None = ...,
-        text: _response_types_pb2.ResponseTextConfig | None = ...,
+        text: _response_text_pb2.ResponseTextConfig | None = ...,
         temperature: _builtins.float | None = ...,
         top_p: _builtins.float | None = ...,
         max_output_tokens: _builtins.int | None = ...,
@@ -457,18 +462,18 @@ class StreamResponseRequest(_message.Message):
         max_infer_iters: _builtins.int | None = ...,
         store: _builtins.bool | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        truncation: _response_types_pb2.ResponseTruncation.ValueType = ...,
+        truncation: _response_resource_pb2.ResponseTruncation.ValueType = ...,
         include: _abc.Iterable[_builtins.str] | None = ...,
-        reasoning: _response_types_pb2.ResponseReasoningConfig | None = ...,
+        reasoning: _response_resource_pb2.ResponseReasoningConfig | None = ...,
         top_logprobs: _builtins.int | None = ...,
-        guardrails: _abc.Iterable[_response_types_pb2.ResponseGuardrail] | None = ...,
+        guardrails: _abc.Iterable[_response_resource_pb2.ResponseGuardrail] | None = ...,
         background: _builtins.bool | None = ...,
         user: _builtins.str | None = ...,
         safety_identifier: _builtins.str | None = ...,
         prompt_cache_key: _builtins.str | None = ...,
         service_tier: _builtins.str | None = ...,
         request_id: _builtins.str | None = ...,
-        stream_options: _response_types_pb2.ResponseStreamOptions | None = ...,
+        stream_options: _response_resource_pb2.ResponseStreamOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_background", b"_background", "_instructions", b"_instructions", "_max_infer_iters", b"_max_infer_iters", "_max_output_tokens", b"_max_output_tokens", "_max_tool_calls", b"_max_tool_calls", "_parallel_tool_calls", b"_parallel_tool_calls", "_previous_response_id", b"_previous_response_id", "_prompt_cache_key", b"_prompt_cache_key", "_request_id", b"_request_id", "_safety_identifier", b"_safety_identifier", "_service_tier", b"_service_tier", "_store", b"_store", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_user", b"_user", "background", b"background", "conversation", b"conversation", "input", b"input", "instructions", b"instructions", "max_infer_iters", b"max_infer_iters", "max_output_tokens", b"max_output_tokens", "max_tool_calls", b"max_tool_calls", "parallel_tool_calls", b"parallel_tool_calls", "previous_response_id", b"previous_response_id", "prompt_cache_key", b"prompt_cache_key", "reasoning", b"reasoning", "request_id", b"request_id", "safety_identifier", b"safety_identifier", "service_tier", b"service_tier", "store", b"store", "stream_options", b"stream_options", "temperature", b"temperature", "text", b"text", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -549,13 +554,13 @@ class StreamResponseResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _response_types_pb2.ResponseStreamEvent:
+    def event(self) -> _response_events_pb2.ResponseStreamEvent:
         """The event."""
 
     def __init__(
         self,
         *,
-        event: _response_types_pb2.ResponseStreamEvent | None = ...,
+        event: _response_events_pb2.ResponseStreamEvent | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -603,13 +608,13 @@ class GetResponseResponse(_message.Message):
 
     RESPONSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def response(self) -> _response_types_pb2.Response:
+    def response(self) -> _response_resource_pb2.Response:
         """The response."""
 
     def __init__(
         self,
         *,
-        response: _response_types_pb2.Response | None = ...,
+        response: _response_resource_pb2.Response | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -632,7 +637,7 @@ class StreamResponseEventsRequest(_message.Message):
     """The response ("resp_..."). Required."""
     starting_after: _builtins.int
     """Replay only events whose sequence_number is greater than this. Default: from the first
-    event (response.created).
+    event (response.created). Over SSE the Last-Event-ID header stands for it.
     """
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -665,13 +670,13 @@ class StreamResponseEventsResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _response_types_pb2.ResponseStreamEvent:
+    def event(self) -> _response_events_pb2.ResponseStreamEvent:
         """The event."""
 
     def __init__(
         self,
         *,
-        event: _response_types_pb2.ResponseStreamEvent | None = ...,
+        event: _response_events_pb2.ResponseStreamEvent | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -699,7 +704,7 @@ class ListResponsesRequest(_message.Message):
     """
     model: _builtins.str
     """Only responses of this model (exact match). Default: all."""
-    order: _response_types_pb2.SortOrder.ValueType
+    order: _common_pb2.SortOrder.ValueType
     """Order by creation time. Default "desc" (newest first)."""
     def __init__(
         self,
@@ -707,7 +712,7 @@ class ListResponsesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         model: _builtins.str | None = ...,
-        order: _response_types_pb2.SortOrder.ValueType = ...,
+        order: _common_pb2.SortOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -772,18 +777,18 @@ class ResponseWithInput(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def input(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
+    def input(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """The response's input items, in order."""
 
     @_builtins.property
-    def response(self) -> _response_types_pb2.Response:
+    def response(self) -> _response_resource_pb2.Response:
         """The response."""
 
     def __init__(
         self,
         *,
-        input: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
-        response: _response_types_pb2.Response | None = ...,
+        input: _abc.Iterable[_response_items_pb2.ResponseItem] | None = ...,
+        response: _response_resource_pb2.Response | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -864,7 +869,7 @@ class ListResponseInputItemsRequest(_message.Message):
     """next_page_token of the previous page; empty for the first. Legacy queries: after and
     before (an item id; not both).
     """
-    order: _response_types_pb2.SortOrder.ValueType
+    order: _common_pb2.SortOrder.ValueType
     """Order of the items. Default "desc" (last input item first)."""
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -879,7 +884,7 @@ class ListResponseInputItemsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include: _abc.Iterable[_builtins.str] | None = ...,
-        order: _response_types_pb2.SortOrder.ValueType = ...,
+        order: _common_pb2.SortOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -909,13 +914,13 @@ class ListResponseInputItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def data(self) -> _containers.RepeatedCompositeFieldContainer[_response_types_pb2.ResponseItem]:
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """The items of this page."""
 
     def __init__(
         self,
         *,
-        data: _abc.Iterable[_response_types_pb2.ResponseItem] | None = ...,
+        data: _abc.Iterable[_response_items_pb2.ResponseItem] | None = ...,
         first_id: _builtins.str = ...,
         last_id: _builtins.str = ...,
         has_more: _builtins.bool = ...,
@@ -928,3 +933,49 @@ class ListResponseInputItemsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListResponseInputItemsResponse: _TypeAlias = ListResponseInputItemsResponse  # noqa: Y015
+
+@_typing.final
+class CancelResponseRequest(_message.Message):
+    """Request message for ResponsesService.CancelResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    response_id: _builtins.str
+    """The response ("resp_..."). Required."""
+    def __init__(
+        self,
+        *,
+        response_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response_id", b"response_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResponseRequest: _TypeAlias = CancelResponseRequest  # noqa: Y015
+
+@_typing.final
+class CancelResponseResponse(_message.Message):
+    """Response message for ResponsesService.CancelResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _response_resource_pb2.Response:
+        """The cancelled response (status "cancelled")."""
+
+    def __init__(
+        self,
+        *,
+        response: _response_resource_pb2.Response | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResponseResponse: _TypeAlias = CancelResponseResponse  # noqa: Y015

@@ -33,7 +33,17 @@ class ResponsesServiceStub:
     responses with `conversation` append their input and output to that conversation.
     Every RPC is also served over HTTP under /v1/... and the deprecated /v1/openai/v1/...
     Errors there are {"error": {"message", "type", "param", "code"}} as in OpenAI.
-    Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field, which is OpenAI's "param"); UNAVAILABLE
+    (DATABASE_UNAVAILABLE); INTERNAL. Another caller's responses are NOT_FOUND.
+
+    A response is a run, like a turn: its stream and the response are tied unless
+    background = true (then it runs to its end without a client; poll GetResponse, follow
+    StreamResponseEvents, stop it with CancelResponse). How a response stream fails: before
+    its first event, the call fails with a status (over SSE: the HTTP status and the OpenAI
+    error body, so the SDK raises the matching exception class); after it, the stream ends
+    with response.failed (the response, stored, carries the error) and the call ends OK.
     """
 
     def __init__(self, channel):
@@ -62,6 +72,11 @@ class ResponsesServiceStub:
                 request_serializer=agentd_dot_v1_dot_responses__pb2.StreamResponseEventsRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_responses__pb2.StreamResponseEventsResponse.FromString,
                 _registered_method=True)
+        self.CancelResponse = channel.unary_unary(
+                '/agentd.v1.ResponsesService/CancelResponse',
+                request_serializer=agentd_dot_v1_dot_responses__pb2.CancelResponseRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_responses__pb2.CancelResponseResponse.FromString,
+                _registered_method=True)
         self.ListResponses = channel.unary_unary(
                 '/agentd.v1.ResponsesService/ListResponses',
                 request_serializer=agentd_dot_v1_dot_responses__pb2.ListResponsesRequest.SerializeToString,
@@ -87,32 +102,45 @@ class ResponsesServiceServicer:
     responses with `conversation` append their input and output to that conversation.
     Every RPC is also served over HTTP under /v1/... and the deprecated /v1/openai/v1/...
     Errors there are {"error": {"message", "type", "param", "code"}} as in OpenAI.
-    Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field, which is OpenAI's "param"); UNAVAILABLE
+    (DATABASE_UNAVAILABLE); INTERNAL. Another caller's responses are NOT_FOUND.
+
+    A response is a run, like a turn: its stream and the response are tied unless
+    background = true (then it runs to its end without a client; poll GetResponse, follow
+    StreamResponseEvents, stop it with CancelResponse). How a response stream fails: before
+    its first event, the call fails with a status (over SSE: the HTTP status and the OpenAI
+    error body, so the SDK raises the matching exception class); after it, the stream ends
+    with response.failed (the response, stored, carries the error) and the call ends OK.
     """
 
     def CreateResponse(self, request, context):
-        """Runs a response to its end and returns it (status completed, incomplete or failed;
-        a failed response is returned, not raised). Shares its HTTP route with StreamResponse:
-        the gateway sends a body whose "stream" is true to StreamResponse, any other to this RPC.
+        """Runs a response to its end and returns it (status completed, incomplete, failed or, for
+        background, queued; a failed response is returned, not raised). NOT_FOUND
+        (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
+        SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
+        function_call_output, or previous_response_id with conversation. A retry with the same
+        request_id returns the response the first call created. Shares its legacy HTTP route
+        with StreamResponse: a body whose "stream" is true goes to StreamResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamResponse(self, request, context):
-        """Runs a response and streams its events (HTTP: server-sent events, one "data:" line per
-        event). Selected on the shared route by the body's "stream": true. The first event is
-        response.created; the last is response.completed, response.incomplete, response.failed or
-        error. A stream that breaks can be re-attached with StreamResponseEvents.
+        """Runs a response and streams its events: response.created first; the last is
+        response.completed, response.incomplete, response.failed or error. Errors before the
+        first event as CreateResponse. A stream that breaks can be re-attached with
+        StreamResponseEvents.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetResponse(self, request, context):
-        """Returns a stored response (also one still running). NOT_FOUND if it does not exist or
-        was created with store=false. Shares its HTTP route with StreamResponseEvents: the
-        gateway sends a request whose query has stream=true to StreamResponseEvents.
+        """Returns a stored response (also one still running). NOT_FOUND (RESPONSE_NOT_FOUND) if
+        it does not exist or was created with store=false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,8 +149,19 @@ class ResponsesServiceServicer:
     def StreamResponseEvents(self, request, context):
         """Re-attaches to a response's event stream: replays the kept events after starting_after,
         then follows the live events until the terminal one (at once if the response is done).
-        Selected on the GetResponse route by the query stream=true; over SSE the Last-Event-ID
-        header is read as starting_after. NOT_FOUND if the response does not exist.
+        Over HTTP also GET /v1/responses/{response_id}?stream=true&starting_after=N (what the
+        openai SDK's responses.retrieve(stream=True) sends), where the Last-Event-ID header
+        stands for starting_after. NOT_FOUND (RESPONSE_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelResponse(self, request, context):
+        """Stops a response that is queued or in progress: it ends with status cancelled (its
+        stream with response.failed... see ResponseStatus) and is returned. NOT_FOUND
+        (RESPONSE_NOT_FOUND); FAILED_PRECONDITION (RESPONSE_NOT_CANCELLABLE) if it has already
+        ended (OpenAI: "Cannot cancel a completed response").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,8 +175,8 @@ class ResponsesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteResponse(self, request, context):
-        """Deletes a stored response and its input items. NOT_FOUND if it does not exist.
-        Conversations the response was added to keep their items.
+        """Deletes a stored response and its input items; a running one is cancelled first.
+        Conversations the response was added to keep their items. NOT_FOUND (RESPONSE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,7 +184,8 @@ class ResponsesServiceServicer:
 
     def ListResponseInputItems(self, request, context):
         """Lists the input items of a stored response (for a chained response: its own input only,
-        not the previous responses' items). NOT_FOUND if the response does not exist.
+        not the previous responses' items). NOT_FOUND (RESPONSE_NOT_FOUND); INVALID_ARGUMENT
+        for an after/before id that is not in the list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +213,11 @@ def add_ResponsesServiceServicer_to_server(servicer, server):
                     servicer.StreamResponseEvents,
                     request_deserializer=agentd_dot_v1_dot_responses__pb2.StreamResponseEventsRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_responses__pb2.StreamResponseEventsResponse.SerializeToString,
+            ),
+            'CancelResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelResponse,
+                    request_deserializer=agentd_dot_v1_dot_responses__pb2.CancelResponseRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_responses__pb2.CancelResponseResponse.SerializeToString,
             ),
             'ListResponses': grpc.unary_unary_rpc_method_handler(
                     servicer.ListResponses,
@@ -205,7 +250,17 @@ class ResponsesService:
     responses with `conversation` append their input and output to that conversation.
     Every RPC is also served over HTTP under /v1/... and the deprecated /v1/openai/v1/...
     Errors there are {"error": {"message", "type", "param", "code"}} as in OpenAI.
-    Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field, which is OpenAI's "param"); UNAVAILABLE
+    (DATABASE_UNAVAILABLE); INTERNAL. Another caller's responses are NOT_FOUND.
+
+    A response is a run, like a turn: its stream and the response are tied unless
+    background = true (then it runs to its end without a client; poll GetResponse, follow
+    StreamResponseEvents, stop it with CancelResponse). How a response stream fails: before
+    its first event, the call fails with a status (over SSE: the HTTP status and the OpenAI
+    error body, so the SDK raises the matching exception class); after it, the stream ends
+    with response.failed (the response, stored, carries the error) and the call ends OK.
     """
 
     @staticmethod
@@ -306,6 +361,33 @@ class ResponsesService:
             '/agentd.v1.ResponsesService/StreamResponseEvents',
             agentd_dot_v1_dot_responses__pb2.StreamResponseEventsRequest.SerializeToString,
             agentd_dot_v1_dot_responses__pb2.StreamResponseEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.ResponsesService/CancelResponse',
+            agentd_dot_v1_dot_responses__pb2.CancelResponseRequest.SerializeToString,
+            agentd_dot_v1_dot_responses__pb2.CancelResponseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,7 +34,17 @@ class ResponsesServiceStub:
     responses with `conversation` append their input and output to that conversation.
     Every RPC is also served over HTTP under /v1/... and the deprecated /v1/openai/v1/...
     Errors there are {"error": {"message", "type", "param", "code"}} as in OpenAI.
-    Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field, which is OpenAI's "param"); UNAVAILABLE
+    (DATABASE_UNAVAILABLE); INTERNAL. Another caller's responses are NOT_FOUND.
+
+    A response is a run, like a turn: its stream and the response are tied unless
+    background = true (then it runs to its end without a client; poll GetResponse, follow
+    StreamResponseEvents, stop it with CancelResponse). How a response stream fails: before
+    its first event, the call fails with a status (over SSE: the HTTP status and the OpenAI
+    error body, so the SDK raises the matching exception class); after it, the stream ends
+    with response.failed (the response, stored, carries the error) and the call ends OK.
     """
 
     @_typing.overload
@@ -42,36 +52,47 @@ class ResponsesServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ResponsesServiceAsyncStub: ...
     CreateResponse: _grpc.UnaryUnaryMultiCallable[_responses_pb2.CreateResponseRequest, _responses_pb2.CreateResponseResponse]
-    """Runs a response to its end and returns it (status completed, incomplete or failed;
-    a failed response is returned, not raised). Shares its HTTP route with StreamResponse:
-    the gateway sends a body whose "stream" is true to StreamResponse, any other to this RPC.
+    """Runs a response to its end and returns it (status completed, incomplete, failed or, for
+    background, queued; a failed response is returned, not raised). NOT_FOUND
+    (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
+    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
+    function_call_output, or previous_response_id with conversation. A retry with the same
+    request_id returns the response the first call created. Shares its legacy HTTP route
+    with StreamResponse: a body whose "stream" is true goes to StreamResponse.
     """
     StreamResponse: _grpc.UnaryStreamMultiCallable[_responses_pb2.StreamResponseRequest, _responses_pb2.StreamResponseResponse]
-    """Runs a response and streams its events (HTTP: server-sent events, one "data:" line per
-    event). Selected on the shared route by the body's "stream": true. The first event is
-    response.created; the last is response.completed, response.incomplete, response.failed or
-    error. A stream that breaks can be re-attached with StreamResponseEvents.
+    """Runs a response and streams its events: response.created first; the last is
+    response.completed, response.incomplete, response.failed or error. Errors before the
+    first event as CreateResponse. A stream that breaks can be re-attached with
+    StreamResponseEvents.
     """
     GetResponse: _grpc.UnaryUnaryMultiCallable[_responses_pb2.GetResponseRequest, _responses_pb2.GetResponseResponse]
-    """Returns a stored response (also one still running). NOT_FOUND if it does not exist or
-    was created with store=false. Shares its HTTP route with StreamResponseEvents: the
-    gateway sends a request whose query has stream=true to StreamResponseEvents.
+    """Returns a stored response (also one still running). NOT_FOUND (RESPONSE_NOT_FOUND) if
+    it does not exist or was created with store=false.
     """
     StreamResponseEvents: _grpc.UnaryStreamMultiCallable[_responses_pb2.StreamResponseEventsRequest, _responses_pb2.StreamResponseEventsResponse]
     """Re-attaches to a response's event stream: replays the kept events after starting_after,
     then follows the live events until the terminal one (at once if the response is done).
-    Selected on the GetResponse route by the query stream=true; over SSE the Last-Event-ID
-    header is read as starting_after. NOT_FOUND if the response does not exist.
+    Over HTTP also GET /v1/responses/{response_id}?stream=true&starting_after=N (what the
+    openai SDK's responses.retrieve(stream=True) sends), where the Last-Event-ID header
+    stands for starting_after. NOT_FOUND (RESPONSE_NOT_FOUND).
+    """
+    CancelResponse: _grpc.UnaryUnaryMultiCallable[_responses_pb2.CancelResponseRequest, _responses_pb2.CancelResponseResponse]
+    """Stops a response that is queued or in progress: it ends with status cancelled (its
+    stream with response.failed... see ResponseStatus) and is returned. NOT_FOUND
+    (RESPONSE_NOT_FOUND); FAILED_PRECONDITION (RESPONSE_NOT_CANCELLABLE) if it has already
+    ended (OpenAI: "Cannot cancel a completed response").
     """
     ListResponses: _grpc.UnaryUnaryMultiCallable[_responses_pb2.ListResponsesRequest, _responses_pb2.ListResponsesResponse]
     """Lists the caller's stored responses (Llama Stack extension; not in the openai SDK)."""
     DeleteResponse: _grpc.UnaryUnaryMultiCallable[_responses_pb2.DeleteResponseRequest, _responses_pb2.DeleteResponseResponse]
-    """Deletes a stored response and its input items. NOT_FOUND if it does not exist.
-    Conversations the response was added to keep their items.
+    """Deletes a stored response and its input items; a running one is cancelled first.
+    Conversations the response was added to keep their items. NOT_FOUND (RESPONSE_NOT_FOUND).
     """
     ListResponseInputItems: _grpc.UnaryUnaryMultiCallable[_responses_pb2.ListResponseInputItemsRequest, _responses_pb2.ListResponseInputItemsResponse]
     """Lists the input items of a stored response (for a chained response: its own input only,
-    not the previous responses' items). NOT_FOUND if the response does not exist.
+    not the previous responses' items). NOT_FOUND (RESPONSE_NOT_FOUND); INVALID_ARGUMENT
+    for an after/before id that is not in the list.
     """
 
 @_typing.type_check_only
@@ -83,41 +104,62 @@ class ResponsesServiceAsyncStub(ResponsesServiceStub):
     responses with `conversation` append their input and output to that conversation.
     Every RPC is also served over HTTP under /v1/... and the deprecated /v1/openai/v1/...
     Errors there are {"error": {"message", "type", "param", "code"}} as in OpenAI.
-    Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field, which is OpenAI's "param"); UNAVAILABLE
+    (DATABASE_UNAVAILABLE); INTERNAL. Another caller's responses are NOT_FOUND.
+
+    A response is a run, like a turn: its stream and the response are tied unless
+    background = true (then it runs to its end without a client; poll GetResponse, follow
+    StreamResponseEvents, stop it with CancelResponse). How a response stream fails: before
+    its first event, the call fails with a status (over SSE: the HTTP status and the OpenAI
+    error body, so the SDK raises the matching exception class); after it, the stream ends
+    with response.failed (the response, stored, carries the error) and the call ends OK.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateResponse: _aio.UnaryUnaryMultiCallable[_responses_pb2.CreateResponseRequest, _responses_pb2.CreateResponseResponse]  # type: ignore[assignment]
-    """Runs a response to its end and returns it (status completed, incomplete or failed;
-    a failed response is returned, not raised). Shares its HTTP route with StreamResponse:
-    the gateway sends a body whose "stream" is true to StreamResponse, any other to this RPC.
+    """Runs a response to its end and returns it (status completed, incomplete, failed or, for
+    background, queued; a failed response is returned, not raised). NOT_FOUND
+    (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
+    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
+    function_call_output, or previous_response_id with conversation. A retry with the same
+    request_id returns the response the first call created. Shares its legacy HTTP route
+    with StreamResponse: a body whose "stream" is true goes to StreamResponse.
     """
     StreamResponse: _aio.UnaryStreamMultiCallable[_responses_pb2.StreamResponseRequest, _responses_pb2.StreamResponseResponse]  # type: ignore[assignment]
-    """Runs a response and streams its events (HTTP: server-sent events, one "data:" line per
-    event). Selected on the shared route by the body's "stream": true. The first event is
-    response.created; the last is response.completed, response.incomplete, response.failed or
-    error. A stream that breaks can be re-attached with StreamResponseEvents.
+    """Runs a response and streams its events: response.created first; the last is
+    response.completed, response.incomplete, response.failed or error. Errors before the
+    first event as CreateResponse. A stream that breaks can be re-attached with
+    StreamResponseEvents.
     """
     GetResponse: _aio.UnaryUnaryMultiCallable[_responses_pb2.GetResponseRequest, _responses_pb2.GetResponseResponse]  # type: ignore[assignment]
-    """Returns a stored response (also one still running). NOT_FOUND if it does not exist or
-    was created with store=false. Shares its HTTP route with StreamResponseEvents: the
-    gateway sends a request whose query has stream=true to StreamResponseEvents.
+    """Returns a stored response (also one still running). NOT_FOUND (RESPONSE_NOT_FOUND) if
+    it does not exist or was created with store=false.
     """
     StreamResponseEvents: _aio.UnaryStreamMultiCallable[_responses_pb2.StreamResponseEventsRequest, _responses_pb2.StreamResponseEventsResponse]  # type: ignore[assignment]
     """Re-attaches to a response's event stream: replays the kept events after starting_after,
     then follows the live events until the terminal one (at once if the response is done).
-    Selected on the GetResponse route by the query stream=true; over SSE the Last-Event-ID
-    header is read as starting_after. NOT_FOUND if the response does not exist.
+    Over HTTP also GET /v1/responses/{response_id}?stream=true&starting_after=N (what the
+    openai SDK's responses.retrieve(stream=True) sends), where the Last-Event-ID header
+    stands for starting_after. NOT_FOUND (RESPONSE_NOT_FOUND).
+    """
+    CancelResponse: _aio.UnaryUnaryMultiCallable[_responses_pb2.CancelResponseRequest, _responses_pb2.CancelResponseResponse]  # type: ignore[assignment]
+    """Stops a response that is queued or in progress: it ends with status cancelled (its
+    stream with response.failed... see ResponseStatus) and is returned. NOT_FOUND
+    (RESPONSE_NOT_FOUND); FAILED_PRECONDITION (RESPONSE_NOT_CANCELLABLE) if it has already
+    ended (OpenAI: "Cannot cancel a completed response").
     """
     ListResponses: _aio.UnaryUnaryMultiCallable[_responses_pb2.ListResponsesRequest, _responses_pb2.ListResponsesResponse]  # type: ignore[assignment]
     """Lists the caller's stored responses (Llama Stack extension; not in the openai SDK)."""
     DeleteResponse: _aio.UnaryUnaryMultiCallable[_responses_pb2.DeleteResponseRequest, _responses_pb2.DeleteResponseResponse]  # type: ignore[assignment]
-    """Deletes a stored response and its input items. NOT_FOUND if it does not exist.
-    Conversations the response was added to keep their items.
+    """Deletes a stored response and its input items; a running one is cancelled first.
+    Conversations the response was added to keep their items. NOT_FOUND (RESPONSE_NOT_FOUND).
     """
     ListResponseInputItems: _aio.UnaryUnaryMultiCallable[_responses_pb2.ListResponseInputItemsRequest, _responses_pb2.ListResponseInputItemsResponse]  # type: ignore[assignment]
     """Lists the input items of a stored response (for a chained response: its own input only,
-    not the previous responses' items). NOT_FOUND if the response does not exist.
+    not the previous responses' items). NOT_FOUND (RESPONSE_NOT_FOUND); INVALID_ARGUMENT
+    for an after/before id that is not in the list.
     """
 
 class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,7 +170,17 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
     responses with `conversation` append their input and output to that conversation.
     Every RPC is also served over HTTP under /v1/... and the deprecated /v1/openai/v1/...
     Errors there are {"error": {"message", "type", "param", "code"}} as in OpenAI.
-    Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+
+    Errors every RPC may return besides those it lists: INVALID_ARGUMENT (INVALID_ARGUMENT,
+    with a BadRequest naming the field, which is OpenAI's "param"); UNAVAILABLE
+    (DATABASE_UNAVAILABLE); INTERNAL. Another caller's responses are NOT_FOUND.
+
+    A response is a run, like a turn: its stream and the response are tied unless
+    background = true (then it runs to its end without a client; poll GetResponse, follow
+    StreamResponseEvents, stop it with CancelResponse). How a response stream fails: before
+    its first event, the call fails with a status (over SSE: the HTTP status and the OpenAI
+    error body, so the SDK raises the matching exception class); after it, the stream ends
+    with response.failed (the response, stored, carries the error) and the call ends OK.
     """
 
     @_abc_1.abstractmethod
@@ -137,9 +189,13 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _responses_pb2.CreateResponseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_responses_pb2.CreateResponseResponse, _abc.Awaitable[_responses_pb2.CreateResponseResponse]]:
-        """Runs a response to its end and returns it (status completed, incomplete or failed;
-        a failed response is returned, not raised). Shares its HTTP route with StreamResponse:
-        the gateway sends a body whose "stream" is true to StreamResponse, any other to this RPC.
+        """Runs a response to its end and returns it (status completed, incomplete, failed or, for
+        background, queued; a failed response is returned, not raised). NOT_FOUND
+        (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
+        SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
+        function_call_output, or previous_response_id with conversation. A retry with the same
+        request_id returns the response the first call created. Shares its legacy HTTP route
+        with StreamResponse: a body whose "stream" is true goes to StreamResponse.
         """
 
     @_abc_1.abstractmethod
@@ -148,10 +204,10 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _responses_pb2.StreamResponseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_responses_pb2.StreamResponseResponse], _abc.AsyncIterator[_responses_pb2.StreamResponseResponse]]:
-        """Runs a response and streams its events (HTTP: server-sent events, one "data:" line per
-        event). Selected on the shared route by the body's "stream": true. The first event is
-        response.created; the last is response.completed, response.incomplete, response.failed or
-        error. A stream that breaks can be re-attached with StreamResponseEvents.
+        """Runs a response and streams its events: response.created first; the last is
+        response.completed, response.incomplete, response.failed or error. Errors before the
+        first event as CreateResponse. A stream that breaks can be re-attached with
+        StreamResponseEvents.
         """
 
     @_abc_1.abstractmethod
@@ -160,9 +216,8 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _responses_pb2.GetResponseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_responses_pb2.GetResponseResponse, _abc.Awaitable[_responses_pb2.GetResponseResponse]]:
-        """Returns a stored response (also one still running). NOT_FOUND if it does not exist or
-        was created with store=false. Shares its HTTP route with StreamResponseEvents: the
-        gateway sends a request whose query has stream=true to StreamResponseEvents.
+        """Returns a stored response (also one still running). NOT_FOUND (RESPONSE_NOT_FOUND) if
+        it does not exist or was created with store=false.
         """
 
     @_abc_1.abstractmethod
@@ -173,8 +228,21 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_responses_pb2.StreamResponseEventsResponse], _abc.AsyncIterator[_responses_pb2.StreamResponseEventsResponse]]:
         """Re-attaches to a response's event stream: replays the kept events after starting_after,
         then follows the live events until the terminal one (at once if the response is done).
-        Selected on the GetResponse route by the query stream=true; over SSE the Last-Event-ID
-        header is read as starting_after. NOT_FOUND if the response does not exist.
+        Over HTTP also GET /v1/responses/{response_id}?stream=true&starting_after=N (what the
+        openai SDK's responses.retrieve(stream=True) sends), where the Last-Event-ID header
+        stands for starting_after. NOT_FOUND (RESPONSE_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelResponse(
+        self,
+        request: _responses_pb2.CancelResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_responses_pb2.CancelResponseResponse, _abc.Awaitable[_responses_pb2.CancelResponseResponse]]:
+        """Stops a response that is queued or in progress: it ends with status cancelled (its
+        stream with response.failed... see ResponseStatus) and is returned. NOT_FOUND
+        (RESPONSE_NOT_FOUND); FAILED_PRECONDITION (RESPONSE_NOT_CANCELLABLE) if it has already
+        ended (OpenAI: "Cannot cancel a completed response").
         """
 
     @_abc_1.abstractmethod
@@ -191,8 +259,8 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _responses_pb2.DeleteResponseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_responses_pb2.DeleteResponseResponse, _abc.Awaitable[_responses_pb2.DeleteResponseResponse]]:
-        """Deletes a stored response and its input items. NOT_FOUND if it does not exist.
-        Conversations the response was added to keep their items.
+        """Deletes a stored response and its input items; a running one is cancelled first.
+        Conversations the response was added to keep their items. NOT_FOUND (RESPONSE_NOT_FOUND).
         """
 
     @_abc_1.abstractmethod
@@ -202,7 +270,8 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_responses_pb2.ListResponseInputItemsResponse, _abc.Awaitable[_responses_pb2.ListResponseInputItemsResponse]]:
         """Lists the input items of a stored response (for a chained response: its own input only,
-        not the previous responses' items). NOT_FOUND if the response does not exist.
+        not the previous responses' items). NOT_FOUND (RESPONSE_NOT_FOUND); INVALID_ARGUMENT
+        for an after/before id that is not in the list.
         """
 
 def add_ResponsesServiceServicer_to_server(servicer: ResponsesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,179 @@
+"""AgentStore: agents, their sessions, the sessions' turns and the turns' steps.
+
+Steps live in one place, the `steps` table (one row per step, in `position` order): a stored
+turn body carries no steps, and reading a turn assembles them. The turn engine appends a step
+when it completes, so a crash loses at most the step in flight.
+
+Deleting an agent or a session cascades (foreign keys) to its sessions, turns, steps and the
+turns' run events.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import func, select, update
+
+from agentd.paging import Cursor
+from agentd.storage import schema
+from agentd.clock import now_micros
+from agentd.storage.repository import Page, Repository
+from agentd.v1 import agent_resources_pb2 as types
+
+IN_PROGRESS = "in_progress"  # the status of a turn the engine has started
+
+
+def step_id_of(step: types.AgentStep) -> str:
+    return getattr(step, step.WhichOneof("step")).step_id
+
+
+class AgentStore:
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.db = repo.db
+
+    # ------------------------------------------------------------------ agents
+
+    async def create_agent(self, owner: str, agent: types.Agent, request_id: str | None = None) -> types.Agent:
+        """Stores a new agent; with a request_id already used by this owner, stores nothing
+        and returns the agent that first call created."""
+        body = await self.repo.create(schema.agents, key=("owner", "request_id"), id=agent.agent_id,
+                                      owner=owner, request_id=request_id,
+                                      created_at=agent.created_at.ToMicroseconds(),
+                                      body=agent.SerializeToString())
+        return types.Agent.FromString(body)
+
+    async def get_agent(self, owner: str, agent_id: str) -> types.Agent | None:
+        body = await self.repo.get_body(schema.agents, owner, agent_id)
+        return types.Agent.FromString(body) if body is not None else None
+
+    async def agent_exists(self, owner: str, agent_id: str) -> bool:
+        return await self.repo.exists(schema.agents, owner, agent_id)
+
+    async def list_agents(self, owner: str, cursor: Cursor, limit: int) -> tuple[list[types.Agent], Page]:
+        page = await self.repo.page(schema.agents, owner, cursor, limit)
+        return [types.Agent.FromString(b) for b in page.bodies], page
+
+    async def delete_agent(self, owner: str, agent_id: str) -> bool:
+        return await self.repo.delete(schema.agents, owner, agent_id)
+
+    # ---------------------------------------------------------------- sessions
+
+    async def create_session(self, owner: str, agent_id: str, session: types.AgentSession,
+                             request_id: str | None = None) -> types.AgentSession | None:
+        """Stores a new session of the owner's agent (None: no such agent); with a
+        request_id already used in this agent, returns the session the first call created."""
+        body = await self.repo.create(schema.sessions, key=("agent_id", "request_id"),
+                                      parent=schema.agents, parent_id=agent_id,
+                                      id=session.session_id, owner=owner, agent_id=agent_id,
+                                      request_id=request_id,
+                                      created_at=session.started_at.ToMicroseconds(),
+                                      body=session.SerializeToString())
+        return types.AgentSession.FromString(body) if body is not None else None
+
+    async def get_session(self, owner: str, agent_id: str, session_id: str) -> types.AgentSession | None:
+        """The session without its turns (session_turns reads those)."""
+        body = await self.repo.get_body(schema.sessions, owner, session_id, agent_id=agent_id)
+        return types.AgentSession.FromString(body) if body is not None else None
+
+    async def list_sessions(self, owner: str, agent_id: str, cursor: Cursor,
+                            limit: int) -> tuple[list[types.AgentSession], Page]:
+        page = await self.repo.page(schema.sessions, owner, cursor, limit, agent_id=agent_id)
+        return [types.AgentSession.FromString(b) for b in page.bodies], page
+
+    async def delete_session(self, owner: str, agent_id: str, session_id: str) -> bool:
+        return await self.repo.delete(schema.sessions, owner, session_id, agent_id=agent_id)
+
+    # ------------------------------------------------------------ turns, steps
+
+    async def insert_turn(self, owner: str, turn: types.Turn,
+                          request_id: str | None = None) -> types.Turn | None:
+        """Stores a turn the engine starts (status in_progress) in its session (None: the
+        owner has no such session). With a request_id already used in this session, stores
+        nothing and returns the turn the first call created (without steps)."""
+        body = await self.repo.create(schema.turns, key=("session_id", "request_id"),
+                                      parent=schema.sessions, parent_id=turn.session_id,
+                                      id=turn.turn_id, owner=owner, session_id=turn.session_id,
+                                      request_id=request_id, status=IN_PROGRESS,
+                                      created_at=turn.started_at.ToMicroseconds(),
+                                      body=_without_steps(turn).SerializeToString())
+        return types.Turn.FromString(body) if body is not None else None
+
+    async def update_turn(self, owner: str, turn: types.Turn, status: str) -> bool:
+        """Replaces a turn's body (its steps are not part of it) and status. False if the
+        owner has no such turn."""
+        statement = (update(schema.turns)
+                     .where(schema.turns.c.owner == owner, schema.turns.c.id == turn.turn_id)
+                     .values(status=status, body=_without_steps(turn).SerializeToString()))
+        return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
+
+    async def append_step(self, owner: str, turn_id: str, step: types.AgentStep) -> bool:
+        """Appends a completed step after the turn's last one. False if the owner has no
+        such turn."""
+        turns, steps = schema.turns, schema.steps
+        # One engine task writes a turn; still, two appends must never share a position:
+        # PostgreSQL locks the turn row, and on SQLite the unique (turn_id, position) index
+        # refuses the second one.
+        turn = select(turns.c.id).where(turns.c.owner == owner, turns.c.id == turn_id).with_for_update()
+        last = select(func.max(steps.c.position)).where(steps.c.turn_id == turn_id)
+
+        def work(conn) -> bool:
+            if conn.execute(turn).first() is None:
+                return False
+            position = conn.execute(last).scalar()
+            conn.execute(steps.insert(), dict(
+                id=step_id_of(step), owner=owner, turn_id=turn_id, created_at=now_micros(),
+                position=0 if position is None else position + 1, body=step.SerializeToString()))
+            return True
+        return await self.db.write(work)
+
+    async def get_turn(self, owner: str, session_id: str, turn_id: str) -> types.Turn | None:
+        """The turn of that session, with its steps."""
+        turns = await self.session_turns(owner, session_id, [turn_id])
+        return turns[0] if turns else None
+
+    async def session_turns(self, owner: str, session_id: str,
+                            turn_ids: list[str] | None = None) -> list[types.Turn]:
+        """The session's turns (or those of them in turn_ids), oldest first, with their steps."""
+        turns, steps = schema.turns, schema.steps
+        query = select(turns.c.id, turns.c.body).where(turns.c.owner == owner, turns.c.session_id == session_id)
+        if turn_ids is not None:
+            query = query.where(turns.c.id.in_(turn_ids))
+        query = query.order_by(turns.c.created_at, turns.c.id)
+
+        def work(conn) -> list[types.Turn]:
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            found = conn.execute(select(steps.c.turn_id, steps.c.body)
+                                 .where(steps.c.turn_id.in_([r.id for r in rows]))
+                                 .order_by(steps.c.turn_id, steps.c.position)).all()
+            steps_of = defaultdict(list)
+            for step in found:
+                steps_of[step.turn_id].append(types.AgentStep.FromString(step.body))
+            result = []
+            for row in rows:
+                turn = types.Turn.FromString(row.body)
+                turn.steps.extend(steps_of[row.id])
+                result.append(turn)
+            return result
+        return await self.db.scan(work)
+
+    async def get_step(self, owner: str, session_id: str, turn_id: str, step_id: str) -> types.AgentStep | None:
+        """One step of a turn of that session, read from its own row."""
+        turns, steps = schema.turns, schema.steps
+        query = (select(steps.c.body).join(turns, turns.c.id == steps.c.turn_id)
+                 .where(steps.c.owner == owner, steps.c.id == step_id, steps.c.turn_id == turn_id,
+                        turns.c.session_id == session_id))
+        body = await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+        return types.AgentStep.FromString(body) if body is not None else None
+
+    async def turn_exists(self, owner: str, session_id: str, turn_id: str) -> bool:
+        return await self.repo.exists(schema.turns, owner, turn_id, session_id=session_id)
+
+
+def _without_steps(turn: types.Turn) -> types.Turn:
+    stored = types.Turn()
+    stored.CopyFrom(turn)
+    stored.ClearField("steps")
+    return stored

@@ -1,0 +1,71 @@
+"""EventStore: the numbered events of runs, kept so that a client re-attaches without gaps.
+
+A run is a turn or a response; its events are keyed (run_id, sequence_number), where run_id
+is the turn id ("turn_...") or the response id ("resp_..."). A foreign key cannot point at
+either of two tables, so each row also repeats its run id in exactly one of two nullable
+columns, turn_id or response_id, each a foreign key with ON DELETE CASCADE. Deleting a run,
+or what holds it (a session, an agent), therefore deletes its events in the same statement,
+whatever the deletion path: no store has to remember to, and no orphan events are left.
+
+The engine writes a batch at step/item boundaries, never one write per token: `append` is
+one multi-row INSERT in one transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from agentd import ids
+from agentd.errors import NotFound
+from agentd.storage import schema
+from agentd.clock import now_micros
+from agentd.storage.repository import Repository
+
+# The run's kind by its id prefix: (the run column of run_events, the run's table, its name).
+_RUNS = {
+    ids.TURN: ("turn_id", schema.turns, "turn"),
+    ids.RESPONSE: ("response_id", schema.responses, "response"),
+}
+
+
+def _run_of(run_id: str):
+    prefix = run_id.partition("_")[0]
+    if prefix not in _RUNS:
+        raise ValueError(f"not a run id (a turn or response id): {run_id!r}")
+    return _RUNS[prefix]
+
+
+class EventStore:
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.db = repo.db
+
+    async def append(self, owner: str, run_id: str, events: list[tuple[int, bytes]]) -> None:
+        """Keeps a batch of (sequence_number, body) events of a run, all or none. NotFound
+        when the owner has no such run (it was deleted while it ran)."""
+        if not events:
+            return
+        column, run_table, kind = _run_of(run_id)
+        created = now_micros()
+        rows = [{"run_id": run_id, "sequence_number": seq, "owner": owner, "turn_id": None,
+                 "response_id": None, column: run_id, "created_at": created, "body": body}
+                for seq, body in events]
+        try:
+            await self.db.write(lambda conn: conn.execute(insert(schema.run_events), rows))
+        except IntegrityError:
+            # The run's foreign key, or a sequence number kept before: the latter is a bug.
+            if not await self.repo.exists(run_table, owner, run_id):
+                raise NotFound(kind, run_id) from None
+            raise
+
+    async def read_after(self, owner: str, run_id: str, starting_after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` kept events numbered after `starting_after`, in order, as
+        (sequence_number, body)."""
+        events = schema.run_events
+        query = (select(events.c.sequence_number, events.c.body)
+                 .where(events.c.owner == owner, events.c.run_id == run_id,
+                        events.c.sequence_number > starting_after)
+                 .order_by(events.c.sequence_number).limit(limit))
+        rows = await self.db.scan(lambda conn: conn.execute(query).all())
+        return [(row.sequence_number, row.body) for row in rows]

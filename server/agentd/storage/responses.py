@@ -1,0 +1,87 @@
+"""ResponseStore: responses and their input items.
+
+A response's output items are part of its body: the engine rewrites the body (update) at
+each item boundary, so a crash loses at most the item in flight. Its input items are rows of
+`response_items` (kind "input", in position order): they are listed on their own
+(ListResponseInputItems) and rebuilt into the next response's history (previous_response_id).
+
+Deleting a response cascades (foreign keys) to its items and its run events.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from agentd.paging import Cursor
+from agentd.storage import schema
+from agentd.clock import now_micros
+from agentd.storage.repository import Page, Repository
+from agentd.v1 import response_items_pb2 as item_types
+from agentd.v1 import response_resource_pb2 as rt
+
+INPUT = "input"
+
+
+def item_id_of(item: item_types.ResponseItem) -> str:
+    return getattr(item, item.WhichOneof("item")).id
+
+
+def _status(response: rt.Response) -> str:
+    return rt.ResponseStatus.Name(response.status).removeprefix("RESPONSE_STATUS_").lower()
+
+
+class ResponseStore:
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.db = repo.db
+
+    async def create(self, owner: str, response: rt.Response, input_items: list[item_types.ResponseItem],
+                     request_id: str | None = None) -> rt.Response:
+        """Stores a new response with its input items, in one transaction. With a request_id
+        already used by this owner, stores nothing and returns the response the first call
+        created."""
+        items = [{"response_id": response.id, "kind": INPUT, "position": i, "item_id": item_id_of(item),
+                  "body": item.SerializeToString()} for i, item in enumerate(input_items)]
+        body = await self.repo.create(
+            schema.responses, key=("owner", "request_id"), children=((schema.response_items, items),),
+            id=response.id, owner=owner, created_at=now_micros(), model=response.model,
+            status=_status(response), request_id=request_id,
+            previous_response_id=response.previous_response_id or None,
+            conversation_id=response.conversation.id or None, body=response.SerializeToString())
+        return rt.Response.FromString(body)
+
+    async def update(self, owner: str, response: rt.Response) -> bool:
+        """Replaces a response's body (with its output so far) and status. False if the owner
+        has no such response."""
+        responses = schema.responses
+        statement = (update(responses).where(responses.c.owner == owner, responses.c.id == response.id)
+                     .values(status=_status(response), body=response.SerializeToString()))
+        return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
+
+    async def get(self, owner: str, response_id: str) -> rt.Response | None:
+        body = await self.repo.get_body(schema.responses, owner, response_id)
+        return rt.Response.FromString(body) if body is not None else None
+
+    async def list(self, owner: str, cursor: Cursor, limit: int, descending: bool = True,
+                   model: str | None = None) -> tuple[list[rt.Response], Page]:
+        """A page of the owner's responses by creation time (newest first by default),
+        only those of `model` when given."""
+        filters = {"model": model} if model is not None else {}
+        page = await self.repo.page(schema.responses, owner, cursor, limit, descending=descending, **filters)
+        return [rt.Response.FromString(b) for b in page.bodies], page
+
+    async def delete(self, owner: str, response_id: str) -> bool:
+        return await self.repo.delete(schema.responses, owner, response_id)
+
+    async def input_items(self, owner: str, response_id: str) -> list[item_types.ResponseItem] | None:
+        """The response's input items in order; None if the owner has no such response."""
+        responses, items = schema.responses, schema.response_items
+        owned = select(responses.c.id).where(responses.c.owner == owner, responses.c.id == response_id)
+        query = (select(items.c.body).where(items.c.response_id == response_id, items.c.kind == INPUT)
+                 .order_by(items.c.position))
+
+        def work(conn):
+            if conn.execute(owned).first() is None:
+                return None
+            return [item_types.ResponseItem.FromString(b) for b in conn.execute(query).scalars()]
+        return await self.db.scan(work)

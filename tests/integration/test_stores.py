@@ -1,0 +1,288 @@
+"""The typed stores against the real databases (SQLite and PostgreSQL): turns and steps,
+run events, responses, conversations."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from agentd import paging
+from agentd.errors import NotFound
+from agentd.storage import Database, Repository, schema
+from agentd.storage.agents import AgentStore
+from agentd.storage.conversations import ConversationStore
+from agentd.storage.events import EventStore
+from agentd.storage.responses import ResponseStore
+from agentd.v1 import agent_resources_pb2 as t
+from agentd.v1 import conversations_pb2 as cv
+from agentd.v1 import response_items_pb2 as item_types
+from agentd.v1 import response_resource_pb2 as rt
+
+
+@pytest_asyncio.fixture
+async def repo(database_url):
+    db = Database(database_url)
+    await db.migrate()
+    try:
+        yield Repository(db)
+    finally:
+        await db.close()
+
+
+async def count(repo, table, **where) -> int:
+    query = select(func.count()).select_from(table).where(*(table.c[k] == v for k, v in where.items()))
+    return await repo.db.read(lambda conn: conn.execute(query).scalar())
+
+
+async def session_of(store: AgentStore, owner: str = "alice") -> tuple[str, str]:
+    agent = t.Agent(agent_id="agent_1")
+    agent.created_at.FromMicroseconds(1)
+    await store.create_agent(owner, agent)
+    session = t.AgentSession(session_id="sess_1", session_name="s")
+    session.started_at.FromMicroseconds(1)
+    assert await store.create_session(owner, "agent_1", session)
+    return "agent_1", "sess_1"
+
+
+def turn(turn_id: str, at: int = 1) -> t.Turn:
+    value = t.Turn(turn_id=turn_id, session_id="sess_1")
+    value.started_at.FromMicroseconds(at)
+    return value
+
+
+def inference(turn_id: str, step_id: str) -> t.AgentStep:
+    return t.AgentStep(inference=t.InferenceStep(turn_id=turn_id, step_id=step_id))
+
+
+def message(item_id: str) -> item_types.ResponseItem:
+    item = item_types.ResponseItem()
+    item.message.id = item_id
+    item.message.role = item_types.RESPONSE_MESSAGE_ROLE_USER
+    return item
+
+
+# ---------------------------------------------------------------- turns and steps
+
+async def test_a_turn_is_read_with_its_steps_in_order_and_stores_none_in_its_body(repo):
+    store = AgentStore(repo)
+    _, session_id = await session_of(store)
+    started = await store.insert_turn("alice", turn("turn_1"))
+    assert started.turn_id == "turn_1"
+    for step_id in ("step_a", "step_b"):
+        assert await store.append_step("alice", "turn_1", inference("turn_1", step_id))
+    done = turn("turn_1")
+    done.steps.append(inference("turn_1", "ignored"))  # steps live in the steps table only
+    done.completed_at.FromMicroseconds(5)
+    assert await store.update_turn("alice", done, "completed")
+    read = await store.get_turn("alice", session_id, "turn_1")
+    assert [s.inference.step_id for s in read.steps] == ["step_a", "step_b"]
+    assert read.completed_at.ToMicroseconds() == 5
+    stored = await repo.get_body(schema.turns, "alice", "turn_1")
+    assert not t.Turn.FromString(stored).steps
+    status = select(schema.turns.c.status)
+    assert await repo.db.read(lambda conn: conn.execute(status).scalar()) == "completed"
+    step = await store.get_step("alice", session_id, "turn_1", "step_b")
+    assert step.inference.step_id == "step_b"
+    assert await store.get_step("alice", session_id, "turn_1", "step_x") is None
+    assert await store.get_step("alice", "sess_other", "turn_1", "step_b") is None
+
+
+async def test_a_sessions_turns_come_oldest_first_each_with_its_steps(repo):
+    store = AgentStore(repo)
+    _, session_id = await session_of(store)
+    for i in (2, 1, 3):
+        await store.insert_turn("alice", turn(f"turn_{i}", at=i))
+        await store.append_step("alice", f"turn_{i}", inference(f"turn_{i}", f"step_{i}"))
+    turns = await store.session_turns("alice", session_id)
+    assert [(x.turn_id, x.steps[0].inference.step_id) for x in turns] == [
+        ("turn_1", "step_1"), ("turn_2", "step_2"), ("turn_3", "step_3")]
+    assert await store.session_turns("bob", session_id) == []
+
+
+async def test_turns_and_steps_of_missing_or_foreign_parents_are_refused(repo):
+    store = AgentStore(repo)
+    await session_of(store)
+    assert await store.insert_turn("bob", turn("turn_1")) is None
+    assert await store.append_step("alice", "turn_x", inference("turn_x", "step_1")) is False
+    assert await store.update_turn("alice", turn("turn_x"), "completed") is False
+    assert await store.get_turn("alice", "sess_1", "turn_x") is None
+
+
+async def test_a_retried_turn_insert_returns_the_first_turn(repo):
+    store = AgentStore(repo)
+    await session_of(store)
+    first, second = await asyncio.gather(store.insert_turn("alice", turn("turn_1"), "key"),
+                                         store.insert_turn("alice", turn("turn_2"), "key"))
+    assert first.turn_id == second.turn_id
+    assert await count(repo, schema.turns) == 1
+
+
+# ---------------------------------------------------------------------- run events
+
+async def test_events_are_kept_in_batches_and_read_after_a_number(repo):
+    agents, events = AgentStore(repo), EventStore(repo)
+    await session_of(agents)
+    await agents.insert_turn("alice", turn("turn_1"))
+    await events.append("alice", "turn_1", [(1, b"a"), (2, b"b"), (3, b"c")])
+    await events.append("alice", "turn_1", [(4, b"d")])
+    await events.append("alice", "turn_1", [])
+    assert await events.read_after("alice", "turn_1", 0, 100) == [(1, b"a"), (2, b"b"), (3, b"c"), (4, b"d")]
+    assert await events.read_after("alice", "turn_1", 2, 1) == [(3, b"c")]
+    assert await events.read_after("bob", "turn_1", 0, 100) == []
+
+
+async def test_a_batch_with_a_number_kept_before_is_refused_whole(repo):
+    agents, events = AgentStore(repo), EventStore(repo)
+    await session_of(agents)
+    await agents.insert_turn("alice", turn("turn_1"))
+    await events.append("alice", "turn_1", [(1, b"a")])
+    with pytest.raises(IntegrityError):
+        await events.append("alice", "turn_1", [(2, b"b"), (1, b"again")])
+    assert await events.read_after("alice", "turn_1", 0, 100) == [(1, b"a")]
+
+
+async def test_events_of_a_missing_run_are_not_found(repo):
+    events = EventStore(repo)
+    with pytest.raises(NotFound) as caught:
+        await events.append("alice", "turn_gone", [(1, b"a")])
+    assert caught.value.reason == "TURN_NOT_FOUND"
+    with pytest.raises(NotFound) as caught:
+        await events.append("alice", "resp_gone", [(1, b"a")])
+    assert caught.value.reason == "RESPONSE_NOT_FOUND"
+    with pytest.raises(ValueError):
+        await events.append("alice", "sess_1", [(1, b"a")])
+
+
+@pytest.mark.parametrize("deleted", ["agent", "session"])
+async def test_deleting_what_holds_a_turn_deletes_its_events(repo, deleted):
+    agents, events = AgentStore(repo), EventStore(repo)
+    agent_id, session_id = await session_of(agents)
+    await agents.insert_turn("alice", turn("turn_1"))
+    await events.append("alice", "turn_1", [(1, b"a"), (2, b"b")])
+    if deleted == "agent":
+        assert await agents.delete_agent("alice", agent_id)
+    else:
+        assert await agents.delete_session("alice", agent_id, session_id)
+    assert await count(repo, schema.run_events) == 0
+
+
+async def test_deleting_a_response_deletes_its_items_and_events(repo):
+    responses, events = ResponseStore(repo), EventStore(repo)
+    await responses.create("alice", rt.Response(id="resp_1", model="m"), [message("msg_1")])
+    await events.append("alice", "resp_1", [(1, b"a")])
+    assert await responses.delete("alice", "resp_1")
+    assert not await responses.delete("alice", "resp_1")
+    for table in (schema.run_events, schema.response_items):
+        assert await count(repo, table) == 0, table.name
+
+
+# ----------------------------------------------------------------------- responses
+
+async def test_a_response_is_stored_updated_and_read(repo):
+    store = ResponseStore(repo)
+    response = rt.Response(id="resp_1", model="m", status=rt.RESPONSE_STATUS_IN_PROGRESS)
+    response.conversation.id = "conv_1"
+    created = await store.create("alice", response, [message("msg_1"), message("msg_2")])
+    assert created == response
+    response.status = rt.RESPONSE_STATUS_COMPLETED
+    response.output.append(message("msg_3"))
+    assert await store.update("alice", response)
+    assert await store.get("alice", "resp_1") == response
+    assert await store.get("bob", "resp_1") is None
+    assert not await store.update("bob", response)
+    inputs = await store.input_items("alice", "resp_1")
+    assert [i.message.id for i in inputs] == ["msg_1", "msg_2"]
+    assert await store.input_items("bob", "resp_1") is None
+    row = select(schema.responses.c.status, schema.responses.c.conversation_id)
+    assert tuple(await repo.db.read(lambda conn: conn.execute(row).one())) == ("completed", "conv_1")
+
+
+async def test_a_retried_response_create_returns_the_first_and_writes_nothing(repo):
+    store = ResponseStore(repo)
+    first, second = await asyncio.gather(
+        store.create("alice", rt.Response(id="resp_1", model="m"), [message("msg_1")], "key"),
+        store.create("alice", rt.Response(id="resp_2", model="m"), [message("msg_2")], "key"))
+    assert first.id == second.id
+    assert await count(repo, schema.responses) == 1
+    assert await count(repo, schema.response_items) == 1
+
+
+async def test_responses_list_newest_first_in_pages_and_by_model(repo):
+    store = ResponseStore(repo)
+    for i, model in enumerate(["a", "b", "a"]):
+        await store.create("alice", rt.Response(id=f"resp_{i}", model=model), [])
+    await store.create("bob", rt.Response(id="resp_x", model="a"), [])
+    first, page = await store.list("alice", paging.Cursor(), 2)
+    assert [r.id for r in first] == ["resp_2", "resp_1"] and page.has_more
+    rest, page = await store.list("alice", page.next_cursor, 2)
+    assert [r.id for r in rest] == ["resp_0"] and not page.has_more
+    only_a, _ = await store.list("alice", paging.Cursor(), 10, descending=False, model="a")
+    assert [r.id for r in only_a] == ["resp_0", "resp_2"]
+
+
+# -------------------------------------------------------------------- conversations
+
+async def test_a_conversation_is_created_with_items_and_deleted_with_them(repo):
+    store = ConversationStore(repo)
+    conversation = cv.Conversation(id="conv_1", created_at=7, metadata={"k": "v"})
+    assert await store.create("alice", conversation, [message("msg_1")]) == conversation
+    assert await store.get("alice", "conv_1") == conversation
+    assert await store.get("bob", "conv_1") is None
+    assert not await store.delete("bob", "conv_1")
+    await store.append_items("alice", "conv_1", [message("msg_2")], "key")
+    assert await store.delete("alice", "conv_1")
+    for table in (schema.conversation_items, schema.conversation_item_requests):
+        assert await count(repo, table) == 0, table.name
+
+
+async def test_a_retried_conversation_create_returns_the_first(repo):
+    store = ConversationStore(repo)
+    first, second = await asyncio.gather(
+        store.create("alice", cv.Conversation(id="conv_1"), [message("msg_1")], "key"),
+        store.create("alice", cv.Conversation(id="conv_2"), [message("msg_2")], "key"))
+    assert first.id == second.id
+    assert await count(repo, schema.conversation_items) == 1
+
+
+async def test_items_append_in_order_and_an_existing_id_is_replaced_in_place(repo):
+    store = ConversationStore(repo)
+    await store.create("alice", cv.Conversation(id="conv_1"), [message("msg_1"), message("msg_2")])
+    appended = await store.append_items("alice", "conv_1", [message("msg_3"), message("msg_4")])
+    assert [i.message.id for i in appended] == ["msg_3", "msg_4"]
+    replacement = message("msg_2")
+    replacement.message.role = item_types.RESPONSE_MESSAGE_ROLE_ASSISTANT
+    await store.append_items("alice", "conv_1", [replacement])
+    items, page = await store.list_items("alice", "conv_1", paging.Cursor(), 3, descending=False)
+    assert [i.message.id for i in items] == ["msg_1", "msg_2", "msg_3"] and page.has_more
+    assert items[1].message.role == item_types.RESPONSE_MESSAGE_ROLE_ASSISTANT
+    rest, page = await store.list_items("alice", "conv_1", page.next_cursor, 3, descending=False)
+    assert [i.message.id for i in rest] == ["msg_4"] and not page.has_more
+    newest, _ = await store.list_items("alice", "conv_1", paging.Cursor(after="msg_3"), 10)
+    assert [i.message.id for i in newest] == ["msg_2", "msg_1"]
+    assert await store.list_items("bob", "conv_1", paging.Cursor(), 10) is None
+    assert await store.append_items("bob", "conv_1", [message("msg_9")]) is None
+
+
+async def test_a_retried_append_returns_the_first_items_and_appends_nothing(repo):
+    store = ConversationStore(repo)
+    await store.create("alice", cv.Conversation(id="conv_1"), [])
+    first, second = await asyncio.gather(
+        store.append_items("alice", "conv_1", [message("msg_1")], "key"),
+        store.append_items("alice", "conv_1", [message("msg_2")], "key"))
+    assert first == second
+    assert await count(repo, schema.conversation_items) == 1
+
+
+async def test_conversation_items_are_read_and_deleted_one_by_one(repo):
+    store = ConversationStore(repo)
+    await store.create("alice", cv.Conversation(id="conv_1"), [message("msg_1")])
+    assert (await store.get_item("alice", "conv_1", "msg_1")).message.id == "msg_1"
+    assert await store.get_item("bob", "conv_1", "msg_1") is None
+    assert not await store.delete_item("bob", "conv_1", "msg_1")
+    assert await store.delete_item("alice", "conv_1", "msg_1")
+    assert await store.get_item("alice", "conv_1", "msg_1") is None
+    assert not await store.delete_item("alice", "conv_1", "msg_1")
