@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from math import copysign
 from typing import Any
 
 from google.protobuf import descriptor as _d
@@ -251,13 +252,19 @@ def _write_struct_like(msg: Message, full_name: str) -> Any:
 _MAX_EXACT_INT = 2**53
 
 
+def _signbit(number: float) -> bool:
+    return copysign(1.0, number) < 0
+
+
 def _write_json_value(value: struct_pb2.Value) -> Any:
     # Struct keeps every number as a double; a whole number is written back as an integer so
     # that {"k": 3} does not come back as {"k": 3.0} (JSON schemas, tool arguments).
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
-        return int(number) if number.is_integer() and abs(number) <= _MAX_EXACT_INT else number
+        # -0.0 stays a float: as the integer 0 it would come back without its sign.
+        exact = number.is_integer() and abs(number) <= _MAX_EXACT_INT and (number or not _signbit(number))
+        return int(number) if exact else number
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":
