@@ -42,6 +42,7 @@ proto-check: $(VENV)/.installed
 CONTRACT_BASELINE := contract/v1.binpb
 
 lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) scripts/gen_protos.py --check
 	$(BUF) lint
 	$(BUF) format -d --exit-code protos

@@ -32,9 +32,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +43,10 @@ try:
     import grpc
     import httpx
 
+    from agentd.testing import AgentdProcess, AgentdStartError, start_agentd
     from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
     from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
-    from agentd.testing import AgentdProcess, AgentdStartError, start_agentd
 except ImportError as e:  # the usual cause: run with a Python that is not the project's venv
     sys.exit(f"bench: {e}. Run it with the project's venv: `make bench` or `.venv/bin/python bench/run.py`.")
 
@@ -77,7 +77,8 @@ def start_server(workdir: Path, database_url: str | None) -> AgentdProcess:
     return start_agentd(workdir, env, die_with_parent=True)
 
 
-async def wait_serving(server: AgentdProcess, timeout: float = START_TIMEOUT_S) -> None:
+async def wait_serving(server: AgentdProcess, timeout: float = START_TIMEOUT_S) -> None:  # noqa: ASYNC109
+    # `timeout` bounds a blocking health poll that runs in a thread, not an awaitable.
     try:
         await asyncio.to_thread(server.wait_serving, timeout)
     except AgentdStartError as e:
@@ -261,8 +262,8 @@ def summarize(op: str, transport: str, concurrency: int, sample: Sample) -> Cell
         mean_ms=sum(lat) / len(lat) / 1e6 if lat else None, max_ms=lat[-1] / 1e6 if lat else None)
 
 
-async def measure_cell(server: AgentdProcess, args: argparse.Namespace, op: str, transport: str, concurrency: int,
-                       agent_id: str) -> Cell:
+async def measure_cell(server: AgentdProcess, args: argparse.Namespace, op: str, transport: str,
+                       concurrency: int, agent_id: str) -> Cell:
     # Fresh connections per cell, so both transports start equal; the warm-up pays for their setup.
     if transport == "grpc":
         # One channel (one HTTP/2 connection) shared by all workers, as a gRPC client normally has.
@@ -320,7 +321,7 @@ def md_table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
                           for i, w in enumerate(widths)) + "|"
@@ -385,7 +386,7 @@ def machine_context(args: argparse.Namespace, database: str) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu_count": cpus, "cpus_usable": usable,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -443,7 +444,7 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
 
 def save(report: str, payload: dict, results_dir: Path) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     md, js = results_dir / f"{stamp}.md", results_dir / f"{stamp}.json"
     md.write_text(report)
     js.write_text(json.dumps(payload, indent=2) + "\n")
@@ -496,7 +497,8 @@ async def run(args: argparse.Namespace) -> int:
                                 cell = await measure_cell(server, args, op, transport, concurrency, agent_id)
                                 check_alive(server)
                                 cells.append(cell)
-                                progress(f"[{len(cells):>2}/{total}] {op:<13} {transport:<4} c={concurrency:<3} "
+                                progress(f"[{len(cells):>2}/{total}] {op:<13} {transport:<4} "
+                                         f"c={concurrency:<3} "
                                          f"{cell.requests:>6} req {cell.throughput:>7.0f} req/s "
                                          f"p50 {fmt_ms(cell.p50_ms)} ms  p99 {fmt_ms(cell.p99_ms)} ms  "
                                          f"errors {cell.errors}")
@@ -574,7 +576,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="measurement time budget per cell (default 3)")
     p.add_argument("--max-requests", type=_positive(int), default=50_000,
                    help="request cap per cell, whichever of it and --seconds comes first (default 50000)")
-    p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per cell, discarded (default 0.5)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="warm-up seconds per cell, discarded (default 0.5)")
     p.add_argument("--concurrency", type=_concurrency, default=[1, 16, 64],
                    help="comma-separated worker counts (default 1,16,64)")
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
@@ -586,7 +589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-timeout", type=_positive(float), default=10.0,
                    help="per-request deadline in seconds; a request over it counts as an error (default 10)")
     p.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN_URL,
-                   help=f"asyncpg URL used to create/drop the throwaway database (default {DEFAULT_PG_ADMIN_URL})")
+                   help="asyncpg URL used to create/drop the throwaway database "
+                        f"(default {DEFAULT_PG_ADMIN_URL})")
     p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results",
                    help="where <timestamp>.md and .json go (default bench/results)")
     p.add_argument("--no-save", action="store_true", help="print only; write no result files")

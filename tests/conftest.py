@@ -11,6 +11,7 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -23,6 +24,14 @@ from agentd.v1 import agents_pb2_grpc, models_pb2_grpc
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
                               "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
+
+# The fuzz tests (tests/fuzz) run in every `make test`: derandomized (the same examples on
+# every run and machine, so a failure reproduces), no example database left behind, and
+# bounded by each test's max_examples (tests/fuzz/strategies.py: budget).
+settings.register_profile(
+    "agentd", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+settings.load_profile("agentd")
 
 
 def _run(coro) -> None:

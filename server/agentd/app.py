@@ -12,18 +12,32 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentd.api.agents import AgentsServicer
-from agentd.context import LOCAL_PRINCIPAL
 from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
 from agentd.api.shields import ShieldsServicer
 from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
+from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
-from agentd.v1 import (agents_pb2, agents_pb2_grpc, conversations_pb2, conversations_pb2_grpc,
-                       files_pb2, files_pb2_grpc, models_pb2, models_pb2_grpc, responses_pb2,
-                       responses_pb2_grpc, shields_pb2, shields_pb2_grpc, tool_groups_pb2,
-                       tool_groups_pb2_grpc, vector_stores_pb2, vector_stores_pb2_grpc)
+from agentd.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    conversations_pb2,
+    conversations_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    responses_pb2,
+    responses_pb2_grpc,
+    shields_pb2,
+    shields_pb2_grpc,
+    tool_groups_pb2,
+    tool_groups_pb2_grpc,
+    vector_stores_pb2,
+    vector_stores_pb2_grpc,
+)
 
 log = logging.getLogger("agentd")
 

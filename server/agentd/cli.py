@@ -9,8 +9,8 @@ import logging
 import sys
 
 from agentd import __version__
-from agentd.context import RequestIdFilter
 from agentd.config import ConfigError, Settings, load_settings
+from agentd.context import RequestIdFilter
 
 
 class _JsonFormatter(logging.Formatter):

@@ -15,9 +15,9 @@ strips them from what is stored or logged).
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from math import copysign
 from typing import Any
 
 from google.protobuf import descriptor as _d
@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "to_json", "from_json", "parse", "union_member"]
+__all__ = ["CodecError", "from_json", "parse", "tagged_union", "to_json", "union_member"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -44,9 +44,30 @@ class CodecError(ValueError):
     """Input JSON that does not fit the message. `field` is the dotted path of the culprit."""
 
     def __init__(self, field_path: str, description: str):
+        # Paths and descriptions may quote the client's keys and values; a lone surrogate in
+        # them is shown as its JSON escape so that the error itself can be written as UTF-8.
+        field_path, description = _printable(field_path), _printable(description)
         super().__init__(f"{field_path}: {description}" if field_path else description)
         self.field = field_path
         self.description = description
+
+
+def _printable(text: str) -> str:
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text(value: str, path: str) -> str:
+    """`value` if it can be stored: JSON may escape a lone UTF-16 surrogate ("\\ud800"), which
+    no proto string (UTF-8) can hold."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise CodecError(path, f"invalid Unicode: a lone surrogate (U+{ord(value[e.start]):04X}) at "
+                                   f"character {e.start}") from None
+    return value
 
 
 @dataclass(slots=True)
@@ -242,13 +263,19 @@ def _write_struct_like(msg: Message, full_name: str) -> Any:
 _MAX_EXACT_INT = 2**53
 
 
+def _signbit(number: float) -> bool:
+    return copysign(1.0, number) < 0
+
+
 def _write_json_value(value: struct_pb2.Value) -> Any:
     # Struct keeps every number as a double; a whole number is written back as an integer so
     # that {"k": 3} does not come back as {"k": 3.0} (JSON schemas, tool arguments).
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
-        return int(number) if number.is_integer() and abs(number) <= _MAX_EXACT_INT else number
+        # -0.0 stays a float: as the integer 0 it would come back without its sign.
+        exact = number.is_integer() and abs(number) <= _MAX_EXACT_INT and (number or not _signbit(number))
+        return int(number) if exact else number
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":
@@ -261,7 +288,7 @@ def _write_json_value(value: struct_pb2.Value) -> Any:
 
 
 def _write_timestamp(ts: timestamp_pb2.Timestamp) -> str:
-    dt = datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
+    dt = datetime.fromtimestamp(ts.seconds, tz=UTC).replace(microsecond=ts.nanos // 1000)
     return dt.isoformat().replace("+00:00", "Z")
 
 
@@ -276,13 +303,18 @@ def parse(value: Any, message_type: type[Message]) -> Message:
 
 
 def from_json(value: Any, msg: Message, path: str = "", strict: bool = False) -> None:
-    """Merges a legacy JSON value into `msg`. Unknown keys are ignored unless `strict`."""
-    _read_message(value, msg, _plan(msg.DESCRIPTOR), path, strict)
+    """Merges a legacy JSON value into `msg`. Unknown keys are ignored unless `strict`.
+    Raises CodecError, and nothing else, for any value json.loads can produce."""
+    try:
+        _read_message(value, msg, _plan(msg.DESCRIPTOR), path, strict)
+    except RecursionError:
+        raise CodecError(path, "nested too deeply") from None
 
 
 def _read_message(value: Any, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
     full_name = plan.desc.full_name
     if full_name in _JSON_WKT:
+        _check_free_form(value, path)
         try:
             ParseDict(value, msg)
         except ParseError as e:
@@ -300,6 +332,38 @@ def _read_message(value: Any, msg: Message, plan: _Plan, path: str, strict: bool
         _read_tagged(value, msg, plan, path, strict)
         return
     _read_fields(value, msg, plan, path, strict, ignored=plan.constants.keys())
+
+
+# Free-form JSON (Struct/Value) nested deeper than this is refused; protobuf's own limit is 100.
+_MAX_FREE_FORM_DEPTH = 64
+_MAX_DOUBLE = 1.7976931348623157e308
+
+
+def _check_free_form(value: Any, path: str) -> None:
+    """Refuses, naming the key, what protobuf's Struct/Value cannot hold: lone surrogates in
+    keys or strings, numbers beyond a double, nesting deeper than _MAX_FREE_FORM_DEPTH.
+    Iterative, so that no input can exhaust the stack."""
+    pending = [(value, path, 0)]
+    while pending:
+        item, item_path, depth = pending.pop()
+        if isinstance(item, str):
+            _text(item, item_path)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if abs(item) > _MAX_DOUBLE:
+                raise CodecError(item_path, "number out of range")
+        elif isinstance(item, (dict, list)):
+            if depth >= _MAX_FREE_FORM_DEPTH:
+                raise CodecError(item_path, f"nested deeper than {_MAX_FREE_FORM_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    child_path = _join(item_path, key) if isinstance(key, str) else item_path
+                    if isinstance(key, str):
+                        _text(key, child_path)
+                    pending.append((child, child_path, depth + 1))
+            else:
+                pending.extend((child, f"{item_path}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
 def _read_fields(value: dict, msg: Message, plan: _Plan, path: str, strict: bool, ignored) -> None:
@@ -444,7 +508,7 @@ def _read_scalar(value: Any, f: _Field, path: str) -> Any:
     if t == _FD.TYPE_STRING:
         if not isinstance(value, str):
             raise CodecError(path, f"expected a string, got {_kind(value)}")
-        return value
+        return _text(value, path)
     if t == _FD.TYPE_BOOL:
         if not isinstance(value, bool):
             raise CodecError(path, f"expected a boolean, got {_kind(value)}")
@@ -454,13 +518,15 @@ def _read_scalar(value: Any, f: _Field, path: str) -> Any:
     if t in _FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CodecError(path, f"expected a number, got {_kind(value)}")
+        if isinstance(value, int) and abs(value) > _MAX_DOUBLE:
+            raise CodecError(path, "number out of range")
         return float(value)
     if t == _FD.TYPE_BYTES:
         if not isinstance(value, str):
             raise CodecError(path, f"expected a base64 string, got {_kind(value)}")
         try:
             return base64.b64decode(value, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII text
             raise CodecError(path, "invalid base64") from None
     raise CodecError(path, f"unsupported field type {t}")  # pragma: no cover - not in our protos
 
@@ -493,17 +559,27 @@ def _int_key(key: str, path: str) -> int:
 
 def _read_timestamp(value: Any, msg: timestamp_pb2.Timestamp, path: str) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        msg.FromNanoseconds(int(value * 1e9))  # unix seconds, as the OpenAI API writes them
+        # Unix seconds, as the OpenAI API writes them, within what a Timestamp holds.
+        if not _MIN_SECONDS <= value <= _MAX_SECONDS:
+            raise CodecError(path, f"{value} is out of range [{_MIN_SECONDS}, {_MAX_SECONDS}]")
+        if isinstance(value, int):
+            msg.FromSeconds(value)  # exactly: through a float, 9999-12-31 came back a second early
+        else:
+            msg.FromMicroseconds(round(value * 1e6))  # microseconds, as timestamps are written
         return
     if not isinstance(value, str):
         raise CodecError(path, f"expected an RFC 3339 timestamp, got {_kind(value)}")
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        msg.FromDatetime(dt)
+    except (ValueError, OverflowError):  # not a timestamp, or before year 1 once in UTC
         raise CodecError(path, f"expected an RFC 3339 timestamp, got {value!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    msg.FromDatetime(dt)
+
+
+# google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def _kind(value: Any) -> str:
@@ -524,6 +600,14 @@ def _kind(value: Any) -> str:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def tagged_union(desc: _d.Descriptor) -> _d.OneofDescriptor | None:
+    """The oneof of a tagged union message (options.proto's convention), else None."""
+    if desc.full_name in _JSON_WKT or desc.full_name == _TIMESTAMP:
+        return None
+    plan = _plan(desc)
+    return None if plan.untagged else plan.union
 
 
 def union_member(msg: Message) -> tuple[str, str] | None:

@@ -3,7 +3,8 @@
 Precedence: built-in defaults < the YAML file named by AGENTD_CONFIG (or --config) < AGENTD_*
 variables. Every top-level setting has an environment variable: AGENTD_<NAME> in upper case
 (AGENTD_GRPC_ADDR, AGENTD_DATABASE_URL, ...); structured settings (providers, models) take
-JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS). An unknown key or variable, or an invalid value, stops the start with a message
+JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS). An unknown key or variable,
+or an invalid value, stops the start with a message
 that names it: a typo must never silently fall back to a default.
 """
 

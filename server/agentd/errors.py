@@ -2,8 +2,8 @@
 
 Engine, storage and servicers raise these; `status_of` turns any exception into a status
 with an ErrorInfo (stable `reason`) and, for bad input, a BadRequest listing the offending
-fields. The gRPC call pipeline (api/grpc_pipeline.py) sends that status; the HTTP gateway maps it to an HTTP answer
-(HTTP_STATUS) in its routes' error style.
+fields. The gRPC call pipeline (api/grpc_pipeline.py) sends that status; the HTTP gateway
+maps it to an HTTP answer (HTTP_STATUS) in its routes' error style.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ PROVIDERS = [{"id": "fake", "type": "openai", "base_url": "http://127.0.0.1:9/v1
 
 def start_agentd(tmp_path: Path, **env: str) -> AgentdProcess:
     """A SERVING agentd with the fake provider's model listed; `env` overrides settings."""
-    handle = _start(tmp_path, {"AGENTD_PROVIDERS": json.dumps(PROVIDERS), "AGENTD_GRACE_PERIOD_S": "5", **env})
+    handle = _start(tmp_path, {"AGENTD_PROVIDERS": json.dumps(PROVIDERS), "AGENTD_GRACE_PERIOD_S": "5",
+                               **env})
     try:
         handle.wait_serving()
     except Exception:

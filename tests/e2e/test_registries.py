@@ -11,8 +11,10 @@ import pytest
 from llama_stack_client import LlamaStackClient
 
 from tests.e2e.conftest import start_agentd
-from tests.e2e.test_llama_stack_client_0_3 import python312  # noqa: F401 - the fixture
-from tests.e2e.test_llama_stack_client_0_3 import SCENARIO
+from tests.e2e.test_llama_stack_client_0_3 import (
+    SCENARIO,
+    python312,  # noqa: F401 - the fixture
+)
 
 SHIELDS = [{"id": "llama-guard", "provider_id": "llama-guard",
             "provider_shield_id": "meta-llama/Llama-Guard-3-1B"}]

@@ -33,7 +33,8 @@ async def base_url():
 
 def _turn_chunks(base_url: str, session_id: str) -> list:
     with LlamaStackClient(base_url=base_url, max_retries=0) as client:
-        stream = client.agents.turn.create(agent_id="agent_1", session_id=session_id, messages=USER, stream=True)
+        stream = client.agents.turn.create(agent_id="agent_1", session_id=session_id, messages=USER,
+                                           stream=True)
         return list(stream)
 
 

@@ -17,7 +17,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from agentd.v1 import agents_pb2, agents_pb2_grpc
-
 from tests.e2e.conftest import AGENTD, free_port, start_agentd
 
 BUF = Path(sys.executable).parent / "buf"
@@ -55,7 +54,8 @@ def test_unknown_setting_stops_the_start_naming_it(tmp_path):
 def test_sigterm_drains_and_exits_cleanly(tmp_path):
     server = start_agentd(tmp_path)
     with grpc.insecure_channel(server.grpc_target) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="agentd.v1.AgentsService"))
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="agentd.v1.AgentsService"))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
     assert httpx.get(f"{server.base_url}/v1/models").status_code == 200
     assert server.terminate() == 0
@@ -67,7 +67,8 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path):
 def test_data_survives_a_restart(tmp_path):
     server = start_agentd(tmp_path)
     agent_id = httpx.post(f"{server.base_url}/v1alpha/agents",
-                          json={"agent_config": {"model": "test-model", "instructions": ""}}).json()["agent_id"]
+                          json={"agent_config": {"model": "test-model",
+                                                 "instructions": ""}}).json()["agent_id"]
     assert server.terminate() == 0
     again = start_agentd(tmp_path)
     try:
@@ -81,12 +82,14 @@ def test_json_logs_carry_the_request_id(tmp_path):
     try:
         listed = httpx.get(f"{server.base_url}/v1alpha/agents", headers={"x-request-id": "e2e-req-0"})
         assert listed.status_code == 200
-        missing = httpx.get(f"{server.base_url}/v1alpha/agents/agent_x", headers={"x-request-id": "e2e-req-1"})
+        missing = httpx.get(f"{server.base_url}/v1alpha/agents/agent_x",
+                            headers={"x-request-id": "e2e-req-1"})
         assert missing.status_code == 404 and missing.headers["x-request-id"] == "e2e-req-1"
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = agents_pb2_grpc.AgentsServiceStub(channel)
             try:
-                stub.GetAgent(agents_pb2.GetAgentRequest(agent_id="agent_y"), metadata=(("x-request-id", "e2e-req-2"),))
+                stub.GetAgent(agents_pb2.GetAgentRequest(agent_id="agent_y"),
+                              metadata=(("x-request-id", "e2e-req-2"),))
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.NOT_FOUND
     finally:
@@ -162,7 +165,8 @@ def test_sigterm_with_a_stream_in_flight(tmp_path):
         while refused is None and time.monotonic() - started < 1.5:
             with grpc.insecure_channel(server.grpc_target) as fresh:
                 try:
-                    agents_pb2_grpc.AgentsServiceStub(fresh).ListAgents(agents_pb2.ListAgentsRequest(), timeout=5)
+                    stub = agents_pb2_grpc.AgentsServiceStub(fresh)
+                    stub.ListAgents(agents_pb2.ListAgentsRequest(), timeout=5)
                     time.sleep(0.05)
                 except grpc.RpcError as e:
                     refused = e.code()

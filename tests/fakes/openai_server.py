@@ -195,7 +195,8 @@ class _ApiError(Exception):
     """An error the fake answers with the OpenAI error body."""
 
     def __init__(
-        self, status: int, message: str, *, type: str | None = None, param: str | None = None, code: str | None = None
+        self, status: int, message: str, *, type: str | None = None, param: str | None = None,
+        code: str | None = None
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
@@ -274,11 +275,13 @@ def _validate_strict(body: dict[str, Any]) -> None:
     if stream is not None and not isinstance(stream, bool):
         raise _bad("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
     if body.get("stream_options") is not None and stream is not True:
-        raise _bad("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
+        raise _bad("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                   "stream_options")
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            message = f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value!r}."
+            message = (f"Invalid '{name}': integer below minimum value. "
+                       f"Expected a value >= 1, but got {value!r}.")
             raise _bad(message, name, "integer_below_min_value")
     temperature = body.get("temperature")
     if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2):
@@ -287,7 +290,8 @@ def _validate_strict(body: dict[str, Any]) -> None:
     for i, tool in enumerate(body.get("tools") or []):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or tool.get("type") != "function" or not isinstance(fn.get("name"), str):
-            raise _bad(f"Invalid 'tools[{i}]': expected a function tool with a name.", f"tools[{i}]", "invalid_value")
+            raise _bad(f"Invalid 'tools[{i}]': expected a function tool with a name.", f"tools[{i}]",
+                       "invalid_value")
     _validate_tool_sequence(body["messages"])
 
 
@@ -330,7 +334,8 @@ class _Completion:
         self.model = body["model"]
         self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.calls = [(c.id or "call_" + uuid.uuid4().hex[:24], c.name, c.arguments_json()) for c in reply.tool_calls]
+        self.calls = [(c.id or "call_" + uuid.uuid4().hex[:24], c.name, c.arguments_json())
+                      for c in reply.tool_calls]
         self.finish_reason = reply.finish_reason or ("tool_calls" if self.calls else "stop")
         self.usage = self._usage(body)
 
@@ -475,7 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             raise _Drop from exc
 
-    def _start(self, rec: RecordedRequest, status: int, content_type: str, headers: Mapping[str, str]) -> None:
+    def _start(self, rec: RecordedRequest, status: int, content_type: str,
+               headers: Mapping[str, str]) -> None:
         rec.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -539,7 +545,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(rec, err.status, _error_body(err))
         except _Drop:
             self._abort()
-        except Exception as exc:  # a broken script or fake: tell the test, drop the request
+        except Exception as exc:  # noqa: BLE001 - a broken script or fake: tell the test, drop the request
             fake.errors.append(exc)
             self._abort()
         finally:
@@ -559,7 +565,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._require_method(rec, "GET")
             model_id = rec.path[len(MODELS_PATH) + 1 :]
             if model_id not in (fake.models or []):
-                raise _ApiError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+                raise _ApiError(404, f"The model '{model_id}' does not exist", param="model",
+                                code="model_not_found")
             self._send_json(rec, 200, _model(model_id))
         else:
             raise _ApiError(404, f"Invalid URL ({rec.method} {rec.path})", code="unknown_url")
@@ -579,7 +586,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.error_status is not None:
             message = reply.error_message or f"fake error {reply.error_status}"
             err = _ApiError(
-                reply.error_status, message, type=reply.error_type, param=reply.error_param, code=reply.error_code
+                reply.error_status, message, type=reply.error_type, param=reply.error_param,
+                code=reply.error_code
             )
             self._send_json(rec, err.status, _error_body(err), reply.headers)
             return
@@ -593,7 +601,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         options = rec.body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        events = [f"data: {json.dumps(c)}\n\n" for c in completion.chunks(include_usage)] + ["data: [DONE]\n\n"]
+        events = [f"data: {json.dumps(c)}\n\n" for c in completion.chunks(include_usage)]
+        events.append("data: [DONE]\n\n")
         self._start(rec, 200, "text/event-stream; charset=utf-8", reply.headers)
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
@@ -661,7 +670,8 @@ class FakeOpenAIServer:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": _POLL_SECONDS}, name="fake-openai", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": _POLL_SECONDS}, name="fake-openai",
+            daemon=True
         )
         self._thread.start()
         return self

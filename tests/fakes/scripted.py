@@ -15,8 +15,15 @@ from agentd.errors import NotFound
 from agentd.v1 import agent_messages_pb2 as messages
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from agentd.v1 import agents_pb2_grpc, files_pb2, files_pb2_grpc, response_events_pb2
-from agentd.v1 import response_resource_pb2, responses_pb2, responses_pb2_grpc
+from agentd.v1 import (
+    agents_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    response_events_pb2,
+    response_resource_pb2,
+    responses_pb2,
+    responses_pb2_grpc,
+)
 from agentd.v1 import turn_events_pb2 as events
 
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "openai"
@@ -111,7 +118,8 @@ class ScriptedResponses(responses_pb2_grpc.ResponsesServiceServicer):
     async def CreateResponse(self, request, context):
         self.requests.append(request)
         document = json.loads((FIXTURES / "response.json").read_text())
-        return responses_pb2.CreateResponseResponse(response=codec.parse(document, response_resource_pb2.Response))
+        response = codec.parse(document, response_resource_pb2.Response)
+        return responses_pb2.CreateResponseResponse(response=response)
 
     async def StreamResponse(self, request, context):
         self.requests.append(request)

@@ -11,9 +11,9 @@ from sqlalchemy.engine import make_url
 from agentd.errors import details_of
 from agentd.storage import schema
 from agentd.storage.agents import AgentStore
+from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from agentd.v1 import agent_messages_pb2 as m
 from tests.conftest import _admin
 
 _USER_HI = m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(text="hi")))
@@ -53,12 +53,14 @@ async def test_deprecated_tool_choice_moves_into_tool_config(agents):
 
 @pytest.mark.parametrize("bad, field", [
     (config(model=""), "agent_config.model"),
-    (config(tool_choice="required", tool_config=t.AgentToolConfig(tool_choice="auto")), "agent_config.tool_choice"),
+    (config(tool_choice="required", tool_config=t.AgentToolConfig(tool_choice="auto")),
+     "agent_config.tool_choice"),
     (config(tool_prompt_format=t.TOOL_PROMPT_FORMAT_JSON,
             tool_config=t.AgentToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
      "agent_config.tool_prompt_format"),
     (config(max_infer_iters=0), "agent_config.max_infer_iters"),
-    (config(client_tools=[t.AgentToolDef(name="a"), t.AgentToolDef(name="a")]), "agent_config.client_tools[1].name"),
+    (config(client_tools=[t.AgentToolDef(name="a"), t.AgentToolDef(name="a")]),
+     "agent_config.client_tools[1].name"),
     (config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(
         top_p=t.TopPSamplingStrategy(temperature=0)))), "agent_config.sampling_params.strategy.temperature"),
 ])
@@ -68,7 +70,8 @@ async def test_invalid_config_is_invalid_argument_naming_the_field(agents, agent
     assert reason == "INVALID_ARGUMENT"
     assert fields == [field]
     count = select(func.count()).select_from(schema.agents)
-    assert await agentd.db.read(lambda conn: conn.execute(count).scalar()) == 0  # nothing half-written
+    # Nothing half-written.
+    assert await agentd.db.read(lambda conn, count=count: conn.execute(count).scalar()) == 0
 
 
 async def test_missing_config_is_invalid_argument(agents):
@@ -117,7 +120,8 @@ async def test_sessions_lifecycle(agents):
     made = [await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name=f"s{i}"))
             for i in range(3)]
     assert all(m.session_id.startswith("sess_") for m in made)
-    got = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=made[0].session_id))).session
+    got = (await agents.GetSession(
+        pb.GetSessionRequest(agent_id=agent_id, session_id=made[0].session_id))).session
     assert (got.session_name, list(got.turns)) == ("s0", [])
     assert got.started_at == made[0].session.started_at
     listed = await agents.ListSessions(pb.ListSessionsRequest(agent_id=agent_id, page_size=2))
@@ -133,10 +137,12 @@ async def test_sessions_lifecycle(agents):
 async def test_session_of_another_agent_is_not_found(agents):
     a = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
     b = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=a, session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=a, session_name="s"))).session_id
     code, _, _ = await error_of(agents.GetSession(pb.GetSessionRequest(agent_id=b, session_id=session_id)))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, _, _ = await error_of(agents.DeleteSession(pb.DeleteSessionRequest(agent_id=b, session_id=session_id)))
+    code, _, _ = await error_of(
+        agents.DeleteSession(pb.DeleteSessionRequest(agent_id=b, session_id=session_id)))
     assert code == grpc.StatusCode.NOT_FOUND
 
 
@@ -159,7 +165,8 @@ async def test_delete_agent_cascades_to_sessions(agents, agentd):
 
 async def test_unknown_turn_and_step_are_not_found(agents):
     agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
     code, reason, _ = await error_of(agents.GetTurn(pb.GetTurnRequest(
         agent_id=agent_id, session_id=session_id, turn_id="turn_nope")))
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND")
@@ -219,7 +226,8 @@ async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> l
 
 async def test_get_session_turn_and_step_read_what_storage_holds(agents, agentd, http):
     agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
     turn_ids = await _stored_turns(agentd, agent_id, session_id, 3)
     whole = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
     assert [turn.turn_id for turn in whole.turns] == turn_ids
@@ -238,12 +246,13 @@ async def test_get_session_turn_and_step_read_what_storage_holds(agents, agentd,
 
 async def test_delete_agent_cascades_to_turns_and_steps(agents, agentd):
     agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
-    session_id = (await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
+    session_id = (await agents.CreateSession(
+        pb.CreateSessionRequest(agent_id=agent_id, session_name="s"))).session_id
     await _stored_turns(agentd, agent_id, session_id, 2)
     await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
     for table in (schema.sessions, schema.turns, schema.steps):
         count = select(func.count()).select_from(table)
-        assert await agentd.db.read(lambda conn: conn.execute(count).scalar()) == 0, table.name
+        assert await agentd.db.read(lambda conn, count=count: conn.execute(count).scalar()) == 0, table.name
 
 
 async def test_ids_with_nul_are_invalid_argument(agents, http):

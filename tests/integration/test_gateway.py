@@ -13,7 +13,8 @@ from tests.conftest import make_settings
 AGENT_CONFIG = {"model": "test-model", "instructions": "Be brief.",
                 "toolgroups": ["builtin::rag", {"name": "mcp::docs", "args": {"k": 3}}],
                 "client_tools": [{"name": "get_weather", "description": "Weather",
-                                  "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+                                  "input_schema": {"type": "object",
+                                                   "properties": {"city": {"type": "string"}}}}],
                 "sampling_params": {"strategy": {"type": "top_p", "temperature": 0.5, "top_p": 0.9},
                                     "max_tokens": 256}}
 
@@ -80,7 +81,8 @@ async def test_session_routes(http):
     ({"agent_config": {"model": "m", "instructions": "x", "tool_choice": "required",
                        "tool_config": {"tool_choice": "auto"}}}, 400, "tool_choice is deprecated"),
     ({"agent_config": {"model": "m", "instructions": "x",
-                       "sampling_params": {"strategy": {"type": "nucleus"}}}}, 400, "unknown value 'nucleus'"),
+                       "sampling_params": {"strategy": {"type": "nucleus"}}}}, 400,
+                       "unknown value 'nucleus'"),
     ({}, 400, "agent_config: required"),
 ])
 async def test_bad_agent_config_is_400_with_detail(http, body, status, needle):
@@ -99,7 +101,8 @@ async def test_required_fields_are_checked_for_rest_callers_too(http):
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000 + b"]" * 100_000,
-                                  b'{"agent_config": {"model": "m", "instructions": "", "max_infer_iters": NaN}}',
+                                  b'{"agent_config": {"model": "m", "instructions": "", '
+                                  b'"max_infer_iters": NaN}}',
                                   b'{"agent_config": {"model": "m", "instructions": "", "name": Infinity}}'])
 async def test_invalid_json_body_is_400(http, body):
     response = await http.post("/v1alpha/agents", content=body, headers={"content-type": "application/json"})
@@ -163,7 +166,8 @@ async def test_request_id_is_forwarded_and_echoed(http):
 @pytest.mark.parametrize("method, path, body", [
     ("POST", "/v1/responses", {"model": "test-model", "input": "hi"}),
     ("POST", "/v1/responses", {"model": "test-model", "input": "hi", "stream": True}),
-    ("POST", "/v1/openai/v1/responses", {"model": "test-model", "input": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/openai/v1/responses",
+     {"model": "test-model", "input": [{"role": "user", "content": "hi"}]}),
     ("GET", "/v1/responses/resp_1", None),
     ("GET", "/v1/responses/resp_1?stream=true&starting_after=3", None),
     ("GET", "/v1/responses/resp_1/input_items?limit=2&order=asc", None),
@@ -199,7 +203,8 @@ async def test_body_over_the_message_limit_is_413(database_url, tmp_path):
                 yield b"{" + b" " * 5000 + b"}"
             chunked = await client.post("/v1alpha/agents", content=chunks())
             assert chunked.status_code == 413  # no content-length: counted while reading
-            ok = await client.post("/v1alpha/agents", json={"agent_config": {"model": "m", "instructions": "x"}})
+            small = {"agent_config": {"model": "m", "instructions": "x"}}
+            ok = await client.post("/v1alpha/agents", json=small)
             assert ok.status_code == 200
             listed = (await client.get("/v1alpha/agents")).json()["data"]
             assert [a["agent_config"]["instructions"] for a in listed] == ["x"]

@@ -24,7 +24,8 @@ def _access_lines(caplog) -> list[str]:
 @pytest.mark.parametrize("method, path, content, status, logged", [
     ("GET", "/v1alpha/nothing-here", None, 404, "rpc GET /v1alpha/nothing-here NOT_FOUND "),
     ("PUT", "/v1alpha/agents", None, 405, "rpc PUT /v1alpha/agents UNIMPLEMENTED "),
-    ("POST", "/v1alpha/agents", b"{not json", 400, "rpc /agentd.v1.AgentsService/CreateAgent INVALID_ARGUMENT "),
+    ("POST", "/v1alpha/agents", b"{not json", 400,
+     "rpc /agentd.v1.AgentsService/CreateAgent INVALID_ARGUMENT "),
     ("POST", "/v1alpha/agents", b'{"agent_config": 3}', 400,
      "rpc /agentd.v1.AgentsService/CreateAgent INVALID_ARGUMENT "),
 ])
@@ -80,7 +81,8 @@ async def test_style_of_unmatched_paths_comes_from_the_route_table(http, method,
     body = response.json()
     if openai:
         assert set(body["error"]) == {"message", "type", "param", "code"}
-        assert body["error"]["code"] == ("route_not_found" if response.status_code == 404 else "method_not_allowed")
+        expected = "route_not_found" if response.status_code == 404 else "method_not_allowed"
+        assert body["error"]["code"] == expected
     else:
         assert set(body) == {"detail"}
 

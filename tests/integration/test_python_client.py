@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 import pytest
+from agentd_client import AsyncClient, Client
 
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import models_pb2
-from agentd_client import AsyncClient, Client
 
 
 async def test_async_client(agentd):

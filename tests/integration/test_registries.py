@@ -11,9 +11,16 @@ from grpc_status import rpc_status
 
 from agentd.app import Agentd
 from agentd.errors import details_of
-from agentd.v1 import files_pb2, files_pb2_grpc, shields_pb2, shields_pb2_grpc
+from agentd.v1 import (
+    files_pb2,
+    files_pb2_grpc,
+    shields_pb2,
+    shields_pb2_grpc,
+    tool_groups_pb2_grpc,
+    vector_stores_pb2,
+    vector_stores_pb2_grpc,
+)
 from agentd.v1 import tool_groups_pb2 as tg
-from agentd.v1 import tool_groups_pb2_grpc, vector_stores_pb2, vector_stores_pb2_grpc
 from tests.conftest import make_settings
 
 SEARCH_SCHEMA = {"type": "object", "required": ["query"], "properties": {
@@ -105,7 +112,8 @@ async def test_toolgroups_and_tools_over_grpc(channel):
     assert [(t.name, t.toolgroup_id) for t in every] == [
         ("web_search", "builtin::websearch"), ("read_file", "mcp::files")]
     [search] = (await stub.ListTools(tg.ListToolsRequest(toolgroup_id="builtin::websearch"))).data
-    assert (search.identifier, search.name, search.provider_id) == ("web_search", "web_search", "tavily-search")
+    assert (search.identifier, search.name, search.provider_id) == (
+        "web_search", "web_search", "tavily-search")
     got = (await stub.GetTool(tg.GetToolRequest(tool_name="read_file"))).tool
     assert got == every[1] and dict(got.metadata) == {"origin": "mcp"}
 
@@ -158,7 +166,8 @@ async def test_an_empty_configuration_lists_none(tmp_path):
 
 async def test_vector_stores_and_files_are_not_available_yet_over_grpc(channel):
     vector_stores = vector_stores_pb2_grpc.VectorStoresServiceStub(channel)
-    code, reason, _ = await error_of(vector_stores.ListVectorStores(vector_stores_pb2.ListVectorStoresRequest()))
+    listed = vector_stores.ListVectorStores(vector_stores_pb2.ListVectorStoresRequest())
+    code, reason, _ = await error_of(listed)
     assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_AVAILABLE_YET")
     files = files_pb2_grpc.FilesServiceStub(channel)
     code, reason, _ = await error_of(files.ListFiles(files_pb2.ListFilesRequest()))

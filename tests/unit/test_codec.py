@@ -9,23 +9,25 @@ import pytest
 from agentd import codec
 from agentd.v1 import agent_messages_pb2 as messages
 from agentd.v1 import agent_resources_pb2 as t
-from agentd.v1 import turn_events_pb2 as events
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import models_pb2
+from agentd.v1 import turn_events_pb2 as events
 
 TURN = {
     "turn_id": "turn_1", "session_id": "sess_1",
     "input_messages": [
         {"role": "user", "content": "hello", "context": None},
         {"role": "tool", "call_id": "c1", "content": [{"type": "text", "text": "42"},
-                                                      {"type": "image", "image": {"url": {"uri": "http://x/i.png"}, "data": None}}]},
+                                                      {"type": "image", "image": {"url": {"uri": "http://x/i.png"},
+                                                                                  "data": None}}]},
     ],
     "steps": [
         {"step_type": "inference", "turn_id": "turn_1", "step_id": "step_1",
          "started_at": "2025-10-26T12:00:00.123456Z", "completed_at": "2025-10-26T12:00:01Z",
          "model_response": {"role": "assistant", "content": "",
                             "stop_reason": "end_of_message",
-                            "tool_calls": [{"call_id": "c1", "tool_name": "calc", "arguments": "{\"x\": 1}"}]},
+                            "tool_calls": [{"call_id": "c1", "tool_name": "calc",
+                                            "arguments": "{\"x\": 1}"}]},
          "model": "m1", "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}},
         {"step_type": "tool_execution", "turn_id": "turn_1", "step_id": "step_2",
          "started_at": None, "completed_at": None,
@@ -38,7 +40,8 @@ TURN = {
          "violation": {"violation_level": "error", "user_message": "no", "metadata": {}},
          "touchpoint": "user-input", "shield_id": "llama-guard"},
     ],
-    "output_message": {"role": "assistant", "content": "done", "stop_reason": "end_of_turn", "tool_calls": []},
+    "output_message": {"role": "assistant", "content": "done", "stop_reason": "end_of_turn",
+                       "tool_calls": []},
     "output_attachments": [{"content": {"uri": "http://x/a.txt"}, "mime_type": "text/plain"}],
     "started_at": "2025-10-26T12:00:00Z", "completed_at": None,
     "status": "completed", "stop_reason": "end_of_turn", "background": False,
@@ -76,7 +79,8 @@ def test_stream_chunk_has_the_llama_stack_shape():
         step_progress=events.StepProgressPayload(
             step_type=t.AGENT_STEP_TYPE_INFERENCE, step_id="s",
             delta=events.ContentDelta(tool_call=events.ToolCallDelta(
-                tool_call=events.ToolCallOrString(call=messages.AgentToolCall(call_id="c", tool_name="f", arguments="{}")),
+                tool_call=events.ToolCallOrString(
+                    call=messages.AgentToolCall(call_id="c", tool_name="f", arguments="{}")),
                 parse_status=events.TOOL_CALL_PARSE_STATUS_SUCCEEDED)))))
     assert codec.to_json(pb.StreamTurnResponse(event=event)) == {"event": {
         "payload": {"event_type": "step_progress", "step_type": "inference", "step_id": "s",
@@ -92,7 +96,8 @@ def test_empty_union_member_is_written_with_its_tag():
 
 
 def test_constants_grpc_only_int64_and_enums():
-    model = models_pb2.Model(identifier="m", id="m", created=1_700_000_000_000, model_type=models_pb2.MODEL_TYPE_LLM)
+    model = models_pb2.Model(identifier="m", id="m", created=1_700_000_000_000,
+                             model_type=models_pb2.MODEL_TYPE_LLM)
     out = codec.to_json(model)
     assert out["object"] == "model" and out["type"] == "model"
     assert out["created"] == 1_700_000_000_000  # a number, not proto3 JSON's string
@@ -103,7 +108,8 @@ def test_constants_grpc_only_int64_and_enums():
 
 
 def test_unset_optional_and_message_fields_are_null_and_read_back_as_unset():
-    cfg = codec.parse({"model": "m", "instructions": "", "name": None, "response_format": None}, t.AgentConfig)
+    cfg = codec.parse({"model": "m", "instructions": "", "name": None, "response_format": None},
+                      t.AgentConfig)
     assert not cfg.HasField("name") and not cfg.HasField("response_format")
     out = codec.to_json(cfg)
     assert out["name"] is None and out["response_format"] is None and out["max_infer_iters"] is None
@@ -129,7 +135,8 @@ def test_camel_case_keys_are_accepted_for_grpc_json_clients():
     ({"sampling_params": {"strategy": {}}}, t.AgentConfig, "sampling_params.strategy.type", "required"),
     ({"messages": [{"content": "x"}]}, pb.CreateTurnRequest, "messages[0].role", "required"),
     ({"started_at": "yesterday"}, t.Turn, "started_at", "RFC 3339"),
-    ({"tool_calls": [{"call_id": 1}]}, messages.CompletionMessage, "tool_calls[0].call_id", "expected a string"),
+    ({"tool_calls": [{"call_id": 1}]}, messages.CompletionMessage, "tool_calls[0].call_id",
+     "expected a string"),
     ({"image": "%%%"}, events.ImageDelta, "image", "base64"),
     ("x", t.AgentConfig, "", "expected an object"),
 ])

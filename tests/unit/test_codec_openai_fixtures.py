@@ -12,7 +12,7 @@ import pydantic
 import pytest
 from google.protobuf import symbol_database
 
-import agentd.v1.conversations_pb2  # noqa: F401 - registers the messages
+import agentd.v1.conversations_pb2  # registers the messages
 import agentd.v1.responses_pb2  # noqa: F401
 from agentd import codec
 from agentd.v1 import options_pb2, response_events_pb2

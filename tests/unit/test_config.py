@@ -19,7 +19,8 @@ def test_defaults_need_nothing():
 def test_env_wins_over_the_yaml_file(tmp_path: Path):
     config = tmp_path / "agentd.yaml"
     config.write_text("grpc_addr: 0.0.0.0:6000\nlog_level: debug\n"
-                      "providers:\n  - {id: vllm, type: openai, base_url: 'http://h:8000/v1', models: [{id: m}]}\n")
+                      "providers:\n"
+                      "  - {id: vllm, type: openai, base_url: 'http://h:8000/v1', models: [{id: m}]}\n")
     settings = load_settings(environ={"AGENTD_CONFIG": str(config), "AGENTD_GRPC_ADDR": "127.0.0.1:7000",
                                       "AGENTD_DATA_DIR": str(tmp_path)})
     assert settings.grpc_addr == "127.0.0.1:7000"
@@ -92,7 +93,8 @@ def test_shields_and_toolgroups_from_yaml_and_env(tmp_path: Path):
     config = tmp_path / "agentd.yaml"
     config.write_text("shields:\n  - {id: llama-guard, provider_id: llama-guard, params: {t: 1}}\n"
                       "toolgroups:\n  - id: mcp::files\n    provider_id: model-context-protocol\n"
-                      "    mcp_endpoint: http://h/sse\n    tools: [{name: read_file, input_schema: {type: object}}]\n")
+                      "    mcp_endpoint: http://h/sse\n"
+                      "    tools: [{name: read_file, input_schema: {type: object}}]\n")
     from_yaml = load_settings(environ={"AGENTD_CONFIG": str(config)})
     assert from_yaml.shields[0].params == {"t": 1} and from_yaml.shields[0].provider_shield_id is None
     assert from_yaml.toolgroups[0].tools[0].input_schema == {"type": "object"}

@@ -57,7 +57,7 @@ def test_the_request_ids_of_creates_are_optional_strings():
     """Every create that runs work or makes a resource takes an idempotency request_id."""
     creates = [m for s in SERVICES for m in s.methods
                if m.name.startswith(("Create", "Stream", "Resume", "Upload"))
-               and not m.name.startswith("StreamTurnEvents") and not m.name.startswith("StreamResponseEvents")]
+               and not m.name.startswith(("StreamTurnEvents", "StreamResponseEvents"))]
     assert creates
     for method in creates:
         field = method.input_type.fields_by_name.get("request_id")

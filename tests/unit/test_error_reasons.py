@@ -51,7 +51,7 @@ class _Scan:
             elif isinstance(node, ast.Assign):  # `code, reason, ... = (..., "INTERNAL", ...)`
                 for target in node.targets:
                     if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
-                        for name, value in zip(target.elts, node.value.elts):
+                        for name, value in zip(target.elts, node.value.elts, strict=False):
                             if isinstance(name, ast.Name) and name.id == "reason" and _literal(value):
                                 self._add(_literal(value), node)
 

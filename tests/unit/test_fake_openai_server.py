@@ -4,6 +4,7 @@ tests can trust it to stand in for the model."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -18,7 +19,6 @@ from tests.fakes.openai_server import (
     Reply,
     ToolCallSpec,
     Usage,
-    fake_openai,  # noqa: F401  (the fixture)
 )
 
 MODEL = "fake-model"
@@ -66,9 +66,11 @@ async def test_non_stream_text(fake_openai: FakeOpenAIServer, aclient: openai.As
     assert fake_openai.pending == 0
 
 
-async def test_usage_defaults_to_word_counts(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI) -> None:
+async def test_usage_defaults_to_word_counts(fake_openai: FakeOpenAIServer,
+                                             aclient: openai.AsyncOpenAI) -> None:
     fake_openai.script(Reply(text="one two three"))
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "count to three please"}]
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user",
+                                                            "content": "count to three please"}]
 
     resp = await aclient.chat.completions.create(model=MODEL, messages=messages)
 
@@ -115,7 +117,8 @@ async def test_stream_without_include_usage_sends_no_usage(
 def test_stream_wire_format(fake_openai: FakeOpenAIServer, client: openai.OpenAI) -> None:
     fake_openai.script(Reply(text="hey"))
 
-    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HI, stream=True) as resp:
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HI,
+                                                                stream=True) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         assert resp.headers["transfer-encoding"] == "chunked"
         raw = b"".join(resp.iter_bytes()).decode()
@@ -128,11 +131,13 @@ def test_stream_wire_format(fake_openai: FakeOpenAIServer, client: openai.OpenAI
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_finish_reason_length(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI, stream: bool) -> None:
+async def test_finish_reason_length(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI,
+                                    stream: bool) -> None:
     fake_openai.script(Reply(text="cut sho", finish_reason="length"))
 
     if stream:
-        chunks = [c async for c in await aclient.chat.completions.create(model=MODEL, messages=HI, stream=True)]
+        chunks = [c async for c in await aclient.chat.completions.create(model=MODEL, messages=HI,
+                                                                         stream=True)]
         finishes = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
         assert finishes == ["length"]
     else:
@@ -157,7 +162,8 @@ async def test_tool_call_non_stream(fake_openai: FakeOpenAIServer, aclient: open
     assert json.loads(call.function.arguments) == {"city": "Paris"}
 
 
-async def test_tool_call_stream_via_sdk_helper(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI) -> None:
+async def test_tool_call_stream_via_sdk_helper(fake_openai: FakeOpenAIServer,
+                                               aclient: openai.AsyncOpenAI) -> None:
     args = '{"city":"Paris"}'
     fake_openai.script(Reply(tool_calls=[ToolCallSpec(name="get_weather", arguments=args, id="call_1")]))
 
@@ -185,9 +191,11 @@ async def test_parallel_tool_calls_stream_by_index(
         ToolCallSpec("get_weather", '{"city":"Tokyo"}', id="call_b"),
         ToolCallSpec("get_time", '{"tz":"UTC"}', id="call_c"),
     ]
-    fake_openai.script(Reply(text="Checking.", tool_calls=specs, chunk_size=5, interleave_tool_calls=interleave))
+    fake_openai.script(Reply(text="Checking.", tool_calls=specs, chunk_size=5,
+                             interleave_tool_calls=interleave))
 
-    stream = await aclient.chat.completions.create(model=MODEL, messages=HI, tools=[WEATHER_TOOL], stream=True)
+    stream = await aclient.chat.completions.create(model=MODEL, messages=HI, tools=[WEATHER_TOOL],
+                                                   stream=True)
     calls: dict[int, dict[str, str]] = {}
     index_order, fragments, text, finish = [], [], "", None
     async for chunk in stream:
@@ -260,7 +268,8 @@ def test_sdk_retry_consumes_next_scripted_reply(fake_openai: FakeOpenAIServer) -
 # --------------------------------------------------------------------------- timing
 
 
-async def test_delay_holds_back_the_response(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI) -> None:
+async def test_delay_holds_back_the_response(fake_openai: FakeOpenAIServer,
+                                             aclient: openai.AsyncOpenAI) -> None:
     fake_openai.script(Reply(text="slow", delay=0.5), Reply(text="fast"))
     finished: list[str] = []
 
@@ -292,7 +301,7 @@ async def test_chunk_delay_spaces_events_and_streams_incrementally(
     assert rec.done.wait(PROMPT)
     # Events: role, 4 pieces, finish, [DONE]; the server waited between each two.
     assert len(rec.sent_at) == 7 and len(arrived) == 4
-    gaps = [b - a for a, b in zip(rec.sent_at, rec.sent_at[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(rec.sent_at)]
     assert min(gaps) >= chunk_delay * 0.9  # a lower bound: sleeping never makes it flaky
     # The first piece reached the client before the server sent the last one.
     assert arrived[0] < rec.sent_at[-1]
@@ -301,7 +310,8 @@ async def test_chunk_delay_spaces_events_and_streams_incrementally(
 # --------------------------------------------------------------------------- failures
 
 
-async def test_disconnect_mid_stream_raises(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI) -> None:
+async def test_disconnect_mid_stream_raises(fake_openai: FakeOpenAIServer,
+                                            aclient: openai.AsyncOpenAI) -> None:
     # Chunks: 0 role, 1 "ab", 2 "cd", then the connection drops.
     fake_openai.script(Reply(text="abcdefghij", chunk_size=2, disconnect_after_chunks=3))
 
@@ -314,7 +324,8 @@ async def test_disconnect_mid_stream_raises(fake_openai: FakeOpenAIServer, aclie
     assert received == ["", "ab", "cd"]
 
 
-def test_disconnect_before_non_stream_response_raises(fake_openai: FakeOpenAIServer, client: openai.OpenAI) -> None:
+def test_disconnect_before_non_stream_response_raises(fake_openai: FakeOpenAIServer,
+                                                      client: openai.OpenAI) -> None:
     fake_openai.script(Reply(text="never", disconnect_after_chunks=0))
 
     with pytest.raises(openai.APIConnectionError):
@@ -326,7 +337,8 @@ def test_hang_times_out_client_and_server_still_closes_promptly() -> None:
     fake = FakeOpenAIServer().start()
     try:
         fake.script(Reply(hang=True))
-        with openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0, timeout=0.3) as sync_client:
+        with openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0,
+                           timeout=0.3) as sync_client:
             with pytest.raises(openai.APITimeoutError):
                 sync_client.chat.completions.create(model=MODEL, messages=HI)
         # The handler notices the client hung up and lets go of the request.
@@ -342,7 +354,8 @@ def test_hang_times_out_client_and_server_still_closes_promptly() -> None:
 def test_hang_after_chunks_stalls_the_stream() -> None:
     with FakeOpenAIServer() as fake:
         fake.script(Reply(text="abcdef", chunk_size=2, hang_after_chunks=2))
-        with openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0, timeout=0.3) as sync_client:
+        with openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0,
+                           timeout=0.3) as sync_client:
             stream = sync_client.chat.completions.create(model=MODEL, messages=HI, stream=True)
             received = []
             with pytest.raises(openai.APITimeoutError):
@@ -374,7 +387,8 @@ def test_close_cuts_an_open_request(reply: Reply) -> None:
     outcome: list[BaseException] = []
 
     def call() -> None:
-        with openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0, timeout=60) as sync_client:
+        with openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0,
+                           timeout=60) as sync_client:
             try:
                 for _ in sync_client.chat.completions.create(model=MODEL, messages=HI, stream=True):
                     pass
@@ -452,7 +466,8 @@ async def test_concurrent_requests_each_consume_one_reply(
     fake_openai.script(*(Reply(text=t, chunk_delay=0.01) for t in texts))
 
     async def ask() -> str:
-        chunks = [c async for c in await aclient.chat.completions.create(model=MODEL, messages=HI, stream=True)]
+        chunks = [c async for c in await aclient.chat.completions.create(model=MODEL, messages=HI,
+                                                                         stream=True)]
         return "".join(c.choices[0].delta.content or "" for c in chunks)
 
     answers = await asyncio.gather(*(ask() for _ in texts))
@@ -497,7 +512,8 @@ async def test_default_reply_is_configurable_and_reset_restores_it(
     assert resp.choices[0].message.content == "echo: hi"
 
 
-async def test_callable_reply_sees_the_request(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI) -> None:
+async def test_callable_reply_sees_the_request(fake_openai: FakeOpenAIServer,
+                                               aclient: openai.AsyncOpenAI) -> None:
     fake_openai.script(lambda req: Reply(text=f"{len(req.messages)} messages"))
 
     resp = await aclient.chat.completions.create(model=MODEL, messages=HI * 3)
@@ -514,7 +530,8 @@ async def test_callable_reply_sees_the_request(fake_openai: FakeOpenAIServer, ac
         ({"model": MODEL}, "messages", "missing_required_parameter"),
         ({"model": MODEL, "messages": []}, "messages", "empty_array"),
         ({"messages": HI}, None, None),
-        ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role",
+         "invalid_value"),
     ],
 )
 def test_malformed_request_is_400(
@@ -604,7 +621,8 @@ def test_api_key_is_enforced_when_configured() -> None:
                 wrong.chat.completions.create(model=MODEL, messages=HI)
             assert excinfo.value.body["code"] == "invalid_api_key"
         with openai.OpenAI(base_url=fake.base_url, api_key="sk-right", max_retries=0) as right:
-            assert right.chat.completions.create(model=MODEL, messages=HI).choices[0].message.content == "echo: hi"
+            assert right.chat.completions.create(model=MODEL,
+                                                 messages=HI).choices[0].message.content == "echo: hi"
 
 
 def test_unknown_path_is_404(fake_openai: FakeOpenAIServer, client: openai.OpenAI) -> None:
@@ -615,7 +633,8 @@ def test_unknown_path_is_404(fake_openai: FakeOpenAIServer, client: openai.OpenA
     assert fake_openai.requests[0].path == "/v1/embeddings"
 
 
-def test_script_errors_are_reported_not_swallowed(fake_openai: FakeOpenAIServer, client: openai.OpenAI) -> None:
+def test_script_errors_are_reported_not_swallowed(fake_openai: FakeOpenAIServer,
+                                                  client: openai.OpenAI) -> None:
     fake_openai.script(lambda req: "not a reply")  # type: ignore[arg-type, return-value]
 
     with pytest.raises(openai.APIConnectionError):

@@ -122,7 +122,8 @@ async def test_stream_flag_on_a_shared_get_route_is_a_query_parameter(gateway, q
     plain = await client.get("/v1/agents/agent_1/session/sess_1/turn/turn_1?stream=false")
     assert plain.json()["turn_id"] == "turn_1"
     requests = served["agentd.v1.AgentsService"].requests
-    assert isinstance(requests[-2], pb.StreamTurnEventsRequest) and isinstance(requests[-1], pb.GetTurnRequest)
+    assert isinstance(requests[-2], pb.StreamTurnEventsRequest)
+    assert isinstance(requests[-1], pb.GetTurnRequest)
 
 
 async def test_last_event_id_stands_for_starting_after(gateway):
@@ -140,7 +141,8 @@ async def test_last_event_id_stands_for_starting_after(gateway):
     # Without either, the stream replays from the start.
     await client.get("/v1/agents/agent_1/session/sess_1/turn/turn_1/events")
     assert not agents.requests[-1].HasField("starting_after")
-    bad = await client.get("/v1/agents/agent_1/session/sess_1/turn/turn_1/events", headers={"Last-Event-ID": "x"})
+    bad = await client.get("/v1/agents/agent_1/session/sess_1/turn/turn_1/events",
+                           headers={"Last-Event-ID": "x"})
     assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["detail"]
     # OpenAI's re-attach (responses.retrieve(stream=True)) takes it too.
     responses = served["agentd.v1.ResponsesService"]
@@ -154,7 +156,8 @@ async def test_provider_data_is_read_from_its_header(gateway):
     agents = served["agentd.v1.AgentsService"]
     data = {"mcp_headers": {"http://mcp": {"Authorization": "Bearer x"}}}
     for stream in (False, True):
-        response = await client.post(TURN.format("sess_heartbeat"), json={"messages": MESSAGES, "stream": stream},
+        body = {"messages": MESSAGES, "stream": stream}
+        response = await client.post(TURN.format("sess_heartbeat"), json=body,
                                      headers={"X-LlamaStack-Provider-Data": json.dumps(data)})
         assert response.status_code == 200
         request = agents.requests[-1]
@@ -201,12 +204,14 @@ async def test_multipart_upload_fills_fields_nested_fields_and_the_file(gateway)
     assert request.purpose == "assistants"
     assert (request.expires_after.anchor, request.expires_after.seconds) == ("created_at", 3600)
     # No content type on the part: octet-stream.
-    await client.post("/v1/openai/v1/files", files={"file": ("b.bin", b"\x01")}, data={"purpose": "user_data"})
+    await client.post("/v1/openai/v1/files", files={"file": ("b.bin", b"\x01")},
+                      data={"purpose": "user_data"})
     assert served["agentd.v1.FilesService"].requests[-1].file.content_type == "application/octet-stream"
 
 
 @pytest.mark.parametrize("files, data, param", [
-    ({"file": ("a.txt", b"x")}, {"purpose": "assistants", "expires_after[seconds]": "soon"}, "expires_after[seconds]"),
+    ({"file": ("a.txt", b"x")}, {"purpose": "assistants", "expires_after[seconds]": "soon"},
+     "expires_after[seconds]"),
     (None, {"file": "not a file", "purpose": "assistants"}, "file"),
     ({"purpose": ("p.txt", b"x")}, {}, "purpose"),
 ])

@@ -11,7 +11,8 @@ from agentd.gateway.routes import compile_template, routes_of
 def test_one_segment_variables_stop_at_slashes_and_verbs():
     pattern, names = compile_template("/v1alpha/agents/{agent_id}/session/{session_id}")
     assert names == ["agent_id", "session_id"]
-    assert pattern.match("/v1alpha/agents/a1/session/s1").groupdict() == {"agent_id": "a1", "session_id": "s1"}
+    matched = pattern.match("/v1alpha/agents/a1/session/s1")
+    assert matched.groupdict() == {"agent_id": "a1", "session_id": "s1"}
     assert pattern.match("/v1alpha/agents/a1/x/session/s1") is None
     assert compile_template("/v1/things/{id}")[0].match("/v1/things/t1:cancel") is None
 

@@ -15,15 +15,16 @@ from agentd.app import SERVICES
 from agentd.errors import NotFound
 from agentd.gateway.server import GatewayServer
 from agentd.v1 import agent_resources_pb2 as t
-from agentd.v1 import turn_events_pb2 as events
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
+from agentd.v1 import turn_events_pb2 as events
 
 
 def event(n: int) -> pb.StreamTurnResponse:
+    delta = events.ContentDelta(text=events.TextDelta(text=f"word{n} "))
     return pb.StreamTurnResponse(event=events.TurnEvent(sequence_number=n, payload=events.TurnEventPayload(
         step_progress=events.StepProgressPayload(step_type=t.AGENT_STEP_TYPE_INFERENCE, step_id="step_1",
-                                            delta=events.ContentDelta(text=events.TextDelta(text=f"word{n} "))))))
+                                                 delta=delta))))
 
 
 class ScriptedAgents(agents_pb2_grpc.AgentsServiceServicer):

@@ -30,7 +30,8 @@ def _imports() -> dict[str, set[str]]:
                 elif node.module.startswith("agentd."):
                     names.add(node.module.removeprefix("agentd."))
             elif isinstance(node, ast.Import):
-                names.update(a.name.removeprefix("agentd.") for a in node.names if a.name.startswith("agentd."))
+                names.update(a.name.removeprefix("agentd.") for a in node.names
+                             if a.name.startswith("agentd."))
         found[".".join(rel.parts)] = names
     return found
 

@@ -12,7 +12,8 @@ from agentd.errors import InvalidArgument
 
 
 @pytest.mark.parametrize("cursor", [paging.Cursor(offset=5), paging.Cursor(after="agent_1"),
-                                    paging.Cursor(before="msg_2"), paging.Cursor(), paging.Cursor(key=(5, "x"))])
+                                    paging.Cursor(before="msg_2"), paging.Cursor(),
+                                    paging.Cursor(key=(5, "x"))])
 def test_tokens_round_trip(cursor):
     assert paging.decode(paging.encode(cursor)) == cursor
 
@@ -47,7 +48,8 @@ def test_legacy_cursors():
 
 
 def test_key_tokens_and_offset_bounds():
-    assert paging.decode(paging.encode(paging.Cursor(key=(17, "agent_1")))) == paging.Cursor(key=(17, "agent_1"))
+    cursor = paging.Cursor(key=(17, "agent_1"))
+    assert paging.decode(paging.encode(cursor)) == cursor
     for bad in ({"key": [1]}, {"key": ["1", "a"]}, {"offset": paging.MAX_OFFSET + 1}):
         token = base64.urlsafe_b64encode(json.dumps(bad).encode()).decode()
         with pytest.raises(InvalidArgument):

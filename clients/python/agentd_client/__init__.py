@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import grpc
 
-from agentd.v1 import (agents_pb2_grpc, conversations_pb2_grpc, models_pb2_grpc,
-                       responses_pb2_grpc)
+from agentd.v1 import agents_pb2_grpc, conversations_pb2_grpc, models_pb2_grpc, responses_pb2_grpc
 
 __all__ = ["AsyncClient", "Client"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids, paging
+from agentd.clock import now_micros
 from agentd.context import principal
 from agentd.engine import agent_config
 from agentd.errors import InvalidArgument, NotFound, Unimplemented
 from agentd.storage.agents import AgentStore
-from agentd.clock import now_micros
 from agentd.v1 import agent_resources_pb2 as types
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc

@@ -15,7 +15,8 @@ import inspect
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 from google.rpc import code_pb2

@@ -9,9 +9,8 @@ from google.protobuf import struct_pb2
 
 from agentd.config import Settings, ToolConfig, ToolGroupConfig
 from agentd.errors import NotFound
-from agentd.v1 import agent_messages_pb2, agent_resources_pb2
+from agentd.v1 import agent_messages_pb2, agent_resources_pb2, tool_groups_pb2_grpc
 from agentd.v1 import tool_groups_pb2 as pb
-from agentd.v1 import tool_groups_pb2_grpc
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:

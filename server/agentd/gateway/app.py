@@ -131,7 +131,7 @@ def _path_to(desc, wanted, depth: int) -> tuple[tuple[str, ...], Any] | None:
             for fd in d.fields:
                 t = fd.message_type
                 if t is not None and not fd.is_repeated and not t.full_name.startswith("google."):
-                    below.append((path + (fd.name,), t))
+                    below.append(((*path, fd.name), t))
         level = below
     return None
 
@@ -141,11 +141,6 @@ def _walk(msg: Message, path: tuple[str, ...]) -> Any:
         msg = getattr(msg, name)
     return msg
 
-
-def _union_of(desc):
-    if desc.full_name.startswith("google.") or desc.GetOptions().Extensions[options_pb2.untagged]:
-        return None
-    return next((o for o in desc.oneofs if not (len(o.fields) == 1 and o.name == "_" + o.fields[0].name)), None)
 
 
 def _event_id_field(desc):
@@ -159,12 +154,12 @@ class _StreamPlan:
         self.style = route.error_style
         service_opts = route.method.containing_service.GetOptions()
         self.event_and_data = service_opts.Extensions[options_pb2.sse_framing] == _EVENT_AND_DATA
-        found = _path_to(event_desc, lambda d: _union_of(d) is not None, depth=2)
+        found = _path_to(event_desc, lambda d: codec.tagged_union(d) is not None, depth=2)
         self.union_path: tuple[str, ...] | None = found[0] if found else None
         self.keepalive: set[str] = set()
         self.error: set[str] = set()
         if found:
-            for fd in _union_of(found[1]).fields:
+            for fd in codec.tagged_union(found[1]).fields:
                 opts = fd.GetOptions()
                 if opts.Extensions[options_pb2.sse_keepalive]:
                     self.keepalive.add(fd.name)
@@ -246,7 +241,8 @@ class Endpoint:
             try:
                 value = json.loads(raw, parse_constant=_no_constants)
             except (ValueError, RecursionError) as e:
-                raise InvalidArgument(header, f"header is not valid JSON: {e}", reason="INVALID_JSON") from None
+                raise InvalidArgument(header, f"header is not valid JSON: {e}",
+                                      reason="INVALID_JSON") from None
             codec.read_field(msg, field, value, header)
         if self.query is not None:
             for name, raw in query:
@@ -315,7 +311,7 @@ class Gateway:
         best, styles = 0, set()
         for prefix, style in self._prefixes:
             shared = 0
-            for ours, theirs in zip(prefix, segments):
+            for ours, theirs in zip(prefix, segments, strict=False):
                 if ours != theirs:
                     break
                 shared += 1
@@ -531,7 +527,8 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 # ---------------------------------------------------------------------------- errors
 
 
-def _error_body_of(style: int, error: BaseException, renames: dict[str, str] | None = None) -> tuple[int, dict]:
+def _error_body_of(style: int, error: BaseException,
+                   renames: dict[str, str] | None = None) -> tuple[int, dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
     http = error.http if isinstance(error, _GatewayError) else None
     return _status_body(style, status_of(error), http, renames)

@@ -62,8 +62,7 @@ def compile_template(template: str) -> tuple[re.Pattern, list[str]]:
 
 def _rules(rule: http_pb2.HttpRule):
     yield rule
-    for extra in rule.additional_bindings:
-        yield extra
+    yield from rule.additional_bindings
 
 
 def routes_of(services: list[ServiceDescriptor]) -> list[Route]:

@@ -57,7 +57,7 @@ class GatewayServer:
             self._server.should_exit = True
             try:
                 await self._task
-            except Exception:  # noqa: BLE001 - stopping anyway; say what uvicorn died of
+            except Exception:
                 log.exception("the HTTP gateway had failed")
 
 

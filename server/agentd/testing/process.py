@@ -82,7 +82,8 @@ class AgentdProcess:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise AgentdStartError(f"agentd exited with {self.process.returncode}; its log:\n{self.log()}")
+                    raise AgentdStartError(
+                        f"agentd exited with {self.process.returncode}; its log:\n{self.log()}")
                 try:
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
                             health_pb2.HealthCheckResponse.SERVING:
