@@ -11,6 +11,7 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, settings
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentd.app import Agentd
 from agentd.config import Settings
+from agentd.errors import details_of
+from agentd.storage import Database, Repository
 from agentd.storage.schema import metadata
 from agentd.v1 import agents_pb2_grpc, models_pb2_grpc
 
@@ -122,3 +125,22 @@ def models(channel):
 async def http(agentd):
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agentd.http_port}") as client:
         yield client
+
+
+@pytest_asyncio.fixture
+async def repo(database_url):
+    """A migrated database behind the generic repository, for store tests."""
+    db = Database(database_url)
+    await db.migrate()
+    try:
+        yield Repository(db)
+    finally:
+        await db.close()
+
+
+async def error_of(call) -> tuple[grpc.StatusCode, str, list[str]]:
+    """The code, ErrorInfo reason and BadRequest fields of a failed gRPC call."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    reason, fields = details_of(rpc_status.from_call(caught.value))
+    return caught.value.code(), reason, fields

@@ -14,7 +14,7 @@ from agentd.storage.agents import AgentStore
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from tests.conftest import _admin
+from tests.conftest import _admin, error_of
 
 _USER_HI = m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(text="hi")))
 
@@ -24,12 +24,6 @@ def config(**fields) -> t.AgentConfig:
                          instructions=fields.pop("instructions", "Be brief."), **fields)
 
 
-async def error_of(call) -> tuple[grpc.StatusCode, str, list[str]]:
-    """The code, ErrorInfo reason and BadRequest fields of a failed call."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    reason, fields = details_of(rpc_status.from_call(caught.value))
-    return caught.value.code(), reason, fields
 
 
 async def test_create_and_get_agent_normalizes_the_config(agents):

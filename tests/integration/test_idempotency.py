@@ -7,11 +7,10 @@ import asyncio
 
 import grpc
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from agentd.storage import Database, Repository, schema
+from agentd.storage import schema
 from agentd.storage.agents import AgentStore
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
@@ -21,15 +20,6 @@ from tests.integration.test_agents_grpc import config, error_of
 async def count(db, table) -> int:
     return await db.read(lambda conn: conn.execute(select(func.count()).select_from(table)).scalar())
 
-
-@pytest_asyncio.fixture
-async def repo(database_url):
-    db = Database(database_url)
-    await db.migrate()
-    try:
-        yield Repository(db)
-    finally:
-        await db.close()
 
 
 async def test_a_retried_create_agent_returns_the_first_agent(agents, agentd):

@@ -7,10 +7,8 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from grpc_status import rpc_status
 
 from agentd.app import Agentd
-from agentd.errors import details_of
 from agentd.v1 import (
     files_pb2,
     files_pb2_grpc,
@@ -21,7 +19,7 @@ from agentd.v1 import (
     vector_stores_pb2_grpc,
 )
 from agentd.v1 import tool_groups_pb2 as tg
-from tests.conftest import make_settings
+from tests.conftest import error_of, make_settings
 
 SEARCH_SCHEMA = {"type": "object", "required": ["query"], "properties": {
     "query": {"type": "string", "description": "What to look for"},
@@ -62,11 +60,6 @@ async def http(server):
         yield client
 
 
-async def error_of(call) -> tuple[grpc.StatusCode, str, list[str]]:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    reason, fields = details_of(rpc_status.from_call(caught.value))
-    return caught.value.code(), reason, fields
 
 
 # ------------------------------------------------------------------ shields

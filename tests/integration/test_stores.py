@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd import paging
 from agentd.errors import NotFound
-from agentd.storage import Database, Repository, schema
+from agentd.storage import schema
 from agentd.storage.agents import AgentStore
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.events import EventStore
@@ -21,16 +20,6 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import conversations_pb2 as cv
 from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt
-
-
-@pytest_asyncio.fixture
-async def repo(database_url):
-    db = Database(database_url)
-    await db.migrate()
-    try:
-        yield Repository(db)
-    finally:
-        await db.close()
 
 
 async def count(repo, table, **where) -> int:
