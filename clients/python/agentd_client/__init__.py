@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import grpc
 
-from agentd.v1 import agents_pb2_grpc, conversations_pb2_grpc, models_pb2_grpc, responses_pb2_grpc
+from agentd.v1 import (
+    agents_pb2_grpc,
+    conversations_pb2_grpc,
+    files_pb2_grpc,
+    models_pb2_grpc,
+    responses_pb2_grpc,
+    shields_pb2_grpc,
+    tool_groups_pb2_grpc,
+    vector_stores_pb2_grpc,
+)
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -27,6 +36,10 @@ class _Stubs:
         self.agents = agents_pb2_grpc.AgentsServiceStub(channel)
         self.responses = responses_pb2_grpc.ResponsesServiceStub(channel)
         self.conversations = conversations_pb2_grpc.ConversationsServiceStub(channel)
+        self.vector_stores = vector_stores_pb2_grpc.VectorStoresServiceStub(channel)
+        self.files = files_pb2_grpc.FilesServiceStub(channel)
+        self.shields = shields_pb2_grpc.ShieldsServiceStub(channel)
+        self.tool_groups = tool_groups_pb2_grpc.ToolGroupsServiceStub(channel)
         self.models = models_pb2_grpc.ModelsServiceStub(channel)
 
 
