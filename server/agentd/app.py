@@ -14,6 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from agentd.api.agents import AgentsServicer
 from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
+from agentd.api.shields import ShieldsServicer
+from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import Database, Repository
@@ -23,10 +25,18 @@ from agentd.v1 import (
     agents_pb2_grpc,
     conversations_pb2,
     conversations_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     responses_pb2,
     responses_pb2_grpc,
+    shields_pb2,
+    shields_pb2_grpc,
+    tool_groups_pb2,
+    tool_groups_pb2_grpc,
+    vector_stores_pb2,
+    vector_stores_pb2_grpc,
 )
 
 log = logging.getLogger("agentd")
@@ -50,6 +60,10 @@ SERVICES = [
     responses_pb2.DESCRIPTOR.services_by_name["ResponsesService"],
     conversations_pb2.DESCRIPTOR.services_by_name["ConversationsService"],
     models_pb2.DESCRIPTOR.services_by_name["ModelsService"],
+    shields_pb2.DESCRIPTOR.services_by_name["ShieldsService"],
+    tool_groups_pb2.DESCRIPTOR.services_by_name["ToolGroupsService"],
+    vector_stores_pb2.DESCRIPTOR.services_by_name["VectorStoresService"],
+    files_pb2.DESCRIPTOR.services_by_name["FilesService"],
 ]
 
 
@@ -99,6 +113,18 @@ class Agentd:
                 conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
             "agentd.v1.ModelsService": (
                 ModelsServicer(self.settings), models_pb2_grpc.add_ModelsServiceServicer_to_server),
+            "agentd.v1.ShieldsService": (
+                ShieldsServicer(self.settings), shields_pb2_grpc.add_ShieldsServiceServicer_to_server),
+            "agentd.v1.ToolGroupsService": (
+                ToolGroupsServicer(self.settings),
+                tool_groups_pb2_grpc.add_ToolGroupsServiceServicer_to_server),
+            # Vector stores and files are in the contract, not built yet: UNIMPLEMENTED
+            # (reason NOT_AVAILABLE_YET) from the generated base servicers.
+            "agentd.v1.VectorStoresService": (
+                vector_stores_pb2_grpc.VectorStoresServiceServicer(),
+                vector_stores_pb2_grpc.add_VectorStoresServiceServicer_to_server),
+            "agentd.v1.FilesService": (
+                files_pb2_grpc.FilesServiceServicer(), files_pb2_grpc.add_FilesServiceServicer_to_server),
         }
 
     def _build_server(self) -> grpc.aio.Server:

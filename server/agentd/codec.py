@@ -7,6 +7,9 @@ written and read in the legacy shape.
 
 Per descriptor, a plan (field kinds, JSON keys, union tags, enum texts) is computed once and
 cached, so converting a message costs one pass over its set fields.
+
+`sensitive` fields (secrets such as MCP headers) are read but never written (agentd.sensitive
+strips them from what is stored or logged).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "from_json", "parse", "to_json"]
+__all__ = ["CodecError", "from_json", "parse", "tagged_union", "to_json", "union_member"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -82,6 +85,7 @@ class _Field:
     is_message: bool
     nullable: bool  # unset is written as null
     enum: _Enum | None = None
+    sensitive: bool = False  # never written (null on output)
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class _Plan:
     untagged: bool = False
     discriminator: str = "type"
     default_tag: str = ""
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (key, tag), in order
     tag_of: dict[str, str] = field(default_factory=dict)  # member field name -> tag
     member_of: dict[str, _Field] = field(default_factory=dict)  # tag -> member
     members: list[_Field] = field(default_factory=list)
@@ -135,6 +140,7 @@ def _field_plan(fd: _d.FieldDescriptor) -> _Field:
         is_message=fd.message_type is not None,
         nullable=not fd.is_repeated and fd.has_presence,
         enum=_enum_plan(fd.enum_type) if fd.enum_type is not None else None,
+        sensitive=fd.GetOptions().Extensions[options_pb2.sensitive],
     )
 
 
@@ -160,6 +166,7 @@ def _plan(desc: _d.Descriptor) -> _Plan:
         plan.untagged = opts.Extensions[options_pb2.untagged]
         plan.discriminator = opts.Extensions[options_pb2.union_discriminator] or "type"
         plan.default_tag = opts.Extensions[options_pb2.union_default]
+        plan.fallbacks = [tuple(f.split("=", 1)) for f in opts.Extensions[options_pb2.union_fallbacks]]
         for fd in union.fields:
             member = _field_plan(fd)
             tag = fd.GetOptions().Extensions[options_pb2.union_tag] or fd.name
@@ -192,7 +199,9 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
     out: dict[str, Any] = {}
     if plan.union is not None:
         member = msg.WhichOneof(plan.union.name)
-        if member is not None:
+        if member is not None and plan.member_of[plan.tag_of[member]].sensitive:
+            out[plan.discriminator] = plan.tag_of[member]
+        elif member is not None:
             out[plan.discriminator] = plan.tag_of[member]
             value = _write_value(getattr(msg, member), plan.member_of[plan.tag_of[member]])
             if isinstance(value, dict):
@@ -201,7 +210,9 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
                 out[plan.tag_of[member]] = value
     out.update(plan.constants)
     for f in plan.fields:
-        if f.repeated or not f.nullable or msg.HasField(f.name):
+        if f.sensitive:
+            out[f.name] = None
+        elif f.repeated or not f.nullable or msg.HasField(f.name):
             out[f.name] = _write_field(getattr(msg, f.name), f)
         else:
             out[f.name] = None
@@ -366,7 +377,9 @@ def _read_fields(value: dict, msg: Message, plan: _Plan, path: str, strict: bool
 
 
 def _read_tagged(value: dict, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
-    tag = value.get(plan.discriminator) or plan.default_tag
+    tag = value.get(plan.discriminator)
+    if not tag:
+        tag = next((t for key, t in plan.fallbacks if key in value), plan.default_tag)
     if not tag:
         raise CodecError(_join(path, plan.discriminator), f"required; one of {sorted(plan.member_of)}")
     member = plan.member_of.get(tag) if isinstance(tag, str) else None
@@ -587,6 +600,28 @@ def _kind(value: Any) -> str:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def tagged_union(desc: _d.Descriptor) -> _d.OneofDescriptor | None:
+    """The oneof of a tagged union message (options.proto's convention), else None."""
+    if desc.full_name in _JSON_WKT or desc.full_name == _TIMESTAMP:
+        return None
+    plan = _plan(desc)
+    return None if plan.untagged else plan.union
+
+
+def union_member(msg: Message) -> tuple[str, str] | None:
+    """(field name, JSON tag) of the set member of a tagged union message, else None."""
+    plan = _plan(msg.DESCRIPTOR)
+    if plan.union is None:
+        return None
+    member = msg.WhichOneof(plan.union.name)
+    return None if member is None else (member, plan.tag_of[member])
+
+
+def read_field(msg: Message, field_name: str, value: Any, path: str) -> None:
+    """Reads a legacy JSON value into one field of `msg` (e.g. a JSON header's value)."""
+    _read_field(value, msg, _plan(msg.DESCRIPTOR).by_key[field_name], path, False)
 
 
 # Exposed for the gateway, which reads path and query parameters into fields.

@@ -3,7 +3,8 @@
 Precedence: built-in defaults < the YAML file named by AGENTD_CONFIG (or --config) < AGENTD_*
 variables. Every top-level setting has an environment variable: AGENTD_<NAME> in upper case
 (AGENTD_GRPC_ADDR, AGENTD_DATABASE_URL, ...); structured settings (providers, models) take
-JSON there. An unknown key or variable, or an invalid value, stops the start with a message
+JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS). An unknown key or variable,
+or an invalid value, stops the start with a message
 that names it: a typo must never silently fall back to a default.
 """
 
@@ -50,6 +51,35 @@ class ProviderConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
 
 
+class ShieldConfig(_Strict):
+    """A shield (safety check) that agents may name in input_shields / output_shields."""
+
+    id: str = Field(min_length=1, description="The id clients use (e.g. 'llama-guard').")
+    provider_id: str = Field(min_length=1, description="The provider that runs it.")
+    provider_shield_id: str | None = Field(None, description="The provider's name; default: id.")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolConfig(_Strict):
+    """A tool of a tool group, as models see it."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    input_schema: dict[str, Any] | None = Field(
+        None, description="JSON schema of the arguments object; default: no arguments.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolGroupConfig(_Strict):
+    """A server-side tool group (e.g. 'builtin::websearch', an MCP server)."""
+
+    id: str = Field(min_length=1, description="The id AgentConfig.toolgroups names.")
+    provider_id: str = Field(min_length=1, description="The provider that runs its tools.")
+    mcp_endpoint: str | None = Field(None, description="The MCP server's URL, for MCP groups.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Merged into every call.")
+    tools: list[ToolConfig] = Field(default_factory=list)
+
+
 class Settings(_Strict):
     grpc_addr: str = Field("127.0.0.1:50051", description="host:port of the gRPC server.")
     http_addr: str = Field("127.0.0.1:8321", description="host:port of the HTTP gateway; '' disables it.")
@@ -63,6 +93,8 @@ class Settings(_Strict):
     max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, le=2**31 - 1,
                                    description="gRPC message size limit; larger REST bodies get 413.")
     providers: list[ProviderConfig] = Field(default_factory=list)
+    shields: list[ShieldConfig] = Field(default_factory=list)
+    toolgroups: list[ToolGroupConfig] = Field(default_factory=list)
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod
@@ -98,9 +130,36 @@ class Settings(_Strict):
                 seen_models.add(model.id)
         return providers
 
+    @field_validator("shields")
+    @classmethod
+    def _unique_shields(cls, shields: list[ShieldConfig]) -> list[ShieldConfig]:
+        _no_duplicates("shield id", [s.id for s in shields])
+        return shields
+
+    @field_validator("toolgroups")
+    @classmethod
+    def _unique_toolgroups(cls, groups: list[ToolGroupConfig]) -> list[ToolGroupConfig]:
+        # Tools are looked up by name alone (GetTool), so a name may be in one group only.
+        _no_duplicates("toolgroup id", [g.id for g in groups])
+        _no_duplicates("tool name", [t.name for g in groups for t in g.tools])
+        return groups
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'agentd.db'}"
+
+
+def _no_duplicates(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} is used twice")
+        seen.add(value)
+
+
+# Structured settings: their environment variables hold JSON.
+_JSON_SETTINGS = {"providers": "a list of providers", "shields": "a list of shields",
+                  "toolgroups": "a list of tool groups"}
 
 
 def load_settings(config_path: str | os.PathLike | None = None,
@@ -127,11 +186,11 @@ def load_settings(config_path: str | os.PathLike | None = None,
         if key not in fields:
             raise ConfigError(f"unknown setting {name} (known: "
                               f"{', '.join(ENV_PREFIX + k.upper() for k in fields)})")
-        if key == "providers":
+        if key in _JSON_SETTINGS:
             try:
                 raw[key] = json.loads(value)
             except ValueError:
-                raise ConfigError(f"{name} must be JSON (a list of providers)") from None
+                raise ConfigError(f"{name} must be JSON ({_JSON_SETTINGS[key]})") from None
         else:
             raw[key] = value
     try:

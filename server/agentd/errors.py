@@ -52,19 +52,27 @@ class InvalidArgument(AgentdError):
                          field_violations=[(field, description)] if field else [])
 
 
-class FailedPrecondition(AgentdError):
+class _ReasonRequired(AgentdError):
+    """A code whose errors.proto catalogue has no generic reason: each raise names its own
+    (e.g. SESSION_BUSY, DATABASE_UNAVAILABLE)."""
+
+    def __init__(self, message: str, *, reason: str, **kwargs):
+        super().__init__(message, reason=reason, **kwargs)
+
+
+class FailedPrecondition(_ReasonRequired):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
 
 
-class Unavailable(AgentdError):
+class Unavailable(_ReasonRequired):
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "UNAVAILABLE"
 
 
 class Unimplemented(AgentdError):
+    """An RPC that is in the contract but not built yet."""
+
     code = grpc.StatusCode.UNIMPLEMENTED
-    reason = "UNIMPLEMENTED"
+    reason = "NOT_AVAILABLE_YET"
 
 
 class StatusError(AgentdError):
@@ -72,7 +80,21 @@ class StatusError(AgentdError):
 
     def __init__(self, code: grpc.StatusCode, message: str):
         self.code = code
-        super().__init__(message, reason=code.name)
+        super().__init__(message, reason=CODE_REASONS.get(code, "INTERNAL"))
+
+
+# The catalogued reason (errors.proto) of a bare gRPC code, for StatusError. Codes with no
+# generic reason in the catalogue (NOT_FOUND, UNAVAILABLE, ...: their reasons name what is
+# missing or down) get INTERNAL: servicers raise the specific errors above instead of
+# aborting with them.
+CODE_REASONS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    grpc.StatusCode.OUT_OF_RANGE: "INVALID_ARGUMENT",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    grpc.StatusCode.CANCELLED: "CANCELLED",
+    grpc.StatusCode.UNIMPLEMENTED: "NOT_AVAILABLE_YET",
+    grpc.StatusCode.INTERNAL: "INTERNAL",
+}
 
 
 def to_status(error: BaseException, request_id: str = "") -> grpc.Status:
@@ -93,7 +115,7 @@ def status_of(error: BaseException, request_id: str = "") -> status_pb2.Status:
         # The generated base servicers raise this for RPCs that are in the contract but not
         # built yet.
         code, reason, message, metadata, violations = (
-            grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "This method is not available yet.", {}, [])
+            grpc.StatusCode.UNIMPLEMENTED, Unimplemented.reason, "This method is not available yet.", {}, [])
     else:
         code, reason, message, metadata, violations = (
             grpc.StatusCode.INTERNAL, "INTERNAL", "Internal server error.", {}, [])

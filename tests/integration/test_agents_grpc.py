@@ -11,9 +11,12 @@ from sqlalchemy.engine import make_url
 from agentd.errors import details_of
 from agentd.storage import schema
 from agentd.storage.agents import AgentStore
+from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.conftest import _admin
+
+_USER_HI = m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(text="hi")))
 
 
 def config(**fields) -> t.AgentConfig:
@@ -173,9 +176,9 @@ async def test_unknown_turn_and_step_are_not_found(agents):
 
 
 async def test_running_turns_is_unimplemented_for_now(agents):
-    request = dict(agent_id="agent_x", session_id="sess_x")
+    request = dict(agent_id="agent_x", session_id="sess_x", messages=[_USER_HI])
     code, reason, _ = await error_of(agents.CreateTurn(pb.CreateTurnRequest(**request)))
-    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "TURNS_NOT_AVAILABLE")
+    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_AVAILABLE_YET")
     stream = agents.StreamTurn(pb.StreamTurnRequest(**request))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stream:
@@ -274,3 +277,28 @@ async def test_a_lost_database_connection_is_unavailable_then_recovers(agents, d
             outcomes.append(e.code().name)
     # A dead connection found by the first call invalidates the whole pool: one failure only.
     assert outcomes == ["UNAVAILABLE", "OK", "OK"]
+
+
+# The generic validator (agentd.validation) runs before every servicer method: REQUIRED
+# fields of the contract are checked there, by their proto path.
+
+async def test_a_turn_without_messages_is_invalid_argument(agents):
+    code, reason, fields = await error_of(agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id="agent_x", session_id="sess_x")))
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["messages"])
+
+
+async def test_a_streamed_turn_is_validated_before_it_starts(agents):
+    stream = agents.StreamTurn(pb.StreamTurnRequest(agent_id="agent_x", session_id="sess_x",
+                                                    messages=[m.TurnInputMessage(user=m.UserMessage())]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stream:
+            pass
+    reason, fields = details_of(rpc_status.from_call(caught.value))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (reason, fields) == ("INVALID_ARGUMENT", ["messages[0].user.content"])
+
+
+async def test_a_missing_id_is_named_before_anything_is_looked_up(agents):
+    code, _, fields = await error_of(agents.GetSession(pb.GetSessionRequest(agent_id="agent_x")))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["session_id"])

@@ -91,6 +91,15 @@ async def test_bad_agent_config_is_400_with_detail(http, body, status, needle):
     assert needle in response.json()["detail"]
 
 
+async def test_required_fields_are_checked_for_rest_callers_too(http):
+    """The field_behavior validator runs in the shared call pipeline, so REST gets it."""
+    agent_id = (await http.post("/v1alpha/agents", json={"agent_config": AGENT_CONFIG})).json()["agent_id"]
+    response = await http.post(f"/v1alpha/agents/{agent_id}/session", json={})
+    assert response.status_code == 400 and response.json()["detail"] == "session_name: required"
+    turn = await http.post(f"/v1alpha/agents/{agent_id}/session/sess_x/turn", json={"stream": False})
+    assert turn.status_code == 400 and turn.json()["detail"] == "messages: required"
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000 + b"]" * 100_000,
                                   b'{"agent_config": {"model": "m", "instructions": "", '
                                   b'"max_infer_iters": NaN}}',
@@ -170,7 +179,7 @@ async def test_responses_and_conversations_answer_501_in_the_openai_shape(http, 
     response = await http.request(method, path, json=body)
     assert response.status_code == 501, response.text
     error = response.json()["error"]
-    assert error["type"] == "server_error" and error["code"] == "unimplemented"
+    assert error["type"] == "server_error" and error["code"] == "not_available_yet"
 
 
 async def test_openai_routes_reject_bad_input_before_calling(http):

@@ -81,7 +81,8 @@ async def test_style_of_unmatched_paths_comes_from_the_route_table(http, method,
     body = response.json()
     if openai:
         assert set(body["error"]) == {"message", "type", "param", "code"}
-        assert body["error"]["code"] == ("not_found" if response.status_code == 404 else "method_not_allowed")
+        expected = "route_not_found" if response.status_code == 404 else "method_not_allowed"
+        assert body["error"]["code"] == expected
     else:
         assert set(body) == {"detail"}
 

@@ -201,6 +201,24 @@ async def test_a_response_is_stored_updated_and_read(repo):
     assert tuple(await repo.db.read(lambda conn: conn.execute(row).one())) == ("completed", "conv_1")
 
 
+async def test_a_response_is_stored_without_its_secrets(repo):
+    """MCP headers and tokens are `sensitive`: the run keeps them in memory; the row never has them."""
+    store = ResponseStore(repo)
+    response = rt.Response(id="resp_1", model="m")
+    mcp = response.tools.add().mcp
+    mcp.server_label, mcp.server_url, mcp.authorization = "docs", "http://mcp", "tok-123"
+    mcp.headers["X-Key"] = "secret-456"
+    await store.create("alice", response, [message("msg_1")])
+    response.status = rt.RESPONSE_STATUS_COMPLETED
+    await store.update("alice", response)
+    stored = await store.get("alice", "resp_1")
+    assert stored.tools[0].mcp.server_label == "docs"
+    assert not stored.tools[0].mcp.HasField("authorization") and not stored.tools[0].mcp.headers
+    body = await repo.db.read(lambda conn: conn.execute(select(schema.responses.c.body)).scalar_one())
+    assert b"tok-123" not in body and b"secret-456" not in body
+    assert response.tools[0].mcp.authorization == "tok-123"  # the caller's message is untouched
+
+
 async def test_a_retried_response_create_returns_the_first_and_writes_nothing(repo):
     store = ResponseStore(repo)
     first, second = await asyncio.gather(

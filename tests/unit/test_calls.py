@@ -12,8 +12,11 @@ from sqlalchemy import text
 from agentd.api.calls import invoke_stream, invoke_unary
 from agentd.errors import NotFound, Unavailable
 from agentd.storage import Database
+from agentd.v1 import agents_pb2
 
 METHOD = "/agentd.v1.AgentsService/GetAgent"
+# A valid request: every call is validated (agentd.validation) before its handler runs.
+REQUEST = agents_pb2.GetAgentRequest(agent_id="agent_x")
 
 
 def _line(caplog) -> logging.LogRecord:
@@ -25,7 +28,7 @@ def _line(caplog) -> logging.LogRecord:
 async def _call(error: BaseException):
     async def handler(request, context):
         raise error
-    return await invoke_unary(METHOD, handler, None, ())
+    return await invoke_unary(METHOD, handler, REQUEST, ())
 
 
 async def test_success_is_one_ok_line(caplog):
@@ -33,7 +36,7 @@ async def test_success_is_one_ok_line(caplog):
 
     async def handler(request, context):
         return "done"
-    assert await invoke_unary(METHOD, handler, None, ()) == "done"
+    assert await invoke_unary(METHOD, handler, REQUEST, ()) == "done"
     record = _line(caplog)
     assert record.getMessage().startswith(f"rpc {METHOD} OK ")
     assert record.exc_info is None
@@ -58,7 +61,7 @@ async def test_a_lost_database_is_logged_unavailable_as_the_client_sees_it(caplo
         return await db.read(lambda conn: conn.execute(text("SELECT 1")))
     try:
         with pytest.raises(Unavailable):
-            await invoke_unary(METHOD, handler, None, ())
+            await invoke_unary(METHOD, handler, REQUEST, ())
     finally:
         await db.close()
     record = _line(caplog)
@@ -92,7 +95,7 @@ async def test_a_cancelled_call_is_one_cancelled_line(caplog):
     async def handler(request, context):
         started.set()
         await asyncio.sleep(60)
-    task = asyncio.create_task(invoke_unary(METHOD, handler, None, ()))
+    task = asyncio.create_task(invoke_unary(METHOD, handler, REQUEST, ()))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -107,7 +110,7 @@ async def test_a_stream_closed_by_its_consumer_is_cancelled(caplog):
     async def handler(request, context):
         for n in range(10):
             yield n
-    events = invoke_stream("/agentd.v1.AgentsService/StreamTurn", handler, None, ())
+    events = invoke_stream("/agentd.v1.AgentsService/StreamTurn", handler, REQUEST, ())
     assert await anext(events) == 0
     await events.aclose()
     assert " CANCELLED " in _line(caplog).getMessage()

@@ -163,3 +163,30 @@ def test_free_form_json_keeps_whole_numbers_whole():
     args = {"k": 3, "ratio": 0.5, "big": 2**40, "nested": {"list": [1, 2.5, None, True, "x"]}}
     group = codec.parse({"name": "g", "args": args}, t.AgentToolGroupWithArgs)
     assert json.dumps(codec.to_json(group)["args"], sort_keys=True) == json.dumps(args, sort_keys=True)
+
+
+@pytest.mark.parametrize("item, member", [
+    ({"id": "msg_1"}, "item_reference"),
+    ({"role": "user", "content": "hi"}, "message"),
+    ({"role": "user", "id": "msg_1", "content": "hi"}, "message"),  # fallbacks are tried in order
+    ({"content": "hi"}, "message"),  # no fallback key: union_default
+    ({"type": "item_reference", "id": "msg_1"}, "item_reference"),
+])
+def test_union_fallbacks_pick_the_member_when_the_discriminator_is_absent(item, member):
+    from agentd.v1 import response_items_pb2
+    assert codec.parse(item, response_items_pb2.ResponseItem).WhichOneof("item") == member
+
+
+def _mcp_tool():
+    from agentd.v1 import response_tools_pb2
+    return codec.parse({"server_label": "docs", "server_url": "http://mcp", "authorization": "tok",
+                        "headers": {"X-Key": "secret"}}, response_tools_pb2.ResponseMcpTool)
+
+
+def test_sensitive_fields_are_read_but_never_written():
+    tool = _mcp_tool()
+    assert tool.authorization == "tok" and dict(tool.headers) == {"X-Key": "secret"}
+    out = codec.to_json(tool)
+    assert out["authorization"] is None and out["headers"] is None
+    assert out["server_label"] == "docs"
+    assert "secret" not in json.dumps(out) and "tok" not in json.dumps(out)

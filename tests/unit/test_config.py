@@ -87,3 +87,41 @@ def test_libpq_sslmode_is_translated_for_asyncpg():
 def test_ipv6_addresses_are_accepted():
     settings = load_settings(environ={"AGENTD_HTTP_ADDR": "[::1]:8321", "AGENTD_GRPC_ADDR": "[::1]:50051"})
     assert (settings.http_addr, settings.grpc_addr) == ("[::1]:8321", "[::1]:50051")
+
+
+def test_shields_and_toolgroups_from_yaml_and_env(tmp_path: Path):
+    config = tmp_path / "agentd.yaml"
+    config.write_text("shields:\n  - {id: llama-guard, provider_id: llama-guard, params: {t: 1}}\n"
+                      "toolgroups:\n  - id: mcp::files\n    provider_id: model-context-protocol\n"
+                      "    mcp_endpoint: http://h/sse\n"
+                      "    tools: [{name: read_file, input_schema: {type: object}}]\n")
+    from_yaml = load_settings(environ={"AGENTD_CONFIG": str(config)})
+    assert from_yaml.shields[0].params == {"t": 1} and from_yaml.shields[0].provider_shield_id is None
+    assert from_yaml.toolgroups[0].tools[0].input_schema == {"type": "object"}
+    from_env = load_settings(environ={
+        "AGENTD_CONFIG": str(config),
+        "AGENTD_SHIELDS": '[{"id": "s", "provider_id": "p", "provider_shield_id": "ps"}]',
+        "AGENTD_TOOLGROUPS": '[{"id": "builtin::websearch", "provider_id": "tavily"}]'})
+    assert [s.provider_shield_id for s in from_env.shields] == ["ps"]
+    assert [(g.id, g.tools) for g in from_env.toolgroups] == [("builtin::websearch", [])]
+    assert load_settings(environ={}).shields == [] and load_settings(environ={}).toolgroups == []
+
+
+@pytest.mark.parametrize("environ, needle", [
+    ({"AGENTD_SHIELDS": "nope"}, "AGENTD_SHIELDS must be JSON (a list of shields)"),
+    ({"AGENTD_TOOLGROUPS": "nope"}, "AGENTD_TOOLGROUPS must be JSON (a list of tool groups)"),
+    ({"AGENTD_SHIELDS": '[{"id": "s"}]'}, "shields.0.provider_id"),
+    ({"AGENTD_SHIELDS": '[{"id": "s", "provider_id": "p"}, {"id": "s", "provider_id": "q"}]'},
+     "shield id 's' is used twice"),
+    ({"AGENTD_TOOLGROUPS": '[{"id": "g", "provider_id": "p"}, {"id": "g", "provider_id": "p"}]'},
+     "toolgroup id 'g' is used twice"),
+    ({"AGENTD_TOOLGROUPS": '[{"id": "a", "provider_id": "p", "tools": [{"name": "t"}]},'
+                           ' {"id": "b", "provider_id": "p", "tools": [{"name": "t"}]}]'},
+     "tool name 't' is used twice"),
+    ({"AGENTD_TOOLGROUPS": '[{"id": "g", "provider_id": "p", "tools": [{"name": "t", "typo": 1}]}]'},
+     "toolgroups.0.tools.0.typo"),
+])
+def test_bad_shields_and_toolgroups_are_named(environ, needle):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    assert needle in str(caught.value)

@@ -57,17 +57,21 @@ async def gateway():
     await server.stop(0)
 
 
+# A valid turn: requests are validated (field_behavior REQUIRED) before the servicer runs.
+TURN_BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
 def turn_path(session_id: str) -> str:
     return f"/v1alpha/agents/agent_1/session/{session_id}/turn"
 
 
 def data_lines(text: str) -> list[dict]:
-    return [json.loads(line[len("data: "):]) for line in text.split("\n\n") if line.startswith("data: ")]
+    return [json.loads(line[len("data: "):]) for line in text.split("\n") if line.startswith("data: ")]
 
 
 async def test_events_are_sse_data_lines_in_order(gateway):
     client, servicer = gateway
-    response = await client.post(turn_path("sess_ok"), json={"messages": [], "stream": True})
+    response = await client.post(turn_path("sess_ok"), json=TURN_BODY)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-request-id"]
@@ -80,14 +84,14 @@ async def test_events_are_sse_data_lines_in_order(gateway):
 
 async def test_failure_before_the_first_event_gets_its_http_status(gateway):
     client, _ = gateway
-    response = await client.post(turn_path("sess_missing"), json={"messages": [], "stream": True})
+    response = await client.post(turn_path("sess_missing"), json=TURN_BODY)
     assert response.status_code == 404
     assert response.json() == {"detail": "Session 'sess_missing' not found."}
 
 
 async def test_failure_mid_stream_ends_with_an_error_event(gateway):
     client, servicer = gateway
-    response = await client.post(turn_path("sess_fails"), json={"messages": [], "stream": True})
+    response = await client.post(turn_path("sess_fails"), json=TURN_BODY)
     assert response.status_code == 200
     events = data_lines(response.text)
     assert [e["event"]["sequence_number"] for e in events[:-1]] == [1, 2]
@@ -97,8 +101,7 @@ async def test_failure_mid_stream_ends_with_an_error_event(gateway):
 
 async def test_a_client_that_goes_away_stops_the_servicer(gateway):
     client, servicer = gateway
-    body = {"messages": [], "stream": True}
-    async with client.stream("POST", turn_path("sess_endless"), json=body) as response:
+    async with client.stream("POST", turn_path("sess_endless"), json=TURN_BODY) as response:
         async for line in response.aiter_lines():
             if line.startswith("data: "):
                 break

@@ -24,10 +24,9 @@ def _timestamp(micros: int) -> Timestamp:
     return ts
 
 
-def _required(value: str, field: str) -> str:
-    """A required id or name. NUL is refused here: PostgreSQL cannot store or compare it."""
-    if not value:
-        raise InvalidArgument(field, "required")
+def _no_nul(value: str, field: str) -> str:
+    """An id or name without NUL, which PostgreSQL cannot store or compare. Presence is the
+    validator's (agentd.validation, from field_behavior REQUIRED), run before every method."""
     if "\x00" in value:
         raise InvalidArgument(field, "must not contain NUL characters")
     return value
@@ -39,7 +38,7 @@ def request_id_of(request) -> str | None:
         return None
     if len(request.request_id) > MAX_REQUEST_ID:
         raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
-    return _required(request.request_id, "request_id")
+    return _no_nul(request.request_id, "request_id")
 
 
 class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
@@ -49,8 +48,6 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
     # ------------------------------------------------------------------ agents
 
     async def CreateAgent(self, request: pb.CreateAgentRequest, context) -> pb.CreateAgentResponse:
-        if not request.HasField("agent_config"):
-            raise InvalidArgument("agent_config", "required")
         request_id = request_id_of(request)
         agent = types.Agent(agent_id=ids.new_id(ids.AGENT), created_at=_timestamp(now_micros()),
                             agent_config=agent_config.normalize(request.agent_config))
@@ -58,7 +55,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         return pb.CreateAgentResponse(agent_id=agent.agent_id, agent=agent)
 
     async def GetAgent(self, request: pb.GetAgentRequest, context) -> pb.GetAgentResponse:
-        agent_id = _required(request.agent_id, "agent_id")
+        agent_id = _no_nul(request.agent_id, "agent_id")
         agent = await self.store.get_agent(principal.get(), agent_id)
         if agent is None:
             raise NotFound("agent", agent_id)
@@ -71,7 +68,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
                                      next_page_token=page.next_page_token)
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context) -> pb.DeleteAgentResponse:
-        agent_id = _required(request.agent_id, "agent_id")
+        agent_id = _no_nul(request.agent_id, "agent_id")
         if not await self.store.delete_agent(principal.get(), agent_id):
             raise NotFound("agent", agent_id)
         return pb.DeleteAgentResponse()
@@ -87,10 +84,10 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
     # ---------------------------------------------------------------- sessions
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
-        name = _required(request.session_name, "session_name")
+        name = _no_nul(request.session_name, "session_name")
         if len(name) > MAX_SESSION_NAME:
             raise InvalidArgument("session_name", f"at most {MAX_SESSION_NAME} characters")
-        agent_id = _required(request.agent_id, "agent_id")
+        agent_id = _no_nul(request.agent_id, "agent_id")
         request_id = request_id_of(request)
         session = types.AgentSession(session_id=ids.new_id(ids.SESSION), session_name=name,
                                 started_at=_timestamp(now_micros()))
@@ -106,7 +103,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         return pb.GetSessionResponse(session=session)
 
     async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
-        agent_id = _required(request.agent_id, "agent_id")
+        agent_id = _no_nul(request.agent_id, "agent_id")
         sessions, page = await self.store.list_sessions(
             principal.get(), agent_id, paging.decode(request.page_token), paging.page_size(request.page_size))
         if not sessions and not await self.store.agent_exists(principal.get(), agent_id):
@@ -115,15 +112,15 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
                                        next_page_token=page.next_page_token)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context) -> pb.DeleteSessionResponse:
-        agent_id = _required(request.agent_id, "agent_id")
-        session_id = _required(request.session_id, "session_id")
+        agent_id = _no_nul(request.agent_id, "agent_id")
+        session_id = _no_nul(request.session_id, "session_id")
         if not await self.store.delete_session(principal.get(), agent_id, session_id):
             raise await self._not_found(agent_id, "session", session_id)
         return pb.DeleteSessionResponse()
 
     async def _session(self, agent_id: str, session_id: str) -> types.AgentSession:
-        agent_id = _required(agent_id, "agent_id")
-        session = await self.store.get_session(principal.get(), agent_id, _required(session_id, "session_id"))
+        agent_id = _no_nul(agent_id, "agent_id")
+        session = await self.store.get_session(principal.get(), agent_id, _no_nul(session_id, "session_id"))
         if session is None:
             raise await self._not_found(agent_id, "session", session_id)
         return session
@@ -132,7 +129,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
 
     async def GetTurn(self, request: pb.GetTurnRequest, context) -> pb.GetTurnResponse:
         await self._session(request.agent_id, request.session_id)  # the session must be this agent's
-        turn_id = _required(request.turn_id, "turn_id")
+        turn_id = _no_nul(request.turn_id, "turn_id")
         turn = await self.store.get_turn(principal.get(), request.session_id, turn_id)
         if turn is None:
             raise NotFound("turn", turn_id)
@@ -140,8 +137,8 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
 
     async def GetStep(self, request: pb.GetStepRequest, context) -> pb.GetStepResponse:
         await self._session(request.agent_id, request.session_id)
-        turn_id = _required(request.turn_id, "turn_id")
-        step_id = _required(request.step_id, "step_id")
+        turn_id = _no_nul(request.turn_id, "turn_id")
+        step_id = _no_nul(request.step_id, "step_id")
         step = await self.store.get_step(principal.get(), request.session_id, turn_id, step_id)
         if step is None:
             if not await self.store.turn_exists(principal.get(), request.session_id, turn_id):
@@ -152,15 +149,15 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
     # The turn engine is a later issue; until then these answer UNIMPLEMENTED.
 
     async def CreateTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.", reason="TURNS_NOT_AVAILABLE")
+        raise Unimplemented("Running turns is not available yet.")
 
     async def ResumeTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.", reason="TURNS_NOT_AVAILABLE")
+        raise Unimplemented("Running turns is not available yet.")
 
     async def StreamTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.", reason="TURNS_NOT_AVAILABLE")
+        raise Unimplemented("Running turns is not available yet.")
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
     async def StreamResumeTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.", reason="TURNS_NOT_AVAILABLE")
+        raise Unimplemented("Running turns is not available yet.")
         yield  # pragma: no cover

@@ -3,8 +3,9 @@
 gRPC calls pass through api/grpc_pipeline.py; the HTTP gateway dispatches to the same servicers
 in-process (no loopback hop) through `invoke_unary` / `invoke_stream`. Both begin a call the
 same way (request id, log context), end it the same way (one access-log line with the
-outcome), and turn a failure into a status through agentd.errors.status_of, so REST and gRPC
-callers get identical treatment.
+outcome), run the servicer through the same `call_servicer` (the request validated against
+its field_behavior first), and turn a failure into a status through agentd.errors.status_of,
+so REST and gRPC callers get identical treatment.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from google.rpc import code_pb2
 
 from agentd import context as call_context
 from agentd.errors import StatusError, status_of
+from agentd.validation import validate
 
 log = logging.getLogger("agentd.rpc")
 Metadata = Iterable[tuple[str, str]]
@@ -60,6 +62,14 @@ _UNEXPECTED = {code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.DATA_LOSS}
 # Not the caller's fault and not a bug, but an operator wants to see it (e.g. the database
 # went away).
 _OPERATOR_ATTENTION = {code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED, code_pb2.RESOURCE_EXHAUSTED}
+
+
+def call_servicer(handler, request, context):
+    """Calls a servicer method, for both transports: the request is validated first
+    (agentd.validation: REQUIRED fields present, OUTPUT_ONLY fields cleared), so no servicer
+    repeats those checks. Returns what the method returns (an awaitable or an async iterator)."""
+    validate(request)
+    return handler(request, context)
 
 
 class LocalContext:
@@ -103,7 +113,7 @@ async def invoke_unary(method: str, handler, request, metadata: Metadata) -> Any
     """Runs a unary servicer method in-process; a failure is logged and re-raised."""
     started, error = time.perf_counter(), None
     try:
-        result = handler(request, LocalContext(metadata))
+        result = call_servicer(handler, request, LocalContext(metadata))
         return await result if inspect.isawaitable(result) else result
     except BaseException as e:
         error = e
@@ -115,13 +125,20 @@ async def invoke_unary(method: str, handler, request, metadata: Metadata) -> Any
 async def invoke_stream(method: str, handler, request, metadata: Metadata) -> AsyncIterator[Any]:
     """Runs a server-streaming servicer method in-process; closing this iterator (a client
     that went away) closes the servicer's generator, which stops its work."""
-    started, error = time.perf_counter(), None
+    started, error, stream = time.perf_counter(), None, None
     try:
-        stream = handler(request, LocalContext(metadata))
+        stream = call_servicer(handler, request, LocalContext(metadata))
         async for item in stream:
             yield item
     except BaseException as e:
         error = e
         raise
     finally:
-        end_call(method, started, error)
+        # A caller that stops early (the gateway after a terminal error event) closes the
+        # servicer's generator now, not whenever it is garbage-collected.
+        aclose = getattr(stream, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            end_call(method, started, error)

@@ -13,7 +13,7 @@ import time
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from agentd.api.calls import begin_call, end_call
+from agentd.api.calls import begin_call, call_servicer, end_call
 from agentd.errors import to_status
 
 
@@ -39,7 +39,7 @@ def _wrap_unary(method: str, behavior):
         # trip through grpc's core.
         context.set_trailing_metadata((("x-request-id", request_id),))
         try:
-            return await behavior(request, context)
+            return await call_servicer(behavior, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as error:  # noqa: BLE001 - mapped to a status, never leaked
@@ -60,7 +60,7 @@ def _wrap_stream(method: str, behavior):
         # Streams answer it in the initial metadata, before their first event.
         await context.send_initial_metadata((("x-request-id", request_id),))
         try:
-            async for response in behavior(request, context):
+            async for response in call_servicer(behavior, request, context):
                 yield response
         except grpc.aio.AbortError:
             raise

@@ -7,15 +7,37 @@ error mapping), so REST callers are treated exactly as gRPC ones without paying 
 gRPC hop (client and server serialization, two trips through grpc's event machinery).
 No handler is written per endpoint.
 
-Two generic rules beyond google.api.http:
-- A unary and a server-streaming RPC may share a route; the request's `stream` flag (JSON
-  body key, or query parameter for GET) selects the streaming one. Streams are SSE.
+Generic rules beyond google.api.http, all read from the descriptors' options
+(protos/agentd/v1/options.proto) and cached per route or descriptor:
+- A unary and a server-streaming RPC may share a route; the streaming one is chosen when the
+  request flag named by its `stream_flag` is true (the JSON body key on routes with a body,
+  the query parameter on GET). A route bound only by the streaming RPC (its canonical
+  ".../turn:stream", ".../events") always streams.
+- Streams are Server-Sent Events, framed per service by `sse_framing`: DATA_ONLY writes
+  "data: <json>"; EVENT_AND_DATA writes "event: <tag>" first, the tag being the discriminator
+  value of the union found in the event (e.g. response.created). When the event holds a field
+  marked `sse_event_id` (directly or one message down), it is written as the "id:" line.
+  A request field marked `from_last_event_id` is read from the Last-Event-ID header when the
+  query did not give it.
+- An event whose union member is marked `sse_keepalive` is the single comment line
+  ": keep-alive" with no blank line after it: a blank line would make SSE decoders dispatch an
+  empty event carrying the last id, which the SDKs fail to parse. A member marked `sse_error`
+  is written as the route's stream error body, made from its `error` field (google.rpc.Status),
+  and ends the stream.
+- A request field marked `from_header` is read from that HTTP header (case-insensitive),
+  whose value is JSON read by the codec; bad JSON is a 400 naming the header.
+- A google.api.HttpBody response is answered raw: its `data` with its `content_type`.
+- A multipart/form-data body (file uploads) fills the request generically: a part named `a`
+  or `a[b]` fills field `a` / nested `a.b` (text read like a query value), and a part with a
+  file name fills an agentd.v1.UploadedFile field (filename, content_type, data). The body
+  size limit (413) holds for it as for JSON.
 - A response message with no fields is answered 204 No Content (Llama Stack's deletes).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,6 +45,8 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -34,6 +58,12 @@ from agentd.v1 import options_pb2
 
 _FORWARDED_HEADERS = ("authorization", "x-request-id")
 _LEGACY_STYLE = options_pb2.ERROR_STYLE_LLAMA_STACK
+_EVENT_AND_DATA = options_pb2.SSE_FRAMING_EVENT_AND_DATA
+_KEEPALIVE = b": keep-alive\n"  # no blank line: see the module docstring
+_HTTP_BODY = "google.api.HttpBody"
+_UPLOADED_FILE = "agentd.v1.UploadedFile"
+_LAST_EVENT_ID = "last-event-id"
+_PART_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[[A-Za-z_][A-Za-z0-9_]*\])*)$")
 _symbols = symbol_database.Default()
 
 
@@ -64,6 +94,104 @@ class _QueryPlan:
                 self.cursors[cursor] = fd.name
 
 
+class _RequestFields:
+    """The request fields a request type reads from HTTP headers (one per descriptor)."""
+
+    def __init__(self, desc):
+        self.from_header: list[tuple[str, str]] = []  # (field, header name, lower case)
+        self.last_event_id: Any = None  # the field descriptor read from Last-Event-ID
+        for fd in desc.fields:
+            opts = fd.GetOptions()
+            header = opts.Extensions[options_pb2.from_header]
+            if header:
+                self.from_header.append((fd.name, header.lower()))
+            if opts.Extensions[options_pb2.from_last_event_id]:
+                self.last_event_id = fd
+
+
+_request_fields: dict[str, _RequestFields] = {}
+
+
+def _request_fields_of(desc) -> _RequestFields:
+    plan = _request_fields.get(desc.full_name)
+    if plan is None:
+        plan = _request_fields[desc.full_name] = _RequestFields(desc)
+    return plan
+
+
+def _path_to(desc, wanted, depth: int) -> tuple[tuple[str, ...], Any] | None:
+    """The field path (breadth first through singular message fields, at most `depth` levels
+    down) to the first message type for which `wanted(descriptor)` is true."""
+    level = [((), desc)]
+    for _ in range(depth + 1):
+        below = []
+        for path, d in level:
+            if wanted(d):
+                return path, d
+            for fd in d.fields:
+                t = fd.message_type
+                if t is not None and not fd.is_repeated and not t.full_name.startswith("google."):
+                    below.append(((*path, fd.name), t))
+        level = below
+    return None
+
+
+def _walk(msg: Message, path: tuple[str, ...]) -> Any:
+    for name in path:
+        msg = getattr(msg, name)
+    return msg
+
+
+
+def _event_id_field(desc):
+    return next((fd for fd in desc.fields if fd.GetOptions().Extensions[options_pb2.sse_event_id]), None)
+
+
+class _StreamPlan:
+    """How one streaming route writes its events as SSE (one per route)."""
+
+    def __init__(self, route: Route, event_desc):
+        self.style = route.error_style
+        service_opts = route.method.containing_service.GetOptions()
+        self.event_and_data = service_opts.Extensions[options_pb2.sse_framing] == _EVENT_AND_DATA
+        found = _path_to(event_desc, lambda d: codec.tagged_union(d) is not None, depth=2)
+        self.union_path: tuple[str, ...] | None = found[0] if found else None
+        self.keepalive: set[str] = set()
+        self.error: set[str] = set()
+        if found:
+            for fd in codec.tagged_union(found[1]).fields:
+                opts = fd.GetOptions()
+                if opts.Extensions[options_pb2.sse_keepalive]:
+                    self.keepalive.add(fd.name)
+                if opts.Extensions[options_pb2.sse_error]:
+                    self.error.add(fd.name)
+        found = _path_to(event_desc, lambda d: _event_id_field(d) is not None, depth=1)
+        self.id_path = found[0] + (_event_id_field(found[1]).name,) if found else None
+
+    def frame(self, event: Message) -> tuple[bytes, bool]:
+        """The SSE bytes of one (unwrapped) event, and whether the stream ends with it."""
+        member = tag = None
+        if self.union_path is not None:
+            union = _walk(event, self.union_path)
+            which = codec.union_member(union)
+            if which is not None:
+                member, tag = which
+                if member in self.keepalive:
+                    return _KEEPALIVE, False
+        out = b""
+        if self.id_path is not None:
+            out += b"id: " + str(_walk(event, self.id_path)).encode() + b"\n"
+        if member in self.error:
+            body = _stream_status_body(self.style, getattr(union, member).error)
+            return out + self.error_event(body), True
+        if self.event_and_data and tag:
+            out += b"event: " + tag.encode() + b"\n"
+        return out + b"data: " + _dumps(codec.to_json(event)) + b"\n\n", False
+
+    def error_event(self, body: dict) -> bytes:
+        return (b"event: error\n" if self.event_and_data else b"") + b"data: " + _dumps(body) + b"\n\n"
+
+
 class Endpoint:
     """A route with its message classes, ready to convert and call."""
 
@@ -74,18 +202,48 @@ class Endpoint:
         self.response_type = _symbols.GetSymbol(method.output_type.full_name)
         self.handler = getattr(servicer, method.name)
         self.query = _QueryPlan(self.request_type, route) if route.body != "*" else None
-        response_fields = self.response_type.DESCRIPTOR.fields
-        self.no_content = not response_fields and not method.server_streaming
+        self.fields = _request_fields_of(self.request_type.DESCRIPTOR)
+        response_desc = self.response_type.DESCRIPTOR
+        self.no_content = not response_desc.fields and not method.server_streaming
+        self.raw_body = response_desc.full_name == _HTTP_BODY
+        self.stream_flag = method.GetOptions().Extensions[options_pb2.stream_flag]
+        self.stream_plan = None
+        if method.server_streaming:
+            event_desc = response_desc.fields_by_name[route.response_body].message_type \
+                if route.response_body else response_desc
+            self.stream_plan = _StreamPlan(route, event_desc)
 
-    def build_request(self, path_params: dict[str, str], query: list[tuple[str, str]],
-                      body: Any, renames: dict[str, str]) -> Message:
+    def wants_stream(self, body: Any, query: list[tuple[str, str]]) -> bool:
+        """Whether the request sets this streaming RPC's `stream_flag` (a body key on routes
+        with a body, a query parameter otherwise)."""
+        if not self.stream_flag:
+            return False
+        if self.route.body:
+            return isinstance(body, dict) and body.get(self.stream_flag) is True
+        return any(k == self.stream_flag and v in ("true", "1") for k, v in query)
+
+    async def build_request(self, path_params: dict[str, str], query: list[tuple[str, str]],
+                            body: Any, renames: dict[str, str], headers: Headers,
+                            form: list[tuple[str, Any]] | None = None) -> Message:
         """The request message; `renames` collects field -> query alias, so that an error about
         a field names the parameter the client actually sent (limit, not page_size)."""
         msg = self.request_type()
-        if self.route.body == "*":
+        if form is not None and self.route.body == "*":
+            await _read_form(form, msg)
+        elif self.route.body == "*":
             codec.from_json(body if body is not None else {}, msg)
         elif self.route.body:
             codec.from_json(body, getattr(msg, self.route.body), self.route.body)
+        for field, header in self.fields.from_header:
+            raw = headers.get(header)
+            if raw is None:
+                continue
+            try:
+                value = json.loads(raw, parse_constant=_no_constants)
+            except (ValueError, RecursionError) as e:
+                raise InvalidArgument(header, f"header is not valid JSON: {e}",
+                                      reason="INVALID_JSON") from None
+            codec.read_field(msg, field, value, header)
         if self.query is not None:
             for name, raw in query:
                 if name in self.query.cursors:
@@ -99,6 +257,11 @@ class Endpoint:
                         codec.read_scalar_field(msg, field, value, name)
         for name, value in path_params.items():
             codec.read_scalar_field(msg, name, value, name)
+        fd = self.fields.last_event_id
+        if fd is not None and _LAST_EVENT_ID in headers:
+            given = msg.HasField(fd.name) if fd.has_presence else bool(getattr(msg, fd.name))
+            if not given:
+                codec.read_scalar_field(msg, fd.name, headers[_LAST_EVENT_ID], "Last-Event-ID")
         return msg
 
     def unwrap(self, response: Message) -> Any:
@@ -173,7 +336,7 @@ class Gateway:
                     405, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "Method Not Allowed"),
                     {**headers, "Allow": verbs})
             return _refuse(label, started, self.style_for_path(path), _GatewayError(
-                404, grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "Not Found"), headers)
+                404, grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "Not Found"), headers)
         style = candidates[0][0].route.error_style
         label = candidates[0][0].route.grpc_path
         try:
@@ -183,7 +346,15 @@ class Gateway:
                 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
                 f"Request body is larger than {self.max_body_bytes} bytes."), headers)
         body: Any = None
-        if raw:
+        form: list[tuple[str, Any]] | None = None
+        if raw and request.headers.get("content-type", "").startswith("multipart/form-data"):
+            try:
+                form = await _parse_form(request.headers, raw)
+            except Exception as e:  # noqa: BLE001 - python-multipart's errors vary
+                return _refuse(label, started, style, InvalidArgument(
+                    "", f"Request body is not valid multipart/form-data: {e}", reason="INVALID_FORM"),
+                    headers)
+        elif raw:
             try:
                 body = json.loads(raw, parse_constant=_no_constants)
             except (ValueError, RecursionError) as e:
@@ -191,10 +362,11 @@ class Gateway:
                 return _refuse(label, started, style, InvalidArgument(
                     "", f"Request body is not valid JSON: {reason}", reason="INVALID_JSON"), headers)
         query = parse_qsl(request.url.query, keep_blank_values=True)
-        endpoint, path_params = _select(candidates, _wants_stream(body, query))
+        endpoint, path_params = _select(candidates, body, query)
         renames: dict[str, str] = {}  # field -> the query name the client used for it
         try:
-            message = endpoint.build_request(path_params, query, body, renames)
+            message = await endpoint.build_request(path_params, query, body, renames,
+                                                   request.headers, form)
         except codec.CodecError as e:
             return _refuse(endpoint.route.grpc_path, started, style,
                            InvalidArgument(e.field, e.description), headers)
@@ -208,6 +380,9 @@ class Gateway:
             return _error_response(style, e, headers, renames)
         if endpoint.no_content:
             return Response(status_code=204, headers=headers)
+        if endpoint.raw_body:
+            return Response(response.data, media_type=response.content_type or "application/octet-stream",
+                            headers=headers)
         return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
                         headers=headers)
 
@@ -256,17 +431,61 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _wants_stream(body: Any, query: list[tuple[str, str]]) -> bool:
-    if isinstance(body, dict) and isinstance(body.get("stream"), bool):
-        return body["stream"]
-    return any(k == "stream" and v in ("true", "1") for k, v in query)
+async def _parse_form(request_headers: Headers, raw: bytes) -> list[tuple[str, Any]]:
+    """The parts of a multipart/form-data body already read (within the size limit)."""
+    async def replay():
+        yield raw
+        yield b""
+
+    parser = MultiPartParser(request_headers, replay(), max_part_size=len(raw) + 1)
+    return (await parser.parse()).multi_items()
 
 
-def _select(candidates: list[tuple[Endpoint, dict]], stream: bool) -> tuple[Endpoint, dict]:
-    for endpoint, params in candidates:
-        if endpoint.route.streaming == stream:
-            return endpoint, params
-    return candidates[0]
+async def _read_form(parts: list[tuple[str, Any]], msg: Message) -> None:
+    """Fills `msg` from form parts: "a" fills field a, "a[b]" the nested field a.b; a file
+    part fills an agentd.v1.UploadedFile field. Parts that name no field are ignored, as
+    unknown JSON keys are."""
+    for name, value in parts:
+        m = _PART_NAME.match(name)
+        if m is None:
+            continue
+        path = [m.group(1), *re.findall(r"\[([^\]]+)\]", m.group(2))]
+        target = msg
+        for segment in path[:-1]:
+            fd = target.DESCRIPTOR.fields_by_name.get(segment)
+            if fd is None or fd.message_type is None or fd.is_repeated:
+                target = None
+                break
+            target = getattr(target, segment)
+        fd = target.DESCRIPTOR.fields_by_name.get(path[-1]) if target is not None else None
+        if fd is None:
+            continue
+        is_file_field = fd.message_type is not None and fd.message_type.full_name == _UPLOADED_FILE
+        if isinstance(value, UploadFile):
+            if not is_file_field or fd.is_repeated:
+                raise InvalidArgument(name, "expected a text value, got a file")
+            uploaded = getattr(target, fd.name)
+            uploaded.filename = value.filename or ""
+            uploaded.content_type = value.content_type or "application/octet-stream"
+            uploaded.data = await value.read()
+            uploaded.SetInParent()
+        elif is_file_field:
+            raise InvalidArgument(name, "expected a file part (with a filename)")
+        elif fd.message_type is not None:
+            raise InvalidArgument(name, "expected nested parts (name[field])")
+        else:
+            codec.read_scalar_field(target, fd.name, value, name)
+
+
+def _select(candidates: list[tuple[Endpoint, dict]], body: Any,
+            query: list[tuple[str, str]]) -> tuple[Endpoint, dict]:
+    """On a route shared by a unary and a streaming RPC, the streaming one when the request
+    sets its stream_flag; a route with one kind of RPC serves that one."""
+    streaming = [c for c in candidates if c[0].route.streaming]
+    unary = [c for c in candidates if not c[0].route.streaming]
+    if not streaming or not unary:
+        return candidates[0]
+    return streaming[0] if streaming[0][0].wants_stream(body, query) else unary[0]
 
 
 async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, headers,
@@ -282,13 +501,22 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
         await events.aclose()
         return _error_response(style, e, headers, renames)
 
+    plan = endpoint.stream_plan
+    field = endpoint.route.response_body
+
     async def sse():
         try:
-            yield b"data: " + _dumps(endpoint.unwrap(first)) + b"\n\n"
+            chunk, last = plan.frame(getattr(first, field) if field else first)
+            yield chunk
+            if last:
+                return
             async for item in events:
-                yield b"data: " + _dumps(endpoint.unwrap(item)) + b"\n\n"
+                chunk, last = plan.frame(getattr(item, field) if field else item)
+                yield chunk
+                if last:
+                    return
         except Exception as e:  # noqa: BLE001 - HTTP 200 has gone out: the error is an event
-            yield b"data: " + _dumps(_stream_error_body(style, e)) + b"\n\n"
+            yield plan.error_event(_stream_error_body(style, e))
         finally:
             await events.aclose()  # a client that went away stops the servicer (no leaked stream)
 
@@ -302,21 +530,35 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 def _error_body_of(style: int, error: BaseException,
                    renames: dict[str, str] | None = None) -> tuple[int, dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
-    status = status_of(error)
+    http = error.http if isinstance(error, _GatewayError) else None
+    return _status_body(style, status_of(error), http, renames)
+
+
+def _status_body(style: int, status, http: int | None = None,
+                 renames: dict[str, str] | None = None) -> tuple[int, dict]:
+    """The HTTP status and body of a google.rpc.Status."""
     reason, fields = details_of(status)
     param, message = (fields[0] if fields else None), status.message
     if param in (renames or {}):
         alias = renames[param]
         message = alias + message[len(param):] if message.startswith(param + ":") else message
         param = alias
-    http = error.http if isinstance(error, _GatewayError) else HTTP_STATUS.get(status.code, 500)
+    http = http or HTTP_STATUS.get(status.code, 500)
     return http, _error_body(style, http, message, reason, param)
 
 
 def _stream_error_body(style: int, error: BaseException) -> dict:
     """The last event of a stream that failed: {"error": {...}}, which the openai SDK raises
     as APIError; Llama Stack's is {"error": {"message": "<status>: <detail>"}}."""
-    http, body = _error_body_of(style, error)
+    return _stream_body(style, *_error_body_of(style, error))
+
+
+def _stream_status_body(style: int, status) -> dict:
+    """The same error event for a failure the stream carries as a Status (sse_error)."""
+    return _stream_body(style, *_status_body(style, status))
+
+
+def _stream_body(style: int, http: int, body: dict) -> dict:
     if style == _LEGACY_STYLE:
         return {"error": {"message": f"{http}: {body['detail']}"}}
     return body

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from agentd.paging import Cursor
 from agentd.storage import schema
 from agentd.clock import now_micros
-from agentd.storage.repository import Page, Repository
+from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import agent_resources_pb2 as types
 
 IN_PROGRESS = "in_progress"  # the status of a turn the engine has started
@@ -40,7 +40,7 @@ class AgentStore:
         body = await self.repo.create(schema.agents, key=("owner", "request_id"), id=agent.agent_id,
                                       owner=owner, request_id=request_id,
                                       created_at=agent.created_at.ToMicroseconds(),
-                                      body=agent.SerializeToString())
+                                      body=body_of(agent))
         return types.Agent.FromString(body)
 
     async def get_agent(self, owner: str, agent_id: str) -> types.Agent | None:
@@ -68,7 +68,7 @@ class AgentStore:
                                       id=session.session_id, owner=owner, agent_id=agent_id,
                                       request_id=request_id,
                                       created_at=session.started_at.ToMicroseconds(),
-                                      body=session.SerializeToString())
+                                      body=body_of(session))
         return types.AgentSession.FromString(body) if body is not None else None
 
     async def get_session(self, owner: str, agent_id: str, session_id: str) -> types.AgentSession | None:
@@ -96,7 +96,7 @@ class AgentStore:
                                       id=turn.turn_id, owner=owner, session_id=turn.session_id,
                                       request_id=request_id, status=IN_PROGRESS,
                                       created_at=turn.started_at.ToMicroseconds(),
-                                      body=_without_steps(turn).SerializeToString())
+                                      body=body_of(_without_steps(turn)))
         return types.Turn.FromString(body) if body is not None else None
 
     async def update_turn(self, owner: str, turn: types.Turn, status: str) -> bool:
@@ -104,7 +104,7 @@ class AgentStore:
         owner has no such turn."""
         statement = (update(schema.turns)
                      .where(schema.turns.c.owner == owner, schema.turns.c.id == turn.turn_id)
-                     .values(status=status, body=_without_steps(turn).SerializeToString()))
+                     .values(status=status, body=body_of(_without_steps(turn))))
         return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
 
     async def append_step(self, owner: str, turn_id: str, step: types.AgentStep) -> bool:
@@ -123,7 +123,7 @@ class AgentStore:
             position = conn.execute(last).scalar()
             conn.execute(steps.insert(), dict(
                 id=step_id_of(step), owner=owner, turn_id=turn_id, created_at=now_micros(),
-                position=0 if position is None else position + 1, body=step.SerializeToString()))
+                position=0 if position is None else position + 1, body=body_of(step)))
             return True
         return await self.db.write(work)
 

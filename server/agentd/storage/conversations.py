@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from agentd.paging import Cursor
 from agentd.storage import schema
 from agentd.clock import now_micros
-from agentd.storage.repository import Page, Repository
+from agentd.storage.repository import Page, Repository, body_of
 from agentd.storage.responses import item_id_of
 from agentd.v1 import conversations_pb2 as cv
 from agentd.v1 import response_items_pb2 as item_types
@@ -41,11 +41,11 @@ class ConversationStore:
         the first call created."""
         created = now_micros()
         rows = [{"conversation_id": conversation.id, "id": item_id_of(item), "position": i,
-                 "created_at": created, "body": item.SerializeToString()} for i, item in enumerate(items)]
+                 "created_at": created, "body": body_of(item)} for i, item in enumerate(items)]
         body = await self.repo.create(
             schema.conversations, key=("owner", "request_id"),
             children=((schema.conversation_items, rows),), id=conversation.id, owner=owner,
-            created_at=created, request_id=request_id, body=conversation.SerializeToString())
+            created_at=created, request_id=request_id, body=body_of(conversation))
         return cv.Conversation.FromString(body)
 
     async def get(self, owner: str, conversation_id: str) -> cv.Conversation | None:
@@ -68,7 +68,7 @@ class ConversationStore:
                  .where(conversations.c.owner == owner, conversations.c.id == conversation_id)
                  .with_for_update())
         last = select(func.max(table.c.position)).where(table.c.conversation_id == conversation_id)
-        appended = rt.ResponseItemList(items=items).SerializeToString()
+        appended = body_of(rt.ResponseItemList(items=items))
 
         def work(conn) -> list[item_types.ResponseItem] | None:
             if conn.execute(owned).first() is None:
@@ -85,7 +85,7 @@ class ConversationStore:
             created = now_micros()
             conn.execute(self._upsert_item, [
                 {"conversation_id": conversation_id, "id": item_id_of(item), "position": start + i,
-                 "created_at": created, "body": item.SerializeToString()} for i, item in enumerate(items)])
+                 "created_at": created, "body": body_of(item)} for i, item in enumerate(items)])
             return list(items)
         return await self.db.write(work)
 

@@ -9,13 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
 from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agentd.errors import InvalidArgument
 from agentd.paging import Cursor, encode
+from agentd.sensitive import redact
 from agentd.storage.database import Database
+
+
+def body_of(message: Message) -> bytes:
+    """The stored form of a resource: the serialized proto without its secrets (the fields
+    marked `sensitive`), which live only in the memory of the run that needs them."""
+    return redact(message).SerializeToString()
 
 
 @dataclass(slots=True)

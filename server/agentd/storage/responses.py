@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from agentd.paging import Cursor
 from agentd.storage import schema
 from agentd.clock import now_micros
-from agentd.storage.repository import Page, Repository
+from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt
 
@@ -41,13 +41,13 @@ class ResponseStore:
         already used by this owner, stores nothing and returns the response the first call
         created."""
         items = [{"response_id": response.id, "kind": INPUT, "position": i, "item_id": item_id_of(item),
-                  "body": item.SerializeToString()} for i, item in enumerate(input_items)]
+                  "body": body_of(item)} for i, item in enumerate(input_items)]
         body = await self.repo.create(
             schema.responses, key=("owner", "request_id"), children=((schema.response_items, items),),
             id=response.id, owner=owner, created_at=now_micros(), model=response.model,
             status=_status(response), request_id=request_id,
             previous_response_id=response.previous_response_id or None,
-            conversation_id=response.conversation.id or None, body=response.SerializeToString())
+            conversation_id=response.conversation.id or None, body=body_of(response))
         return rt.Response.FromString(body)
 
     async def update(self, owner: str, response: rt.Response) -> bool:
@@ -55,7 +55,7 @@ class ResponseStore:
         has no such response."""
         responses = schema.responses
         statement = (update(responses).where(responses.c.owner == owner, responses.c.id == response.id)
-                     .values(status=_status(response), body=response.SerializeToString()))
+                     .values(status=_status(response), body=body_of(response)))
         return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
 
     async def get(self, owner: str, response_id: str) -> rt.Response | None:

@@ -31,7 +31,10 @@ class ConversationsServiceStub:
     (the same item types as response input and output: ResponseItem) that responses created
     with `conversation` read as context and append their input and output to.
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
-    {"error": {...}}. Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+    {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
+    (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
+    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
+    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
     """
 
     def __init__(self, channel):
@@ -88,56 +91,63 @@ class ConversationsServiceServicer:
     (the same item types as response input and output: ResponseItem) that responses created
     with `conversation` read as context and append their input and output to.
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
-    {"error": {...}}. Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+    {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
+    (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
+    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
+    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
     """
 
     def CreateConversation(self, request, context):
-        """Creates a conversation, optionally with initial items.
+        """Creates a conversation, optionally with initial items. A retry with the same request_id
+        returns the conversation the first call created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConversation(self, request, context):
-        """Returns a conversation (without its items). NOT_FOUND if it does not exist.
+        """Returns a conversation (without its items). NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateConversation(self, request, context):
-        """Replaces a conversation's metadata and returns the conversation. NOT_FOUND if it does
-        not exist.
+        """Replaces a conversation's metadata and returns the conversation. NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteConversation(self, request, context):
-        """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND if it
-        does not exist.
+        """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateConversationItems(self, request, context):
-        """Appends items to a conversation and returns them with their ids. NOT_FOUND if the
-        conversation does not exist.
+        """Appends items to a conversation and returns them with their ids. NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
+        request_id returns the items the first call appended and appends nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConversationItems(self, request, context):
-        """Lists a conversation's items. NOT_FOUND if the conversation does not exist.
+        """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
+        not exist; INVALID_ARGUMENT for an after id that is not in the list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConversationItem(self, request, context):
-        """Returns one item of a conversation. NOT_FOUND if the conversation or item does not exist.
+        """Returns one item of a conversation. NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,7 +155,7 @@ class ConversationsServiceServicer:
 
     def DeleteConversationItem(self, request, context):
         """Deletes one item of a conversation and returns the conversation (as OpenAI does).
-        NOT_FOUND if the conversation or item does not exist.
+        NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,7 +218,10 @@ class ConversationsService:
     (the same item types as response input and output: ResponseItem) that responses created
     with `conversation` read as context and append their input and output to.
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
-    {"error": {...}}. Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+    {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
+    (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
+    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
+    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
     """
 
     @staticmethod

@@ -32,7 +32,10 @@ class ConversationsServiceStub:
     (the same item types as response input and output: ResponseItem) that responses created
     with `conversation` read as context and append their input and output to.
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
-    {"error": {...}}. Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+    {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
+    (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
+    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
+    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
     """
 
     @_typing.overload
@@ -40,28 +43,35 @@ class ConversationsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConversationsServiceAsyncStub: ...
     CreateConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationRequest, _conversations_pb2.CreateConversationResponse]
-    """Creates a conversation, optionally with initial items."""
+    """Creates a conversation, optionally with initial items. A retry with the same request_id
+    returns the conversation the first call created.
+    """
     GetConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationRequest, _conversations_pb2.GetConversationResponse]
-    """Returns a conversation (without its items). NOT_FOUND if it does not exist."""
+    """Returns a conversation (without its items). NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if it does not exist.
+    """
     UpdateConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.UpdateConversationRequest, _conversations_pb2.UpdateConversationResponse]
-    """Replaces a conversation's metadata and returns the conversation. NOT_FOUND if it does
-    not exist.
+    """Replaces a conversation's metadata and returns the conversation. NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.DeleteConversationRequest, _conversations_pb2.DeleteConversationResponse]
-    """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND if it
-    does not exist.
+    """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     CreateConversationItems: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationItemsRequest, _conversations_pb2.CreateConversationItemsResponse]
-    """Appends items to a conversation and returns them with their ids. NOT_FOUND if the
-    conversation does not exist.
+    """Appends items to a conversation and returns them with their ids. NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
+    request_id returns the items the first call appended and appends nothing.
     """
     ListConversationItems: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.ListConversationItemsRequest, _conversations_pb2.ListConversationItemsResponse]
-    """Lists a conversation's items. NOT_FOUND if the conversation does not exist."""
+    """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
+    not exist; INVALID_ARGUMENT for an after id that is not in the list.
+    """
     GetConversationItem: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationItemRequest, _conversations_pb2.GetConversationItemResponse]
-    """Returns one item of a conversation. NOT_FOUND if the conversation or item does not exist."""
+    """Returns one item of a conversation. NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND)."""
     DeleteConversationItem: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.DeleteConversationItemRequest, _conversations_pb2.DeleteConversationItemResponse]
     """Deletes one item of a conversation and returns the conversation (as OpenAI does).
-    NOT_FOUND if the conversation or item does not exist.
+    NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND).
     """
 
 @_typing.type_check_only
@@ -71,33 +81,43 @@ class ConversationsServiceAsyncStub(ConversationsServiceStub):
     (the same item types as response input and output: ResponseItem) that responses created
     with `conversation` read as context and append their input and output to.
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
-    {"error": {...}}. Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+    {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
+    (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
+    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
+    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationRequest, _conversations_pb2.CreateConversationResponse]  # type: ignore[assignment]
-    """Creates a conversation, optionally with initial items."""
+    """Creates a conversation, optionally with initial items. A retry with the same request_id
+    returns the conversation the first call created.
+    """
     GetConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationRequest, _conversations_pb2.GetConversationResponse]  # type: ignore[assignment]
-    """Returns a conversation (without its items). NOT_FOUND if it does not exist."""
+    """Returns a conversation (without its items). NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if it does not exist.
+    """
     UpdateConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.UpdateConversationRequest, _conversations_pb2.UpdateConversationResponse]  # type: ignore[assignment]
-    """Replaces a conversation's metadata and returns the conversation. NOT_FOUND if it does
-    not exist.
+    """Replaces a conversation's metadata and returns the conversation. NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.DeleteConversationRequest, _conversations_pb2.DeleteConversationResponse]  # type: ignore[assignment]
-    """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND if it
-    does not exist.
+    """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     CreateConversationItems: _aio.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationItemsRequest, _conversations_pb2.CreateConversationItemsResponse]  # type: ignore[assignment]
-    """Appends items to a conversation and returns them with their ids. NOT_FOUND if the
-    conversation does not exist.
+    """Appends items to a conversation and returns them with their ids. NOT_FOUND
+    (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
+    request_id returns the items the first call appended and appends nothing.
     """
     ListConversationItems: _aio.UnaryUnaryMultiCallable[_conversations_pb2.ListConversationItemsRequest, _conversations_pb2.ListConversationItemsResponse]  # type: ignore[assignment]
-    """Lists a conversation's items. NOT_FOUND if the conversation does not exist."""
+    """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
+    not exist; INVALID_ARGUMENT for an after id that is not in the list.
+    """
     GetConversationItem: _aio.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationItemRequest, _conversations_pb2.GetConversationItemResponse]  # type: ignore[assignment]
-    """Returns one item of a conversation. NOT_FOUND if the conversation or item does not exist."""
+    """Returns one item of a conversation. NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND)."""
     DeleteConversationItem: _aio.UnaryUnaryMultiCallable[_conversations_pb2.DeleteConversationItemRequest, _conversations_pb2.DeleteConversationItemResponse]  # type: ignore[assignment]
     """Deletes one item of a conversation and returns the conversation (as OpenAI does).
-    NOT_FOUND if the conversation or item does not exist.
+    NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND).
     """
 
 class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,7 +126,10 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
     (the same item types as response input and output: ResponseItem) that responses created
     with `conversation` read as context and append their input and output to.
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
-    {"error": {...}}. Unknown ids are NOT_FOUND (404); bad input INVALID_ARGUMENT (400).
+    {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
+    (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
+    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
+    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
     """
 
     @_abc_1.abstractmethod
@@ -115,7 +138,9 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.CreateConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.CreateConversationResponse, _abc.Awaitable[_conversations_pb2.CreateConversationResponse]]:
-        """Creates a conversation, optionally with initial items."""
+        """Creates a conversation, optionally with initial items. A retry with the same request_id
+        returns the conversation the first call created.
+        """
 
     @_abc_1.abstractmethod
     def GetConversation(
@@ -123,7 +148,9 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.GetConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.GetConversationResponse, _abc.Awaitable[_conversations_pb2.GetConversationResponse]]:
-        """Returns a conversation (without its items). NOT_FOUND if it does not exist."""
+        """Returns a conversation (without its items). NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if it does not exist.
+        """
 
     @_abc_1.abstractmethod
     def UpdateConversation(
@@ -131,8 +158,8 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.UpdateConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.UpdateConversationResponse, _abc.Awaitable[_conversations_pb2.UpdateConversationResponse]]:
-        """Replaces a conversation's metadata and returns the conversation. NOT_FOUND if it does
-        not exist.
+        """Replaces a conversation's metadata and returns the conversation. NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if it does not exist.
         """
 
     @_abc_1.abstractmethod
@@ -141,8 +168,8 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.DeleteConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.DeleteConversationResponse, _abc.Awaitable[_conversations_pb2.DeleteConversationResponse]]:
-        """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND if it
-        does not exist.
+        """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if it does not exist.
         """
 
     @_abc_1.abstractmethod
@@ -151,8 +178,9 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.CreateConversationItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.CreateConversationItemsResponse, _abc.Awaitable[_conversations_pb2.CreateConversationItemsResponse]]:
-        """Appends items to a conversation and returns them with their ids. NOT_FOUND if the
-        conversation does not exist.
+        """Appends items to a conversation and returns them with their ids. NOT_FOUND
+        (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
+        request_id returns the items the first call appended and appends nothing.
         """
 
     @_abc_1.abstractmethod
@@ -161,7 +189,9 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.ListConversationItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.ListConversationItemsResponse, _abc.Awaitable[_conversations_pb2.ListConversationItemsResponse]]:
-        """Lists a conversation's items. NOT_FOUND if the conversation does not exist."""
+        """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
+        not exist; INVALID_ARGUMENT for an after id that is not in the list.
+        """
 
     @_abc_1.abstractmethod
     def GetConversationItem(
@@ -169,7 +199,7 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.GetConversationItemRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.GetConversationItemResponse, _abc.Awaitable[_conversations_pb2.GetConversationItemResponse]]:
-        """Returns one item of a conversation. NOT_FOUND if the conversation or item does not exist."""
+        """Returns one item of a conversation. NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND)."""
 
     @_abc_1.abstractmethod
     def DeleteConversationItem(
@@ -178,7 +208,7 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.DeleteConversationItemResponse, _abc.Awaitable[_conversations_pb2.DeleteConversationItemResponse]]:
         """Deletes one item of a conversation and returns the conversation (as OpenAI does).
-        NOT_FOUND if the conversation or item does not exist.
+        NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND).
         """
 
 def add_ConversationsServiceServicer_to_server(servicer: ConversationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,6 +94,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """CANCELLED: The caller cancelled the call."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 34
     """INTERNAL: A bug; the server log has the details under the call's request id."""
+    ERROR_REASON_INVALID_FORM: _ErrorReason.ValueType  # 35
+    """INVALID_ARGUMENT: HTTP only: a multipart/form-data body cannot be read (HTTP 400)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -177,4 +179,6 @@ ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 33
 """CANCELLED: The caller cancelled the call."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 34
 """INTERNAL: A bug; the server log has the details under the call's request id."""
+ERROR_REASON_INVALID_FORM: ErrorReason.ValueType  # 35
+"""INVALID_ARGUMENT: HTTP only: a multipart/form-data body cannot be read (HTTP 400)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

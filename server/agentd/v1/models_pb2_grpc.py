@@ -56,14 +56,14 @@ class ModelsServiceServicer:
     """
 
     def ListModels(self, request, context):
-        """Lists the configured models.
+        """Lists the configured models. Errors: none of its own (INTERNAL for a bug).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Returns a model. NOT_FOUND if it is not configured.
+        """Returns a model. NOT_FOUND (MODEL_NOT_FOUND) if it is not configured.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,9 +37,9 @@ class ModelsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ModelsServiceAsyncStub: ...
     ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
-    """Lists the configured models."""
+    """Lists the configured models. Errors: none of its own (INTERNAL for a bug)."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetModelRequest, _models_pb2.GetModelResponse]
-    """Returns a model. NOT_FOUND if it is not configured."""
+    """Returns a model. NOT_FOUND (MODEL_NOT_FOUND) if it is not configured."""
 
 @_typing.type_check_only
 class ModelsServiceAsyncStub(ModelsServiceStub):
@@ -50,9 +50,9 @@ class ModelsServiceAsyncStub(ModelsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists the configured models."""
+    """Lists the configured models. Errors: none of its own (INTERNAL for a bug)."""
     GetModel: _aio.UnaryUnaryMultiCallable[_models_pb2.GetModelRequest, _models_pb2.GetModelResponse]  # type: ignore[assignment]
-    """Returns a model. NOT_FOUND if it is not configured."""
+    """Returns a model. NOT_FOUND (MODEL_NOT_FOUND) if it is not configured."""
 
 class ModelsServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelsService lists the models agentd can run. A model's JSON carries both the Llama Stack
@@ -66,7 +66,7 @@ class ModelsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _models_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ListModelsResponse, _abc.Awaitable[_models_pb2.ListModelsResponse]]:
-        """Lists the configured models."""
+        """Lists the configured models. Errors: none of its own (INTERNAL for a bug)."""
 
     @_abc_1.abstractmethod
     def GetModel(
@@ -74,6 +74,6 @@ class ModelsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _models_pb2.GetModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.GetModelResponse, _abc.Awaitable[_models_pb2.GetModelResponse]]:
-        """Returns a model. NOT_FOUND if it is not configured."""
+        """Returns a model. NOT_FOUND (MODEL_NOT_FOUND) if it is not configured."""
 
 def add_ModelsServiceServicer_to_server(servicer: ModelsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
