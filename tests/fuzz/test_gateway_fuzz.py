@@ -72,8 +72,6 @@ def served(tmp_path_factory):
     served.close()
 
 
-
-
 def _endpoints(gateway: Gateway):
     """One endpoint per (verb, template): a unary RPC and its streaming twin share a route."""
     seen = {}
@@ -100,12 +98,10 @@ BAD_BODIES = st.one_of(
 )
 
 
-def _segment(kind: str):
-    return st.one_of(SEGMENT_TEXT.map(_quote), RAW_ESCAPES, st.sampled_from(kind))
-
-
 @st.composite
 def requests(draw, endpoint, served):
+    """(url, body) for one route: its path with real, missing and hostile ids, its query
+    parameters (and made-up ones) with hostile values, and a body of any kind."""
     route = endpoint.route
     path = route.template
     for name in route.variables:
