@@ -76,7 +76,7 @@ async def test_a_retried_create_session_of_a_deleted_agent_is_not_found(agents):
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "AGENT_NOT_FOUND")
 
 
-@pytest.mark.parametrize("request_id", ["x" * 257, "a\x00b"])
+@pytest.mark.parametrize("request_id", ["x" * 256, "a\x00b"])
 async def test_bad_request_ids_are_invalid_argument(agents, request_id):
     code, _, fields = await error_of(agents.CreateAgent(
         pb.CreateAgentRequest(agent_config=config(), request_id=request_id)))
@@ -88,7 +88,7 @@ async def test_bad_request_ids_are_invalid_argument(agents, request_id):
 
 
 async def test_the_longest_request_id_is_kept(agents):
-    request = pb.CreateAgentRequest(agent_config=config(), request_id="é" * 256)
+    request = pb.CreateAgentRequest(agent_config=config(), request_id="é" * 255)
     first = await agents.CreateAgent(request)
     assert (await agents.CreateAgent(request)).agent_id == first.agent_id
 

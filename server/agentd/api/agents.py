@@ -15,7 +15,7 @@ from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 
 MAX_SESSION_NAME = 1024
-MAX_REQUEST_ID = 256
+MAX_REQUEST_ID = 255
 
 
 def _timestamp(micros: int) -> Timestamp:

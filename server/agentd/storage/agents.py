@@ -14,9 +14,9 @@ from collections import defaultdict
 
 from sqlalchemy import func, select, update
 
+from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
-from agentd.clock import now_micros
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import agent_resources_pb2 as types
 
@@ -34,7 +34,8 @@ class AgentStore:
 
     # ------------------------------------------------------------------ agents
 
-    async def create_agent(self, owner: str, agent: types.Agent, request_id: str | None = None) -> types.Agent:
+    async def create_agent(self, owner: str, agent: types.Agent,
+                           request_id: str | None = None) -> types.Agent:
         """Stores a new agent; with a request_id already used by this owner, stores nothing
         and returns the agent that first call created."""
         body = await self.repo.create(schema.agents, key=("owner", "request_id"), id=agent.agent_id,
@@ -136,7 +137,8 @@ class AgentStore:
                             turn_ids: list[str] | None = None) -> list[types.Turn]:
         """The session's turns (or those of them in turn_ids), oldest first, with their steps."""
         turns, steps = schema.turns, schema.steps
-        query = select(turns.c.id, turns.c.body).where(turns.c.owner == owner, turns.c.session_id == session_id)
+        query = select(turns.c.id, turns.c.body).where(turns.c.owner == owner,
+                                                       turns.c.session_id == session_id)
         if turn_ids is not None:
             query = query.where(turns.c.id.in_(turn_ids))
         query = query.order_by(turns.c.created_at, turns.c.id)
@@ -159,7 +161,8 @@ class AgentStore:
             return result
         return await self.db.scan(work)
 
-    async def get_step(self, owner: str, session_id: str, turn_id: str, step_id: str) -> types.AgentStep | None:
+    async def get_step(self, owner: str, session_id: str, turn_id: str,
+                       step_id: str) -> types.AgentStep | None:
         """One step of a turn of that session, read from its own row."""
         turns, steps = schema.turns, schema.steps
         query = (select(steps.c.body).join(turns, turns.c.id == steps.c.turn_id)

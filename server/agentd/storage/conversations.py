@@ -11,9 +11,9 @@ from __future__ import annotations
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
-from agentd.clock import now_micros
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.storage.responses import item_id_of
 from agentd.v1 import conversations_pb2 as cv
@@ -99,7 +99,8 @@ class ConversationStore:
                                     sort="position", conversation_id=conversation_id)
         return [item_types.ResponseItem.FromString(b) for b in page.bodies], page
 
-    async def get_item(self, owner: str, conversation_id: str, item_id: str) -> item_types.ResponseItem | None:
+    async def get_item(self, owner: str, conversation_id: str,
+                       item_id: str) -> item_types.ResponseItem | None:
         conversations, items = schema.conversations, schema.conversation_items
         query = (select(items.c.body).join(conversations, conversations.c.id == items.c.conversation_id)
                  .where(conversations.c.owner == owner, items.c.conversation_id == conversation_id,

@@ -17,9 +17,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd import ids
+from agentd.clock import now_micros
 from agentd.errors import NotFound
 from agentd.storage import schema
-from agentd.clock import now_micros
 from agentd.storage.repository import Repository
 
 # The run's kind by its id prefix: (the run column of run_events, the run's table, its name).
@@ -59,7 +59,8 @@ class EventStore:
                 raise NotFound(kind, run_id) from None
             raise
 
-    async def read_after(self, owner: str, run_id: str, starting_after: int, limit: int) -> list[tuple[int, bytes]]:
+    async def read_after(self, owner: str, run_id: str, starting_after: int,
+                         limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` kept events numbered after `starting_after`, in order, as
         (sequence_number, body)."""
         events = schema.run_events

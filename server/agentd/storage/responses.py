@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
+from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
-from agentd.clock import now_micros
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt

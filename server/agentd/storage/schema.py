@@ -9,15 +9,26 @@ no second mapping to keep in sync, and a parse that costs microseconds.
 a total order for stable keyset paging (owner, created_at, id).
 """
 
-from sqlalchemy import (BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer,
-                        LargeBinary, MetaData, String, Table, UniqueConstraint)
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
 
 metadata = MetaData()
 
 ID = String(64)
 OWNER = String(255)
-# Idempotency keys of creates: at most 256 characters (the API validates; see the protos).
-REQUEST_ID = String(256)
+# Idempotency keys of creates: at most 255 characters (the API validates; see the protos).
+REQUEST_ID = String(255)
 
 
 def _owned(name: str, *columns, indexes=()) -> Table:

@@ -32,7 +32,7 @@ class CreateAgentRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key and caller returns the agent the
-    first call created. At most 256 characters. Default none.
+    first call created. At most 255 characters. Default none.
     """
     @_builtins.property
     def agent_config(self) -> _agent_resources_pb2.AgentConfig:
@@ -240,7 +240,7 @@ class CreateSessionRequest(_message.Message):
     """Name of the session. Required, at most 1024 characters."""
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key in the same agent returns the
-    session the first call created. At most 256 characters. Default none.
+    session the first call created. At most 255 characters. Default none.
     """
     def __init__(
         self,
@@ -470,7 +470,7 @@ class CreateTurnRequest(_message.Message):
     """The session. Required."""
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key in the same session returns the same turn
-    instead of running the model again. At most 256 characters. Default none.
+    instead of running the model again. At most 255 characters. Default none.
     """
     instructions: _builtins.str
     """Overrides the agent's instructions for this turn. Default: the agent's."""
@@ -581,7 +581,7 @@ class StreamTurnRequest(_message.Message):
     """The session. Required."""
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key in the same session re-attaches to the same turn from its first event
-    instead of running the model again. At most 256 characters. Default none.
+    instead of running the model again. At most 255 characters. Default none.
     """
     instructions: _builtins.str
     """Overrides the agent's instructions for this turn. Default: the agent's."""
@@ -689,7 +689,7 @@ class ResumeTurnRequest(_message.Message):
     """The paused turn. Required."""
     request_id: _builtins.str
     """Idempotency key: a retried resume with the same key returns the same turn
-    instead of resuming twice. At most 256 characters. Default none.
+    instead of resuming twice. At most 255 characters. Default none.
     """
     background: _builtins.bool
     """Run to the end even when the stream goes away (see AgentsService). Default false."""
@@ -776,7 +776,7 @@ class StreamResumeTurnRequest(_message.Message):
     """The paused turn. Required."""
     request_id: _builtins.str
     """Idempotency key: a retried resume with the same key re-attaches to the same stream
-    instead of resuming twice. At most 256 characters. Default none.
+    instead of resuming twice. At most 255 characters. Default none.
     """
     background: _builtins.bool
     """Run to the end even when the stream goes away (see AgentsService). Default false."""

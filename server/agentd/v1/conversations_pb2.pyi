@@ -105,7 +105,7 @@ class CreateConversationRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key and caller returns the conversation
-    the first call created. At most 256 characters. Default none.
+    the first call created. At most 255 characters. Default none.
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
@@ -341,7 +341,7 @@ class CreateConversationItemsRequest(_message.Message):
     """The conversation ("conv_..."). Required."""
     request_id: _builtins.str
     """Idempotency key: a retried append with the same key in the same conversation returns
-    the items the first call appended instead of appending them again. At most 256
+    the items the first call appended instead of appending them again. At most 255
     characters. Default none.
     """
     @_builtins.property

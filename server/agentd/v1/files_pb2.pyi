@@ -137,7 +137,7 @@ class UploadFileRequest(_message.Message):
     """What it is for: "assistants" or "user_data". Required."""
     request_id: _builtins.str
     """Idempotency key: a retried upload with the same key returns the first call's file.
-    At most 256 characters. Default none.
+    At most 255 characters. Default none.
     """
     @_builtins.property
     def file(self) -> Global___UploadedFile:

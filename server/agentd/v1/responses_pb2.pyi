@@ -133,7 +133,7 @@ class CreateResponseRequest(_message.Message):
     """Processing tier (echoed as "default": agentd has one tier). Default none."""
     request_id: _builtins.str
     """Idempotency key (agentd extension): a retried create with the same key and caller
-    returns the same response instead of running the model again. At most 256 characters.
+    returns the same response instead of running the model again. At most 255 characters.
     Default none.
     """
     @_builtins.property

@@ -576,7 +576,7 @@ class CreateVectorStoreRequest(_message.Message):
     """Name. Default none."""
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key returns the first call's store.
-    At most 256 characters. Default none.
+    At most 255 characters. Default none.
     """
     @_builtins.property
     def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -31,7 +31,8 @@ def upgrade() -> None:
     _owned("agents")
     op.create_index("ix_agents_owner_created", "agents", ["owner", "created_at", "id"])
 
-    _owned("sessions", sa.Column("agent_id", ID, sa.ForeignKey("agents.id", ondelete="CASCADE"), nullable=False))
+    _owned("sessions",
+           sa.Column("agent_id", ID, sa.ForeignKey("agents.id", ondelete="CASCADE"), nullable=False))
     op.create_index("ix_sessions_agent_created", "sessions", ["agent_id", "created_at", "id"])
 
     _owned(
@@ -75,7 +76,8 @@ def upgrade() -> None:
 
     op.create_table(
         "conversation_items",
-        sa.Column("conversation_id", ID, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("conversation_id", ID, sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+                  primary_key=True),
         sa.Column("id", ID, primary_key=True),
         sa.Column("position", sa.BigInteger, nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),

@@ -14,7 +14,7 @@ branch_labels = None
 depends_on = None
 
 ID = sa.String(64)
-REQUEST_ID = sa.String(256)
+REQUEST_ID = sa.String(255)
 
 
 def upgrade() -> None:
@@ -31,7 +31,8 @@ def upgrade() -> None:
 
     op.create_table(
         "conversation_item_requests",
-        sa.Column("conversation_id", ID, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("conversation_id", ID, sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+                  primary_key=True),
         sa.Column("request_id", REQUEST_ID, primary_key=True),
         sa.Column("body", sa.LargeBinary, nullable=False),
     )
