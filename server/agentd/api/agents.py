@@ -90,7 +90,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         agent_id = _no_nul(request.agent_id, "agent_id")
         request_id = request_id_of(request)
         session = types.AgentSession(session_id=ids.new_id(ids.SESSION), session_name=name,
-                                started_at=_timestamp(now_micros()))
+                                     started_at=_timestamp(now_micros()))
         session = await self.store.create_session(principal.get(), agent_id, session, request_id)
         if session is None:
             raise NotFound("agent", agent_id)
