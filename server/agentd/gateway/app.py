@@ -142,7 +142,6 @@ def _walk(msg: Message, path: tuple[str, ...]) -> Any:
     return msg
 
 
-
 def _event_id_field(desc):
     return next((fd for fd in desc.fields if fd.GetOptions().Extensions[options_pb2.sse_event_id]), None)
 
