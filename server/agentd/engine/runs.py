@@ -11,7 +11,7 @@ makes its own, carrying the number of the last event it got (-1 before any), nev
 
 Flush policy. Emitted events wait in the run's in-memory buffer; `Run.flush` keeps the whole
 buffer with ONE `EventStore.append` (one multi-row INSERT). The producer flushes at its
-step/item boundaries; the terminal event flushes at once; as a safety net `emit` also
+step/item boundaries; the terminal event is kept before any consumer sees it; as a safety net `emit` also
 flushes when the buffer holds `flush_every` events or its oldest event is `flush_after_s`
 old, so a long silent-to-the-store step never holds unbounded memory nor hides from other
 replicas for long. Events leave the buffer only after their batch is committed, and a write
@@ -148,6 +148,7 @@ class Run:
         self.kind = kind
         self.background = background
         self.on_stop = on_stop
+        self.first_sequence = first_sequence
         self.next_sequence = first_sequence
         self.terminal: Message | None = None  # the terminal event, once emitted
         self.stop_reason: StopReason | None = None  # why the machinery stopped it, if it did
@@ -158,6 +159,7 @@ class Run:
         self._buffer_since = 0.0
         self._listeners: set[_Listener] = set()
         self._flush_lock = asyncio.Lock()
+        self._terminal_kept = False
 
     @property
     def last_sequence(self) -> int:
@@ -177,13 +179,16 @@ class Run:
         if not self._buffer:
             self._buffer_since = loop.time()
         self._buffer.append(event)
-        for listener in self._listeners:
-            listener.push(event)
         if self.kind.is_terminal(event):
+            # Kept before anyone sees it: a stream that ended can always be replayed to its end.
+            # (If the write fails, consumers still get it from the buffer when the run ends.)
             self.terminal = event
             await self.flush()
-        elif (len(self._buffer) >= self.runs.flush_every
-              or loop.time() - self._buffer_since >= self.runs.flush_after_s):
+            self._terminal_kept = True
+        for listener in self._listeners:
+            listener.push(event)
+        if (len(self._buffer) >= self.runs.flush_every
+                or (self._buffer and loop.time() - self._buffer_since >= self.runs.flush_after_s)):
             await self.flush()
 
     async def flush(self) -> None:
@@ -208,10 +213,12 @@ class Run:
                         self._buffer_since = asyncio.get_running_loop().time()
 
     def events(self, starting_after: int | None = None) -> AsyncIterator[Message]:
-        """The owner stream (the call that started the run). Closing it before the terminal
-        event cancels the run unless it is background. Iterate it under
+        """The owner stream (the call that started the run): its events from first_sequence
+        (a resume stream starts at the resume), or after `starting_after`. Closing it before
+        the terminal event cancels the run unless it is background. Iterate it under
         contextlib.aclosing so a dropped call closes it at once, not at garbage collection."""
-        return self.runs._stream(self.owner, self.run_id, self.kind, starting_after, None, owned=self)
+        after = self.first_sequence - 1 if starting_after is None else starting_after
+        return self.runs._stream(self.owner, self.run_id, self.kind, after, None, owned=self)
 
     async def wait(self) -> Message | None:
         """Waits for the run's end; its terminal event, if it emitted one."""
@@ -247,7 +254,9 @@ class Runs:
         key = (owner, run_id)
         if self._draining:
             raise RuntimeError("agentd is shutting down: no new runs")
-        if key in self._live:
+        if key in self._live and self._live[key].terminal is None:
+            # (One that emitted its terminal event is over for everyone: a resume may follow
+            # before its task has returned.)
             raise RuntimeError(f"{kind.name} {run_id} is already running")
         run = Run(self, owner, run_id, kind, background=background, first_sequence=first_sequence,
                   on_stop=on_stop)
@@ -430,7 +439,9 @@ class Runs:
         from the store, else the buffer's tail; [] once it is up to date."""
         buffer = run._buffer
         if buffer and buffer[0].sequence_number <= last + 1:
-            return [event for event in buffer if event.sequence_number > last]
+            # The terminal event shows once kept (or once the run is over if it never was).
+            hold = run.terminal if not (run._terminal_kept or run.ended.is_set()) else None
+            return [event for event in buffer if event.sequence_number > last and event is not hold]
         if last >= run.last_sequence:
             return []
         rows = await self.store.read_after(run.owner, run.run_id, last, self.page_size)
