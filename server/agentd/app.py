@@ -18,8 +18,10 @@ from agentd.api.shields import ShieldsServicer
 from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.engine.runs import Runs
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
+from agentd.storage.events import EventStore
 from agentd.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -90,6 +92,8 @@ class Agentd:
         self.settings = settings
         self.db = Database(settings.effective_database_url)
         self.repo = Repository(self.db)
+        # Every live turn and response of this process; drained on stop.
+        self.runs = Runs(EventStore(self.repo), heartbeat_s=settings.heartbeat_s)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -176,7 +180,9 @@ class Agentd:
 
     async def stop(self, grace: float | None = None, quiet: bool = False) -> None:
         """Graceful: health NOT_SERVING, then both transports stop taking calls at once and
-        give running ones `grace` seconds. Safe on a half-started server."""
+        give running ones `grace` seconds; runs (turns, responses, background ones too) get
+        the same grace, then are stopped as interrupted and kept before the database closes.
+        Safe on a half-started server."""
         grace = self.settings.grace_period_s if grace is None else grace
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
@@ -185,6 +191,7 @@ class Agentd:
             stopping.append(self._gateway.stop(grace))
         if self.server is not None:
             stopping.append(self.server.stop(grace))
+        stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
         await self.db.close()
         if not quiet:

@@ -90,6 +90,9 @@ class Settings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     grace_period_s: float = Field(10.0, ge=0, description="How long SIGTERM lets running calls finish.")
+    heartbeat_s: float = Field(
+        15.0, gt=0, le=30, description="A stream silent this long gets a heartbeat event (turns and "
+                                       "responses), so meshes and proxies keep it open; at most 30.")
     max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, le=2**31 - 1,
                                    description="gRPC message size limit; larger REST bodies get 413.")
     providers: list[ProviderConfig] = Field(default_factory=list)
