@@ -96,6 +96,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: A bug; the server log has the details under the call's request id."""
     ERROR_REASON_INVALID_FORM: _ErrorReason.ValueType  # 35
     """INVALID_ARGUMENT: HTTP only: a multipart/form-data body cannot be read (HTTP 400)."""
+    ERROR_REASON_TOOLGROUP_UNAVAILABLE: _ErrorReason.ValueType  # 36
+    """FAILED_PRECONDITION: a configured tool group's provider is not usable here (e.g. web
+    search without an API key).
+    """
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 37
+    """UNAVAILABLE: the server is shutting down and starts no new run; retry on another replica."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -181,4 +187,10 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 34
 """INTERNAL: A bug; the server log has the details under the call's request id."""
 ERROR_REASON_INVALID_FORM: ErrorReason.ValueType  # 35
 """INVALID_ARGUMENT: HTTP only: a multipart/form-data body cannot be read (HTTP 400)."""
+ERROR_REASON_TOOLGROUP_UNAVAILABLE: ErrorReason.ValueType  # 36
+"""FAILED_PRECONDITION: a configured tool group's provider is not usable here (e.g. web
+search without an API key).
+"""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 37
+"""UNAVAILABLE: the server is shutting down and starts no new run; retry on another replica."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
