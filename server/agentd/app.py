@@ -18,6 +18,7 @@ from agentd.api.shields import ShieldsServicer
 from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
 from agentd.v1 import (
@@ -90,6 +91,8 @@ class Agentd:
         self.settings = settings
         self.db = Database(settings.effective_database_url)
         self.repo = Repository(self.db)
+        # One registry (one HTTP client per endpoint) for the whole process.
+        self.registry = ModelRegistry.from_settings(settings)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -112,7 +115,7 @@ class Agentd:
                 conversations_pb2_grpc.ConversationsServiceServicer(),
                 conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
             "agentd.v1.ModelsService": (
-                ModelsServicer(self.settings), models_pb2_grpc.add_ModelsServiceServicer_to_server),
+                ModelsServicer(self.registry), models_pb2_grpc.add_ModelsServiceServicer_to_server),
             "agentd.v1.ShieldsService": (
                 ShieldsServicer(self.settings), shields_pb2_grpc.add_ShieldsServiceServicer_to_server),
             "agentd.v1.ToolGroupsService": (
@@ -152,6 +155,7 @@ class Agentd:
 
     async def _start(self) -> None:
         await self.db.migrate()
+        await self.registry.start()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")
         try:
@@ -186,6 +190,7 @@ class Agentd:
         if self.server is not None:
             stopping.append(self.server.stop(grace))
         await asyncio.gather(*stopping)
+        await self.registry.close()
         await self.db.close()
         if not quiet:
             log.info("stopped")

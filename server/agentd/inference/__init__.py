@@ -17,12 +17,15 @@ from agentd.inference.base import (
     response_format_from,
     sampling_from,
 )
+from agentd.inference.registry import ModelInfo, ModelRegistry
 
 __all__ = [
     "ChatChunk",
     "ChatMessage",
     "ChatRequest",
     "InferenceProvider",
+    "ModelInfo",
+    "ModelRegistry",
     "Sampling",
     "ToolCall",
     "ToolCallDelta",
