@@ -51,12 +51,6 @@ class ProviderConfig(_Strict):
     models: list[ModelConfig] = Field(
         default_factory=list, description="For type openai: none means ask the endpoint's /models at start.")
 
-    @model_validator(mode="after")
-    def _openai_needs_a_url(self) -> ProviderConfig:
-        if self.type == "openai" and not self.base_url:
-            raise ValueError(f"provider {self.id!r} of type openai needs a base_url")
-        return self
-
 
 # The id of the provider that AGENTD_OPENAI_BASE_URL / _API_KEY / _MODELS describe.
 SIMPLE_OPENAI_PROVIDER_ID = "openai"

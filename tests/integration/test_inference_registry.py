@@ -124,6 +124,16 @@ async def test_a_model_served_twice_stops_the_start(fake_a):
             await registry.close()
 
 
+async def test_an_openai_provider_without_a_url_stops_the_start():
+    registry = ModelRegistry.from_settings(load_settings(environ={
+        "AGENTD_PROVIDERS": '[{"id": "p", "type": "openai", "models": [{"id": "m"}]}]'}))
+    try:
+        with pytest.raises(RegistryError, match="provider 'p' of type openai needs a base_url"):
+            await registry.start()
+    finally:
+        await registry.close()
+
+
 @pytest.mark.parametrize("environ, needle", [
     ({"AGENTD_OPENAI_BASE_URL": "http://h/v1", "AGENTD_OPENAI_MODELS": "m",
       "AGENTD_PROVIDERS": '[{"id": "p", "type": "openai", "base_url": "http://x/v1", '
@@ -133,7 +143,6 @@ async def test_a_model_served_twice_stops_the_start(fake_a):
       "AGENTD_PROVIDERS": '[{"id": "openai", "type": "openai", "base_url": "http://x/v1"}]'},
      "which `providers` also names"),
     ({"AGENTD_OPENAI_MODELS": "m"}, "need openai_base_url"),
-    ({"AGENTD_PROVIDERS": '[{"id": "p", "type": "openai"}]'}, "needs a base_url"),
 ])
 def test_conflicting_provider_settings_are_refused_at_load(environ, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -56,12 +56,16 @@ class ModelRegistry:
         self._providers: dict[str, InferenceProvider] = {}
         self._models: dict[str, ModelInfo] = {}
         self._to_discover: list[tuple[str, OpenAIProvider]] = []
+        self._problems: list[str] = []
         for config in providers:
             if config.type == "local":
                 log.warning("provider %r: the embedded local model is not available yet; "
                             "its models are not served (the other providers are)", config.id)
                 continue
-            provider = OpenAIProvider(config.id, config.base_url or "", config.api_key)
+            if not config.base_url:
+                self._problems.append(f"provider {config.id!r} of type openai needs a base_url")
+                continue
+            provider = OpenAIProvider(config.id, config.base_url, config.api_key)
             self._providers[config.id] = provider
             if not config.models:
                 self._to_discover.append((config.id, provider))
@@ -77,7 +81,9 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Asks each openai provider configured without models for its /models, all at once.
-        Raises RegistryError if that makes a model id served twice."""
+        Raises RegistryError if a provider cannot be served or a model id is served twice."""
+        if self._problems:
+            raise RegistryError("; ".join(self._problems))
         found = await asyncio.gather(*(self._discover(pid, p) for pid, p in self._to_discover))
         for (provider_id, _), names in zip(self._to_discover, found, strict=True):
             for name in names:
