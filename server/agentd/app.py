@@ -19,6 +19,7 @@ from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.engine.runs import Runs
+from agentd.engine.turns import TurnEngine
 from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
@@ -97,6 +98,9 @@ class Agentd:
         self.runs = Runs(EventStore(self.repo), heartbeat_s=settings.heartbeat_s)
         # One registry (one HTTP client per endpoint) for the whole process.
         self.registry = ModelRegistry.from_settings(settings)
+        self.agent_store = AgentStore(self.repo)
+        # No server-side tool runtime yet: a turn naming tool groups is TOOLGROUP_NOT_FOUND.
+        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, None)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -109,7 +113,8 @@ class Agentd:
         """Each served service's full name -> (servicer, its generated add_*_to_server)."""
         return {
             "agentd.v1.AgentsService": (
-                AgentsServicer(AgentStore(self.repo)), agents_pb2_grpc.add_AgentsServiceServicer_to_server),
+                AgentsServicer(self.agent_store, self.turns),
+                agents_pb2_grpc.add_AgentsServiceServicer_to_server),
             # Responses and conversations are in the contract; until their engine lands the
             # generated base servicers answer every RPC with UNIMPLEMENTED.
             "agentd.v1.ResponsesService": (
@@ -159,6 +164,7 @@ class Agentd:
 
     async def _start(self) -> None:
         await self.db.migrate()
+        await self.turns.recover()
         await self.registry.start()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")

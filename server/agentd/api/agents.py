@@ -1,6 +1,8 @@
-"""AgentsService: agents and sessions now; turns arrive with the turn engine."""
+"""AgentsService: agents, sessions, and turns run by the turn engine (engine/turns)."""
 
 from __future__ import annotations
+
+import contextlib
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -8,6 +10,8 @@ from agentd import ids, paging
 from agentd.clock import now_micros
 from agentd.context import principal
 from agentd.engine import agent_config
+from agentd.engine.runs import TURNS, run_to_end
+from agentd.engine.turns import TurnEngine
 from agentd.errors import InvalidArgument, NotFound, Unimplemented
 from agentd.storage.agents import AgentStore
 from agentd.v1 import agent_resources_pb2 as types
@@ -42,8 +46,9 @@ def request_id_of(request) -> str | None:
 
 
 class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
-    def __init__(self, store: AgentStore):
+    def __init__(self, store: AgentStore, engine: TurnEngine | None = None):
         self.store = store
+        self.engine = engine
 
     # ------------------------------------------------------------------ agents
 
@@ -146,18 +151,71 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             raise NotFound("step", step_id)
         return pb.GetStepResponse(step=step)
 
-    # The turn engine is a later issue; until then these answer UNIMPLEMENTED.
+    # ------------------------------------------------------------------ running turns
+    # The engine does the work; these translate requests and stream events. A stream is read
+    # under aclosing so a dropped call closes it at once (cancelling a non-background turn).
 
-    async def CreateTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.")
+    @staticmethod
+    async def _turn_of_terminal(events) -> types.Turn:
+        """What the unary forms return: the turn of the stream's last event."""
+        terminal = await run_to_end(events, TURNS)
+        if terminal is None:  # on_stop always ends a turn's stream with turn_failed
+            raise RuntimeError("the turn's stream ended without its status event")
+        payload = terminal.payload
+        return getattr(payload, payload.WhichOneof("payload")).turn
 
-    async def ResumeTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.")
+    def _start(self, request):
+        engine = self._engine()
+        return engine.start_turn(
+            principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
+            messages=list(request.messages), documents=list(request.documents),
+            toolgroups=list(request.toolgroups),
+            tool_config=request.tool_config if request.HasField("tool_config") else None,
+            instructions=request.instructions if request.HasField("instructions") else None,
+            background=request.background, request_id=request_id_of(request))
 
-    async def StreamTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.")
-        yield  # pragma: no cover - makes this an async generator, as streaming handlers are
+    def _resume(self, request):
+        return self._engine().resume_turn(
+            principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
+            _no_nul(request.turn_id, "turn_id"), tool_responses=list(request.tool_responses),
+            background=request.background)
 
-    async def StreamResumeTurn(self, request, context):
-        raise Unimplemented("Running turns is not available yet.")
-        yield  # pragma: no cover
+    def _engine(self) -> TurnEngine:
+        if self.engine is None:
+            raise Unimplemented("Running turns is not available: no turn engine is configured.")
+        return self.engine
+
+    async def CreateTurn(self, request: pb.CreateTurnRequest, context) -> pb.CreateTurnResponse:
+        events = await self._start(request)
+        return pb.CreateTurnResponse(turn=await self._turn_of_terminal(events))
+
+    async def StreamTurn(self, request: pb.StreamTurnRequest, context):
+        events = await self._start(request)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield pb.StreamTurnResponse(event=event)
+
+    async def ResumeTurn(self, request: pb.ResumeTurnRequest, context) -> pb.ResumeTurnResponse:
+        events = await self._resume(request)
+        return pb.ResumeTurnResponse(turn=await self._turn_of_terminal(events))
+
+    async def StreamResumeTurn(self, request: pb.StreamResumeTurnRequest, context):
+        events = await self._resume(request)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield pb.StreamResumeTurnResponse(event=event)
+
+    async def StreamTurnEvents(self, request: pb.StreamTurnEventsRequest, context):
+        events = await self._engine().follow(
+            principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
+            _no_nul(request.turn_id, "turn_id"),
+            request.starting_after if request.HasField("starting_after") else None)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield pb.StreamTurnEventsResponse(event=event)
+
+    async def CancelTurn(self, request: pb.CancelTurnRequest, context) -> pb.CancelTurnResponse:
+        turn = await self._engine().cancel(
+            principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
+            _no_nul(request.turn_id, "turn_id"))
+        return pb.CancelTurnResponse(turn=turn)

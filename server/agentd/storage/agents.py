@@ -21,6 +21,9 @@ from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import agent_resources_pb2 as types
 
 IN_PROGRESS = "in_progress"  # the status of a turn the engine has started
+AWAITING_INPUT = "awaiting_input"
+INTERRUPTED = "interrupted"
+OPEN_STATUSES = (IN_PROGRESS, AWAITING_INPUT)  # a session with such a turn is busy
 
 
 def step_id_of(step: types.AgentStep) -> str:
@@ -170,6 +173,50 @@ class AgentStore:
                         turns.c.session_id == session_id))
         body = await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
         return types.AgentStep.FromString(body) if body is not None else None
+
+    async def turn_status(self, owner: str, session_id: str, turn_id: str) -> str | None:
+        """The turn's status column (None: no such turn of that session)."""
+        turns = schema.turns
+        query = select(turns.c.status).where(turns.c.owner == owner, turns.c.id == turn_id,
+                                             turns.c.session_id == session_id)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+
+    async def open_turn(self, owner: str, session_id: str) -> str | None:
+        """The id of a turn of the session that is in progress or awaiting input, if any."""
+        turns = schema.turns
+        query = (select(turns.c.id).where(turns.c.owner == owner, turns.c.session_id == session_id,
+                                          turns.c.status.in_(OPEN_STATUSES)).limit(1))
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+
+    async def turn_by_request_id(self, owner: str, session_id: str, request_id: str) -> str | None:
+        """The id of the turn a create with this idempotency key started in the session."""
+        turns = schema.turns
+        query = select(turns.c.id).where(turns.c.owner == owner, turns.c.session_id == session_id,
+                                         turns.c.request_id == request_id)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+
+    async def interrupt_running_turns(self, ended_at_micros: int) -> int:
+        """At start-up: every turn still in progress (its process died) becomes interrupted,
+        in its status column and its body. Returns how many. Every owner's, every replica's:
+        with several replicas on one database, a replica starting while another runs turns
+        would mark those too, so multi-replica deployments must run this only when no other
+        replica is up (or not at all until runs carry their replica's lease)."""
+        turns = schema.turns
+        query = select(turns.c.id, turns.c.body).where(turns.c.status == IN_PROGRESS).with_for_update()
+
+        def work(conn) -> int:
+            rows = conn.execute(query).all()
+            for row in rows:
+                turn = types.Turn.FromString(row.body)
+                turn.status = types.TURN_STATUS_INTERRUPTED
+                turn.stop_reason = types.TURN_STOP_REASON_ERROR
+                turn.completed_at.FromMicroseconds(ended_at_micros)
+                turn.error.code = 14  # UNAVAILABLE
+                turn.error.message = "The server stopped while the turn ran; start a new turn."
+                conn.execute(update(turns).where(turns.c.id == row.id, turns.c.status == IN_PROGRESS)
+                             .values(status=INTERRUPTED, body=body_of(turn)))
+            return len(rows)
+        return await self.db.write(work)
 
     async def turn_exists(self, owner: str, session_id: str, turn_id: str) -> bool:
         return await self.repo.exists(schema.turns, owner, turn_id, session_id=session_id)

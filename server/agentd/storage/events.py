@@ -13,7 +13,7 @@ one multi-row INSERT in one transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd import ids
@@ -58,6 +58,14 @@ class EventStore:
             if not await self.repo.exists(run_table, owner, run_id):
                 raise NotFound(kind, run_id) from None
             raise
+
+    async def last_sequence(self, owner: str, run_id: str) -> int:
+        """The number of the run's last kept event (-1 when none is kept)."""
+        events = schema.run_events
+        query = select(func.max(events.c.sequence_number)).where(
+            events.c.owner == owner, events.c.run_id == run_id)
+        value = await self.db.read(lambda conn: conn.execute(query).scalar())
+        return -1 if value is None else int(value)
 
     async def read_after(self, owner: str, run_id: str, starting_after: int,
                          limit: int) -> list[tuple[int, bytes]]:

@@ -1,0 +1,753 @@
+"""The turn engine: a turn is a run (engine/runs.py, kind TURNS) whose producer is the loop
+below. No grpc here: the owner is passed explicitly, errors are agentd errors.
+
+One run of a turn (a create, or a resume after a pause on client tools):
+
+    turn_start (create only; sequence 0)       | tool_execution step of the client results (resume)
+    loop:
+        inference step: step_start, step_progress (text; tool_call "name(", fragments, ")",
+                        then the parsed call: succeeded, or failed for arguments that are not
+                        a JSON object), step_complete
+        tool calls and max_infer_iters reached (counted across resumes: the turn's stored
+            inference steps) -> turn_complete, stop_reason max_infer_iters, calls NOT run
+        server tool calls -> one tool_execution step each (step_start, step_progress with the
+            call, step_complete), then, if the message also called client tools, the pause:
+            turn_awaiting_input with output_message = those calls (all of them, batched);
+            else the next inference
+        no tool calls -> turn_complete (stop_reason end_of_turn, or out_of_tokens)
+
+Persistence as it runs: the turn row (in_progress) exists before turn_start; each step is
+appended when it completes and the run's events are flushed at every step boundary; the
+status, output_message and completed_at are written before the terminal event. A run that
+stops without its terminal event (cancelled, interrupted at shutdown, failed: the model went
+away, a database write failed) is finished by `on_stop`: the turn is stored cancelled /
+interrupted / failed with its completed steps and `error`, and turn_failed ends the stream.
+
+History for the model: the instructions (the turn's override, else the agent's) as the
+system message, then every earlier turn of the session rebuilt from its stored steps
+(history.py), then this turn's messages (on resume: rebuilt from its steps as well).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agentd import ids
+from agentd.clock import now_micros
+from agentd.engine.runs import TURNS, Run, Runs, StopReason
+from agentd.engine.turns.history import assistant_message, input_message, text_of, turn_messages
+from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound, Unavailable, status_of
+from agentd.inference import (
+    ChatMessage,
+    ChatRequest,
+    InferenceProvider,
+    ModelRegistry,
+    Sampling,
+    ToolSpec,
+    response_format_from,
+    sampling_from,
+)
+from agentd.storage.agents import AWAITING_INPUT, IN_PROGRESS, OPEN_STATUSES, AgentStore
+from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
+from agentd.v1 import agent_messages_pb2 as msg
+from agentd.v1 import agent_resources_pb2 as types
+from agentd.v1 import common_pb2
+from agentd.v1 import turn_events_pb2 as te
+
+log = logging.getLogger("agentd.turns")
+
+DEFAULT_MAX_INFER_ITERS = 10
+INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
+TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
+IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
+TEXT_MIME_TYPES = ("application/json", "application/yaml", "application/x-yaml")
+
+# Stored status column values, by the proto status.
+STATUS_NAMES = {
+    types.TURN_STATUS_IN_PROGRESS: IN_PROGRESS,
+    types.TURN_STATUS_AWAITING_INPUT: AWAITING_INPUT,
+    types.TURN_STATUS_COMPLETED: "completed",
+    types.TURN_STATUS_FAILED: "failed",
+    types.TURN_STATUS_CANCELLED: "cancelled",
+    types.TURN_STATUS_INTERRUPTED: "interrupted",
+}
+
+
+class TurnCancelled(AgentdError):
+    """Why a cancelled turn ended (the error of its turn_failed event)."""
+
+    code = grpc.StatusCode.CANCELLED
+    reason = "TURN_CANCELLED"
+
+    def __init__(self) -> None:
+        super().__init__("The turn was cancelled.")
+
+
+def _interrupted() -> Unavailable:
+    return Unavailable("The server stopped while the turn ran; start a new turn.", reason="TURN_INTERRUPTED")
+
+
+def _timestamp(micros: int | None = None) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMicroseconds(now_micros() if micros is None else micros)
+    return ts
+
+
+def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
+    return te.TurnEvent(turn_id=turn_id, payload=te.TurnEventPayload(**payload))
+
+
+def _busy(session_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"Session '{session_id}' has a turn in progress or awaiting input; resume or cancel it first.",
+        reason="SESSION_BUSY",
+    )
+
+
+@dataclass
+class Plan:
+    """What a run of a turn needs, resolved before it starts (so bad references fail the
+    call before any event)."""
+
+    agent: types.Agent
+    provider: InferenceProvider
+    server_tools: dict[str, ResolvedTool]
+    client_tools: set[str]
+    specs: tuple[ToolSpec, ...]
+    tool_choice: str | None
+    instructions: str
+    sampling: Sampling
+    response_format: dict[str, Any] | None
+    max_infer_iters: int
+
+
+@dataclass
+class TurnState:
+    """One run of a turn: the turn as it grows (with its steps) and the conversation."""
+
+    owner: str
+    turn: types.Turn
+    plan: Plan
+    messages: list[ChatMessage] = field(default_factory=list)
+
+    @property
+    def inference_count(self) -> int:
+        return sum(1 for step in self.turn.steps if step.HasField("inference"))
+
+
+class TurnEngine:
+    def __init__(
+        self, store: AgentStore, runs: Runs, registry: ModelRegistry, tools: ToolRuntime | None = None
+    ):
+        self.store = store
+        self.runs = runs
+        self.registry = registry
+        self.tools = tools
+        # Sessions whose turn is being started or resumed right now in this process: a second
+        # start in the same session meanwhile is SESSION_BUSY (the status check alone could
+        # let both through). Across replicas the status check is what guards.
+        self._starting: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ start-up
+
+    async def recover(self) -> int:
+        """Turns left in_progress by a crash become interrupted (see
+        AgentStore.interrupt_running_turns for the multi-replica caveat)."""
+        count = await self.store.interrupt_running_turns(now_micros())
+        if count:
+            log.warning("%d turn(s) left running by a previous process marked interrupted", count)
+        return count
+
+    # ------------------------------------------------------------------ lookups
+
+    async def _agent_and_session(self, owner: str, agent_id: str, session_id: str) -> types.Agent:
+        agent = await self.store.get_agent(owner, agent_id)
+        if agent is None:
+            raise NotFound("agent", agent_id)
+        if await self.store.get_session(owner, agent_id, session_id) is None:
+            raise NotFound("session", session_id)
+        return agent
+
+    async def _turn(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
+        await self._agent_and_session(owner, agent_id, session_id)
+        turn = await self.store.get_turn(owner, session_id, turn_id)
+        if turn is None:
+            raise NotFound("turn", turn_id)
+        return turn
+
+    def _plan(
+        self,
+        agent: types.Agent,
+        *,
+        toolgroups: Sequence[types.AgentToolGroup] = (),
+        tool_config: types.AgentToolConfig | None = None,
+        instructions: str | None = None,
+    ) -> Plan:
+        cfg = agent.agent_config
+        provider = self.registry.provider_for(cfg.model)  # NOT_FOUND (MODEL_NOT_FOUND)
+        references: list[tuple[str, dict[str, Any]]] = []
+        for group in [*cfg.toolgroups, *toolgroups]:  # the turn's add to the agent's
+            if group.HasField("with_args"):
+                references.append((group.with_args.name, json_format.MessageToDict(group.with_args.args)))
+            else:
+                references.append((group.name, {}))
+        server_tools: dict[str, ResolvedTool] = {}
+        if references:
+            if self.tools is None:
+                raise NotFound("toolgroup", references[0][0].split("/")[0])
+            for resolved in self.tools.resolve(references):
+                server_tools.setdefault(resolved.tool.name, resolved)
+        specs = [
+            ToolSpec(
+                name=t.name,
+                description=t.description if t.HasField("description") else "",
+                parameters=(
+                    json_format.MessageToDict(t.input_schema)
+                    if t.HasField("input_schema")
+                    else {"type": "object", "properties": {}}
+                ),
+            )
+            for t in cfg.client_tools
+        ]
+        specs += [
+            ToolSpec(name=r.tool.name, description=r.tool.description, parameters=r.tool.parameters)
+            for r in server_tools.values()
+        ]
+        if tool_config is not None and tool_config.HasField("tool_choice"):
+            tool_choice: str | None = tool_config.tool_choice
+        elif cfg.tool_config.HasField("tool_choice"):
+            tool_choice = cfg.tool_config.tool_choice
+        else:
+            tool_choice = None
+        return Plan(
+            agent=agent,
+            provider=provider,
+            server_tools=server_tools,
+            client_tools={t.name for t in cfg.client_tools},
+            specs=tuple(specs),
+            tool_choice=tool_choice or None,
+            instructions=cfg.instructions if instructions is None else instructions,
+            sampling=sampling_from(cfg.sampling_params if cfg.HasField("sampling_params") else None),
+            response_format=response_format_from(
+                cfg.response_format if cfg.HasField("response_format") else None,
+                field="agent_config.response_format",
+            ),
+            max_infer_iters=cfg.max_infer_iters
+            if cfg.HasField("max_infer_iters")
+            else DEFAULT_MAX_INFER_ITERS,
+        )
+
+    async def _history(
+        self, owner: str, session_id: str, plan: Plan, until: str | None = None
+    ) -> list[ChatMessage]:
+        """System message + the session's turns before `until` (all when None), rebuilt."""
+        messages = [ChatMessage(role="system", content=plan.instructions)] if plan.instructions else []
+        for turn in await self.store.session_turns(owner, session_id):
+            if turn.turn_id == until:
+                break
+            messages.extend(turn_messages(turn))
+        return messages
+
+    def _still_running(self, owner: str, session_id: str, turn_id: str):
+        async def still_running() -> bool:
+            return await self.store.turn_status(owner, session_id, turn_id) == IN_PROGRESS
+
+        return still_running
+
+    # ------------------------------------------------------------------ the API
+
+    async def start_turn(
+        self,
+        owner: str,
+        agent_id: str,
+        session_id: str,
+        *,
+        messages: Sequence[msg.TurnInputMessage],
+        documents: Sequence[msg.AgentDocument] = (),
+        toolgroups: Sequence[types.AgentToolGroup] = (),
+        tool_config: types.AgentToolConfig | None = None,
+        instructions: str | None = None,
+        background: bool = False,
+        request_id: str | None = None,
+    ) -> AsyncIterator[te.TurnEvent]:
+        """Checks, stores the turn and starts its run; returns the owner stream (iterate it
+        under contextlib.aclosing: closing it early cancels the turn unless background).
+        A retry with a known request_id replays the first call's turn instead."""
+        agent = await self._agent_and_session(owner, agent_id, session_id)
+        if request_id is not None:
+            existing = await self.store.turn_by_request_id(owner, session_id, request_id)
+            if existing is not None:
+                return self.follow_checked(owner, session_id, existing, None)
+        plan = self._plan(agent, toolgroups=toolgroups, tool_config=tool_config, instructions=instructions)
+        inputs = list(messages)
+        if documents:
+            inputs = _with_documents(inputs, documents)
+        key = (owner, session_id)
+        if key in self._starting:
+            raise _busy(session_id)
+        self._starting.add(key)
+        try:
+            if await self.store.open_turn(owner, session_id) is not None:
+                raise _busy(session_id)
+            history = await self._history(owner, session_id, plan)
+            turn = types.Turn(
+                turn_id=ids.new_id(ids.TURN),
+                session_id=session_id,
+                input_messages=inputs,
+                started_at=_timestamp(),
+                status=types.TURN_STATUS_IN_PROGRESS,
+                background=background,
+            )
+            stored = await self.store.insert_turn(owner, turn, request_id)
+            if stored is None:
+                raise NotFound("session", session_id)
+            if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
+                return self.follow_checked(owner, session_id, stored.turn_id, None)
+            state = TurnState(owner, turn, plan, history + [input_message(m) for m in inputs])
+
+            async def produce(run: Run) -> None:
+                await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
+                await self._loop(state, run)
+
+            run = self.runs.start(
+                owner, turn.turn_id, produce, kind=TURNS, background=background, on_stop=self._on_stop(state)
+            )
+        finally:
+            self._starting.discard(key)
+        return run.events()
+
+    async def resume_turn(
+        self,
+        owner: str,
+        agent_id: str,
+        session_id: str,
+        turn_id: str,
+        *,
+        tool_responses: Sequence[msg.AgentToolResponse],
+        background: bool = False,
+    ) -> AsyncIterator[te.TurnEvent]:
+        """Checks the resume, then continues the paused turn in a new run whose events are
+        numbered on from the turn's last one; returns its owner stream."""
+        agent = await self._agent_and_session(owner, agent_id, session_id)
+        key = (owner, session_id)
+        if key in self._starting:
+            raise FailedPrecondition(f"Turn '{turn_id}' is being resumed.", reason="TURN_NOT_AWAITING_INPUT")
+        self._starting.add(key)
+        try:
+            turn = await self.store.get_turn(owner, session_id, turn_id)
+            if turn is None:
+                raise NotFound("turn", turn_id)
+            if turn.status != types.TURN_STATUS_AWAITING_INPUT:
+                raise FailedPrecondition(
+                    f"Turn '{turn_id}' is not awaiting input.", reason="TURN_NOT_AWAITING_INPUT"
+                )
+            pending = list(turn.output_message.tool_calls)
+            answered = [r.call_id for r in tool_responses]
+            if len(set(answered)) != len(answered) or set(answered) != {c.call_id for c in pending}:
+                raise InvalidArgument(
+                    "tool_responses",
+                    "must answer exactly the pending tool calls, each once: "
+                    + ", ".join(c.call_id for c in pending),
+                    reason="TOOL_RESPONSES_MISMATCH",
+                )
+            # The turn's own overrides (instructions, tool_config, toolgroups) are not stored
+            # with it (the contract's Turn has no field for them): a resume runs with the agent's.
+            plan = self._plan(agent)
+            last = await self.runs.store.last_sequence(owner, turn_id)
+            history = await self._history(owner, session_id, plan, until=turn_id)
+            turn.status = types.TURN_STATUS_IN_PROGRESS
+            turn.ClearField("stop_reason")
+            turn.ClearField("output_message")
+            turn.background = background
+            await self.store.update_turn(owner, turn, IN_PROGRESS)
+            state = TurnState(owner, turn, plan)
+            by_id = {r.call_id: r for r in tool_responses}
+
+            async def produce(run: Run) -> None:
+                step_id, started = ids.new_id(ids.STEP), _timestamp()
+                await run.emit(
+                    _event(turn_id, step_start=te.StepStartPayload(step_type=TOOL_EXECUTION, step_id=step_id))
+                )
+                responses = [by_id[c.call_id] for c in pending]
+                for response in responses:
+                    if not response.tool_name:
+                        response.tool_name = next(
+                            c.tool_name for c in pending if c.call_id == response.call_id
+                        )
+                step = types.AgentStep(
+                    tool_execution=types.ToolExecutionStep(
+                        turn_id=turn_id,
+                        step_id=step_id,
+                        started_at=started,
+                        completed_at=_timestamp(),
+                        tool_calls=pending,
+                        tool_responses=responses,
+                    )
+                )
+                await self._complete_step(state, run, step, TOOL_EXECUTION)
+                # Now that every call of the paused message is answered, the turn so far:
+                state.messages = history + turn_messages(turn)
+                await self._loop(state, run)
+
+            run = self.runs.start(
+                owner,
+                turn_id,
+                produce,
+                kind=TURNS,
+                background=background,
+                first_sequence=last + 1,
+                on_stop=self._on_stop(state),
+            )
+        finally:
+            self._starting.discard(key)
+        return run.events()
+
+    async def follow(
+        self, owner: str, agent_id: str, session_id: str, turn_id: str, starting_after: int | None
+    ) -> AsyncIterator[te.TurnEvent]:
+        """StreamTurnEvents: the kept events after `starting_after`, then the live ones, to
+        the turn's next status event. Never cancels the turn."""
+        await self._agent_and_session(owner, agent_id, session_id)
+        if await self.store.turn_status(owner, session_id, turn_id) is None:
+            raise NotFound("turn", turn_id)
+        return self.follow_checked(owner, session_id, turn_id, starting_after)
+
+    def follow_checked(
+        self, owner: str, session_id: str, turn_id: str, starting_after: int | None
+    ) -> AsyncIterator[te.TurnEvent]:
+        return self.runs.attach(
+            owner,
+            turn_id,
+            kind=TURNS,
+            starting_after=starting_after,
+            still_running=self._still_running(owner, session_id, turn_id),
+        )
+
+    async def cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
+        """CancelTurn: a running turn is stopped (its on_stop stores it cancelled and emits
+        turn_failed); a paused one is cancelled directly, with a kept turn_failed event. An
+        ended turn: FAILED_PRECONDITION (TURN_NOT_RUNNING)."""
+        turn = await self._turn(owner, agent_id, session_id, turn_id)
+        run = self.runs.get(owner, turn_id)
+        if run is not None and run.terminal is None:
+            await self.runs.cancel(owner, turn_id)
+            turn = await self._turn(owner, agent_id, session_id, turn_id)
+            if turn.status != types.TURN_STATUS_AWAITING_INPUT:
+                return turn
+        if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
+            raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
+        # Paused (or left in_progress by a run that is not live here): end it now.
+        last = await self.runs.store.last_sequence(owner, turn_id)
+        error = TurnCancelled()
+
+        async def produce(run: Run) -> None:
+            self._end_turn(turn, types.TURN_STATUS_CANCELLED, error)
+            await self.store.update_turn(owner, turn, STATUS_NAMES[turn.status])
+            await run.emit(_event(turn_id, turn_failed=te.TurnFailedPayload(turn=turn, error=turn.error)))
+
+        await self.runs.start(
+            owner, turn_id, produce, kind=TURNS, background=True, first_sequence=last + 1
+        ).wait()
+        return turn
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _loop(self, state: TurnState, run: Run) -> None:
+        plan = state.plan
+        while True:
+            answer = await self._infer(state, run)
+            if answer.tool_calls:
+                if state.inference_count >= plan.max_infer_iters:
+                    # The calls are NOT executed; the turn says so.
+                    return await self._finish(state, run, answer, types.TURN_STOP_REASON_MAX_INFER_ITERS)
+                client = [c for c in answer.tool_calls if c.tool_name in plan.client_tools]
+                for call in answer.tool_calls:
+                    if call.tool_name not in plan.client_tools:
+                        await self._execute(state, run, call)
+                if client:
+                    pending = msg.CompletionMessage(
+                        content=answer.content, tool_calls=client, stop_reason=msg.STOP_REASON_END_OF_MESSAGE
+                    )
+                    return await self._pause(state, run, pending)
+                continue
+            reason = (
+                types.TURN_STOP_REASON_OUT_OF_TOKENS
+                if answer.stop_reason == msg.STOP_REASON_OUT_OF_TOKENS
+                else types.TURN_STOP_REASON_END_OF_TURN
+            )
+            return await self._finish(state, run, answer, reason)
+
+    async def _infer(self, state: TurnState, run: Run) -> msg.CompletionMessage:
+        plan, turn_id = state.plan, state.turn.turn_id
+        step_id, started = ids.new_id(ids.STEP), _timestamp()
+
+        async def progress(delta: te.ContentDelta) -> None:
+            await run.emit(
+                _event(
+                    turn_id,
+                    step_progress=te.StepProgressPayload(step_type=INFERENCE, step_id=step_id, delta=delta),
+                )
+            )
+
+        await run.emit(_event(turn_id, step_start=te.StepStartPayload(step_type=INFERENCE, step_id=step_id)))
+        request = ChatRequest.with_sampling(
+            plan.sampling,
+            model=plan.agent.agent_config.model,
+            messages=state.messages,
+            tools=plan.specs,
+            tool_choice=plan.tool_choice if plan.specs else None,
+            response_format=plan.response_format,
+        )
+        text: list[str] = []
+        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        finish = None
+        usage = None
+        async with contextlib.aclosing(plan.provider.stream_chat(request)) as chunks:
+            async for chunk in chunks:
+                if chunk.text:
+                    text.append(chunk.text)
+                    await progress(te.ContentDelta(text=te.TextDelta(text=chunk.text)))
+                for piece in chunk.tool_calls:
+                    call = calls.get(piece.index)
+                    if call is None:
+                        call = calls[piece.index] = [piece.id or "", piece.name or "", ""]
+                        if not piece.arguments:
+                            await progress(_call_text(f"{call[1]}("))
+                    else:
+                        call[0] = call[0] or piece.id or ""
+                        call[1] = call[1] or piece.name or ""
+                    if piece.arguments:
+                        call[2] += piece.arguments
+                        await progress(_call_text(piece.arguments))
+                if chunk.finish_reason:
+                    finish = chunk.finish_reason
+                if chunk.usage:
+                    usage = chunk.usage
+        parsed: list[msg.AgentToolCall] = []
+        unparsed: list[str] = []
+        for index in sorted(calls):
+            call_id, name, arguments = calls[index]
+            await progress(_call_text(")"))
+            if _json_object(arguments or "{}") is None:
+                raw = f"{name}({arguments})"
+                unparsed.append(raw)
+                await progress(
+                    te.ContentDelta(
+                        tool_call=te.ToolCallDelta(
+                            tool_call=te.ToolCallOrString(text=raw),
+                            parse_status=te.TOOL_CALL_PARSE_STATUS_FAILED,
+                        )
+                    )
+                )
+                continue
+            parsed_call = msg.AgentToolCall(
+                call_id=call_id or ids.new_id("call"), tool_name=name, arguments=arguments or "{}"
+            )
+            parsed.append(parsed_call)
+            await progress(
+                te.ContentDelta(
+                    tool_call=te.ToolCallDelta(
+                        tool_call=te.ToolCallOrString(call=parsed_call),
+                        parse_status=te.TOOL_CALL_PARSE_STATUS_SUCCEEDED,
+                    )
+                )
+            )
+        content = "".join(text) or "".join(unparsed)
+        if finish == "length":
+            stop = msg.STOP_REASON_OUT_OF_TOKENS
+        elif parsed:
+            stop = msg.STOP_REASON_END_OF_MESSAGE
+        else:
+            stop = msg.STOP_REASON_END_OF_TURN
+        answer = msg.CompletionMessage(
+            content=msg.InterleavedContent(text=content), stop_reason=stop, tool_calls=parsed
+        )
+        step = types.InferenceStep(
+            turn_id=turn_id,
+            step_id=step_id,
+            started_at=started,
+            completed_at=_timestamp(),
+            model_response=answer,
+            model=plan.agent.agent_config.model,
+        )
+        if usage is not None:
+            step.usage.CopyFrom(
+                common_pb2.TokenUsage(
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    total_tokens=usage.total_tokens,
+                )
+            )
+        await self._complete_step(state, run, types.AgentStep(inference=step), INFERENCE)
+        said = assistant_message(answer)
+        if said is not None:
+            state.messages.append(said)
+        return answer
+
+    async def _execute(self, state: TurnState, run: Run, call: msg.AgentToolCall) -> None:
+        """One server tool call: its own tool_execution step."""
+        turn_id = state.turn.turn_id
+        step_id, started = ids.new_id(ids.STEP), _timestamp()
+        await run.emit(
+            _event(turn_id, step_start=te.StepStartPayload(step_type=TOOL_EXECUTION, step_id=step_id))
+        )
+        await run.emit(
+            _event(
+                turn_id,
+                step_progress=te.StepProgressPayload(
+                    step_type=TOOL_EXECUTION,
+                    step_id=step_id,
+                    delta=te.ContentDelta(
+                        tool_call=te.ToolCallDelta(
+                            tool_call=te.ToolCallOrString(call=call), parse_status=IN_PROGRESS_PARSE
+                        )
+                    ),
+                ),
+            )
+        )
+        resolved = state.plan.server_tools.get(call.tool_name)
+        if resolved is None:
+            result = ToolResult(
+                content=f"Unknown tool '{call.tool_name}'.", error_message=f"unknown tool '{call.tool_name}'"
+            )
+        else:
+            arguments = _json_object(call.arguments or "{}") or {}
+            arguments.update(resolved.args)  # the group's args win over the model's
+            result = await resolved.tool.invoke(arguments, session_id=state.turn.session_id)
+        response = msg.AgentToolResponse(
+            call_id=call.call_id,
+            tool_name=call.tool_name,
+            content=msg.InterleavedContent(text=result.content),
+        )
+        if result.metadata:
+            metadata = Struct()
+            metadata.update(result.metadata)
+            response.metadata.CopyFrom(metadata)
+        if result.error_message is not None:
+            response.error_message = result.error_message
+        step = types.AgentStep(
+            tool_execution=types.ToolExecutionStep(
+                turn_id=turn_id,
+                step_id=step_id,
+                started_at=started,
+                completed_at=_timestamp(),
+                tool_calls=[call],
+                tool_responses=[response],
+            )
+        )
+        await self._complete_step(state, run, step, TOOL_EXECUTION)
+        state.messages.append(ChatMessage(role="tool", content=result.content, tool_call_id=call.call_id))
+
+    async def _complete_step(self, state: TurnState, run: Run, step: types.AgentStep, step_type: int) -> None:
+        """step_complete, the step stored, the events kept: one step boundary."""
+        step_id = getattr(step, step.WhichOneof("step")).step_id
+        await run.emit(
+            _event(
+                state.turn.turn_id,
+                step_complete=te.StepCompletePayload(step_type=step_type, step_id=step_id, step_details=step),
+            )
+        )
+        await self.store.append_step(state.owner, state.turn.turn_id, step)
+        state.turn.steps.append(step)
+        await run.flush()
+
+    async def _pause(self, state: TurnState, run: Run, pending: msg.CompletionMessage) -> None:
+        turn = state.turn
+        turn.output_message.CopyFrom(pending)
+        turn.status = types.TURN_STATUS_AWAITING_INPUT
+        turn.stop_reason = types.TURN_STOP_REASON_CLIENT_TOOL_CALLS
+        turn.ClearField("completed_at")
+        await self.store.update_turn(state.owner, turn, AWAITING_INPUT)
+        await run.emit(_event(turn.turn_id, turn_awaiting_input=te.TurnAwaitingInputPayload(turn=turn)))
+
+    async def _finish(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
+        turn = state.turn
+        turn.output_message.CopyFrom(answer)
+        turn.status = types.TURN_STATUS_COMPLETED
+        turn.stop_reason = reason
+        turn.completed_at.CopyFrom(_timestamp())
+        await self.store.update_turn(state.owner, turn, STATUS_NAMES[turn.status])
+        await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)))
+
+    @staticmethod
+    def _end_turn(turn: types.Turn, status: int, error: BaseException) -> None:
+        turn.status = status
+        turn.stop_reason = types.TURN_STOP_REASON_ERROR
+        turn.completed_at.CopyFrom(_timestamp())
+        turn.error.CopyFrom(status_of(error))
+
+    def _on_stop(self, state: TurnState):
+        """What ends a run that stopped without its terminal event (runs.py: on_stop)."""
+
+        async def on_stop(run: Run, reason: StopReason, error: BaseException | None) -> None:
+            turn = state.turn
+            if reason == "cancelled":
+                status, error = types.TURN_STATUS_CANCELLED, TurnCancelled()
+            elif reason == "interrupted":
+                status, error = types.TURN_STATUS_INTERRUPTED, _interrupted()
+            else:
+                status = types.TURN_STATUS_FAILED
+                error = error or RuntimeError("the turn ended without an answer")
+            self._end_turn(turn, status, error)
+            try:
+                await self.store.update_turn(state.owner, turn, STATUS_NAMES[status])
+            except Exception:  # the stream still ends with turn_failed
+                log.exception("turn %s: its end could not be stored", turn.turn_id)
+            await run.emit(
+                _event(turn.turn_id, turn_failed=te.TurnFailedPayload(turn=turn, error=turn.error))
+            )
+
+        return on_stop
+
+
+def _call_text(text: str) -> te.ContentDelta:
+    return te.ContentDelta(
+        tool_call=te.ToolCallDelta(tool_call=te.ToolCallOrString(text=text), parse_status=IN_PROGRESS_PARSE)
+    )
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _with_documents(
+    messages: list[msg.TurnInputMessage], documents: Sequence[msg.AgentDocument]
+) -> list[msg.TurnInputMessage]:
+    """The documents' text appended to the last message (text/*, JSON and YAML; given as text
+    or a text item). URL documents are not fetched yet: INVALID_ARGUMENT."""
+    texts = []
+    for i, document in enumerate(documents):
+        where = f"documents[{i}]"
+        mime = document.mime_type
+        if not (mime.startswith("text/") or mime in TEXT_MIME_TYPES):
+            raise InvalidArgument(f"{where}.mime_type", f"unsupported document type {mime!r}")
+        kind = document.content.WhichOneof("content")
+        if kind == "text":
+            texts.append(document.content.text)
+        elif kind == "item" and document.content.item.HasField("text"):
+            texts.append(document.content.item.text.text)
+        else:
+            raise InvalidArgument(f"{where}.content", "only text documents are supported")
+    if not messages:
+        return messages
+    result = [msg.TurnInputMessage() for _ in messages]
+    for copy, original in zip(result, messages, strict=True):
+        copy.CopyFrom(original)
+    last = result[-1].user if result[-1].HasField("user") else None
+    if last is not None:
+        last.content.CopyFrom(msg.InterleavedContent(text=text_of(last.content) + "\n" + "\n".join(texts)))
+    return result

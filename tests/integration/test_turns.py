@@ -1,0 +1,611 @@
+"""Running turns over gRPC (and REST for the SSE shape) against a real agentd on SQLite and
+PostgreSQL, with the scripted fake model server as the only fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from google.protobuf import json_format
+
+from agentd.app import Agentd
+from agentd.v1 import agent_messages_pb2 as m
+from agentd.v1 import agent_resources_pb2 as t
+from agentd.v1 import agents_pb2 as pb
+from agentd.v1 import agents_pb2_grpc
+from agentd.v1 import turn_events_pb2 as te
+from tests.conftest import error_of, make_settings
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def server(database_url, tmp_path, fake):
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        providers=[
+            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
+        ],
+    )
+    agentd = Agentd(settings)
+    await agentd.start()
+    try:
+        yield agentd
+    finally:
+        await agentd.stop(0)
+
+
+@pytest_asyncio.fixture
+async def agents(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield agents_pb2_grpc.AgentsServiceStub(channel)
+
+
+@pytest_asyncio.fixture
+async def http(server):
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as client:
+        yield client
+
+
+def user(text: str) -> m.TurnInputMessage:
+    return m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(text=text)))
+
+
+def tool_def(name: str) -> t.AgentToolDef:
+    schema = json_format.ParseDict(
+        {"type": "object", "properties": {"city": {"type": "string"}}}, t.AgentToolDef().input_schema
+    )
+    return t.AgentToolDef(name=name, description=f"the {name} tool", input_schema=schema)
+
+
+async def new_session(agents, **config) -> tuple[str, str]:
+    cfg = t.AgentConfig(
+        model=config.pop("model", "test-model"),
+        instructions=config.pop("instructions", "Be brief."),
+        **config,
+    )
+    agent = await agents.CreateAgent(pb.CreateAgentRequest(agent_config=cfg))
+    session = await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent.agent_id, session_name="s"))
+    return agent.agent_id, session.session_id
+
+
+async def collect(call) -> list[te.TurnEvent]:
+    return [r.event async for r in call]
+
+
+def kinds(events) -> list[str]:
+    out = []
+    for e in events:
+        kind = e.payload.WhichOneof("payload")
+        body = getattr(e.payload, kind)
+        if kind in ("step_start", "step_progress", "step_complete"):
+            step = "inference" if body.step_type == t.AGENT_STEP_TYPE_INFERENCE else "tool_execution"
+            kind = f"{kind}:{step}"
+            if kind.startswith("step_progress"):
+                kind += ":" + body.delta.WhichOneof("delta")
+        out.append(kind)
+    return out
+
+
+def stream_turn(agents, agent_id, session_id, *messages, **fields):
+    return agents.StreamTurn(
+        pb.StreamTurnRequest(
+            agent_id=agent_id, session_id=session_id, messages=list(messages) or [user("hi")], **fields
+        )
+    )
+
+
+def terminal_turn(events) -> t.Turn:
+    payload = events[-1].payload
+    return getattr(payload, payload.WhichOneof("payload")).turn
+
+
+# ---------------------------------------------------------------------------- text turns
+
+
+async def test_a_text_turn_streams_in_order_and_is_stored(agents, fake):
+    fake.script(Reply(text="Hello there, friend", chunk_size=6))
+    agent_id, session_id = await new_session(agents)
+    events = await collect(stream_turn(agents, agent_id, session_id, user("hi")))
+    assert kinds(events) == (
+        ["turn_start", "step_start:inference"]
+        + ["step_progress:inference:text"] * 4
+        + ["step_complete:inference", "turn_complete"]
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    turn_id = events[0].payload.turn_start.turn_id
+    assert all(e.turn_id == turn_id for e in events)
+    assert "".join(e.payload.step_progress.delta.text.text for e in events[2:6]) == "Hello there, friend"
+    step = events[-2].payload.step_complete
+    assert step.step_id.startswith("step_") and step.step_id == events[1].payload.step_start.step_id
+    inference = step.step_details.inference
+    assert inference.model_response.content.text == "Hello there, friend"
+    assert inference.model_response.stop_reason == m.STOP_REASON_END_OF_TURN
+    assert inference.model == "test-model" and inference.usage.total_tokens > 0
+    turn = terminal_turn(events)
+    assert turn.status == t.TURN_STATUS_COMPLETED and turn.stop_reason == t.TURN_STOP_REASON_END_OF_TURN
+    assert turn.output_message.content.text == "Hello there, friend"
+    assert turn.completed_at.seconds > 0 and len(turn.steps) == 1
+    stored = (
+        await agents.GetTurn(pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id))
+    ).turn
+    assert stored == turn
+    got = await agents.GetStep(
+        pb.GetStepRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id, step_id=step.step_id)
+    )
+    assert got.step == step.step_details
+    sent = fake.chat_requests[0].body
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert sent["temperature"] == 0 and "max_tokens" not in sent and "tools" not in sent
+
+
+async def test_create_turn_returns_the_same_turn_as_the_stream(agents, fake):
+    fake.script(Reply(text="Unary answer"))
+    agent_id, session_id = await new_session(agents)
+    turn = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("hi")])
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED and turn.output_message.content.text == "Unary answer"
+    stored = (
+        await agents.GetTurn(
+            pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn.turn_id)
+        )
+    ).turn
+    assert stored == turn
+    replay = await collect(
+        agents.StreamTurnEvents(
+            pb.StreamTurnEventsRequest(agent_id=agent_id, session_id=session_id, turn_id=turn.turn_id)
+        )
+    )
+    assert terminal_turn(replay) == turn and replay[0].sequence_number == 0
+
+
+async def test_the_second_turn_sees_the_first_and_instructions_can_be_overridden(agents, fake):
+    fake.script(Reply(text="first answer"), Reply(text="second answer"))
+    agent_id, session_id = await new_session(agents)
+    await agents.CreateTurn(
+        pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("one")])
+    )
+    await agents.CreateTurn(
+        pb.CreateTurnRequest(
+            agent_id=agent_id, session_id=session_id, messages=[user("two")], instructions="Be verbose."
+        )
+    )
+    assert fake.chat_requests[1].body["messages"] == [
+        {"role": "system", "content": "Be verbose."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "two"},
+    ]
+
+
+async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model(agents, fake):
+    schema = {"title": "Answer", "type": "object", "properties": {"a": {"type": "string"}}}
+    fmt = t.AgentResponseFormat(
+        json_schema=t.AgentJsonSchemaFormat(
+            json_schema=json_format.ParseDict(schema, t.AgentJsonSchemaFormat().json_schema)
+        )
+    )
+    agent_id, session_id = await new_session(
+        agents,
+        response_format=fmt,
+        client_tools=[tool_def("weather")],
+        sampling_params=t.SamplingParams(
+            strategy=t.SamplingStrategy(greedy=t.GreedySamplingStrategy()), max_tokens=0
+        ),
+    )
+    fake.script(Reply(text='{"a": "b"}'))
+    await agents.CreateTurn(
+        pb.CreateTurnRequest(
+            agent_id=agent_id,
+            session_id=session_id,
+            messages=[user("x")],
+            tool_config=t.AgentToolConfig(tool_choice="none"),
+        )
+    )
+    sent = fake.chat_requests[0].body
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "Answer", "schema": schema},
+    }
+    assert sent["temperature"] == 0 and "max_tokens" not in sent
+    assert sent["tool_choice"] == "none" and sent["tools"][0]["function"]["name"] == "weather"
+
+
+# ---------------------------------------------------------------------------- client tools
+
+
+async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents, fake):
+    fake.script(
+        Reply(
+            tool_calls=[
+                ToolCallSpec("weather", {"city": "Paris"}, id="c1"),
+                ToolCallSpec("clock", "{}", id="c2"),
+            ]
+        ),
+        Reply(text="Sunny at noon"),
+    )
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather"), tool_def("clock")])
+    events = await collect(stream_turn(agents, agent_id, session_id, user("weather?")))
+    assert events[-1].payload.HasField("turn_awaiting_input")
+    paused = terminal_turn(events)
+    assert paused.status == t.TURN_STATUS_AWAITING_INPUT and not paused.HasField("completed_at")
+    assert paused.stop_reason == t.TURN_STOP_REASON_CLIENT_TOOL_CALLS
+    assert [c.call_id for c in paused.output_message.tool_calls] == ["c1", "c2"]
+    deltas = [
+        e.payload.step_progress.delta.tool_call
+        for e in events
+        if e.payload.HasField("step_progress") and e.payload.step_progress.delta.HasField("tool_call")
+    ]
+    assert (
+        deltas[0].tool_call.text == "weather("
+        and deltas[0].parse_status == te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
+    )
+    succeeded = [d.tool_call.call for d in deltas if d.parse_status == te.TOOL_CALL_PARSE_STATUS_SUCCEEDED]
+    assert [(c.call_id, c.tool_name, json.loads(c.arguments)) for c in succeeded] == [
+        ("c1", "weather", {"city": "Paris"}),
+        ("c2", "clock", {}),
+    ]
+    turn_id = paused.turn_id
+    responses = [
+        m.AgentToolResponse(call_id="c2", tool_name="clock", content=m.InterleavedContent(text="noon")),
+        m.AgentToolResponse(call_id="c1", tool_name="weather", content=m.InterleavedContent(text="sunny")),
+    ]
+    resumed = await collect(
+        agents.StreamResumeTurn(
+            pb.StreamResumeTurnRequest(
+                agent_id=agent_id, session_id=session_id, turn_id=turn_id, tool_responses=responses
+            )
+        )
+    )
+    assert kinds(resumed)[:2] == ["step_start:tool_execution", "step_complete:tool_execution"]
+    assert kinds(resumed)[-1] == "turn_complete"
+    assert [e.sequence_number for e in resumed] == list(range(len(events), len(events) + len(resumed)))
+    assert all(e.turn_id == turn_id for e in resumed)
+    turn = terminal_turn(resumed)
+    assert turn.status == t.TURN_STATUS_COMPLETED and turn.output_message.content.text == "Sunny at noon"
+    step_ids = [getattr(s, s.WhichOneof("step")).step_id for s in turn.steps]
+    assert len(set(step_ids)) == 3
+    tool_step = turn.steps[1].tool_execution
+    assert [c.call_id for c in tool_step.tool_calls] == ["c1", "c2"]
+    assert [r.content.text for r in tool_step.tool_responses] == ["sunny", "noon"]
+    sent = fake.chat_requests[1].body["messages"]
+    assert [msg["role"] for msg in sent] == ["system", "user", "assistant", "tool", "tool"]
+    assert sent[3] == {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+    # The whole turn replays in one numbering.
+    replay = await collect(
+        agents.StreamTurnEvents(
+            pb.StreamTurnEventsRequest(
+                agent_id=agent_id, session_id=session_id, turn_id=turn_id, starting_after=len(events) - 1
+            )
+        )
+    )
+    assert [e.sequence_number for e in replay] == [e.sequence_number for e in resumed]
+
+
+async def test_every_resume_error(agents, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]), Reply(text="done"))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    paused = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+        )
+    ).turn
+    other_agent, other_session = await new_session(agents)
+
+    def resume(turn_id=paused.turn_id, session=session_id, agent=agent_id, calls=("c1",)):
+        return agents.ResumeTurn(
+            pb.ResumeTurnRequest(
+                agent_id=agent,
+                session_id=session,
+                turn_id=turn_id,
+                tool_responses=[
+                    m.AgentToolResponse(
+                        call_id=c, tool_name="weather", content=m.InterleavedContent(text="rain")
+                    )
+                    for c in calls
+                ],
+            )
+        )
+
+    assert await error_of(resume(turn_id="turn_nope")) == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND", [])
+    assert (await error_of(resume(agent=other_agent, session=other_session)))[:2] == (
+        grpc.StatusCode.NOT_FOUND,
+        "TURN_NOT_FOUND",
+    )
+    for calls in [("c2",), ("c1", "c1"), ("c1", "c2")]:
+        code, reason, _ = await error_of(resume(calls=calls))
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "TOOL_RESPONSES_MISMATCH"), calls
+    # Another turn of the session cannot start while this one waits.
+    assert (
+        await error_of(
+            agents.CreateTurn(
+                pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("y")])
+            )
+        )
+    )[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_BUSY")
+    turn = (await resume()).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED
+    assert (await error_of(resume()))[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "TURN_NOT_AWAITING_INPUT")
+
+
+async def test_max_infer_iters_stops_with_the_calls_unexecuted(agents, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Rome"}, id="c1")]))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")], max_infer_iters=1)
+    turn = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED
+    assert turn.stop_reason == t.TURN_STOP_REASON_MAX_INFER_ITERS
+    assert [c.call_id for c in turn.output_message.tool_calls] == ["c1"]
+    assert [s.WhichOneof("step") for s in turn.steps] == ["inference"]
+    # The next turn's history leaves the unanswered call out.
+    fake.script(Reply(text="ok"))
+    await agents.CreateTurn(
+        pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("y")])
+    )
+    assert [msg["role"] for msg in fake.chat_requests[1].body["messages"]] == ["system", "user", "user"]
+
+
+async def test_unknown_toolgroup_fails_before_any_inference(agents, fake):
+    agent_id, session_id = await new_session(agents)
+    code, reason, _ = await error_of(
+        agents.CreateTurn(
+            pb.CreateTurnRequest(
+                agent_id=agent_id,
+                session_id=session_id,
+                messages=[user("x")],
+                toolgroups=[t.AgentToolGroup(name="builtin::websearch")],
+            )
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "TOOLGROUP_NOT_FOUND")
+    assert fake.chat_requests == []
+
+
+async def test_unknown_model_agent_and_session(agents, fake):
+    agent_id, session_id = await new_session(agents, model="nope")
+    assert (
+        await error_of(
+            agents.CreateTurn(
+                pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+            )
+        )
+    )[:2] == (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+    assert (
+        await error_of(
+            agents.CreateTurn(
+                pb.CreateTurnRequest(agent_id=agent_id, session_id="sess_nope", messages=[user("x")])
+            )
+        )
+    )[:2] == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    assert (
+        await error_of(
+            agents.CreateTurn(
+                pb.CreateTurnRequest(agent_id="agent_nope", session_id=session_id, messages=[user("x")])
+            )
+        )
+    )[:2] == (grpc.StatusCode.NOT_FOUND, "AGENT_NOT_FOUND")
+
+
+async def test_a_retried_create_with_the_same_request_id_returns_the_first_turn(agents, fake):
+    fake.script(Reply(text="once"))
+    agent_id, session_id = await new_session(agents)
+    request = pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[user("x")], request_id="key-1"
+    )
+    first = (await agents.CreateTurn(request)).turn
+    again = (await agents.CreateTurn(request)).turn
+    assert again == first and len(fake.chat_requests) == 1
+
+
+# ---------------------------------------------------------------------------- failures, cancel
+
+
+async def test_model_outage_mid_stream_fails_the_turn(agents, fake):
+    fake.script(Reply(text="partial answer that breaks", chunk_size=3, disconnect_after_chunks=3))
+    agent_id, session_id = await new_session(agents)
+    events = await collect(stream_turn(agents, agent_id, session_id))
+    assert kinds(events)[0] == "turn_start" and kinds(events)[-1] == "turn_failed"
+    failed = events[-1].payload.turn_failed
+    assert failed.turn.status == t.TURN_STATUS_FAILED and failed.turn.stop_reason == t.TURN_STOP_REASON_ERROR
+    assert failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    stored = (
+        await agents.GetTurn(
+            pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=failed.turn.turn_id)
+        )
+    ).turn
+    assert stored.status == t.TURN_STATUS_FAILED and stored.error == failed.error
+    assert stored.completed_at.seconds > 0
+    # The session is free again.
+    fake.script(Reply(text="back"))
+    turn = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED
+
+
+async def test_model_outage_over_rest_ends_with_an_sse_error(http, agents, fake):
+    fake.script(Reply(text="partial answer that breaks", chunk_size=3, disconnect_after_chunks=3))
+    agent_id, session_id = await new_session(agents)
+    async with http.stream(
+        "POST",
+        f"/v1/agents/{agent_id}/session/{session_id}/turn",
+        json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ) as response:
+        assert response.status_code == 200
+        data = [json.loads(line[6:]) async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert data[0]["event"]["payload"]["event_type"] == "turn_start"
+    assert list(data[-1]) == ["error"] and "message" in data[-1]["error"]
+
+
+async def test_a_text_turn_over_rest_has_the_llama_stack_shape(http, agents, fake):
+    fake.script(Reply(text="Hi!"))
+    agent_id, session_id = await new_session(agents)
+    async with http.stream(
+        "POST",
+        f"/v1/agents/{agent_id}/session/{session_id}/turn",
+        json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ) as response:
+        data = [json.loads(line[6:]) async for line in response.aiter_lines() if line.startswith("data: ")]
+    types_ = [d["event"]["payload"]["event_type"] for d in data]
+    assert types_ == ["turn_start", "step_start", "step_progress", "step_complete", "turn_complete"]
+    assert data[2]["event"]["payload"]["delta"] == {"type": "text", "text": "Hi!"}
+    turn = data[-1]["event"]["payload"]["turn"]
+    assert turn["output_message"]["content"] == "Hi!" and turn["output_message"]["role"] == "assistant"
+
+
+async def test_a_cancelled_call_cancels_the_turn(agents, fake):
+    fake.script(Reply(text="slow answer", chunk_size=1, chunk_delay=0.2))
+    agent_id, session_id = await new_session(agents)
+    call = stream_turn(agents, agent_id, session_id)
+    seen = []
+    async for response in call:
+        seen.append(response.event)
+        if response.event.payload.HasField("step_progress"):
+            break
+    call.cancel()
+    turn_id = seen[0].payload.turn_start.turn_id
+    for _ in range(100):
+        turn = (
+            await agents.GetTurn(pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id))
+        ).turn
+        if turn.status != t.TURN_STATUS_IN_PROGRESS:
+            break
+        await asyncio.sleep(0.05)
+    assert turn.status == t.TURN_STATUS_CANCELLED
+    replay = await collect(
+        agents.StreamTurnEvents(
+            pb.StreamTurnEventsRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id)
+        )
+    )
+    assert replay[-1].payload.turn_failed.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert [e.sequence_number for e in replay] == list(range(len(replay)))
+
+
+async def test_a_background_turn_survives_its_dropped_stream_and_can_be_followed(agents, fake):
+    fake.script(Reply(text="a background answer", chunk_size=2, chunk_delay=0.05))
+    agent_id, session_id = await new_session(agents)
+    call = stream_turn(agents, agent_id, session_id, background=True)
+    seen = []
+    async for response in call:
+        seen.append(response.event)
+        if len(seen) == 4:
+            break
+    call.cancel()
+    turn_id = seen[0].payload.turn_start.turn_id
+    rest = await collect(
+        agents.StreamTurnEvents(
+            pb.StreamTurnEventsRequest(
+                agent_id=agent_id,
+                session_id=session_id,
+                turn_id=turn_id,
+                starting_after=seen[-1].sequence_number,
+            )
+        )
+    )
+    numbers = [e.sequence_number for e in seen + rest]
+    assert numbers == list(range(len(numbers)))
+    assert terminal_turn(rest).status == t.TURN_STATUS_COMPLETED
+    assert terminal_turn(rest).output_message.content.text == "a background answer"
+
+
+async def test_cancel_turn_running_paused_and_ended(agents, fake):
+    fake.script(Reply(text="never finished", hang=True))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    call = stream_turn(agents, agent_id, session_id, background=True)
+    first = None
+    async for response in call:
+        first = response.event
+        break
+    turn_id = first.payload.turn_start.turn_id
+    turn = (
+        await agents.CancelTurn(
+            pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id)
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_CANCELLED
+    assert (
+        await error_of(
+            agents.CancelTurn(pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id))
+        )
+    )[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "TURN_NOT_RUNNING")
+    call.cancel()
+    # A paused turn is cancelled directly, with its turn_failed kept after its pause.
+    fake.reset()
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]))
+    paused = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+        )
+    ).turn
+    turn = (
+        await agents.CancelTurn(
+            pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=paused.turn_id)
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_CANCELLED
+    events = await collect(
+        agents.StreamTurnEvents(
+            pb.StreamTurnEventsRequest(agent_id=agent_id, session_id=session_id, turn_id=paused.turn_id)
+        )
+    )
+    assert kinds(events)[-1] == "turn_awaiting_input"  # a stream ends at the first status event
+    after = await collect(
+        agents.StreamTurnEvents(
+            pb.StreamTurnEventsRequest(
+                agent_id=agent_id,
+                session_id=session_id,
+                turn_id=paused.turn_id,
+                starting_after=events[-1].sequence_number,
+            )
+        )
+    )
+    assert kinds(after) == ["turn_failed"] and after[0].sequence_number == events[-1].sequence_number + 1
+    assert after[0].payload.turn_failed.turn.status == t.TURN_STATUS_CANCELLED
+    assert (
+        await error_of(
+            agents.CancelTurn(
+                pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id, turn_id="turn_nope")
+            )
+        )
+    )[:2] == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND")
+    assert (
+        await error_of(
+            agents.StreamTurnEvents(
+                pb.StreamTurnEventsRequest(agent_id=agent_id, session_id=session_id, turn_id="turn_nope")
+            ).read()
+        )
+    )[:2] == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND")
+
+
+async def test_session_busy_while_a_turn_runs(agents, fake):
+    fake.script(Reply(text="slow", hang=True))
+    agent_id, session_id = await new_session(agents)
+    call = stream_turn(agents, agent_id, session_id)
+    async for _ in call:
+        break
+    assert (
+        await error_of(
+            agents.CreateTurn(
+                pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("y")])
+            )
+        )
+    )[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_BUSY")
+    call.cancel()
