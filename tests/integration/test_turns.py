@@ -13,6 +13,7 @@ import pytest_asyncio
 from google.protobuf import json_format
 
 from agentd.app import Agentd
+from agentd.context import LOCAL_PRINCIPAL
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
@@ -609,3 +610,51 @@ async def test_session_busy_while_a_turn_runs(agents, fake):
         )
     )[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_BUSY")
     call.cancel()
+
+
+# ---------------------------------------------------------------------------- shutdown, crash
+
+
+async def test_shutdown_interrupts_a_running_turn_and_a_crash_is_recovered_at_start(
+    database_url, tmp_path, fake
+):
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        providers=[
+            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
+        ],
+    )
+    fake.script(Reply(text="never", hang=True))
+    first = Agentd(settings)
+    await first.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as channel:
+        stub = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(stub)
+        call = stream_turn(stub, agent_id, session_id, background=True)
+        async for response in call:
+            turn_id = response.event.payload.turn_start.turn_id
+            break
+        call.cancel()
+    await first.stop(0)
+    second = Agentd(settings)
+    await second.start()
+    try:
+        owner = LOCAL_PRINCIPAL
+        turn = await second.agent_store.get_turn(owner, session_id, turn_id)
+        assert turn.status == t.TURN_STATUS_INTERRUPTED
+        assert turn.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        # A turn a crash left in progress (no process ran it to its end) is interrupted at start.
+        crashed = t.Turn(turn_id="turn_crashed", session_id=session_id, status=t.TURN_STATUS_IN_PROGRESS)
+        crashed.started_at.FromMicroseconds(1)
+        await second.agent_store.insert_turn(owner, crashed)
+    finally:
+        await second.stop(0)
+    third = Agentd(settings)
+    await third.start()
+    try:
+        turn = await third.agent_store.get_turn(owner, session_id, "turn_crashed")
+        assert turn.status == t.TURN_STATUS_INTERRUPTED and turn.completed_at.seconds > 0
+        assert await third.agent_store.turn_status(owner, session_id, "turn_crashed") == "interrupted"
+    finally:
+        await third.stop(0)

@@ -468,8 +468,12 @@ class TurnEngine:
             answer = await self._infer(state, run)
             if answer.tool_calls:
                 if state.inference_count >= plan.max_infer_iters:
-                    # The calls are NOT executed; the turn says so.
-                    return await self._finish(state, run, answer, types.TURN_STOP_REASON_MAX_INFER_ITERS)
+                    # The calls are NOT executed; the turn says so (stop_reason max_infer_iters).
+                    # Its output_message ends the turn (end_of_turn), so SDK loops do not resume it.
+                    final = msg.CompletionMessage()
+                    final.CopyFrom(answer)
+                    final.stop_reason = msg.STOP_REASON_END_OF_TURN
+                    return await self._finish(state, run, final, types.TURN_STOP_REASON_MAX_INFER_ITERS)
                 client = [c for c in answer.tool_calls if c.tool_name in plan.client_tools]
                 for call in answer.tool_calls:
                     if call.tool_name not in plan.client_tools:

@@ -1,0 +1,115 @@
+"""Turns with llama-stack-client 0.2.12 against a real `agentd serve` and the fake model:
+a streamed turn, a non-streamed one, and the SDK's Agent helper running a client tool."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llama_stack_client import Agent, LlamaStackClient
+from llama_stack_client.lib.agents.client_tool import client_tool
+
+from tests.e2e.conftest import start_agentd
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def agentd(tmp_path_factory, fake):
+    providers = [
+        {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
+    ]
+    handle = start_agentd(tmp_path_factory.mktemp("agentd"), AGENTD_PROVIDERS=json.dumps(providers))
+    yield handle
+    assert handle.terminate() == 0, handle.log()
+
+
+@pytest.fixture
+def client(agentd, fake):
+    fake.reset()
+    with LlamaStackClient(base_url=agentd.base_url, max_retries=0) as client:
+        yield client
+
+
+def _agent(client, **config) -> tuple[str, str]:
+    agent_id = client.agents.create(
+        agent_config={"model": "test-model", "instructions": "Be brief.", **config}
+    ).agent_id
+    session_id = client.agents.session.create(agent_id=agent_id, session_name="s").session_id
+    return agent_id, session_id
+
+
+def test_a_streamed_turn(client, fake):
+    fake.script(Reply(text="Hello from agentd", chunk_size=5))
+    agent_id, session_id = _agent(client)
+    chunks = list(
+        client.agents.turn.create(
+            agent_id=agent_id,
+            session_id=session_id,
+            stream=True,
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    )
+    kinds = [c.event.payload.event_type for c in chunks]
+    assert kinds[0] == "turn_start" and kinds[-1] == "turn_complete"
+    assert "step_progress" in kinds
+    text = "".join(
+        c.event.payload.delta.text for c in chunks if c.event.payload.event_type == "step_progress"
+    )
+    assert text == "Hello from agentd"
+    turn = chunks[-1].event.payload.turn
+    assert turn.output_message.content == "Hello from agentd"
+    assert turn.steps[0].step_type == "inference"
+    again = client.agents.turn.retrieve(agent_id=agent_id, session_id=session_id, turn_id=turn.turn_id)
+    assert again.output_message.content == "Hello from agentd"
+
+
+def test_a_non_streamed_turn(client, fake):
+    fake.script(Reply(text="Unary"))
+    agent_id, session_id = _agent(client)
+    turn = client.agents.turn.create(
+        agent_id=agent_id, session_id=session_id, stream=False, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert turn.output_message.content == "Unary"
+
+
+def test_the_agent_helper_runs_a_client_tool_and_resumes(client, fake):
+    calls = []
+
+    @client_tool
+    def get_weather(city: str) -> str:
+        """Weather for a city.
+
+        :param city: The city
+        """
+        calls.append(city)
+        return f"sunny in {city}"
+
+    fake.script(
+        Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1")]),
+        Reply(text="It is sunny in Paris."),
+    )
+    agent = Agent(client, model="test-model", instructions="Be brief.", tools=[get_weather])
+    session_id = agent.create_session("trip")
+    chunks = list(
+        agent.create_turn(
+            messages=[{"role": "user", "content": "Weather in Paris?"}], session_id=session_id, stream=True
+        )
+    )
+    assert calls == ["Paris"]
+    last = chunks[-1].event.payload
+    assert last.event_type == "turn_complete"
+    assert last.turn.output_message.content == "It is sunny in Paris."
+    step_types = [s.step_type for s in last.turn.steps]
+    assert step_types == ["inference", "tool_execution", "inference"]
+    # (The SDK sends a tool's result JSON-encoded.)
+    assert fake.chat_requests[1].body["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": json.dumps("sunny in Paris"),
+    }
