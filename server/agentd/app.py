@@ -19,6 +19,7 @@ from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.engine.runs import Runs
+from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
 from agentd.storage.events import EventStore
@@ -94,6 +95,8 @@ class Agentd:
         self.repo = Repository(self.db)
         # Every live turn and response of this process; drained on stop.
         self.runs = Runs(EventStore(self.repo), heartbeat_s=settings.heartbeat_s)
+        # One registry (one HTTP client per endpoint) for the whole process.
+        self.registry = ModelRegistry.from_settings(settings)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -116,7 +119,7 @@ class Agentd:
                 conversations_pb2_grpc.ConversationsServiceServicer(),
                 conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
             "agentd.v1.ModelsService": (
-                ModelsServicer(self.settings), models_pb2_grpc.add_ModelsServiceServicer_to_server),
+                ModelsServicer(self.registry), models_pb2_grpc.add_ModelsServiceServicer_to_server),
             "agentd.v1.ShieldsService": (
                 ShieldsServicer(self.settings), shields_pb2_grpc.add_ShieldsServiceServicer_to_server),
             "agentd.v1.ToolGroupsService": (
@@ -156,6 +159,7 @@ class Agentd:
 
     async def _start(self) -> None:
         await self.db.migrate()
+        await self.registry.start()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")
         try:
@@ -193,6 +197,7 @@ class Agentd:
             stopping.append(self.server.stop(grace))
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
+        await self.registry.close()
         await self.db.close()
         if not quiet:
             log.info("stopped")

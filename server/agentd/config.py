@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agentd.database_url import normalize_url
 
@@ -48,7 +48,12 @@ class ProviderConfig(_Strict):
     type: Literal["openai", "local"]
     base_url: str | None = Field(None, description="For type openai: e.g. http://127.0.0.1:8000/v1")
     api_key: str | None = None
-    models: list[ModelConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(
+        default_factory=list, description="For type openai: none means ask the endpoint's /models at start.")
+
+
+# The id of the provider that AGENTD_OPENAI_BASE_URL / _API_KEY / _MODELS describe.
+SIMPLE_OPENAI_PROVIDER_ID = "openai"
 
 
 class ShieldConfig(_Strict):
@@ -96,6 +101,13 @@ class Settings(_Strict):
     max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, le=2**31 - 1,
                                    description="gRPC message size limit; larger REST bodies get 413.")
     providers: list[ProviderConfig] = Field(default_factory=list)
+    # The simple case of one OpenAI-compatible endpoint, without JSON: it becomes the provider
+    # "openai" next to those of `providers`.
+    openai_base_url: str | None = Field(None, description="An OpenAI-compatible endpoint, e.g. "
+                                                          "http://127.0.0.1:8000/v1.")
+    openai_api_key: str | None = Field(None, description="Its API key; default none.")
+    openai_models: list[str] | None = Field(
+        None, description="Its model ids (comma-separated in the environment); default: ask its /models.")
     shields: list[ShieldConfig] = Field(default_factory=list)
     toolgroups: list[ToolGroupConfig] = Field(default_factory=list)
 
@@ -132,6 +144,40 @@ class Settings(_Strict):
                     raise ValueError(f"model id {model.id!r} is served by two providers")
                 seen_models.add(model.id)
         return providers
+
+    @field_validator("openai_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            return names or None
+        return value
+
+    @model_validator(mode="after")
+    def _simple_openai_provider(self) -> Settings:
+        if self.openai_base_url is None:
+            if self.openai_api_key is not None or self.openai_models is not None:
+                raise ValueError("openai_api_key and openai_models need openai_base_url")
+            return self
+        if any(p.id == SIMPLE_OPENAI_PROVIDER_ID for p in self.providers):
+            raise ValueError(f"openai_base_url describes provider {SIMPLE_OPENAI_PROVIDER_ID!r}, "
+                             "which `providers` also names")
+        configured = {m.id for p in self.providers for m in p.models}
+        _no_duplicates("openai_models entry", self.openai_models or [])
+        for model in self.openai_models or []:
+            if model in configured:
+                raise ValueError(f"model id {model!r} is served by two providers")
+        return self
+
+    @property
+    def inference_providers(self) -> list[ProviderConfig]:
+        """`providers`, plus the one described by openai_base_url / _api_key / _models."""
+        if self.openai_base_url is None:
+            return list(self.providers)
+        simple = ProviderConfig(id=SIMPLE_OPENAI_PROVIDER_ID, type="openai", base_url=self.openai_base_url,
+                                api_key=self.openai_api_key,
+                                models=[ModelConfig(id=m) for m in self.openai_models or []])
+        return [*self.providers, simple]
 
     @field_validator("shields")
     @classmethod

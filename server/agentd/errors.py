@@ -68,6 +68,13 @@ class Unavailable(_ReasonRequired):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(AgentdError):
+    """Something downstream (a model, a tool) did not answer within the caller's deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Unimplemented(AgentdError):
     """An RPC that is in the contract but not built yet."""
 

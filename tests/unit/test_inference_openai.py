@@ -1,0 +1,287 @@
+"""The openai provider against the real fake model server: what it sends on the wire, how it
+reassembles streams, and how each upstream failure maps to an agentd status."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from agentd.errors import AgentdError
+from agentd.inference import (
+    ChatMessage,
+    ChatRequest,
+    ToolCall,
+    ToolSpec,
+    response_format_from,
+    sampling_from,
+)
+from agentd.inference.openai_provider import OpenAIProvider
+from agentd.v1 import agent_resources_pb2 as ar
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec, Usage
+
+USER = (ChatMessage("user", "hi there"),)
+
+
+@pytest.fixture
+async def provider(fake_openai):
+    p = OpenAIProvider("fake", fake_openai.base_url, "sk-test", models={"m": "served-m"})
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def collect(provider, request):
+    return [chunk async for chunk in provider.stream_chat(request)]
+
+
+async def failure(provider, request) -> AgentdError:
+    with pytest.raises(AgentdError) as caught:
+        await collect(provider, request)
+    return caught.value
+
+
+def text_of(chunks) -> str:
+    return "".join(c.text for c in chunks)
+
+
+async def test_streams_text_with_finish_reason_and_usage(fake_openai, provider):
+    fake_openai.script(Reply(text="Hello there, world", chunk_size=3,
+                             usage=Usage(prompt_tokens=7, completion_tokens=3)))
+    chunks = await collect(provider, ChatRequest(model="m", messages=USER))
+    assert text_of(chunks) == "Hello there, world"
+    assert sum(1 for c in chunks if c.text) == 6  # streamed, not one block
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None
+    usage = chunks[-1].usage
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (7, 3, 10)
+    sent = fake_openai.chat_requests[0]
+    assert sent.model == "served-m"  # the provider's name for agentd's id
+    assert sent.stream and sent.body["stream_options"] == {"include_usage": True}
+    assert sent.headers["authorization"] == "Bearer sk-test"
+    assert sent.messages == [{"role": "user", "content": "hi there"}]
+
+
+async def test_finish_reason_length(fake_openai, provider):
+    fake_openai.script(Reply(text="cut sho", finish_reason="length"))
+    chunks = await collect(provider, ChatRequest(model="m", messages=USER))
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+
+
+async def test_two_parallel_tool_calls_split_over_many_chunks(fake_openai, provider):
+    fake_openai.script(Reply(tool_calls=[
+        ToolCallSpec("get_weather", {"city": "Paris", "unit": "celsius"}, id="call_a"),
+        ToolCallSpec("get_time", {"zone": "Europe/Paris"}, id="call_b")],
+        chunk_size=3, interleave_tool_calls=True))
+    city = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = (ToolSpec("get_weather", "Weather of a city", city),
+             ToolSpec("get_time", "Time in a zone", strict=True))
+    request = ChatRequest(model="m", messages=USER, tools=tools, tool_choice="get_time",
+                          parallel_tool_calls=True)
+    chunks = await collect(provider, request)
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for delta in chunk.tool_calls:
+            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += delta.id or ""
+            call["name"] += delta.name or ""
+            call["arguments"] += delta.arguments
+    assert sum(len(c.tool_calls) for c in chunks) > 6  # really fragmented
+    assert calls == {
+        0: {"id": "call_a", "name": "get_weather", "arguments": '{"city":"Paris","unit":"celsius"}'},
+        1: {"id": "call_b", "name": "get_time", "arguments": '{"zone":"Europe/Paris"}'}}
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["tool_calls"]
+    body = fake_openai.chat_requests[0].body
+    assert body["tools"][0] == {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city",
+        "parameters": city}}
+    assert body["tools"][1]["function"]["strict"] is True
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+    assert body["parallel_tool_calls"] is True
+
+
+async def test_tool_call_history_is_sent_in_the_openai_form(fake_openai, provider):
+    messages = (ChatMessage("system", "be brief"), ChatMessage("user", "weather?"),
+                ChatMessage("assistant", None,
+                            tool_calls=[ToolCall("call_1", "get_weather", '{"city":"Paris"}')]),
+                ChatMessage("tool", "sunny", tool_call_id="call_1"))
+    await collect(provider, ChatRequest(model="m", messages=messages, tool_choice="auto",
+                                        tools=(ToolSpec("get_weather"),)))
+    sent = fake_openai.chat_requests[0]  # the strict fake checks every call is answered
+    assert sent.messages[2] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]}
+    assert sent.messages[3] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    assert sent.body["tool_choice"] == "auto"
+
+
+def _params(**kwargs) -> ar.SamplingParams:
+    return ar.SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("params, expected, absent", [
+    (_params(strategy=ar.SamplingStrategy(greedy=ar.GreedySamplingStrategy())),
+     {"temperature": 0}, ["top_p", "top_k", "max_tokens"]),
+    (_params(), {"temperature": 0}, ["top_p", "max_tokens"]),  # no strategy: greedy
+    (_params(strategy=ar.SamplingStrategy(top_p=ar.TopPSamplingStrategy(temperature=0.7, top_p=0.9))),
+     {"temperature": 0.7, "top_p": 0.9}, ["top_k"]),
+    (_params(strategy=ar.SamplingStrategy(top_p=ar.TopPSamplingStrategy(temperature=0.5))),
+     {"temperature": 0.5, "top_p": 0.95}, []),
+    (_params(strategy=ar.SamplingStrategy(top_k=ar.TopKSamplingStrategy(top_k=40))),
+     {"top_k": 40}, ["temperature", "top_p"]),
+    (_params(max_tokens=0), {"temperature": 0}, ["max_tokens"]),  # 0 is never sent
+    (_params(max_tokens=64, stop=["END", "\n\n"], repetition_penalty=1.1),
+     {"max_tokens": 64, "stop": ["END", "\n\n"], "repetition_penalty": 1.1}, []),
+], ids=["greedy", "default", "top_p", "top_p_default", "top_k", "max_tokens_0", "max_stop_penalty"])
+async def test_sampling_reaches_the_wire(fake_openai, provider, params, expected, absent):
+    request = ChatRequest.with_sampling(sampling_from(params), model="m", messages=USER)
+    await collect(provider, request)
+    body = fake_openai.chat_requests[0].body
+    assert {k: body.get(k) for k in expected} == expected
+    assert [k for k in absent if k in body] == []
+
+
+async def test_max_tokens_0_on_the_request_is_never_sent(fake_openai, provider):
+    await collect(provider, ChatRequest(model="m", messages=USER, max_tokens=0))
+    assert "max_tokens" not in fake_openai.chat_requests[0].body  # the strict fake would 400 on it
+
+
+async def test_response_format_json_schema_is_converted(fake_openai, provider):
+    schema = struct_pb2.Struct()
+    schema.update({"title": "Answer", "type": "object", "properties": {"city": {"type": "string"}}})
+    fmt = response_format_from(
+        ar.AgentResponseFormat(json_schema=ar.AgentJsonSchemaFormat(json_schema=schema)))
+    fake_openai.script(Reply(text='{"city":"Paris"}'))
+    chunks = await collect(provider, ChatRequest(model="m", messages=USER, response_format=fmt))
+    assert text_of(chunks) == '{"city":"Paris"}'
+    assert fake_openai.chat_requests[0].body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "Answer",
+        "schema": {"title": "Answer", "type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_response_format_grammar_is_refused_and_empty_is_none():
+    grammar = ar.AgentResponseFormat(grammar=ar.AgentGrammarFormat(bnf=struct_pb2.Struct()))
+    with pytest.raises(AgentdError) as caught:
+        response_format_from(grammar, field="agent_config.response_format")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.field_violations[0][0] == "agent_config.response_format"
+    assert response_format_from(None) is None
+    assert response_format_from(ar.AgentResponseFormat()) is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_connection_refused_is_model_unavailable():
+    provider = OpenAIProvider("down", f"http://127.0.0.1:{_closed_port()}/v1")
+    try:
+        error = await failure(provider, ChatRequest(model="m", messages=USER))
+    finally:
+        await provider.close()
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_server_errors_are_model_unavailable_and_not_retried(fake_openai, provider, status):
+    fake_openai.script(Reply(error_status=status, error_message="overloaded"))
+    error = await failure(provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+    assert "overloaded" in error.message
+    assert len(fake_openai.chat_requests) == 1  # no hidden SDK retry
+
+
+async def test_a_4xx_is_rejected_request_with_the_upstream_message(fake_openai, provider):
+    fake_openai.script(Reply(error_status=400, error_message="context length exceeded: 9000 > 8192"))
+    error = await failure(provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MODEL_REJECTED_REQUEST")
+    assert "context length exceeded: 9000 > 8192" in error.message
+
+
+async def test_an_unknown_model_upstream_is_model_not_found():
+    with FakeOpenAIServer(models=["other"]) as fake:
+        provider = OpenAIProvider("fake", fake.base_url)
+        try:
+            error = await failure(provider, ChatRequest(model="m", messages=USER))
+        finally:
+            await provider.close()
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+
+
+async def test_refused_credentials_are_unavailable_not_the_callers_fault():
+    with FakeOpenAIServer(api_key="sk-right") as fake:
+        provider = OpenAIProvider("fake", fake.base_url, "sk-wrong")
+        try:
+            error = await failure(provider, ChatRequest(model="m", messages=USER))
+        finally:
+            await provider.close()
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+
+
+@pytest.mark.parametrize("reply", [Reply(hang=True), Reply(text="a long answer", hang_after_chunks=2)],
+                         ids=["before_headers", "mid_stream"])
+async def test_timeout_is_deadline_exceeded(fake_openai, provider, reply):
+    fake_openai.script(reply)
+    started = asyncio.get_running_loop().time()
+    error = await failure(provider, ChatRequest(model="m", messages=USER, timeout_s=0.3))
+    assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "MODEL_TIMEOUT")
+    assert asyncio.get_running_loop().time() - started < 2
+    assert await asyncio.to_thread(fake_openai.chat_requests[0].done.wait, 5)  # the fake saw us leave
+
+
+async def test_a_slow_stream_within_the_deadline_is_fine(fake_openai, provider):
+    fake_openai.script(Reply(text="slow but steady", chunk_size=5, chunk_delay=0.05))
+    chunks = await collect(provider, ChatRequest(model="m", messages=USER, timeout_s=2))
+    assert text_of(chunks) == "slow but steady"
+
+
+async def test_a_stream_cut_midway_is_model_unavailable(fake_openai, provider):
+    fake_openai.script(Reply(text="this answer will be cut", chunk_size=2, disconnect_after_chunks=3))
+    error = await failure(provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+
+
+@pytest.mark.parametrize("reply", [Reply(hang=True), Reply(text="x" * 50, chunk_size=1, hang_after_chunks=3)],
+                         ids=["before_headers", "mid_stream"])
+async def test_cancelling_the_caller_closes_the_http_stream(fake_openai, provider, reply):
+    fake_openai.script(reply)
+    received = asyncio.Event()
+
+    async def consume():
+        async for _ in provider.stream_chat(ChatRequest(model="m", messages=USER)):
+            received.set()
+
+    task = asyncio.create_task(consume())
+    (sent,) = await asyncio.to_thread(fake_openai.wait_for_requests, 1)
+    if reply.hang_after_chunks:
+        await asyncio.wait_for(received.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert not sent.done.is_set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(sent.done.wait, 5)  # the fake saw the disconnect
+
+
+async def test_abandoning_the_stream_closes_it(fake_openai, provider):
+    fake_openai.script(Reply(text="y" * 50, chunk_size=1, hang_after_chunks=5))
+    stream = provider.stream_chat(ChatRequest(model="m", messages=USER))
+    first = await anext(stream)
+    assert first.text == "y"
+    await stream.aclose()
+    assert await asyncio.to_thread(fake_openai.chat_requests[0].done.wait, 5)
+
+
+async def test_list_models():
+    with FakeOpenAIServer(models=["a", "org/b"]) as fake:
+        provider = OpenAIProvider("fake", fake.base_url)
+        try:
+            assert await provider.list_models() == ["a", "org/b"]
+        finally:
+            await provider.close()
