@@ -169,15 +169,17 @@ async def test_unknown_turn_and_step_are_not_found(agents):
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_running_turns_is_unimplemented_for_now(agents):
-    request = dict(agent_id="agent_x", session_id="sess_x", messages=[_USER_HI])
+async def test_a_turn_of_an_unknown_session_fails_before_any_event(agents):
+    # (Running turns: test_turns.py.)
+    agent_id = (await agents.CreateAgent(pb.CreateAgentRequest(agent_config=config()))).agent_id
+    request = dict(agent_id=agent_id, session_id="sess_x", messages=[_USER_HI])
     code, reason, _ = await error_of(agents.CreateTurn(pb.CreateTurnRequest(**request)))
-    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_AVAILABLE_YET")
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
     stream = agents.StreamTurn(pb.StreamTurnRequest(**request))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stream:
             pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_request_id_comes_back_in_trailing_metadata(agents):

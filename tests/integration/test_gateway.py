@@ -126,16 +126,14 @@ async def test_bad_legacy_cursor_is_400(http):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_turn_route_answers_501_until_the_engine_lands(http, stream):
+async def test_a_turn_that_fails_before_its_first_event_gets_the_real_status(http, stream):
     agent_id = (await http.post("/v1alpha/agents", json={"agent_config": AGENT_CONFIG})).json()["agent_id"]
-    session_id = (await http.post(f"/v1alpha/agents/{agent_id}/session",
-                                  json={"session_name": "s"})).json()["session_id"]
-    response = await http.post(f"/v1alpha/agents/{agent_id}/session/{session_id}/turn",
+    response = await http.post(f"/v1alpha/agents/{agent_id}/session/sess_nope/turn",
                                json={"messages": [{"role": "user", "content": "hi"}], "stream": stream})
     # A streaming call that fails before its first event gets the real status, not a 200.
-    assert response.status_code == 501
+    assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
-    assert "not available" in response.json()["detail"]
+    assert response.json()["detail"] == "Session 'sess_nope' not found."
 
 
 async def test_models_in_both_sdk_shapes(http):
