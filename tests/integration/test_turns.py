@@ -658,3 +658,32 @@ async def test_shutdown_interrupts_a_running_turn_and_a_crash_is_recovered_at_st
         assert await third.agent_store.turn_status(owner, session_id, "turn_crashed") == "interrupted"
     finally:
         await third.stop(0)
+
+
+async def test_text_documents_are_inlined_into_the_last_message(agents, fake):
+    fake.script(Reply(text="read it"))
+    agent_id, session_id = await new_session(agents)
+    document = m.AgentDocument(
+        content=m.AgentDocumentContent(text="The sky is green."), mime_type="text/plain"
+    )
+    turn = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(
+                agent_id=agent_id, session_id=session_id, messages=[user("Summarize:")], documents=[document]
+            )
+        )
+    ).turn
+    assert fake.chat_requests[0].body["messages"][-1] == {
+        "role": "user",
+        "content": "Summarize:\nThe sky is green.",
+    }
+    assert turn.input_messages[0].user.content.text == "Summarize:\nThe sky is green."
+    bad = m.AgentDocument(content=m.AgentDocumentContent(text="x"), mime_type="application/pdf")
+    code, _, fields = await error_of(
+        agents.CreateTurn(
+            pb.CreateTurnRequest(
+                agent_id=agent_id, session_id=session_id, messages=[user("x")], documents=[bad]
+            )
+        )
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["documents[0].mime_type"])
