@@ -110,6 +110,8 @@ class WebSearchTool:
             raise SearchFailed("the search provider's answer is not the expected JSON") from None
 
     def _results(self, answer: Any) -> list[dict[str, str]]:
+        if not isinstance(answer, dict):
+            raise TypeError("the answer is not an object")
         if self._config.provider == "tavily":
             items = answer["results"]
             content_key = "content"
