@@ -3,7 +3,9 @@
 Precedence: built-in defaults < the YAML file named by AGENTD_CONFIG (or --config) < AGENTD_*
 variables. Every top-level setting has an environment variable: AGENTD_<NAME> in upper case
 (AGENTD_GRPC_ADDR, AGENTD_DATABASE_URL, ...); structured settings (providers, models) take
-JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS). An unknown key or variable,
+JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS, AGENTD_WEBSEARCH), and each field
+of `websearch` has its own variable too (AGENTD_WEBSEARCH_API_KEY, AGENTD_WEBSEARCH_PROVIDER, ...,
+winning over the file and AGENTD_WEBSEARCH). An unknown key or variable,
 or an invalid value, stops the start with a message
 that names it: a typo must never silently fall back to a default.
 """
@@ -16,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agentd.database_url import normalize_url
 
@@ -85,6 +95,39 @@ class ToolGroupConfig(_Strict):
     tools: list[ToolConfig] = Field(default_factory=list)
 
 
+# The tool group the web search provider runs, and its one tool.
+WEBSEARCH_GROUP = "builtin::websearch"
+WEBSEARCH_TOOL = "web_search"
+
+
+class WebSearchConfig(_Strict):
+    """The provider of `builtin::websearch`. Off until an API key is set: without one the group
+    is not listed and naming it is FAILED_PRECONDITION, so nothing reaches the internet."""
+
+    provider: Literal["tavily", "brave"] = "tavily"
+    api_key: SecretStr | None = Field(None, description="The search API's key; none: web search is off.")
+    base_url: str | None = Field(
+        None, description="Default https://api.tavily.com (tavily), https://api.search.brave.com (brave).")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="One search's time limit.")
+    max_results: int = Field(5, ge=1, le=20, description="Results asked for and shown to the model.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_key is not None
+
+
 class Settings(_Strict):
     grpc_addr: str = Field("127.0.0.1:50051", description="host:port of the gRPC server.")
     http_addr: str = Field("127.0.0.1:8321", description="host:port of the HTTP gateway; '' disables it.")
@@ -110,6 +153,7 @@ class Settings(_Strict):
         None, description="Its model ids (comma-separated in the environment); default: ask its /models.")
     shields: list[ShieldConfig] = Field(default_factory=list)
     toolgroups: list[ToolGroupConfig] = Field(default_factory=list)
+    websearch: WebSearchConfig = Field(default_factory=WebSearchConfig)
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod
@@ -193,6 +237,20 @@ class Settings(_Strict):
         _no_duplicates("tool name", [t.name for g in groups for t in g.tools])
         return groups
 
+    @model_validator(mode="after")
+    def _websearch_tools(self) -> Settings:
+        # builtin::websearch is run by the web search provider: it has one tool, web_search, and
+        # while it is on no other group may take that name (tools are looked up by name alone).
+        for group in self.toolgroups:
+            for tool in group.tools:
+                if group.id == WEBSEARCH_GROUP and tool.name != WEBSEARCH_TOOL:
+                    raise ValueError(f"toolgroups: {WEBSEARCH_GROUP} has one tool, {WEBSEARCH_TOOL!r}, "
+                                     f"not {tool.name!r}")
+                if group.id != WEBSEARCH_GROUP and tool.name == WEBSEARCH_TOOL and self.websearch.enabled:
+                    raise ValueError(f"toolgroups: tool name {WEBSEARCH_TOOL!r} belongs to "
+                                     f"{WEBSEARCH_GROUP}, not to {group.id!r}")
+        return self
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'agentd.db'}"
@@ -208,7 +266,25 @@ def _no_duplicates(what: str, values: list[str]) -> None:
 
 # Structured settings: their environment variables hold JSON.
 _JSON_SETTINGS = {"providers": "a list of providers", "shields": "a list of shields",
-                  "toolgroups": "a list of tool groups"}
+                  "toolgroups": "a list of tool groups", "websearch": "a web search object"}
+# Nested settings whose fields have variables of their own: AGENTD_WEBSEARCH_API_KEY, ...
+_NESTED_SETTINGS: dict[str, type[BaseModel]] = {"websearch": WebSearchConfig}
+
+
+def _nested_field(key: str) -> tuple[str, str] | None:
+    """("websearch", "api_key") for "websearch_api_key"; None for anything else."""
+    for setting, model in _NESTED_SETTINGS.items():
+        prefix = setting + "_"
+        if key.startswith(prefix) and key[len(prefix):] in model.model_fields:
+            return setting, key[len(prefix):]
+    return None
+
+
+def _known_variables() -> list[str]:
+    names = [ENV_PREFIX + k.upper() for k in Settings.model_fields]
+    names += [f"{ENV_PREFIX}{setting}_{f}".upper()
+              for setting, model in _NESTED_SETTINGS.items() for f in model.model_fields]
+    return names
 
 
 def load_settings(config_path: str | os.PathLike | None = None,
@@ -228,13 +304,16 @@ def load_settings(config_path: str | os.PathLike | None = None,
             raise ConfigError(f"config file {path} must hold a mapping of settings")
         raw.update(loaded or {})
     fields = Settings.model_fields
+    nested: dict[str, dict[str, str]] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
+        if key not in fields and (target := _nested_field(key)):
+            nested.setdefault(target[0], {})[target[1]] = value
+            continue
         if key not in fields:
-            raise ConfigError(f"unknown setting {name} (known: "
-                              f"{', '.join(ENV_PREFIX + k.upper() for k in fields)})")
+            raise ConfigError(f"unknown setting {name} (known: {', '.join(_known_variables())})")
         if key in _JSON_SETTINGS:
             try:
                 raw[key] = json.loads(value)
@@ -242,6 +321,10 @@ def load_settings(config_path: str | os.PathLike | None = None,
                 raise ConfigError(f"{name} must be JSON ({_JSON_SETTINGS[key]})") from None
         else:
             raw[key] = value
+    for setting, values in nested.items():
+        # Field variables win over the file and the setting's JSON variable, field by field.
+        base = raw.get(setting)
+        raw[setting] = {**base, **values} if isinstance(base, dict) else values if base is None else base
     try:
         return Settings.model_validate(raw)
     except ValidationError as e:

@@ -1,5 +1,5 @@
 """Shields, tool groups and tools as both llama-stack-client generations read them, from an
-`agentd serve` configured through AGENTD_SHIELDS / AGENTD_TOOLGROUPS."""
+`agentd serve` configured through AGENTD_SHIELDS / AGENTD_TOOLGROUPS / AGENTD_WEBSEARCH_*."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ REGISTRIES_SCENARIO = SCENARIO.parent / "registries_0_3.py"
 @pytest.fixture(scope="module")
 def configured(tmp_path_factory):
     handle = start_agentd(tmp_path_factory.mktemp("agentd"), AGENTD_SHIELDS=json.dumps(SHIELDS),
-                          AGENTD_TOOLGROUPS=json.dumps(TOOLGROUPS))
+                          AGENTD_TOOLGROUPS=json.dumps(TOOLGROUPS),
+                          # builtin::websearch is listed only with a key; nothing is searched.
+                          AGENTD_WEBSEARCH_API_KEY="sk-unused",
+                          AGENTD_WEBSEARCH_BASE_URL="http://127.0.0.1:9")
     yield handle
     assert handle.terminate() == 0, handle.log()
 

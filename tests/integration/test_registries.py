@@ -43,7 +43,9 @@ async def _serve(tmp_path, **settings):
 
 @pytest_asyncio.fixture
 async def server(tmp_path):
-    server = await _serve(tmp_path, shields=SHIELDS, toolgroups=TOOLGROUPS)
+    # builtin::websearch is listed only while web search has a key (nothing is searched here).
+    server = await _serve(tmp_path, shields=SHIELDS, toolgroups=TOOLGROUPS,
+                          websearch={"api_key": "sk-unused", "base_url": "http://127.0.0.1:9"})
     yield server
     await server.stop(0)
 

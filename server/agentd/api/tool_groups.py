@@ -1,5 +1,6 @@
 """ToolGroupsService: the server-side tool groups configured under `toolgroups` and their
-tools, in configuration order."""
+tools, in configuration order, with `builtin::websearch` only while web search has an API key
+(tools/runtime.py: toolgroups_of)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from google.protobuf import struct_pb2
 
 from agentd.config import Settings, ToolConfig, ToolGroupConfig
 from agentd.errors import NotFound
+from agentd.tools.runtime import toolgroups_of
 from agentd.v1 import agent_messages_pb2, agent_resources_pb2, tool_groups_pb2_grpc
 from agentd.v1 import tool_groups_pb2 as pb
 
@@ -71,9 +73,9 @@ def _group(group: ToolGroupConfig) -> pb.ToolGroup:
 class ToolGroupsServicer(tool_groups_pb2_grpc.ToolGroupsServiceServicer):
     def __init__(self, settings: Settings):
         # Built once: configuration does not change while the server runs.
-        self._groups = {group.id: _group(group) for group in settings.toolgroups}
-        self._tools_of = {group.id: [_tool(group, tool) for tool in group.tools]
-                          for group in settings.toolgroups}
+        groups = toolgroups_of(settings)
+        self._groups = {group.id: _group(group) for group in groups}
+        self._tools_of = {group.id: [_tool(group, tool) for tool in group.tools] for group in groups}
         self._tools = {tool.name: tool for tools in self._tools_of.values() for tool in tools}
 
     async def ListToolGroups(self, request, context):

@@ -43,10 +43,15 @@ class ServerTool(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ResolvedTool:
-    """A server tool as one turn uses it: the tool and the group args to merge into calls."""
+    """A server tool as one turn uses it: the tool and the group args to merge into calls (the
+    group's configured `args`, then those of the turn's or agent's `{name, args}` reference)."""
 
     tool: ServerTool
     args: dict[str, Any] = field(default_factory=dict)
+
+    async def invoke(self, arguments: dict[str, Any], *, session_id: str) -> ToolResult:
+        """Calls the tool with the model's `arguments` and `args` merged over them (args win)."""
+        return await self.tool.invoke({**arguments, **self.args}, session_id=session_id)
 
 
 class ToolRuntime(Protocol):
@@ -54,7 +59,9 @@ class ToolRuntime(Protocol):
 
     def resolve(self, references: list[tuple[str, dict[str, Any]]]) -> list[ResolvedTool]:
         """`references` are (name, args) pairs: "group" (every tool of the group) or
-        "group/tool" (one), with the args of an {name, args} reference (else {}).
+        "group/tool" (one), with the args of an {name, args} reference (else {}); the
+        result is in reference order, each tool once. A tool reached twice (by "g" and "g/t",
+        or by two groups) is InvalidArgument.
         Raises NotFound (TOOLGROUP_NOT_FOUND, TOOL_NOT_FOUND) for what configuration does not
         declare, and FailedPrecondition (reason TOOLGROUP_UNAVAILABLE) for a group whose
         provider is not usable here (e.g. web search without an API key)."""
