@@ -24,6 +24,7 @@ from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
 from agentd.storage.events import EventStore
+from agentd.tools.runtime import ConfiguredToolRuntime
 from agentd.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -99,8 +100,10 @@ class Agentd:
         # One registry (one HTTP client per endpoint) for the whole process.
         self.registry = ModelRegistry.from_settings(settings)
         self.agent_store = AgentStore(self.repo)
-        # No server-side tool runtime yet: a turn naming tool groups is TOOLGROUP_NOT_FOUND.
-        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, None)
+        # The server-side tools configuration declares (web search with a key; others listed,
+        # not run yet).
+        self.tools = ConfiguredToolRuntime(settings)
+        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -204,6 +207,7 @@ class Agentd:
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
         await self.registry.close()
+        await self.tools.aclose()
         await self.db.close()
         if not quiet:
             log.info("stopped")

@@ -64,11 +64,11 @@ def test_models_list(client):
     assert [m.identifier for m in client.models.list()] == ["test-model"]
 
 
-def test_a_turn_naming_an_unserved_toolgroup_fails_before_its_first_event(client):
-    # (Turns themselves: tests/e2e/test_turns_sdk.py.)
+def test_a_turn_naming_an_unusable_toolgroup_fails_before_its_first_event(client):
+    # (Turns themselves: tests/e2e/test_turns_sdk.py.) Web search has no key here.
     agent_id = client.agents.create(agent_config=AGENT_CONFIG).agent_id
     session_id = client.agents.session.create(agent_id=agent_id, session_name="s").session_id
-    with pytest.raises(llama_stack_client.NotFoundError) as caught:
+    with pytest.raises(llama_stack_client.BadRequestError) as caught:
         client.agents.turn.create(session_id=session_id, agent_id=agent_id, stream=True,
                                   messages=[{"role": "user", "content": "hi"}])
     assert "builtin::websearch" in str(caught.value)

@@ -21,6 +21,13 @@ from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
 from tests.conftest import error_of, make_settings
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.search_server import FakeSearchServer
+
+
+@pytest.fixture
+def search():
+    with FakeSearchServer() as server:
+        yield server
 
 
 @pytest.fixture
@@ -362,20 +369,70 @@ async def test_max_infer_iters_stops_with_the_calls_unexecuted(agents, fake):
     assert [msg["role"] for msg in fake.chat_requests[1].body["messages"]] == ["system", "user", "user"]
 
 
-async def test_unknown_toolgroup_fails_before_any_inference(agents, fake):
+async def test_unknown_or_unavailable_toolgroups_fail_before_any_inference(agents, fake):
     agent_id, session_id = await new_session(agents)
-    code, reason, _ = await error_of(
-        agents.CreateTurn(
-            pb.CreateTurnRequest(
-                agent_id=agent_id,
-                session_id=session_id,
-                messages=[user("x")],
-                toolgroups=[t.AgentToolGroup(name="builtin::websearch")],
-            )
+    for group, expected in [
+        ("nope::group", (grpc.StatusCode.NOT_FOUND, "TOOLGROUP_NOT_FOUND")),
+        ("builtin::websearch", (grpc.StatusCode.FAILED_PRECONDITION, "TOOLGROUP_UNAVAILABLE")),  # no key
+    ]:
+        request = pb.CreateTurnRequest(
+            agent_id=agent_id,
+            session_id=session_id,
+            messages=[user("x")],
+            toolgroups=[t.AgentToolGroup(name=group)],
         )
-    )
-    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "TOOLGROUP_NOT_FOUND")
+        assert (await error_of(agents.CreateTurn(request)))[:2] == expected
     assert fake.chat_requests == []
+
+
+async def test_a_server_tool_call_runs_in_its_own_step(database_url, tmp_path, fake, search):
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        providers=[
+            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
+        ],
+        websearch={"api_key": "sk-search", "base_url": search.base_url},
+    )
+    server = Agentd(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = agents_pb2_grpc.AgentsServiceStub(channel)
+            fake.script(
+                Reply(
+                    tool_calls=[ToolCallSpec("web_search", {"query": "agentd", "max_results": 9}, id="s1")]
+                ),
+                Reply(text="Found it."),
+            )
+            args = t.AgentToolGroupWithArgs(name="builtin::websearch")
+            args.args.update({"max_results": 1})
+            agent_id, session_id = await new_session(stub, toolgroups=[t.AgentToolGroup(with_args=args)])
+            events = await collect(stream_turn(stub, agent_id, session_id, user("search agentd")))
+    finally:
+        await server.stop(0)
+    order = [k for k in kinds(events) if not k.startswith("step_progress:inference")]
+    assert order == [
+        "turn_start",
+        "step_start:inference",
+        "step_complete:inference",
+        "step_start:tool_execution",
+        "step_progress:tool_execution:tool_call",
+        "step_complete:tool_execution",
+        "step_start:inference",
+        "step_complete:inference",
+        "turn_complete",
+    ]
+    turn = terminal_turn(events)
+    assert [s.WhichOneof("step") for s in turn.steps] == ["inference", "tool_execution", "inference"]
+    execution = turn.steps[1].tool_execution
+    assert [c.call_id for c in execution.tool_calls] == ["s1"]
+    assert execution.tool_responses[0].tool_name == "web_search"
+    assert search.requests[0].body["query"] == "agentd"
+    assert search.requests[0].body["max_results"] == 1  # the group's args win over the model's
+    assert fake.chat_requests[0].body["tools"][0]["function"]["name"] == "web_search"
+    assert fake.chat_requests[1].body["messages"][-1]["tool_call_id"] == "s1"
+    assert turn.output_message.content.text == "Found it."
 
 
 async def test_unknown_model_agent_and_session(agents, fake):

@@ -198,7 +198,9 @@ class TurnEngine:
         references: list[tuple[str, dict[str, Any]]] = []
         for group in [*cfg.toolgroups, *toolgroups]:  # the turn's add to the agent's
             if group.HasField("with_args"):
-                references.append((group.with_args.name, json_format.MessageToDict(group.with_args.args)))
+                references.append(
+                    (group.with_args.name, _integral(json_format.MessageToDict(group.with_args.args)))
+                )
             else:
                 references.append((group.name, {}))
         server_tools: dict[str, ResolvedTool] = {}
@@ -718,6 +720,18 @@ def _call_text(text: str) -> te.ContentDelta:
     return te.ContentDelta(
         tool_call=te.ToolCallDelta(tool_call=te.ToolCallOrString(text=text), parse_status=IN_PROGRESS_PARSE)
     )
+
+
+def _integral(value: Any) -> Any:
+    """Struct holds every number as a double: whole ones become ints again (tools check types,
+    e.g. max_results)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
