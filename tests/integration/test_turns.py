@@ -744,3 +744,19 @@ async def test_text_documents_are_inlined_into_the_last_message(agents, fake):
         )
     )
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["documents[0].mime_type"])
+
+
+async def test_a_tool_call_with_bad_json_arguments_is_reported_failed(agents, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", "{not json", id="c1")]))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    events = await collect(stream_turn(agents, agent_id, session_id))
+    statuses = [
+        e.payload.step_progress.delta.tool_call.parse_status
+        for e in events
+        if e.payload.HasField("step_progress") and e.payload.step_progress.delta.HasField("tool_call")
+    ]
+    assert statuses[-1] == te.TOOL_CALL_PARSE_STATUS_FAILED
+    assert set(statuses[:-1]) == {te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS}
+    turn = terminal_turn(events)
+    assert turn.status == t.TURN_STATUS_COMPLETED and not turn.output_message.tool_calls
+    assert turn.output_message.content.text == "weather({not json)"
