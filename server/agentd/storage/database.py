@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -145,9 +147,26 @@ def _upgrade(conn: Connection) -> None:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")
     # Cascading deletes need foreign keys on; WAL lets readers run beside the writer.
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
+    _use_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
+
+
+def _use_wal(cur) -> None:
+    """WAL is a property of the database file: set once, every later connection finds it.
+    Switching needs the file to itself and SQLite answers "database is locked" at once, not
+    after busy_timeout, when another connection is busy (replicas starting together on a new
+    file): so look first, and retry the switch for a while."""
+    for _ in range(100):
+        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+            time.sleep(0.05)
+    cur.execute("PRAGMA journal_mode=WAL")  # the last try raises what SQLite says
