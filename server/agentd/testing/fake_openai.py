@@ -797,3 +797,47 @@ class FakeOpenAIServer:
     def _untrack(self, conn: socket.socket) -> None:
         with self._cond:
             self._connections.pop(conn, None)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentd.testing.fake_openai``: serve until SIGTERM/SIGINT, in a process of
+    its own (a benchmark keeps the fake's CPU out of the load generator's). Prints the base
+    URL on the first line of stdout once it accepts connections. Every chat request gets
+    --text, except for the --hang-model models, which never answer (idle open turns)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m agentd.testing.fake_openai", description=main.__doc__)
+    parser.add_argument("--text", default="Hello from the fake model.",
+                        help="the reply to every chat request")
+    parser.add_argument("--chunk-size", type=int, default=8, help="characters per streamed text delta")
+    parser.add_argument("--hang-model", action="append", default=[], help="a model whose replies never come")
+    args = parser.parse_args(argv)
+    answer, hang = Reply(text=args.text, chunk_size=args.chunk_size), Reply(hang=True)
+    hanging = frozenset(args.hang_model)
+
+    def reply(request: RecordedRequest) -> Reply:
+        return hang if request.model in hanging else answer
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # Record nothing: a long run would keep every request in memory.
+    with _Unrecorded(default_reply=reply, strict=False) as fake:
+        print(fake.base_url, flush=True)
+        stop.wait()
+    return 0
+
+
+class _Unrecorded(FakeOpenAIServer):
+    """The fake as a long-running server: requests are answered but not kept."""
+
+    def _record(self, rec: RecordedRequest) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
