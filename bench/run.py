@@ -42,8 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 try:
     import grpc
     import httpx
+    import openai
 
     from agentd.testing import AgentdProcess, AgentdStartError, start_agentd
+    from agentd.v1 import agent_messages_pb2 as msg
     from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
     from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
@@ -52,9 +54,23 @@ except ImportError as e:  # the usual cause: run with a Python that is not the p
 
 # ListModels touches no database: it is the floor of the same stack (transport, call
 # pipeline, codec), measured in the same run, so GetAgent - ListModels is what storage costs.
-OPS = ("GetAgent", "CreateSession", "ListModels")
+UNARY_OPS = ("GetAgent", "CreateSession", "ListModels")
+# Turns against the fake model; `Direct` is the fake called straight with the openai SDK
+# (streaming the same reply), measured in the same run: turn p50 - Direct p50 is agentd's overhead.
+TURN_OPS = ("Direct", "StreamTurn", "CreateTurn")
+OPS = UNARY_OPS + TURN_OPS
+DEFAULT_OPS = (*UNARY_OPS, "StreamTurn", "CreateTurn")
 TRANSPORTS = ("grpc", "http")
 BUDGET_MS = 1.0  # the issue's budget: both checks below compare against 1 ms
+# The turns issue's budget (informational like the others).
+TURN_OVERHEAD_BUDGET_MS = 2.0  # turn p50 - Direct p50, gRPC, concurrency 1
+TURN_CPU_BUDGET_MS = 3.0  # agentd CPU per turn, gRPC, concurrency 1
+IDLE_STREAM_BUDGET_KB = 50.0  # agentd RSS per idle open turn stream
+BENCH_MODEL = "bench-model"  # the fake answers it at once
+HANG_MODEL = "bench-hang"  # the fake never answers it: turns that stay open
+REPLY_TEXT = "Hello from the fake model, answering at once."
+USER_TEXT = "hi"
+INSTRUCTIONS = "x"
 START_TIMEOUT_S = 60.0
 SERVER_GRACE_S = 2  # SIGTERM drain; the load has stopped by then, so short is fine
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -68,8 +84,38 @@ class BenchError(Exception):
 # agentd as a subprocess
 
 
-def start_server(workdir: Path, database_url: str | None) -> AgentdProcess:
+def start_fake(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """The fake model (agentd.testing.fake_openai) in a process of its own, so that its CPU is
+    neither agentd's nor the load generator's; returns it and its base URL."""
+    log = (workdir / "fake_openai.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentd.testing.fake_openai", "--text", REPLY_TEXT,
+         "--hang-model", HANG_MODEL],
+        stdout=subprocess.PIPE, stderr=log, text=True)
+    line = process.stdout.readline().strip()  # the base URL, once it accepts connections
+    if not line.startswith("http"):
+        process.kill()
+        log_text = (workdir / "fake_openai.log").read_text()
+        raise BenchError(f"the fake model server did not start; its log:\n{log_text}")
+    return process, line
+
+
+def stop_fake(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_server(workdir: Path, database_url: str | None, fake_url: str | None = None) -> AgentdProcess:
     env = {"AGENTD_LOG_LEVEL": "warning", "AGENTD_GRACE_PERIOD_S": str(SERVER_GRACE_S)}
+    if fake_url:
+        # The simple openai provider: the fake serves both models, listed here so that agentd
+        # does not ask its /v1/models at start.
+        env.update(AGENTD_OPENAI_BASE_URL=fake_url, AGENTD_OPENAI_MODELS=f"{BENCH_MODEL},{HANG_MODEL}")
     if database_url:
         env["AGENTD_DATABASE_URL"] = database_url
     # Same process group on purpose: a Ctrl-C (or make being interrupted) reaches agentd too,
@@ -127,16 +173,28 @@ Call = Callable[[], Awaitable[object]]
 
 
 class HttpStatusError(Exception):
-    def __init__(self, status: int):
-        super().__init__(f"HTTP {status}")
+    def __init__(self, status: int, detail: str = ""):
+        super().__init__(f"HTTP {status}" + (f": {detail[:200]}" if detail else ""))
         self.status = status
+
+
+class TurnNotCompleted(Exception):
+    """The call succeeded but the turn did not end with turn_complete / status completed."""
+
+    def __init__(self, how: str, detail: str = ""):
+        super().__init__(f"turn {how}" + (f": {detail[:200]}" if detail else ""))
+        self.how = how
 
 
 def error_kind(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"grpc {exc.code().name}"
     if isinstance(exc, HttpStatusError):
-        return str(exc)
+        return f"HTTP {exc.status}"
+    if isinstance(exc, TurnNotCompleted):
+        return f"turn {exc.how}"
+    if isinstance(exc, openai.APIStatusError):
+        return f"openai HTTP {exc.status_code}"
     return type(exc).__name__
 
 
@@ -175,9 +233,114 @@ def http_call(client: httpx.AsyncClient, op: str, agent_id: str) -> Call:
     return call
 
 
+# Turns. Each worker runs its turns one after the other in a session of its own (a session
+# refuses a second turn while one runs: SESSION_BUSY). The history agentd rebuilds for each
+# turn grows with the session, so --turns-per-session (when set) moves a worker to a fresh
+# session after that many turns; the new session is created between two timed turns.
+
+
+class TurnWorker:
+    """One worker's session; `session_id()` rotates it every `per_session` turns (0: never)."""
+
+    def __init__(self, new_session: Callable[[], Awaitable[str]], first: str, per_session: int):
+        self._new, self._id, self._per, self._turns = new_session, first, per_session, 0
+        self.max_turns_in_session = 0
+
+    async def session_id(self) -> str:
+        if self._per and self._turns >= self._per:
+            self._id, self._turns = await self._new(), 0
+        self._turns += 1
+        self.max_turns_in_session = max(self.max_turns_in_session, self._turns)
+        return self._id
+
+
+def user_message() -> msg.TurnInputMessage:
+    return msg.TurnInputMessage(user=msg.UserMessage(content=msg.InterleavedContent(text=USER_TEXT)))
+
+
+def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: str, worker: TurnWorker,
+                   timeout: float) -> Call:
+    messages = [user_message()]
+    if op == "StreamTurn":
+        async def call() -> int | None:
+            request = pb.StreamTurnRequest(agent_id=agent_id, session_id=await worker.session_id(),
+                                           messages=messages)
+            first, last = None, None
+            async for response in stub.StreamTurn(request, timeout=timeout):
+                if first is None:
+                    first = time.perf_counter_ns()
+                last = response.event.payload
+            kind = last.WhichOneof("payload") if last is not None else "no events"
+            if kind != "turn_complete":
+                detail = last.turn_failed.turn.error.message if kind == "turn_failed" else ""
+                raise TurnNotCompleted(kind, detail)
+            return first
+    else:
+        async def call() -> None:
+            request = pb.CreateTurnRequest(agent_id=agent_id, session_id=await worker.session_id(),
+                                           messages=messages)
+            turn = (await stub.CreateTurn(request, timeout=timeout)).turn
+            if turn.status != t.TURN_STATUS_COMPLETED:
+                raise TurnNotCompleted(t.TurnStatus.Name(turn.status).removeprefix("TURN_STATUS_").lower(),
+                                       turn.error.message)
+    return call
+
+
+def http_turn_call(client: httpx.AsyncClient, op: str, agent_id: str, worker: TurnWorker) -> Call:
+    # The legacy route that both SDK generations use; the body's "stream" flag picks the RPC.
+    headers = {"content-type": "application/json"}
+    stream = op == "StreamTurn"
+    body = json.dumps({"messages": [{"role": "user", "content": USER_TEXT}], "stream": stream}).encode()
+    if stream:
+        async def call() -> int | None:
+            path = f"/v1alpha/agents/{agent_id}/session/{await worker.session_id()}/turn"
+            first, last = None, ""
+            async with client.stream("POST", path, content=body, headers=headers) as response:
+                if response.status_code != 200:
+                    text = (await response.aread()).decode(errors="replace")
+                    raise HttpStatusError(response.status_code, text)
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        if first is None:
+                            first = time.perf_counter_ns()
+                        last = line
+            data = json.loads(last[5:]) if last else {}
+            kind = (data.get("event") or {}).get("payload", {}).get("event_type")
+            if kind != "turn_complete":
+                raise TurnNotCompleted("error event" if "error" in data else str(kind or "no events"),
+                                       json.dumps(data.get("error", ""))[:200])
+            return first
+    else:
+        async def call() -> None:
+            path = f"/v1alpha/agents/{agent_id}/session/{await worker.session_id()}/turn"
+            response = await client.post(path, content=body, headers=headers)
+            if response.status_code != 200:
+                raise HttpStatusError(response.status_code, response.text)
+            turn = response.json()
+            if turn.get("status") != "completed":
+                raise TurnNotCompleted(str(turn.get("status")), json.dumps(turn.get("error", ""))[:200])
+    return call
+
+
+def direct_call(client: openai.AsyncOpenAI) -> Call:
+    """The fake model called straight, as agentd calls it: streamed, with usage, same prompt."""
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": USER_TEXT}]
+
+    async def call() -> int | None:
+        first = None
+        stream = await client.chat.completions.create(model=BENCH_MODEL, messages=messages, stream=True,
+                                                      stream_options={"include_usage": True})
+        async for _chunk in stream:
+            if first is None:
+                first = time.perf_counter_ns()
+        return first
+    return call
+
+
 @dataclass
 class Sample:
     latencies_ns: list[int] = field(default_factory=list)
+    first_event_ns: list[int] = field(default_factory=list)  # streams: send -> first event
     errors: Counter = field(default_factory=Counter)
     first_error: str = ""
     in_window: int = 0  # successes that completed inside the measurement window
@@ -206,13 +369,15 @@ async def drive(calls: list[Call], seconds: float, max_requests: int) -> Sample:
             issued += 1
             start = time.perf_counter_ns()
             try:
-                await call()
+                first = await call()  # streams return when their first event arrived
             except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
                 sample.errors[error_kind(exc)] += 1
                 sample.first_error = sample.first_error or f"{error_kind(exc)}: {exc}"[:300]
             else:
                 done = time.perf_counter_ns()
                 sample.latencies_ns.append(done - start)
+                if isinstance(first, int):
+                    sample.first_event_ns.append(first - start)
                 sample.in_window += done <= deadline
 
     await asyncio.gather(*(worker(call) for call in calls))
@@ -249,11 +414,18 @@ class Cell:
     # latency alone cannot tell the gateway's cost from the HTTP client library's.
     client_cpu_ms: float | None = None
     server_cpu_ms: float | None = None
+    # Streams (StreamTurn, Direct): time from sending the request to the first event, ms.
+    first_event_p50_ms: float | None = None
+    first_event_p99_ms: float | None = None
+    # Turns: the most turns one session held by the end of the cell (warm-up included).
+    turns_per_session_max: int | None = None
 
 
 def summarize(op: str, transport: str, concurrency: int, sample: Sample) -> Cell:
     lat = sorted(sample.latencies_ns)
+    first = sorted(sample.first_event_ns)
     return Cell(
+        first_event_p50_ms=percentile(first, 50), first_event_p99_ms=percentile(first, 99),
         op=op, transport=transport, concurrency=concurrency, requests=len(lat),
         errors=sum(sample.errors.values()), error_kinds=dict(sample.errors),
         first_error=sample.first_error, seconds=round(sample.window_s, 3),
@@ -284,6 +456,40 @@ async def measure_cell(server: AgentdProcess, args: argparse.Namespace, op: str,
         return await _warm_then_measure(server, calls, args, op, transport)
 
 
+async def measure_turn_cell(server: AgentdProcess, args: argparse.Namespace, op: str, transport: str,
+                            concurrency: int, agent_id: str, admin: agents_pb2_grpc.AgentsServiceStub,
+                            fake_url: str) -> Cell:
+    if op == "Direct":
+        # One client shared by the workers, as agentd holds one per endpoint.
+        async with openai.AsyncOpenAI(base_url=fake_url, api_key="none", max_retries=0,
+                                      timeout=args.request_timeout) as client:
+            return await _warm_then_measure(server, [direct_call(client)] * concurrency, args, op, transport)
+
+    async def new_session() -> str:
+        reply = await admin.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="bench"),
+                                          timeout=args.request_timeout)
+        return reply.session_id
+
+    # Sessions are created before the cell (a fresh one per worker and cell, for both transports).
+    firsts = await asyncio.gather(*(new_session() for _ in range(concurrency)))
+    workers = [TurnWorker(new_session, first, args.turns_per_session) for first in firsts]
+    if transport == "grpc":
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = agents_pb2_grpc.AgentsServiceStub(channel)
+            calls = [grpc_turn_call(stub, op, agent_id, w, args.request_timeout) for w in workers]
+            cell = await _warm_then_measure(server, calls, args, op, transport)
+    else:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)  # see measure_cell
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=server.base_url, limits=limits, timeout=httpx.Timeout(args.request_timeout)))
+                for _ in range(concurrency)]
+            calls = [http_turn_call(c, op, agent_id, w) for c, w in zip(clients, workers, strict=True)]
+            cell = await _warm_then_measure(server, calls, args, op, transport)
+    cell.turns_per_session_max = max(w.max_turns_in_session for w in workers)
+    return cell
+
+
 async def _warm_then_measure(server: AgentdProcess, calls: list[Call], args: argparse.Namespace, op: str,
                              transport: str) -> Cell:
     if args.warmup > 0:
@@ -301,10 +507,90 @@ async def _warm_then_measure(server: AgentdProcess, calls: list[Call], args: arg
     return cell
 
 
-async def create_agent(admin: agents_pb2_grpc.AgentsServiceStub) -> str:
-    config = t.AgentConfig(model="m", instructions="x")
+async def create_agent(admin: agents_pb2_grpc.AgentsServiceStub, model: str = "m") -> str:
+    config = t.AgentConfig(model=model, instructions=INSTRUCTIONS)
     reply = await admin.CreateAgent(pb.CreateAgentRequest(agent_config=config), timeout=10)
     return reply.agent_id
+
+
+# --------------------------------------------------------------------------------------------
+# Idle open turn streams: agentd's memory per stream
+
+
+def rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+async def measure_idle_streams(server: AgentdProcess, admin: agents_pb2_grpc.AgentsServiceStub, count: int,
+                               timeout: float) -> dict:  # noqa: ASYNC109 - a per-RPC deadline
+    """`count` StreamTurn calls on an agent whose model never answers, each in its own session:
+    every turn has started (turn_start, step_start) and waits on the model. agentd's RSS is read
+    before they open and once all are open; then they are cancelled (the client goes away, so
+    agentd cancels the turns) and the RSS is read again."""
+    agent_id = await create_agent(admin, HANG_MODEL)
+    sem = asyncio.Semaphore(64)
+
+    async def new_session() -> str:
+        async with sem:
+            return (await admin.CreateSession(pb.CreateSessionRequest(agent_id=agent_id, session_name="idle"),
+                                              timeout=timeout)).session_id
+
+    sessions = await asyncio.gather(*(new_session() for _ in range(count)))
+    # Streams are spread over channels of at most 100 (a server may cap concurrent HTTP/2 streams
+    # per connection at 100); a local subchannel pool gives each channel its own connection.
+    per_channel = 100
+    channels = [grpc.aio.insecure_channel(server.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(math.ceil(count / per_channel))]
+    calls = []
+    try:
+        await asyncio.sleep(1.0)  # let the session writes settle before the baseline
+        before = rss_kb(server.process.pid)
+        opened = time.perf_counter()
+        waiting = 0
+        for i, session_id in enumerate(sessions):
+            stub = agents_pb2_grpc.AgentsServiceStub(channels[i // per_channel])
+            calls.append(stub.StreamTurn(pb.StreamTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                              messages=[user_message()])))
+
+        async def until_waiting(call) -> bool:
+            # turn_start, then step_start of the inference step: the model call is out.
+            async for response in call:
+                if response.event.payload.HasField("step_start"):
+                    return True
+            return False
+
+        results = await asyncio.wait_for(asyncio.gather(*(until_waiting(c) for c in calls),
+                                                        return_exceptions=True), timeout=60)
+        waiting = sum(r is True for r in results)
+        open_s = time.perf_counter() - opened
+        await asyncio.sleep(2.0)  # let allocations settle
+        check_alive(server)
+        during = rss_kb(server.process.pid)
+        cpu0 = server.cpu_seconds()
+        await asyncio.sleep(2.0)
+        cpu1 = server.cpu_seconds()
+        errors = Counter(error_kind(r) for r in results if isinstance(r, BaseException))
+    finally:
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
+    # agentd cancels each turn when its stream goes; wait until none is left in progress.
+    await asyncio.sleep(2.0)
+    check_alive(server)
+    after = rss_kb(server.process.pid)
+    known = before is not None and during is not None
+    per_stream = (during - before) / waiting if known and waiting else None
+    return {"streams": count, "waiting": waiting, "errors": dict(errors), "open_seconds": round(open_s, 2),
+            "rss_before_kb": before, "rss_open_kb": during, "rss_after_close_kb": after,
+            "kb_per_stream": per_stream,
+            "idle_cpu_ms_per_s": (cpu1 - cpu0) / 2.0 * 1e3 if cpu0 is not None and cpu1 is not None else None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +646,7 @@ def budget(cells: list[Cell], ratio_rows: list[dict], backend: str) -> list[dict
     else:
         lines.append({"check": name, "verdict": "PASS" if get1.p50_ms <= BUDGET_MS else "MISS",
                       "detail": f"{get1.p50_ms:.2f} ms", "value_ms": get1.p50_ms})
-    c1 = [r for r in ratio_rows if r["concurrency"] == 1]
+    c1 = [r for r in ratio_rows if r["concurrency"] == 1 and r["op"] in UNARY_OPS]
     if not c1:
         lines.append({"check": f"gateway adds <= {BUDGET_MS:g} ms (HTTP p50 - gRPC p50, concurrency 1)",
                       "verdict": "n/a", "detail": "not measured (needs both transports at concurrency 1)"})
@@ -371,6 +657,73 @@ def budget(cells: list[Cell], ratio_rows: list[dict], backend: str) -> list[dict
         else:
             lines.append({"check": check, "verdict": "PASS" if r["added_p50_ms"] <= BUDGET_MS else "MISS",
                           "detail": f"{r['added_p50_ms']:+.2f} ms", "value_ms": r["added_p50_ms"]})
+    return lines
+
+
+def overheads(cells: list[Cell]) -> list[dict]:
+    """Turn latency over the fake called directly at the same concurrency, same run."""
+    direct = {c.concurrency: c for c in cells if c.op == "Direct"}
+    out = []
+    for c in cells:
+        d = direct.get(c.concurrency)
+        if c.op not in ("StreamTurn", "CreateTurn") or d is None:
+            continue
+
+        def minus(a: float | None, b: float | None) -> float | None:
+            return a - b if a is not None and b is not None else None
+        out.append({"op": c.op, "transport": c.transport, "concurrency": c.concurrency,
+                    "turn_p50_ms": c.p50_ms, "direct_p50_ms": d.p50_ms,
+                    "overhead_p50_ms": minus(c.p50_ms, d.p50_ms),
+                    "turn_p99_ms": c.p99_ms, "direct_p99_ms": d.p99_ms,
+                    "overhead_p99_ms": minus(c.p99_ms, d.p99_ms),
+                    "first_event_p50_ms": c.first_event_p50_ms, "server_cpu_ms": c.server_cpu_ms,
+                    "errors": c.errors})
+    return out
+
+
+def turn_budget(cells: list[Cell], overhead_rows: list[dict], idle: dict | None) -> list[dict]:
+    """The turns issue's budget, as PASS / MISS / n/a lines; informational only."""
+    lines = []
+    measured = {r["op"] for r in overhead_rows}
+    for op in ("StreamTurn", "CreateTurn"):
+        if op not in measured:
+            continue
+        row = next((r for r in overhead_rows
+                    if (r["op"], r["transport"], r["concurrency"]) == (op, "grpc", 1)), None)
+        check = (f"{op}: p50 overhead over the fake called directly <= {TURN_OVERHEAD_BUDGET_MS:g} ms "
+                 "(gRPC, concurrency 1)")
+        if row is None or row["overhead_p50_ms"] is None:
+            lines.append({"check": check, "verdict": "n/a", "detail": "not measured"})
+        else:
+            v = row["overhead_p50_ms"]
+            lines.append({"check": check, "verdict": "PASS" if v <= TURN_OVERHEAD_BUDGET_MS else "MISS",
+                          "detail": f"{v:+.2f} ms ({row['turn_p50_ms']:.2f} - {row['direct_p50_ms']:.2f})",
+                          "value_ms": v})
+        check = f"{op}: agentd CPU per turn <= {TURN_CPU_BUDGET_MS:g} ms (gRPC, concurrency 1)"
+        if row is None or row["server_cpu_ms"] is None:
+            lines.append({"check": check, "verdict": "n/a", "detail": "not measured"})
+        else:
+            v = row["server_cpu_ms"]
+            lines.append({"check": check, "verdict": "PASS" if v <= TURN_CPU_BUDGET_MS else "MISS",
+                          "detail": f"{v:.2f} ms", "value_ms": v})
+    at256 = [c for c in cells if c.op in ("StreamTurn", "CreateTurn") and c.concurrency == 256]
+    if measured:
+        check = "0 turn errors at concurrency 256"
+        if not at256:
+            lines.append({"check": check, "verdict": "n/a", "detail": "not measured"})
+        else:
+            n = sum(c.errors for c in at256)
+            lines.append({"check": check, "verdict": "PASS" if n == 0 else "MISS",
+                          "detail": ", ".join(f"{c.op} {c.transport}: {c.errors}" for c in at256),
+                          "value": n})
+    if idle is not None:
+        check = f"agentd RSS per idle open turn stream <= {IDLE_STREAM_BUDGET_KB:g} KB"
+        v = idle.get("kb_per_stream")
+        if v is None:
+            lines.append({"check": check, "verdict": "n/a", "detail": "no stream opened"})
+        else:
+            lines.append({"check": check, "verdict": "PASS" if v <= IDLE_STREAM_BUDGET_KB else "MISS",
+                          "detail": f"{v:.1f} KB ({idle['waiting']} streams)", "value_kb": v})
     return lines
 
 
@@ -397,7 +750,8 @@ def machine_context(args: argparse.Namespace, database: str) -> dict:
 
 
 def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_rows: list[dict],
-           budget_lines: list[dict], wall_s: float) -> str:
+           budget_lines: list[dict], wall_s: float, overhead_rows: list[dict] | None = None,
+           idle: dict | None = None) -> str:
     load = " ".join(str(x) for x in context["load_average"] or []) or "n/a"
     cpus = str(context["cpu_count"]) + ("" if context["cpus_usable"] == context["cpu_count"]
                                         else f" ({context['cpus_usable']} usable)")
@@ -417,10 +771,11 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
         "the same CPUs. Absolute numbers move between runs; compare ratios within one run.",
     ]
     rows = [[c.op, c.transport, str(c.concurrency), str(c.requests), f"{c.throughput:.0f}",
-             fmt_ms(c.p50_ms), fmt_ms(c.p90_ms), fmt_ms(c.p99_ms), str(c.errors),
-             fmt_ms(c.client_cpu_ms), fmt_ms(c.server_cpu_ms)] for c in cells]
+             fmt_ms(c.p50_ms), fmt_ms(c.p90_ms), fmt_ms(c.p99_ms), fmt_ms(c.first_event_p50_ms),
+             str(c.errors), fmt_ms(c.client_cpu_ms), fmt_ms(c.server_cpu_ms)] for c in cells]
     main = md_table(["op", "transport", "concurrency", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms",
-                     "errors", "client CPU ms/req", "agentd CPU ms/req"], rows, right=set(range(2, 11)))
+                     "first event p50 ms", "errors", "client CPU ms/req", "agentd CPU ms/req"], rows,
+                    right=set(range(2, 12)))
     out = [*head, "", "## Latency and throughput", "", main]
     failed = [c for c in cells if c.errors]
     if failed:
@@ -437,6 +792,40 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
         out += ["", "## Gateway overhead (same run)", "",
                 md_table(["op", "concurrency", "gRPC p50 ms", "HTTP p50 ms", "HTTP / gRPC p50",
                           "added p50 ms", "added agentd CPU ms/req"], rrows, right={1, 2, 3, 4, 5, 6})]
+    if overhead_rows:
+        orows = [[r["op"], r["transport"], str(r["concurrency"]), fmt_ms(r["turn_p50_ms"]),
+                  fmt_ms(r["direct_p50_ms"]),
+                  "n/a" if r["overhead_p50_ms"] is None else f"{r['overhead_p50_ms']:+.2f}",
+                  fmt_ms(r["turn_p99_ms"]), fmt_ms(r["direct_p99_ms"]),
+                  "n/a" if r["overhead_p99_ms"] is None else f"{r['overhead_p99_ms']:+.2f}",
+                  fmt_ms(r["first_event_p50_ms"]), fmt_ms(r["server_cpu_ms"]), str(r["errors"])]
+                 for r in overhead_rows]
+        longest = max((c.turns_per_session_max or 0) for c in cells)
+        out += ["", "## Turn overhead over the fake model called directly (same run)", "",
+                md_table(["op", "transport", "concurrency", "turn p50 ms", "direct p50 ms", "overhead p50 ms",
+                          "turn p99 ms", "direct p99 ms", "overhead p99 ms", "first event p50 ms",
+                          "agentd CPU ms/turn", "errors"], orows, right=set(range(2, 12))),
+                "",
+                "Direct = the fake called with the openai SDK, streaming the same reply, at the same "
+                "concurrency. Each worker ran its turns in one session "
+                + (f"(a fresh one every {args.turns_per_session} turns)" if args.turns_per_session
+                   else "for the whole cell") + f"; the longest session held {longest} turns, and agentd "
+                "rebuilds a session's history for every turn."]
+    if idle is not None:
+        def kb(v: int | None) -> str:
+            return "n/a" if v is None else f"{v:,} KB"
+        out += ["", "## Idle open turn streams", "",
+                f"- {idle['waiting']} of {idle['streams']} StreamTurn calls open, each turn waiting on a "
+                f"model that never answers (opened in {idle['open_seconds']:.1f} s)"
+                + (f"; errors: {idle['errors']}" if idle["errors"] else ""),
+                f"- agentd RSS: {kb(idle['rss_before_kb'])} before, "
+                f"{kb(idle['rss_open_kb'])} with them open, "
+                f"{kb(idle['rss_after_close_kb'])} 2 s after closing them",
+                "- per open stream: " + ("n/a" if idle["kb_per_stream"] is None
+                                          else f"{idle['kb_per_stream']:.1f} KB"),
+                "- agentd CPU while they sat idle: "
+                + ("n/a" if idle["idle_cpu_ms_per_s"] is None
+                   else f"{idle['idle_cpu_ms_per_s']:.0f} ms per second")]
     out += ["", "## Budget (informational, never fails the run)", ""]
     out += [f"- {b['verdict']}: {b['check']}: {b['detail']}" for b in budget_lines]
     return "\n".join(out) + "\n"
@@ -475,15 +864,23 @@ async def run(args: argparse.Namespace) -> int:
     database = f"throwaway database {pg_name}" if pg_name else "SQLite file in a temporary directory"
     context = machine_context(args, database)
     cells: list[Cell] = []
+    idle: dict | None = None
     server = None
+    fake = None
+    turns = any(op in TURN_OPS for op in args.ops) or args.idle_streams > 0
     try:
         with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
-            server = start_server(Path(tmp), database_url)
+            fake_url = None
+            if turns:
+                fake, fake_url = start_fake(Path(tmp))
+                progress(f"fake model at {fake_url}")
+            server = start_server(Path(tmp), database_url, fake_url)
             try:
                 await wait_serving(server)
                 progress(f"agentd is SERVING (gRPC {server.grpc_target}, HTTP {server.base_url}, "
                          f"{args.backend})")
-                total = len(args.ops) * len(args.concurrency) * len(args.transports)
+                total = sum(len(args.concurrency) * (1 if op == "Direct" else len(args.transports))
+                            for op in args.ops)
                 async with grpc.aio.insecure_channel(server.grpc_target) as admin_channel:
                     admin = agents_pb2_grpc.AgentsServiceStub(admin_channel)
                     # Transports innermost: the two numbers a ratio compares are measured back to
@@ -492,9 +889,14 @@ async def run(args: argparse.Namespace) -> int:
                         for concurrency in args.concurrency:
                             # A fresh agent per (op, concurrency): the session rows one cell creates
                             # do not weigh on the next; both transports share it.
-                            agent_id = await create_agent(admin)
-                            for transport in args.transports:
-                                cell = await measure_cell(server, args, op, transport, concurrency, agent_id)
+                            agent_id = await create_agent(admin, BENCH_MODEL if op in TURN_OPS else "m")
+                            for transport in ["openai"] if op == "Direct" else args.transports:
+                                if op in TURN_OPS:
+                                    cell = await measure_turn_cell(server, args, op, transport, concurrency,
+                                                                   agent_id, admin, fake_url)
+                                else:
+                                    cell = await measure_cell(server, args, op, transport, concurrency,
+                                                              agent_id)
                                 check_alive(server)
                                 cells.append(cell)
                                 progress(f"[{len(cells):>2}/{total}] {op:<13} {transport:<4} "
@@ -502,6 +904,11 @@ async def run(args: argparse.Namespace) -> int:
                                          f"{cell.requests:>6} req {cell.throughput:>7.0f} req/s "
                                          f"p50 {fmt_ms(cell.p50_ms)} ms  p99 {fmt_ms(cell.p99_ms)} ms  "
                                          f"errors {cell.errors}")
+                    if args.idle_streams > 0:
+                        progress(f"opening {args.idle_streams} idle turn streams")
+                        idle = await measure_idle_streams(server, admin, args.idle_streams,
+                                                          args.request_timeout)
+                        progress(f"idle streams: {idle}")
             except grpc.aio.AioRpcError as e:
                 # Only the setup calls (CreateAgent) get here; measured calls count as errors.
                 check_alive(server)
@@ -512,6 +919,8 @@ async def run(args: argparse.Namespace) -> int:
                 if status != 0 and cells:
                     progress(f"bench: warning: agentd exited with status {status} on SIGTERM; log:\n"
                              f"{server.log()}")
+                if fake is not None:
+                    stop_fake(fake)
     except BenchError as e:
         progress(f"bench: {e}")
         return 1
@@ -523,15 +932,21 @@ async def run(args: argparse.Namespace) -> int:
                 progress(f"bench: warning: could not drop database {pg_name}: {e}")
 
     ratio_rows = ratios(cells)
-    budget_lines = budget(cells, ratio_rows, args.backend)
+    overhead_rows = overheads(cells)
+    unary = any(op in UNARY_OPS for op in args.ops)
+    budget_lines = ((budget(cells, ratio_rows, args.backend) if unary else [])
+                    + turn_budget(cells, overhead_rows, idle))
     wall_s = time.monotonic() - wall
-    report = render(context, args, cells, ratio_rows, budget_lines, wall_s)
+    report = render(context, args, cells, ratio_rows, budget_lines, wall_s, overhead_rows, idle)
     print(report, end="", flush=True)
     payload = {"context": context, "wall_seconds": round(wall_s, 1),
                "config": {"seconds": args.seconds, "warmup": args.warmup, "max_requests": args.max_requests,
                           "concurrency": args.concurrency, "ops": args.ops, "transports": args.transports,
-                          "request_timeout": args.request_timeout},
-               "cells": [asdict(c) for c in cells], "ratios": ratio_rows, "budget": budget_lines}
+                          "request_timeout": args.request_timeout,
+                          "turns_per_session": args.turns_per_session,
+                          "idle_streams": args.idle_streams},
+               "cells": [asdict(c) for c in cells], "ratios": ratio_rows, "turn_overhead": overhead_rows,
+               "idle_streams": idle, "budget": budget_lines}
     if not args.no_save:
         md, js = save(report, payload, args.results_dir)
         progress(f"saved {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md} and {js.name}")
@@ -578,12 +993,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="request cap per cell, whichever of it and --seconds comes first (default 50000)")
     p.add_argument("--warmup", type=float, default=0.5,
                    help="warm-up seconds per cell, discarded (default 0.5)")
-    p.add_argument("--concurrency", type=_concurrency, default=[1, 16, 64],
-                   help="comma-separated worker counts (default 1,16,64)")
+    p.add_argument("--concurrency", type=_concurrency, default=[1, 16, 64, 256],
+                   help="comma-separated worker counts (default 1,16,64,256)")
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
                    help="agentd's database (default sqlite)")
-    p.add_argument("--ops", type=_choices(OPS), default=list(OPS),
-                   help=f"comma-separated RPCs (default {','.join(OPS)})")
+    p.add_argument("--ops", type=_choices(OPS), default=list(DEFAULT_OPS),
+                   help=f"comma-separated, from {','.join(OPS)} (default {','.join(DEFAULT_OPS)}; "
+                        "Direct is added whenever a turn op is measured)")
+    p.add_argument("--turns-per-session", type=int, default=0,
+                   help="turns a worker runs in one session before moving to a fresh one (default 0: "
+                        "one session per worker and cell)")
+    p.add_argument("--idle-streams", type=int, default=1000,
+                   help="idle open turn streams for the RSS measurement (default 1000; 0 skips it)")
     p.add_argument("--transports", type=_choices(TRANSPORTS), default=list(TRANSPORTS),
                    help="comma-separated: grpc, http (default both; the ratio table needs both)")
     p.add_argument("--request-timeout", type=_positive(float), default=10.0,
@@ -597,6 +1018,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    if args.turns_per_session < 0 or args.idle_streams < 0:
+        p.error("--turns-per-session and --idle-streams must be >= 0")
+    if any(op in ("StreamTurn", "CreateTurn") for op in args.ops) and "Direct" not in args.ops:
+        # The baseline the overhead is computed against, measured just before the turns.
+        first = min(args.ops.index(op) for op in ("StreamTurn", "CreateTurn") if op in args.ops)
+        args.ops.insert(first, "Direct")
     return args
 
 

@@ -1,7 +1,10 @@
 """agentd's test kit, shipped with the package (as Temporal ships its test server): start
 `agentd serve` as a subprocess on free loopback ports, wait until it is healthy, stop it.
 
-Used by agentd's own e2e tests and benchmark, and by anyone testing a client against a real
+Also a fake OpenAI-compatible model server (`agentd.testing.fake_openai`), scripted per
+request, so that turns run against a real model endpoint without a model.
+
+Used by agentd's own tests and benchmark, and by anyone testing a client against a real
 agentd. Nothing in the server imports it.
 """
 
