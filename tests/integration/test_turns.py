@@ -760,3 +760,128 @@ async def test_a_tool_call_with_bad_json_arguments_is_reported_failed(agents, fa
     turn = terminal_turn(events)
     assert turn.status == t.TURN_STATUS_COMPLETED and not turn.output_message.tool_calls
     assert turn.output_message.content.text == "weather({not json)"
+
+
+# ---------------------------------------------------------------------------- resumes
+
+
+async def test_a_resume_runs_with_the_turns_own_settings(agents, fake):
+    fake.script(
+        Reply(tool_calls=[ToolCallSpec("weather", {"city": "Rome"}, id="c1")]),
+        Reply(text="Warm."),
+    )
+    agent_id, session_id = await new_session(
+        agents, client_tools=[tool_def("weather"), tool_def("clock")],
+        tool_config=t.AgentToolConfig(tool_choice="auto"),
+    )
+    paused = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(
+                agent_id=agent_id,
+                session_id=session_id,
+                messages=[user("weather?")],
+                instructions="Answer in one word.",
+                tool_config=t.AgentToolConfig(tool_choice="required"),
+            )
+        )
+    ).turn
+    assert paused.status == t.TURN_STATUS_AWAITING_INPUT
+    turn = (
+        await agents.ResumeTurn(
+            pb.ResumeTurnRequest(
+                agent_id=agent_id,
+                session_id=session_id,
+                turn_id=paused.turn_id,
+                tool_responses=[
+                    m.AgentToolResponse(
+                        call_id="c1", tool_name="weather", content=m.InterleavedContent(text="25C")
+                    )
+                ],
+            )
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED
+    for sent in (fake.chat_requests[0].body, fake.chat_requests[1].body):
+        assert sent["messages"][0] == {"role": "system", "content": "Answer in one word."}
+        assert sent["tool_choice"] == "required"
+
+
+async def test_a_retried_resume_with_the_same_request_id_returns_the_same_continuation(agents, fake):
+    fake.script(
+        Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]),
+        Reply(text="Cold.", chunk_size=1),
+        Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c2")]),
+        Reply(text="Still cold.", chunk_size=2),
+    )
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+
+    async def paused_turn() -> t.Turn:
+        return (
+            await agents.CreateTurn(
+                pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+            )
+        ).turn
+
+    def answers(call_id):
+        text = m.InterleavedContent(text="-5")
+        return [m.AgentToolResponse(call_id=call_id, tool_name="weather", content=text)]
+
+    # Unary.
+    paused = await paused_turn()
+    request = pb.ResumeTurnRequest(
+        agent_id=agent_id, session_id=session_id, turn_id=paused.turn_id,
+        tool_responses=answers("c1"), request_id="resume-1",
+    )
+    first = (await agents.ResumeTurn(request)).turn
+    again = (await agents.ResumeTurn(request)).turn
+    assert first.status == t.TURN_STATUS_COMPLETED and again == first
+    assert len(fake.chat_requests) == 2
+    other = pb.ResumeTurnRequest()
+    other.CopyFrom(request)
+    other.request_id = "resume-2"
+    assert (await error_of(agents.ResumeTurn(other)))[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION, "TURN_NOT_AWAITING_INPUT")
+
+    # Streaming: the retry re-attaches to the same events, numbered alike.
+    paused = await paused_turn()
+    stream_request = pb.StreamResumeTurnRequest(
+        agent_id=agent_id, session_id=session_id, turn_id=paused.turn_id,
+        tool_responses=answers("c2"), request_id="resume-1",
+    )
+    resumed = await collect(agents.StreamResumeTurn(stream_request))
+    retried = await collect(agents.StreamResumeTurn(stream_request))
+    assert kinds(resumed)[-1] == "turn_complete"
+    assert [(e.sequence_number, kinds([e])) for e in retried] == [
+        (e.sequence_number, kinds([e])) for e in resumed
+    ]
+    assert terminal_turn(retried).output_message.content.text == "Still cold."
+    assert len(fake.chat_requests) == 4
+
+
+# ---------------------------------------------------------------------------- deadlines
+
+
+async def test_the_callers_deadline_reaches_the_model(agents, fake):
+    fake.script(Reply(text="fine"), Reply(text="too late", delay=5))
+    agent_id, session_id = await new_session(agents)
+    turn = (
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")]), timeout=30
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED  # a deadline that leaves time changes nothing
+    call = agents.StreamTurn(
+        pb.StreamTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("y")]), timeout=1.0
+    )
+    # The model call ends just before the call's deadline: the turn fails with its own error.
+    events = await collect(call)
+    assert kinds(events)[-1] == "turn_failed"
+    failed = events[-1].payload.turn_failed
+    assert failed.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert "MODEL_TIMEOUT" in str(failed.error)
+    turn = (
+        await agents.GetTurn(
+            pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=failed.turn.turn_id)
+        )
+    ).turn
+    assert turn.status == t.TURN_STATUS_FAILED and turn.error == failed.error

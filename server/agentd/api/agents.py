@@ -164,7 +164,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         payload = terminal.payload
         return getattr(payload, payload.WhichOneof("payload")).turn
 
-    def _start(self, request):
+    def _start(self, request, context):
         engine = self._engine()
         return engine.start_turn(
             principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
@@ -172,13 +172,15 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             toolgroups=list(request.toolgroups),
             tool_config=request.tool_config if request.HasField("tool_config") else None,
             instructions=request.instructions if request.HasField("instructions") else None,
-            background=request.background, request_id=request_id_of(request))
+            background=request.background, request_id=request_id_of(request),
+            timeout_s=context.time_remaining())
 
-    def _resume(self, request):
+    def _resume(self, request, context):
         return self._engine().resume_turn(
             principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
             _no_nul(request.turn_id, "turn_id"), tool_responses=list(request.tool_responses),
-            background=request.background)
+            background=request.background, request_id=request_id_of(request),
+            timeout_s=context.time_remaining())
 
     def _engine(self) -> TurnEngine:
         if self.engine is None:
@@ -186,21 +188,21 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         return self.engine
 
     async def CreateTurn(self, request: pb.CreateTurnRequest, context) -> pb.CreateTurnResponse:
-        events = await self._start(request)
+        events = await self._start(request, context)
         return pb.CreateTurnResponse(turn=await self._turn_of_terminal(events))
 
     async def StreamTurn(self, request: pb.StreamTurnRequest, context):
-        events = await self._start(request)
+        events = await self._start(request, context)
         async with contextlib.aclosing(events):
             async for event in events:
                 yield pb.StreamTurnResponse(event=event)
 
     async def ResumeTurn(self, request: pb.ResumeTurnRequest, context) -> pb.ResumeTurnResponse:
-        events = await self._resume(request)
+        events = await self._resume(request, context)
         return pb.ResumeTurnResponse(turn=await self._turn_of_terminal(events))
 
     async def StreamResumeTurn(self, request: pb.StreamResumeTurnRequest, context):
-        events = await self._resume(request)
+        events = await self._resume(request, context)
         async with contextlib.aclosing(events):
             async for event in events:
                 yield pb.StreamResumeTurnResponse(event=event)

@@ -90,26 +90,46 @@ class AgentStore:
 
     # ------------------------------------------------------------ turns, steps
 
-    async def insert_turn(self, owner: str, turn: types.Turn,
-                          request_id: str | None = None) -> types.Turn | None:
+    async def insert_turn(self, owner: str, turn: types.Turn, request_id: str | None = None,
+                          settings: bytes | None = None) -> types.Turn | None:
         """Stores a turn the engine starts (status in_progress) in its session (None: the
-        owner has no such session). With a request_id already used in this session, stores
-        nothing and returns the turn the first call created (without steps)."""
+        owner has no such session), with its own settings (see `turn_resume_state`). With a
+        request_id already used in this session, stores nothing and returns the turn the
+        first call created (without steps)."""
         body = await self.repo.create(schema.turns, key=("session_id", "request_id"),
                                       parent=schema.sessions, parent_id=turn.session_id,
                                       id=turn.turn_id, owner=owner, session_id=turn.session_id,
                                       request_id=request_id, status=IN_PROGRESS,
                                       created_at=turn.started_at.ToMicroseconds(),
-                                      body=body_of(_without_steps(turn)))
+                                      settings=settings, body=body_of(_without_steps(turn)))
         return types.Turn.FromString(body) if body is not None else None
 
-    async def update_turn(self, owner: str, turn: types.Turn, status: str) -> bool:
-        """Replaces a turn's body (its steps are not part of it) and status. False if the
-        owner has no such turn."""
+    async def update_turn(self, owner: str, turn: types.Turn, status: str, *,
+                          resume: tuple[str | None, int] | None = None) -> bool:
+        """Replaces a turn's body (its steps are not part of it) and status; with `resume`,
+        also the last resume's (request_id, first sequence number). False if the owner has
+        no such turn."""
+        values: dict = dict(status=status, body=body_of(_without_steps(turn)))
+        if resume is not None:
+            values.update(resume_request_id=resume[0], resume_sequence=resume[1])
         statement = (update(schema.turns)
                      .where(schema.turns.c.owner == owner, schema.turns.c.id == turn.turn_id)
-                     .values(status=status, body=body_of(_without_steps(turn))))
+                     .values(**values))
         return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
+
+    async def turn_resume_state(self, owner: str, session_id: str,
+                                turn_id: str) -> tuple[bytes | None, str | None, int | None]:
+        """What a resume of the turn reads besides the turn: its settings (a serialized
+        CreateTurnRequest holding only the turn's instructions, tool_config and toolgroups;
+        None for turns stored before they were kept), and the last resume's request_id and
+        first sequence number. All None when there is no such turn."""
+        turns = schema.turns
+        query = select(turns.c.settings, turns.c.resume_request_id, turns.c.resume_sequence).where(
+            turns.c.owner == owner, turns.c.id == turn_id, turns.c.session_id == session_id)
+        row = await self.db.read(lambda conn: conn.execute(query).first())
+        if row is None:
+            return None, None, None
+        return row.settings, row.resume_request_id, row.resume_sequence
 
     async def append_step(self, owner: str, turn_id: str, step: types.AgentStep) -> bool:
         """Appends a completed step after the turn's last one. False if the owner has no

@@ -66,6 +66,12 @@ turns = _owned(
     Column("session_id", ID, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
     Column("status", String(32), nullable=False),
     Column("request_id", String(255)),
+    # The turn's own settings (a CreateTurnRequest without messages, documents and sensitive
+    # fields), read back by a resume; then the last resume's idempotency key and the sequence
+    # number of its first event.
+    Column("settings", LargeBinary),
+    Column("resume_request_id", String(255)),
+    Column("resume_sequence", Integer),
     indexes=[
         Index("ix_turns_session_created", "session_id", "created_at", "id"),
         UniqueConstraint("session_id", "request_id", name="uq_turns_session_request"),

@@ -30,6 +30,7 @@ system message, then every earlier turn of the session rebuilt from its stored s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -46,7 +47,15 @@ from agentd import ids
 from agentd.clock import now_micros
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.turns.history import assistant_message, input_message, text_of, turn_messages
-from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound, Unavailable, status_of
+from agentd.errors import (
+    AgentdError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    status_of,
+)
 from agentd.inference import (
     ChatMessage,
     ChatRequest,
@@ -57,11 +66,12 @@ from agentd.inference import (
     response_format_from,
     sampling_from,
 )
+from agentd.sensitive import redact
 from agentd.storage.agents import AWAITING_INPUT, IN_PROGRESS, OPEN_STATUSES, AgentStore
 from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
-from agentd.v1 import common_pb2
+from agentd.v1 import agents_pb2, common_pb2
 from agentd.v1 import turn_events_pb2 as te
 
 log = logging.getLogger("agentd.turns")
@@ -71,6 +81,9 @@ INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
 IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
 TEXT_MIME_TYPES = ("application/json", "application/yaml", "application/x-yaml")
+# A model call ends this long before the caller's deadline, so the turn fails with its own
+# error (and is stored failed) before the call itself is cut.
+DEADLINE_MARGIN_S = 0.05
 
 # Stored status column values, by the proto status.
 STATUS_NAMES = {
@@ -139,6 +152,18 @@ class TurnState:
     turn: types.Turn
     plan: Plan
     messages: list[ChatMessage] = field(default_factory=list)
+    # The caller's deadline (the event loop's clock); None: no limit (background turns, HTTP).
+    deadline: float | None = None
+
+    def timeout_s(self) -> float | None:
+        """The time a model call may take: what is left of the caller's deadline."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - asyncio.get_running_loop().time() - DEADLINE_MARGIN_S
+        if left <= 0:
+            raise DeadlineExceeded("The call's deadline passed before the model was called.",
+                                   reason="MODEL_TIMEOUT")
+        return left
 
     @property
     def inference_count(self) -> int:
@@ -281,10 +306,13 @@ class TurnEngine:
         instructions: str | None = None,
         background: bool = False,
         request_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[te.TurnEvent]:
         """Checks, stores the turn and starts its run; returns the owner stream (iterate it
         under contextlib.aclosing: closing it early cancels the turn unless background).
-        A retry with a known request_id replays the first call's turn instead."""
+        A retry with a known request_id replays the first call's turn instead. `timeout_s`:
+        the caller's time left; its model calls must end by then (ignored when background)."""
+        deadline = _deadline(timeout_s, background)
         agent = await self._agent_and_session(owner, agent_id, session_id)
         if request_id is not None:
             existing = await self.store.turn_by_request_id(owner, session_id, request_id)
@@ -310,12 +338,13 @@ class TurnEngine:
                 status=types.TURN_STATUS_IN_PROGRESS,
                 background=background,
             )
-            stored = await self.store.insert_turn(owner, turn, request_id)
+            settings = _settings(toolgroups, tool_config, instructions)
+            stored = await self.store.insert_turn(owner, turn, request_id, settings)
             if stored is None:
                 raise NotFound("session", session_id)
             if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
                 return self.follow_checked(owner, session_id, stored.turn_id, None)
-            state = TurnState(owner, turn, plan, history + [input_message(m) for m in inputs])
+            state = TurnState(owner, turn, plan, history + [input_message(m) for m in inputs], deadline)
 
             async def produce(run: Run) -> None:
                 await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
@@ -337,10 +366,19 @@ class TurnEngine:
         *,
         tool_responses: Sequence[msg.AgentToolResponse],
         background: bool = False,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[te.TurnEvent]:
         """Checks the resume, then continues the paused turn in a new run whose events are
-        numbered on from the turn's last one; returns its owner stream."""
+        numbered on from the turn's last one, with the turn's own settings; returns its
+        owner stream. A retry with the request_id of the turn's last resume re-attaches to
+        that continuation (from its first event) instead."""
+        deadline = _deadline(timeout_s, background)
         agent = await self._agent_and_session(owner, agent_id, session_id)
+        if request_id is not None:
+            _, last_key, first = await self.store.turn_resume_state(owner, session_id, turn_id)
+            if last_key == request_id and first is not None:
+                return self.follow_checked(owner, session_id, turn_id, first - 1)
         key = (owner, session_id)
         if key in self._starting:
             raise FailedPrecondition(f"Turn '{turn_id}' is being resumed.", reason="TURN_NOT_AWAITING_INPUT")
@@ -362,17 +400,18 @@ class TurnEngine:
                     + ", ".join(c.call_id for c in pending),
                     reason="TOOL_RESPONSES_MISMATCH",
                 )
-            # The turn's own overrides (instructions, tool_config, toolgroups) are not stored
-            # with it (the contract's Turn has no field for them): a resume runs with the agent's.
-            plan = self._plan(agent)
+            # The turn's own overrides (instructions, tool_config, toolgroups) are kept with
+            # its row, not in the Turn resource; turns stored before that run with the agent's.
+            settings, _, _ = await self.store.turn_resume_state(owner, session_id, turn_id)
+            plan = self._plan(agent, **_overrides(settings))
             last = await self.runs.store.last_sequence(owner, turn_id)
             history = await self._history(owner, session_id, plan, until=turn_id)
             turn.status = types.TURN_STATUS_IN_PROGRESS
             turn.ClearField("stop_reason")
             turn.ClearField("output_message")
             turn.background = background
-            await self.store.update_turn(owner, turn, IN_PROGRESS)
-            state = TurnState(owner, turn, plan)
+            await self.store.update_turn(owner, turn, IN_PROGRESS, resume=(request_id, last + 1))
+            state = TurnState(owner, turn, plan, deadline=deadline)
             by_id = {r.call_id: r for r in tool_responses}
 
             async def produce(run: Run) -> None:
@@ -513,6 +552,7 @@ class TurnEngine:
             tools=plan.specs,
             tool_choice=plan.tool_choice if plan.specs else None,
             response_format=plan.response_format,
+            timeout_s=state.timeout_s(),
         )
         text: list[str] = []
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
@@ -714,6 +754,43 @@ class TurnEngine:
             )
 
         return on_stop
+
+
+def _deadline(timeout_s: float | None, background: bool) -> float | None:
+    """The caller's deadline on the event loop's clock; none for a background turn, which
+    outlives its call."""
+    if timeout_s is None or background:
+        return None
+    return asyncio.get_running_loop().time() + timeout_s
+
+
+def _settings(
+    toolgroups: Sequence[types.AgentToolGroup],
+    tool_config: types.AgentToolConfig | None,
+    instructions: str | None,
+) -> bytes | None:
+    """What a resume needs of the turn's create request (kept with the turn row): its
+    instructions, tool_config and toolgroups, without sensitive fields. None: no override."""
+    request = agents_pb2.CreateTurnRequest(toolgroups=toolgroups)
+    if tool_config is not None:
+        request.tool_config.CopyFrom(tool_config)
+    if instructions is not None:
+        request.instructions = instructions
+    if request.ByteSize() == 0:
+        return None
+    return redact(request).SerializeToString(deterministic=True)
+
+
+def _overrides(settings: bytes | None) -> dict[str, Any]:
+    """The _plan arguments of a turn's kept settings."""
+    if settings is None:
+        return {}
+    request = agents_pb2.CreateTurnRequest.FromString(settings)
+    return {
+        "toolgroups": list(request.toolgroups),
+        "tool_config": request.tool_config if request.HasField("tool_config") else None,
+        "instructions": request.instructions if request.HasField("instructions") else None,
+    }
 
 
 def _call_text(text: str) -> te.ContentDelta:
