@@ -885,3 +885,36 @@ async def test_the_callers_deadline_reaches_the_model(agents, fake):
         )
     ).turn
     assert turn.status == t.TURN_STATUS_FAILED and turn.error == failed.error
+
+
+# ---------------------------------------------------------------------------- deletes
+
+
+async def _count_rows(server, table: str) -> int:
+    sql = f"SELECT count(*) FROM {table}"
+    return await server.db.read(lambda conn: conn.exec_driver_sql(sql).scalar_one())
+
+
+@pytest.mark.parametrize("delete", ["session", "agent"])
+async def test_deleting_cancels_the_running_turns_first(server, agents, fake, delete):
+    fake.script(Reply(text="never finished", hang=True))
+    agent_id, session_id = await new_session(agents)
+    call = stream_turn(agents, agent_id, session_id, background=True)
+    async for response in call:
+        turn_id = response.event.payload.turn_start.turn_id
+        break
+    call.cancel()
+    run = server.runs.get(LOCAL_PRINCIPAL, turn_id)
+    assert run is not None and run.terminal is None
+    if delete == "session":
+        await agents.DeleteSession(pb.DeleteSessionRequest(agent_id=agent_id, session_id=session_id))
+    else:
+        await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
+    assert run.ended.is_set()
+    assert run.terminal.payload.turn_failed.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert server.runs.get(LOCAL_PRINCIPAL, turn_id) is None
+    await asyncio.sleep(0.1)  # nothing writes after the delete
+    for table in ("turns", "steps", "run_events", "sessions"):
+        assert await _count_rows(server, table) == 0, table
+    if delete == "agent":
+        assert await _count_rows(server, "agents") == 0

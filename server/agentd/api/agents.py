@@ -74,6 +74,8 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context) -> pb.DeleteAgentResponse:
         agent_id = _no_nul(request.agent_id, "agent_id")
+        if self.engine is not None:
+            await self.engine.stop_runs(principal.get(), agent_id)
         if not await self.store.delete_agent(principal.get(), agent_id):
             raise NotFound("agent", agent_id)
         return pb.DeleteAgentResponse()
@@ -119,6 +121,8 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context) -> pb.DeleteSessionResponse:
         agent_id = _no_nul(request.agent_id, "agent_id")
         session_id = _no_nul(request.session_id, "session_id")
+        if self.engine is not None:
+            await self.engine.stop_runs(principal.get(), agent_id, session_id)
         if not await self.store.delete_session(principal.get(), agent_id, session_id):
             raise await self._not_found(agent_id, "session", session_id)
         return pb.DeleteSessionResponse()

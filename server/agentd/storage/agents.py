@@ -208,6 +208,16 @@ class AgentStore:
                                           turns.c.status.in_(OPEN_STATUSES)).limit(1))
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
+    async def running_turns(self, owner: str, agent_id: str, session_id: str | None = None) -> list[str]:
+        """The ids of the in-progress turns of the agent's sessions (or of that session)."""
+        turns, sessions = schema.turns, schema.sessions
+        query = (select(turns.c.id).join(sessions, sessions.c.id == turns.c.session_id)
+                 .where(turns.c.owner == owner, sessions.c.agent_id == agent_id,
+                        turns.c.status == IN_PROGRESS))
+        if session_id is not None:
+            query = query.where(turns.c.session_id == session_id)
+        return await self.db.read(lambda conn: list(conn.execute(query).scalars()))
+
     async def turn_by_request_id(self, owner: str, session_id: str, request_id: str) -> str | None:
         """The id of the turn a create with this idempotency key started in the session."""
         turns = schema.turns

@@ -474,6 +474,12 @@ class TurnEngine:
             still_running=self._still_running(owner, session_id, turn_id),
         )
 
+    async def stop_runs(self, owner: str, agent_id: str, session_id: str | None = None) -> None:
+        """Before a delete: the turns of the agent's sessions (or of that session) running
+        here are cancelled, each waited for to its end, so none writes after the delete."""
+        for turn_id in await self.store.running_turns(owner, agent_id, session_id):
+            await self.runs.cancel(owner, turn_id)
+
     async def cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
         """CancelTurn: a running turn is stopped (its on_stop stores it cancelled and emits
         turn_failed); a paused one is cancelled directly, with a kept turn_failed event. An
