@@ -46,7 +46,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentd import ids
 from agentd.clock import now_micros
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
-from agentd.engine.turns.history import assistant_message, input_message, text_of, turn_messages
+from agentd.engine.turns.documents import with_documents
+from agentd.engine.turns.history import assistant_message, input_message, turn_messages
 from agentd.errors import (
     AgentdError,
     DeadlineExceeded,
@@ -80,7 +81,6 @@ DEFAULT_MAX_INFER_ITERS = 10
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
 IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
-TEXT_MIME_TYPES = ("application/json", "application/yaml", "application/x-yaml")
 # A model call ends this long before the caller's deadline, so the turn fails with its own
 # error (and is stored failed) before the call itself is cut.
 DEADLINE_MARGIN_S = 0.05
@@ -319,9 +319,7 @@ class TurnEngine:
             if existing is not None:
                 return self.follow_checked(owner, session_id, existing, None)
         plan = self._plan(agent, toolgroups=toolgroups, tool_config=tool_config, instructions=instructions)
-        inputs = list(messages)
-        if documents:
-            inputs = _with_documents(inputs, documents)
+        inputs = await with_documents(messages, documents) if documents else list(messages)
         key = (owner, session_id)
         if key in self._starting:
             raise _busy(session_id)
@@ -824,31 +822,3 @@ def _json_object(text: str) -> dict[str, Any] | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _with_documents(
-    messages: list[msg.TurnInputMessage], documents: Sequence[msg.AgentDocument]
-) -> list[msg.TurnInputMessage]:
-    """The documents' text appended to the last message (text/*, JSON and YAML; given as text
-    or a text item). URL documents are not fetched yet: INVALID_ARGUMENT."""
-    texts = []
-    for i, document in enumerate(documents):
-        where = f"documents[{i}]"
-        mime = document.mime_type
-        if not (mime.startswith("text/") or mime in TEXT_MIME_TYPES):
-            raise InvalidArgument(f"{where}.mime_type", f"unsupported document type {mime!r}")
-        kind = document.content.WhichOneof("content")
-        if kind == "text":
-            texts.append(document.content.text)
-        elif kind == "item" and document.content.item.HasField("text"):
-            texts.append(document.content.item.text.text)
-        else:
-            raise InvalidArgument(f"{where}.content", "only text documents are supported")
-    if not messages:
-        return messages
-    result = [msg.TurnInputMessage() for _ in messages]
-    for copy, original in zip(result, messages, strict=True):
-        copy.CopyFrom(original)
-    last = result[-1].user if result[-1].HasField("user") else None
-    if last is not None:
-        last.content.CopyFrom(msg.InterleavedContent(text=text_of(last.content) + "\n" + "\n".join(texts)))
-    return result
