@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -151,6 +151,16 @@ class AgentStore:
             return True
         return await self.db.write(work)
 
+    async def session_turn_statuses(self, owner: str, session_id: str) -> list[tuple[str, str]]:
+        """The (id, status column) of the session's turns, oldest first: no bodies read."""
+        statement = _statement("turn_statuses", lambda: (
+            select(schema.turns.c.id, schema.turns.c.status)
+            .where(schema.turns.c.owner == bindparam("owner"),
+                   schema.turns.c.session_id == bindparam("session_id"))
+            .order_by(schema.turns.c.created_at, schema.turns.c.id)))
+        params = {"owner": owner, "session_id": session_id}
+        return await self.db.read(lambda conn: [tuple(r) for r in conn.execute(statement, params)])
+
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> types.Turn | None:
         """The turn of that session, with its steps."""
         turns = await self.session_turns(owner, session_id, [turn_id])
@@ -250,6 +260,18 @@ class AgentStore:
 
     async def turn_exists(self, owner: str, session_id: str, turn_id: str) -> bool:
         return await self.repo.exists(schema.turns, owner, turn_id, session_id=session_id)
+
+
+_STATEMENTS: dict[str, object] = {}
+
+
+def _statement(name: str, build):
+    """A statement built once (with bound parameters): building a select costs more than
+    running it on SQLite."""
+    statement = _STATEMENTS.get(name)
+    if statement is None:
+        statement = _STATEMENTS[name] = build()
+    return statement
 
 
 def _without_steps(turn: types.Turn) -> types.Turn:

@@ -77,6 +77,8 @@ from agentd.v1 import turn_events_pb2 as te
 log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
+# Sessions whose ended turns' history messages are kept in memory (least recently used out).
+HISTORY_CACHE_SESSIONS = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
 IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
@@ -182,6 +184,9 @@ class TurnEngine:
         # start in the same session meanwhile is SESSION_BUSY (the status check alone could
         # let both through). Across replicas the status check is what guards.
         self._starting: set[tuple[str, str]] = set()
+        # (owner, session id) -> {turn id: its history messages}, for ended turns only
+        # (see _history), the least recently used session first.
+        self._histories: dict[tuple[str, str], dict[str, tuple[ChatMessage, ...]]] = {}
 
     # ------------------------------------------------------------------ start-up
 
@@ -275,14 +280,48 @@ class TurnEngine:
         )
 
     async def _history(
-        self, owner: str, session_id: str, plan: Plan, until: str | None = None
+        self,
+        owner: str,
+        session_id: str,
+        plan: Plan,
+        until: str | None = None,
+        statuses: list[tuple[str, str]] | None = None,
     ) -> list[ChatMessage]:
-        """System message + the session's turns before `until` (all when None), rebuilt."""
+        """System message + the session's turns before `until` (all when None), rebuilt.
+        `statuses`: the session's (turn id, status) when the caller has read them.
+
+        Ended turns never change, so their messages are cached per session in memory; only
+        the turns not cached (new ones, or open ones, which may still grow) are read with
+        their steps. The list of turns is read every time, so a turn written by another
+        replica, or deleted, is seen."""
         messages = [ChatMessage(role="system", content=plan.instructions)] if plan.instructions else []
-        for turn in await self.store.session_turns(owner, session_id):
-            if turn.turn_id == until:
+        if statuses is None:
+            statuses = await self.store.session_turn_statuses(owner, session_id)
+        wanted: list[tuple[str, str]] = []
+        for turn_id, status in statuses:
+            if turn_id == until:
                 break
-            messages.extend(turn_messages(turn))
+            wanted.append((turn_id, status))
+        key = (owner, session_id)
+        cached = self._histories.pop(key, None) or {}
+        self._histories[key] = cached  # most recently used last
+        while len(self._histories) > HISTORY_CACHE_SESSIONS:
+            del self._histories[next(iter(self._histories))]
+        missing = [turn_id for turn_id, _ in wanted if turn_id not in cached]
+        fresh: dict[str, list[ChatMessage]] = {}
+        if missing:
+            for turn in await self.store.session_turns(owner, session_id, missing):
+                fresh[turn.turn_id] = turn_messages(turn)
+        for turn_id, status in wanted:
+            found = cached.get(turn_id)
+            if found is None:
+                rebuilt = fresh.get(turn_id)
+                if rebuilt is None:  # deleted meanwhile
+                    continue
+                found = tuple(rebuilt)
+                if status not in OPEN_STATUSES:
+                    cached[turn_id] = found
+            messages.extend(found)
         return messages
 
     def _still_running(self, owner: str, session_id: str, turn_id: str):
@@ -327,9 +366,10 @@ class TurnEngine:
             raise _busy(session_id)
         self._starting.add(key)
         try:
-            if await self.store.open_turn(owner, session_id) is not None:
+            statuses = await self.store.session_turn_statuses(owner, session_id)
+            if any(status in OPEN_STATUSES for _, status in statuses):
                 raise _busy(session_id)
-            history = await self._history(owner, session_id, plan)
+            history = await self._history(owner, session_id, plan, statuses=statuses)
             turn = types.Turn(
                 turn_id=ids.new_id(ids.TURN),
                 session_id=session_id,
