@@ -112,10 +112,12 @@ class AgentStore:
         values: dict = dict(status=status, body=body_of(_without_steps(turn)))
         if resume is not None:
             values.update(resume_request_id=resume[0], resume_sequence=resume[1])
-        statement = (update(schema.turns)
-                     .where(schema.turns.c.owner == owner, schema.turns.c.id == turn.turn_id)
-                     .values(**values))
-        return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
+        statement = _statement(f"update_turn_{resume is not None}", lambda: (
+            update(schema.turns)
+            .where(schema.turns.c.owner == bindparam("match_owner"),
+                   schema.turns.c.id == bindparam("match_id"))))
+        params = {"match_owner": owner, "match_id": turn.turn_id, **values}
+        return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0)
 
     async def turn_resume_state(self, owner: str, session_id: str,
                                 turn_id: str) -> tuple[bytes | None, str | None, int | None]:
@@ -136,19 +138,28 @@ class AgentStore:
         such turn."""
         turns, steps = schema.turns, schema.steps
         # One engine task writes a turn; still, two appends must never share a position:
-        # PostgreSQL locks the turn row, and on SQLite the unique (turn_id, position) index
-        # refuses the second one.
-        turn = select(turns.c.id).where(turns.c.owner == owner, turns.c.id == turn_id).with_for_update()
-        last = select(func.max(steps.c.position)).where(steps.c.turn_id == turn_id)
+        # PostgreSQL locks the turn row first, and on SQLite the unique (turn_id, position)
+        # index refuses the second one. The insert reads the position and checks the turn
+        # in the same statement (no row inserted: no such turn of the owner).
+        lock = _statement("lock_turn", lambda: select(turns.c.id).where(
+            turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id")).with_for_update())
+        insert = _statement("append_step", lambda: steps.insert().from_select(
+            ["id", "owner", "turn_id", "created_at", "position", "body"],
+            select(bindparam("step_id", type_=steps.c.id.type),
+                   bindparam("owner", type_=steps.c.owner.type),
+                   turns.c.id,
+                   bindparam("created_at", type_=steps.c.created_at.type),
+                   select(func.coalesce(func.max(steps.c.position) + 1, 0))
+                   .where(steps.c.turn_id == bindparam("turn_id")).scalar_subquery(),
+                   bindparam("body", type_=steps.c.body.type))
+            .where(turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id"))))
+        params = {"owner": owner, "turn_id": turn_id, "step_id": step_id_of(step),
+                  "created_at": now_micros(), "body": body_of(step)}
 
         def work(conn) -> bool:
-            if conn.execute(turn).first() is None:
+            if conn.dialect.name == "postgresql" and conn.execute(lock, params).first() is None:
                 return False
-            position = conn.execute(last).scalar()
-            conn.execute(steps.insert(), dict(
-                id=step_id_of(step), owner=owner, turn_id=turn_id, created_at=now_micros(),
-                position=0 if position is None else position + 1, body=body_of(step)))
-            return True
+            return conn.execute(insert, params).rowcount > 0
         return await self.db.write(work)
 
     async def session_turn_statuses(self, owner: str, session_id: str) -> list[tuple[str, str]]:
@@ -170,19 +181,28 @@ class AgentStore:
                             turn_ids: list[str] | None = None) -> list[types.Turn]:
         """The session's turns (or those of them in turn_ids), oldest first, with their steps."""
         turns, steps = schema.turns, schema.steps
-        query = select(turns.c.id, turns.c.body).where(turns.c.owner == owner,
-                                                       turns.c.session_id == session_id)
-        if turn_ids is not None:
-            query = query.where(turns.c.id.in_(turn_ids))
-        query = query.order_by(turns.c.created_at, turns.c.id)
+
+        def build(by_ids: bool):
+            query = select(turns.c.id, turns.c.body).where(turns.c.owner == bindparam("owner"),
+                                                           turns.c.session_id == bindparam("session_id"))
+            if by_ids:
+                query = query.where(turns.c.id.in_(bindparam("turn_ids", expanding=True)))
+            return query.order_by(turns.c.created_at, turns.c.id)
+        by_ids = turn_ids is not None
+        query = _statement(f"session_turns_{by_ids}", lambda: build(by_ids))
+        steps_query = _statement("steps_of_turns", lambda: (
+            select(steps.c.turn_id, steps.c.body)
+            .where(steps.c.turn_id.in_(bindparam("turn_ids", expanding=True)))
+            .order_by(steps.c.turn_id, steps.c.position)))
+        params = {"owner": owner, "session_id": session_id}
+        if by_ids:
+            params["turn_ids"] = list(turn_ids)
 
         def work(conn) -> list[types.Turn]:
-            rows = conn.execute(query).all()
+            rows = conn.execute(query, params).all()
             if not rows:
                 return []
-            found = conn.execute(select(steps.c.turn_id, steps.c.body)
-                                 .where(steps.c.turn_id.in_([r.id for r in rows]))
-                                 .order_by(steps.c.turn_id, steps.c.position)).all()
+            found = conn.execute(steps_query, {"turn_ids": [r.id for r in rows]}).all()
             steps_of = defaultdict(list)
             for step in found:
                 steps_of[step.turn_id].append(types.AgentStep.FromString(step.body))
@@ -207,9 +227,11 @@ class AgentStore:
     async def turn_status(self, owner: str, session_id: str, turn_id: str) -> str | None:
         """The turn's status column (None: no such turn of that session)."""
         turns = schema.turns
-        query = select(turns.c.status).where(turns.c.owner == owner, turns.c.id == turn_id,
-                                             turns.c.session_id == session_id)
-        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+        query = _statement("turn_status", lambda: select(turns.c.status).where(
+            turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id"),
+            turns.c.session_id == bindparam("session_id")))
+        params = {"owner": owner, "turn_id": turn_id, "session_id": session_id}
+        return await self.db.read(lambda conn: conn.execute(query, params).scalar_one_or_none())
 
     async def open_turn(self, owner: str, session_id: str) -> str | None:
         """The id of a turn of the session that is in progress or awaiting input, if any."""

@@ -36,6 +36,9 @@ def _run_of(run_id: str):
     return _RUNS[prefix]
 
 
+_INSERT = insert(schema.run_events)
+
+
 class EventStore:
     def __init__(self, repo: Repository):
         self.repo = repo
@@ -52,7 +55,7 @@ class EventStore:
                  "response_id": None, column: run_id, "created_at": created, "body": body}
                 for seq, body in events]
         try:
-            await self.db.write(lambda conn: conn.execute(insert(schema.run_events), rows))
+            await self.db.write(lambda conn: conn.execute(_INSERT, rows))
         except IntegrityError:
             # The run's foreign key, or a sequence number kept before: the latter is a bug.
             if not await self.repo.exists(run_table, owner, run_id):
