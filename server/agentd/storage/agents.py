@@ -80,6 +80,18 @@ class AgentStore:
         body = await self.repo.get_body(schema.sessions, owner, session_id, agent_id=agent_id)
         return types.AgentSession.FromString(body) if body is not None else None
 
+    async def agent_of_session(self, owner: str, agent_id: str, session_id: str) -> types.Agent | None:
+        """The owner's agent when that session of it exists (one read for both); None when
+        either is missing (get_agent and get_session then say which)."""
+        agents, sessions = schema.agents, schema.sessions
+        query = _statement("agent_of_session", lambda: (
+            select(agents.c.body).join(sessions, sessions.c.agent_id == agents.c.id)
+            .where(agents.c.owner == bindparam("owner"), agents.c.id == bindparam("agent_id"),
+                   sessions.c.owner == bindparam("owner"), sessions.c.id == bindparam("session_id"))))
+        params = {"owner": owner, "agent_id": agent_id, "session_id": session_id}
+        body = await self.db.read(lambda conn: conn.execute(query, params).scalar_one_or_none())
+        return types.Agent.FromString(body) if body is not None else None
+
     async def list_sessions(self, owner: str, agent_id: str, cursor: Cursor,
                             limit: int) -> tuple[list[types.AgentSession], Page]:
         page = await self.repo.page(schema.sessions, owner, cursor, limit, agent_id=agent_id)
@@ -136,6 +148,10 @@ class AgentStore:
     async def append_step(self, owner: str, turn_id: str, step: types.AgentStep) -> bool:
         """Appends a completed step after the turn's last one. False if the owner has no
         such turn."""
+        return await self.db.write(self.append_step_work(owner, turn_id, step))
+
+    def append_step_work(self, owner: str, turn_id: str, step: types.AgentStep):
+        """append_step as a function of a connection, for a caller's own transaction."""
         turns, steps = schema.turns, schema.steps
         # One engine task writes a turn; still, two appends must never share a position:
         # PostgreSQL locks the turn row first, and on SQLite the unique (turn_id, position)
@@ -160,7 +176,7 @@ class AgentStore:
             if conn.dialect.name == "postgresql" and conn.execute(lock, params).first() is None:
                 return False
             return conn.execute(insert, params).rowcount > 0
-        return await self.db.write(work)
+        return work
 
     async def session_turn_statuses(self, owner: str, session_id: str) -> list[tuple[str, str]]:
         """The (id, status column) of the session's turns, oldest first: no bodies read."""

@@ -201,6 +201,10 @@ class TurnEngine:
     # ------------------------------------------------------------------ lookups
 
     async def _agent_and_session(self, owner: str, agent_id: str, session_id: str) -> types.Agent:
+        agent = await self.store.agent_of_session(owner, agent_id, session_id)
+        if agent is not None:
+            return agent
+        # One of them is missing: which one.
         agent = await self.store.get_agent(owner, agent_id)
         if agent is None:
             raise NotFound("agent", agent_id)
@@ -749,9 +753,9 @@ class TurnEngine:
                 step_complete=te.StepCompletePayload(step_type=step_type, step_id=step_id, step_details=step),
             )
         )
-        await self.store.append_step(state.owner, state.turn.turn_id, step)
+        # The step and the run's events so far (its step_complete included) in one commit.
+        await run.flush(also=self.store.append_step_work(state.owner, state.turn.turn_id, step))
         state.turn.steps.append(step)
-        await run.flush()
 
     async def _pause(self, state: TurnState, run: Run, pending: msg.CompletionMessage) -> None:
         turn = state.turn
