@@ -328,6 +328,13 @@ class TurnEngine:
             messages.extend(found)
         return messages
 
+    def _remember(self, state: TurnState) -> None:
+        """A turn that just ended, as stored (its steps too), goes into its session's cached
+        history (if that session's is kept), so the next turn reads no turn bodies."""
+        cached = self._histories.get((state.owner, state.turn.session_id))
+        if cached is not None:
+            cached[state.turn.turn_id] = tuple(turn_messages(state.turn))
+
     def _still_running(self, owner: str, session_id: str, turn_id: str):
         async def still_running() -> bool:
             return await self.store.turn_status(owner, session_id, turn_id) == IN_PROGRESS
@@ -773,6 +780,7 @@ class TurnEngine:
         turn.stop_reason = reason
         turn.completed_at.CopyFrom(_timestamp())
         await self.store.update_turn(state.owner, turn, STATUS_NAMES[turn.status])
+        self._remember(state)
         await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)))
 
     @staticmethod
@@ -797,6 +805,7 @@ class TurnEngine:
             self._end_turn(turn, status, error)
             try:
                 await self.store.update_turn(state.owner, turn, STATUS_NAMES[status])
+                self._remember(state)
             except Exception:  # the stream still ends with turn_failed
                 log.exception("turn %s: its end could not be stored", turn.turn_id)
             await run.emit(
