@@ -918,3 +918,38 @@ async def test_deleting_cancels_the_running_turns_first(server, agents, fake, de
         assert await _count_rows(server, table) == 0, table
     if delete == "agent":
         assert await _count_rows(server, "agents") == 0
+
+
+async def test_history_sees_turns_another_replica_added_to_the_session(
+    database_url, tmp_path, server, agents, fake
+):
+    # The ended turns' history is cached per session in memory; a turn that another replica
+    # ran in between is still read (and the cached ones kept in order around it).
+    fake.script(Reply(text="a1"), Reply(text="b1"), Reply(text="a2"))
+    agent_id, session_id = await new_session(agents)
+    await agents.CreateTurn(
+        pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("one")])
+    )
+    model = {"id": "test-model"}
+    providers = [{"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [model]}]
+    other = Agentd(make_settings(database_url, tmp_path, providers=providers))
+    await other.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.grpc_port}") as channel:
+            replica = agents_pb2_grpc.AgentsServiceStub(channel)
+            await replica.CreateTurn(
+                pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("two")])
+            )
+    finally:
+        await other.stop(0)
+    await agents.CreateTurn(
+        pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("three")])
+    )
+    assert fake.chat_requests[2].body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "b1"},
+        {"role": "user", "content": "three"},
+    ]

@@ -70,7 +70,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from google.protobuf.message import Message
 
@@ -191,15 +191,16 @@ class Run:
                 or (self._buffer and loop.time() - self._buffer_since >= self.runs.flush_after_s)):
             await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, also: Callable[[Any], object] | None = None) -> None:
         """Keeps every buffered event with one EventStore.append. A failed write leaves them
-        buffered (the next flush retries) and raises to the producer."""
+        buffered (the next flush retries) and raises to the producer. `also`: more of the
+        producer's writes, done in the same transaction (EventStore.append)."""
         async with self._flush_lock:
             batch = list(self._buffer)
-            if not batch:
+            if not batch and also is None:
                 return
             rows = [(event.sequence_number, event.SerializeToString()) for event in batch]
-            write = asyncio.ensure_future(self.runs.store.append(self.owner, self.run_id, rows))
+            write = asyncio.ensure_future(self.runs.store.append(self.owner, self.run_id, rows, also))
             try:
                 await asyncio.shield(write)
             finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -80,6 +80,18 @@ class AgentStore:
         body = await self.repo.get_body(schema.sessions, owner, session_id, agent_id=agent_id)
         return types.AgentSession.FromString(body) if body is not None else None
 
+    async def agent_of_session(self, owner: str, agent_id: str, session_id: str) -> types.Agent | None:
+        """The owner's agent when that session of it exists (one read for both); None when
+        either is missing (get_agent and get_session then say which)."""
+        agents, sessions = schema.agents, schema.sessions
+        query = _statement("agent_of_session", lambda: (
+            select(agents.c.body).join(sessions, sessions.c.agent_id == agents.c.id)
+            .where(agents.c.owner == bindparam("owner"), agents.c.id == bindparam("agent_id"),
+                   sessions.c.owner == bindparam("owner"), sessions.c.id == bindparam("session_id"))))
+        params = {"owner": owner, "agent_id": agent_id, "session_id": session_id}
+        body = await self.db.read(lambda conn: conn.execute(query, params).scalar_one_or_none())
+        return types.Agent.FromString(body) if body is not None else None
+
     async def list_sessions(self, owner: str, agent_id: str, cursor: Cursor,
                             limit: int) -> tuple[list[types.AgentSession], Page]:
         page = await self.repo.page(schema.sessions, owner, cursor, limit, agent_id=agent_id)
@@ -112,10 +124,12 @@ class AgentStore:
         values: dict = dict(status=status, body=body_of(_without_steps(turn)))
         if resume is not None:
             values.update(resume_request_id=resume[0], resume_sequence=resume[1])
-        statement = (update(schema.turns)
-                     .where(schema.turns.c.owner == owner, schema.turns.c.id == turn.turn_id)
-                     .values(**values))
-        return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
+        statement = _statement(f"update_turn_{resume is not None}", lambda: (
+            update(schema.turns)
+            .where(schema.turns.c.owner == bindparam("match_owner"),
+                   schema.turns.c.id == bindparam("match_id"))))
+        params = {"match_owner": owner, "match_id": turn.turn_id, **values}
+        return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0)
 
     async def turn_resume_state(self, owner: str, session_id: str,
                                 turn_id: str) -> tuple[bytes | None, str | None, int | None]:
@@ -134,22 +148,45 @@ class AgentStore:
     async def append_step(self, owner: str, turn_id: str, step: types.AgentStep) -> bool:
         """Appends a completed step after the turn's last one. False if the owner has no
         such turn."""
+        return await self.db.write(self.append_step_work(owner, turn_id, step))
+
+    def append_step_work(self, owner: str, turn_id: str, step: types.AgentStep):
+        """append_step as a function of a connection, for a caller's own transaction."""
         turns, steps = schema.turns, schema.steps
         # One engine task writes a turn; still, two appends must never share a position:
-        # PostgreSQL locks the turn row, and on SQLite the unique (turn_id, position) index
-        # refuses the second one.
-        turn = select(turns.c.id).where(turns.c.owner == owner, turns.c.id == turn_id).with_for_update()
-        last = select(func.max(steps.c.position)).where(steps.c.turn_id == turn_id)
+        # PostgreSQL locks the turn row first, and on SQLite the unique (turn_id, position)
+        # index refuses the second one. The insert reads the position and checks the turn
+        # in the same statement (no row inserted: no such turn of the owner).
+        lock = _statement("lock_turn", lambda: select(turns.c.id).where(
+            turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id")).with_for_update())
+        insert = _statement("append_step", lambda: steps.insert().from_select(
+            ["id", "owner", "turn_id", "created_at", "position", "body"],
+            select(bindparam("step_id", type_=steps.c.id.type),
+                   bindparam("owner", type_=steps.c.owner.type),
+                   turns.c.id,
+                   bindparam("created_at", type_=steps.c.created_at.type),
+                   select(func.coalesce(func.max(steps.c.position) + 1, 0))
+                   .where(steps.c.turn_id == bindparam("turn_id")).scalar_subquery(),
+                   bindparam("body", type_=steps.c.body.type))
+            .where(turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id"))))
+        params = {"owner": owner, "turn_id": turn_id, "step_id": step_id_of(step),
+                  "created_at": now_micros(), "body": body_of(step)}
 
         def work(conn) -> bool:
-            if conn.execute(turn).first() is None:
+            if conn.dialect.name == "postgresql" and conn.execute(lock, params).first() is None:
                 return False
-            position = conn.execute(last).scalar()
-            conn.execute(steps.insert(), dict(
-                id=step_id_of(step), owner=owner, turn_id=turn_id, created_at=now_micros(),
-                position=0 if position is None else position + 1, body=body_of(step)))
-            return True
-        return await self.db.write(work)
+            return conn.execute(insert, params).rowcount > 0
+        return work
+
+    async def session_turn_statuses(self, owner: str, session_id: str) -> list[tuple[str, str]]:
+        """The (id, status column) of the session's turns, oldest first: no bodies read."""
+        statement = _statement("turn_statuses", lambda: (
+            select(schema.turns.c.id, schema.turns.c.status)
+            .where(schema.turns.c.owner == bindparam("owner"),
+                   schema.turns.c.session_id == bindparam("session_id"))
+            .order_by(schema.turns.c.created_at, schema.turns.c.id)))
+        params = {"owner": owner, "session_id": session_id}
+        return await self.db.read(lambda conn: [tuple(r) for r in conn.execute(statement, params)])
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> types.Turn | None:
         """The turn of that session, with its steps."""
@@ -160,19 +197,28 @@ class AgentStore:
                             turn_ids: list[str] | None = None) -> list[types.Turn]:
         """The session's turns (or those of them in turn_ids), oldest first, with their steps."""
         turns, steps = schema.turns, schema.steps
-        query = select(turns.c.id, turns.c.body).where(turns.c.owner == owner,
-                                                       turns.c.session_id == session_id)
-        if turn_ids is not None:
-            query = query.where(turns.c.id.in_(turn_ids))
-        query = query.order_by(turns.c.created_at, turns.c.id)
+
+        def build(by_ids: bool):
+            query = select(turns.c.id, turns.c.body).where(turns.c.owner == bindparam("owner"),
+                                                           turns.c.session_id == bindparam("session_id"))
+            if by_ids:
+                query = query.where(turns.c.id.in_(bindparam("turn_ids", expanding=True)))
+            return query.order_by(turns.c.created_at, turns.c.id)
+        by_ids = turn_ids is not None
+        query = _statement(f"session_turns_{by_ids}", lambda: build(by_ids))
+        steps_query = _statement("steps_of_turns", lambda: (
+            select(steps.c.turn_id, steps.c.body)
+            .where(steps.c.turn_id.in_(bindparam("turn_ids", expanding=True)))
+            .order_by(steps.c.turn_id, steps.c.position)))
+        params = {"owner": owner, "session_id": session_id}
+        if by_ids:
+            params["turn_ids"] = list(turn_ids)
 
         def work(conn) -> list[types.Turn]:
-            rows = conn.execute(query).all()
+            rows = conn.execute(query, params).all()
             if not rows:
                 return []
-            found = conn.execute(select(steps.c.turn_id, steps.c.body)
-                                 .where(steps.c.turn_id.in_([r.id for r in rows]))
-                                 .order_by(steps.c.turn_id, steps.c.position)).all()
+            found = conn.execute(steps_query, {"turn_ids": [r.id for r in rows]}).all()
             steps_of = defaultdict(list)
             for step in found:
                 steps_of[step.turn_id].append(types.AgentStep.FromString(step.body))
@@ -197,9 +243,11 @@ class AgentStore:
     async def turn_status(self, owner: str, session_id: str, turn_id: str) -> str | None:
         """The turn's status column (None: no such turn of that session)."""
         turns = schema.turns
-        query = select(turns.c.status).where(turns.c.owner == owner, turns.c.id == turn_id,
-                                             turns.c.session_id == session_id)
-        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+        query = _statement("turn_status", lambda: select(turns.c.status).where(
+            turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id"),
+            turns.c.session_id == bindparam("session_id")))
+        params = {"owner": owner, "turn_id": turn_id, "session_id": session_id}
+        return await self.db.read(lambda conn: conn.execute(query, params).scalar_one_or_none())
 
     async def open_turn(self, owner: str, session_id: str) -> str | None:
         """The id of a turn of the session that is in progress or awaiting input, if any."""
@@ -250,6 +298,18 @@ class AgentStore:
 
     async def turn_exists(self, owner: str, session_id: str, turn_id: str) -> bool:
         return await self.repo.exists(schema.turns, owner, turn_id, session_id=session_id)
+
+
+_STATEMENTS: dict[str, object] = {}
+
+
+def _statement(name: str, build):
+    """A statement built once (with bound parameters): building a select costs more than
+    running it on SQLite."""
+    statement = _STATEMENTS.get(name)
+    if statement is None:
+        statement = _STATEMENTS[name] = build()
+    return statement
 
 
 def _without_steps(turn: types.Turn) -> types.Turn:

@@ -13,7 +13,9 @@ one multi-row INSERT in one transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select
+from collections.abc import Callable
+
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd import ids
@@ -36,23 +38,35 @@ def _run_of(run_id: str):
     return _RUNS[prefix]
 
 
+_INSERT = insert(schema.run_events)
+
+
 class EventStore:
     def __init__(self, repo: Repository):
         self.repo = repo
         self.db = repo.db
 
-    async def append(self, owner: str, run_id: str, events: list[tuple[int, bytes]]) -> None:
+    async def append(self, owner: str, run_id: str, events: list[tuple[int, bytes]],
+                     also: Callable[[Connection], object] | None = None) -> None:
         """Keeps a batch of (sequence_number, body) events of a run, all or none. NotFound
-        when the owner has no such run (it was deleted while it ran)."""
-        if not events:
+        when the owner has no such run (it was deleted while it ran). `also`, when given,
+        is more work of the caller done first in the same transaction (e.g. the step whose
+        step_complete is in the batch): one commit instead of two."""
+        if not events and also is None:
             return
         column, run_table, kind = _run_of(run_id)
         created = now_micros()
         rows = [{"run_id": run_id, "sequence_number": seq, "owner": owner, "turn_id": None,
                  "response_id": None, column: run_id, "created_at": created, "body": body}
                 for seq, body in events]
+
+        def work(conn: Connection) -> None:
+            if also is not None:
+                also(conn)
+            if rows:
+                conn.execute(_INSERT, rows)
         try:
-            await self.db.write(lambda conn: conn.execute(insert(schema.run_events), rows))
+            await self.db.write(work)
         except IntegrityError:
             # The run's foreign key, or a sequence number kept before: the latter is a bug.
             if not await self.repo.exists(run_table, owner, run_id):

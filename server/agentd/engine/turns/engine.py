@@ -78,6 +78,8 @@ from agentd.v1 import turn_events_pb2 as te
 log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
+# Sessions whose ended turns' history messages are kept in memory (least recently used out).
+HISTORY_CACHE_SESSIONS = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
 IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
@@ -182,6 +184,9 @@ class TurnEngine:
         # start in the same session meanwhile is SESSION_BUSY (the status check alone could
         # let both through). Across replicas the status check is what guards.
         self._starting: set[tuple[str, str]] = set()
+        # (owner, session id) -> {turn id: its history messages}, for ended turns only
+        # (see _history), the least recently used session first.
+        self._histories: dict[tuple[str, str], dict[str, tuple[ChatMessage, ...]]] = {}
 
     # ------------------------------------------------------------------ start-up
 
@@ -196,6 +201,10 @@ class TurnEngine:
     # ------------------------------------------------------------------ lookups
 
     async def _agent_and_session(self, owner: str, agent_id: str, session_id: str) -> types.Agent:
+        agent = await self.store.agent_of_session(owner, agent_id, session_id)
+        if agent is not None:
+            return agent
+        # One of them is missing: which one.
         agent = await self.store.get_agent(owner, agent_id)
         if agent is None:
             raise NotFound("agent", agent_id)
@@ -275,15 +284,56 @@ class TurnEngine:
         )
 
     async def _history(
-        self, owner: str, session_id: str, plan: Plan, until: str | None = None
+        self,
+        owner: str,
+        session_id: str,
+        plan: Plan,
+        until: str | None = None,
+        statuses: list[tuple[str, str]] | None = None,
     ) -> list[ChatMessage]:
-        """System message + the session's turns before `until` (all when None), rebuilt."""
+        """System message + the session's turns before `until` (all when None), rebuilt.
+        `statuses`: the session's (turn id, status) when the caller has read them.
+
+        Ended turns never change, so their messages are cached per session in memory; only
+        the turns not cached (new ones, or open ones, which may still grow) are read with
+        their steps. The list of turns is read every time, so a turn written by another
+        replica, or deleted, is seen."""
         messages = [ChatMessage(role="system", content=plan.instructions)] if plan.instructions else []
-        for turn in await self.store.session_turns(owner, session_id):
-            if turn.turn_id == until:
+        if statuses is None:
+            statuses = await self.store.session_turn_statuses(owner, session_id)
+        wanted: list[tuple[str, str]] = []
+        for turn_id, status in statuses:
+            if turn_id == until:
                 break
-            messages.extend(turn_messages(turn))
+            wanted.append((turn_id, status))
+        key = (owner, session_id)
+        cached = self._histories.pop(key, None) or {}
+        self._histories[key] = cached  # most recently used last
+        while len(self._histories) > HISTORY_CACHE_SESSIONS:
+            del self._histories[next(iter(self._histories))]
+        missing = [turn_id for turn_id, _ in wanted if turn_id not in cached]
+        fresh: dict[str, list[ChatMessage]] = {}
+        if missing:
+            for turn in await self.store.session_turns(owner, session_id, missing):
+                fresh[turn.turn_id] = turn_messages(turn)
+        for turn_id, status in wanted:
+            found = cached.get(turn_id)
+            if found is None:
+                rebuilt = fresh.get(turn_id)
+                if rebuilt is None:  # deleted meanwhile
+                    continue
+                found = tuple(rebuilt)
+                if status not in OPEN_STATUSES:
+                    cached[turn_id] = found
+            messages.extend(found)
         return messages
+
+    def _remember(self, state: TurnState) -> None:
+        """A turn that just ended, as stored (its steps too), goes into its session's cached
+        history (if that session's is kept), so the next turn reads no turn bodies."""
+        cached = self._histories.get((state.owner, state.turn.session_id))
+        if cached is not None:
+            cached[state.turn.turn_id] = tuple(turn_messages(state.turn))
 
     def _still_running(self, owner: str, session_id: str, turn_id: str):
         async def still_running() -> bool:
@@ -325,9 +375,10 @@ class TurnEngine:
             raise _busy(session_id)
         self._starting.add(key)
         try:
-            if await self.store.open_turn(owner, session_id) is not None:
+            statuses = await self.store.session_turn_statuses(owner, session_id)
+            if any(status in OPEN_STATUSES for _, status in statuses):
                 raise _busy(session_id)
-            history = await self._history(owner, session_id, plan)
+            history = await self._history(owner, session_id, plan, statuses=statuses)
             turn = types.Turn(
                 turn_id=ids.new_id(ids.TURN),
                 session_id=session_id,
@@ -707,9 +758,9 @@ class TurnEngine:
                 step_complete=te.StepCompletePayload(step_type=step_type, step_id=step_id, step_details=step),
             )
         )
-        await self.store.append_step(state.owner, state.turn.turn_id, step)
+        # The step and the run's events so far (its step_complete included) in one commit.
+        await run.flush(also=self.store.append_step_work(state.owner, state.turn.turn_id, step))
         state.turn.steps.append(step)
-        await run.flush()
 
     async def _pause(self, state: TurnState, run: Run, pending: msg.CompletionMessage) -> None:
         turn = state.turn
@@ -727,6 +778,7 @@ class TurnEngine:
         turn.stop_reason = reason
         turn.completed_at.CopyFrom(_timestamp())
         await self.store.update_turn(state.owner, turn, STATUS_NAMES[turn.status])
+        self._remember(state)
         await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)))
 
     @staticmethod
@@ -751,6 +803,7 @@ class TurnEngine:
             self._end_turn(turn, status, error)
             try:
                 await self.store.update_turn(state.owner, turn, STATUS_NAMES[status])
+                self._remember(state)
             except Exception:  # the stream still ends with turn_failed
                 log.exception("turn %s: its end could not be stored", turn.turn_id)
             await run.emit(
