@@ -809,8 +809,8 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
                 "Direct = the fake called with the openai SDK, streaming the same reply, at the same "
                 "concurrency. Each worker ran its turns in one session "
                 + (f"(a fresh one every {args.turns_per_session} turns)" if args.turns_per_session
-                   else "for the whole cell") + f"; the longest session held {longest} turns, and agentd "
-                "rebuilds a session's history for every turn."]
+                   else "for the whole cell") + f"; the longest session held {longest} turns "
+                "(each turn sends the model the whole history)."]
     if idle is not None:
         def kb(v: int | None) -> str:
             return "n/a" if v is None else f"{v:,} KB"
