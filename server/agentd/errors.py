@@ -68,6 +68,12 @@ class Unavailable(_ReasonRequired):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Cancelled(_ReasonRequired):
+    """A run stopped by its caller (e.g. TURN_CANCELLED in a turn_failed event)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class DeadlineExceeded(AgentdError):
     """Something downstream (a model, a tool) did not answer within the caller's deadline."""
 

@@ -64,3 +64,19 @@ def test_the_benchmark_does_not_import_the_tests():
                 assert not (node.module or "").startswith("tests"), path
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("tests") for a in node.names), path
+
+
+def test_the_engine_and_below_do_not_speak_grpc():
+    """DESIGN.md §4: engine/ (and what it stands on) takes plain arguments and raises agentd
+    errors; only errors.py maps them to gRPC codes, and only api/ and app.py touch grpc."""
+    transport_free = ("engine", "inference", "tools", "storage")
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] not in transport_free:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            wrong += [f"{rel}: {n}" for n in names if n == "grpc" or n.startswith("grpc.")]
+    assert wrong == []

@@ -38,9 +38,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
@@ -49,7 +47,7 @@ from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.turns.documents import with_documents
 from agentd.engine.turns.history import assistant_message, input_message, turn_messages
 from agentd.errors import (
-    AgentdError,
+    Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -98,14 +96,9 @@ STATUS_NAMES = {
 }
 
 
-class TurnCancelled(AgentdError):
+def _cancelled() -> Cancelled:
     """Why a cancelled turn ended (the error of its turn_failed event)."""
-
-    code = grpc.StatusCode.CANCELLED
-    reason = "TURN_CANCELLED"
-
-    def __init__(self) -> None:
-        super().__init__("The turn was cancelled.")
+    return Cancelled("The turn was cancelled.", reason="TURN_CANCELLED")
 
 
 def _interrupted() -> Unavailable:
@@ -116,6 +109,15 @@ def _timestamp(micros: int | None = None) -> Timestamp:
     ts = Timestamp()
     ts.FromMicroseconds(now_micros() if micros is None else micros)
     return ts
+
+
+def _tool_execution_step(turn_id: str, step_id: str, started: Timestamp,
+                         calls: Sequence[msg.AgentToolCall],
+                         responses: Sequence[msg.AgentToolResponse]) -> types.AgentStep:
+    """A completed tool_execution step: client tools answered on resume, or one server call."""
+    return types.AgentStep(tool_execution=types.ToolExecutionStep(
+        turn_id=turn_id, step_id=step_id, started_at=started, completed_at=_timestamp(),
+        tool_calls=calls, tool_responses=responses))
 
 
 def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
@@ -474,16 +476,7 @@ class TurnEngine:
                         response.tool_name = next(
                             c.tool_name for c in pending if c.call_id == response.call_id
                         )
-                step = types.AgentStep(
-                    tool_execution=types.ToolExecutionStep(
-                        turn_id=turn_id,
-                        step_id=step_id,
-                        started_at=started,
-                        completed_at=_timestamp(),
-                        tool_calls=pending,
-                        tool_responses=responses,
-                    )
-                )
+                step = _tool_execution_step(turn_id, step_id, started, pending, responses)
                 await self._complete_step(state, run, step, TOOL_EXECUTION)
                 # Now that every call of the paused message is answered, the turn so far:
                 state.messages = history + turn_messages(turn)
@@ -544,7 +537,7 @@ class TurnEngine:
             raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
         # Paused (or left in_progress by a run that is not live here): end it now.
         last = await self.runs.store.last_sequence(owner, turn_id)
-        error = TurnCancelled()
+        error = _cancelled()
 
         async def produce(run: Run) -> None:
             self._end_turn(turn, types.TURN_STATUS_CANCELLED, error)
@@ -723,29 +716,18 @@ class TurnEngine:
             )
         else:
             arguments = _json_object(call.arguments or "{}") or {}
-            arguments.update(resolved.args)  # the group's args win over the model's
-            result = await resolved.tool.invoke(arguments, session_id=state.turn.session_id)
+            # ResolvedTool merges the group's args over the model's (the group's win).
+            result = await resolved.invoke(arguments, session_id=state.turn.session_id)
         response = msg.AgentToolResponse(
             call_id=call.call_id,
             tool_name=call.tool_name,
             content=msg.InterleavedContent(text=result.content),
         )
         if result.metadata:
-            metadata = Struct()
-            metadata.update(result.metadata)
-            response.metadata.CopyFrom(metadata)
+            response.metadata.update(result.metadata)
         if result.error_message is not None:
             response.error_message = result.error_message
-        step = types.AgentStep(
-            tool_execution=types.ToolExecutionStep(
-                turn_id=turn_id,
-                step_id=step_id,
-                started_at=started,
-                completed_at=_timestamp(),
-                tool_calls=[call],
-                tool_responses=[response],
-            )
-        )
+        step = _tool_execution_step(turn_id, step_id, started, [call], [response])
         await self._complete_step(state, run, step, TOOL_EXECUTION)
         state.messages.append(ChatMessage(role="tool", content=result.content, tool_call_id=call.call_id))
 
@@ -794,7 +776,7 @@ class TurnEngine:
         async def on_stop(run: Run, reason: StopReason, error: BaseException | None) -> None:
             turn = state.turn
             if reason == "cancelled":
-                status, error = types.TURN_STATUS_CANCELLED, TurnCancelled()
+                status, error = types.TURN_STATUS_CANCELLED, _cancelled()
             elif reason == "interrupted":
                 status, error = types.TURN_STATUS_INTERRUPTED, _interrupted()
             else:
