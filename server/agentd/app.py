@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentd.api.agents import AgentsServicer
+from agentd.api.conversations import ConversationsServicer
 from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
 from agentd.api.shields import ShieldsServicer
@@ -23,6 +24,7 @@ from agentd.engine.turns import TurnEngine
 from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
+from agentd.storage.conversations import ConversationStore
 from agentd.storage.events import EventStore
 from agentd.tools.runtime import ConfiguredToolRuntime
 from agentd.v1 import (
@@ -100,6 +102,7 @@ class Agentd:
         # One registry (one HTTP client per endpoint) for the whole process.
         self.registry = ModelRegistry.from_settings(settings)
         self.agent_store = AgentStore(self.repo)
+        self.conversation_store = ConversationStore(self.repo)
         # The server-side tools configuration declares (web search with a key; others listed,
         # not run yet).
         self.tools = ConfiguredToolRuntime(settings)
@@ -118,13 +121,13 @@ class Agentd:
             "agentd.v1.AgentsService": (
                 AgentsServicer(self.agent_store, self.turns),
                 agents_pb2_grpc.add_AgentsServiceServicer_to_server),
-            # Responses and conversations are in the contract; until their engine lands the
-            # generated base servicers answer every RPC with UNIMPLEMENTED.
+            # Responses are in the contract; until their engine lands the generated base
+            # servicer answers every RPC with UNIMPLEMENTED.
             "agentd.v1.ResponsesService": (
                 responses_pb2_grpc.ResponsesServiceServicer(),
                 responses_pb2_grpc.add_ResponsesServiceServicer_to_server),
             "agentd.v1.ConversationsService": (
-                conversations_pb2_grpc.ConversationsServiceServicer(),
+                ConversationsServicer(self.conversation_store),
                 conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
             "agentd.v1.ModelsService": (
                 ModelsServicer(self.registry), models_pb2_grpc.add_ModelsServiceServicer_to_server),

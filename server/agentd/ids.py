@@ -2,8 +2,8 @@
 and errors without being parseable by clients.
 
 The prefixes agentd uses: agent_ (agents), sess_ (sessions), turn_ (turns), step_ (steps),
-resp_ (responses), msg_ (messages), fc_ (function calls), conv_ (conversations),
-vs_ (vector stores), file_ (files).
+resp_ (responses), msg_ (messages), fc_ (function calls), fco_ (function call outputs),
+mcpa_ (MCP approval responses), conv_ (conversations), vs_ (vector stores), file_ (files).
 """
 
 from __future__ import annotations

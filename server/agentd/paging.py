@@ -90,3 +90,16 @@ def _offset(offset: int, field: str) -> int:
     if not 0 <= offset <= MAX_OFFSET:
         raise InvalidArgument(field, f"must be between 0 and {MAX_OFFSET}")
     return offset
+
+
+# OpenAI's list limits (conversation items, response input items): `limit` 1..100, default 20.
+OPENAI_DEFAULT_LIMIT = 20
+OPENAI_MAX_LIMIT = 100
+
+
+def openai_limit(requested: int, field: str = "page_size") -> int:
+    """0 means the default (20); negative or above 100 is an error, as OpenAI answers it
+    (not capped as page_size is: an OpenAI client asking for 500 expects a 400)."""
+    if not 0 <= requested <= OPENAI_MAX_LIMIT:
+        raise InvalidArgument(field, f"must be between 1 and {OPENAI_MAX_LIMIT}")
+    return requested or OPENAI_DEFAULT_LIMIT

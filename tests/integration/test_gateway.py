@@ -170,10 +170,8 @@ async def test_request_id_is_forwarded_and_echoed(http):
     ("GET", "/v1/responses/resp_1?stream=true&starting_after=3", None),
     ("GET", "/v1/responses/resp_1/input_items?limit=2&order=asc", None),
     ("DELETE", "/v1/responses/resp_1", None),
-    ("POST", "/v1/conversations", {"metadata": {"topic": "demo"}}),
-    ("GET", "/v1/conversations/conv_1/items?after=msg_1", None),
 ])
-async def test_responses_and_conversations_answer_501_in_the_openai_shape(http, method, path, body):
+async def test_responses_answer_501_in_the_openai_shape(http, method, path, body):
     response = await http.request(method, path, json=body)
     assert response.status_code == 501, response.text
     error = response.json()["error"]
@@ -211,8 +209,12 @@ async def test_body_over_the_message_limit_is_413(database_url, tmp_path):
 
 
 async def test_openai_style_errors_name_the_query_parameter_sent(http):
-    # Responses are not implemented yet, so this is checked on the first failing parameter:
-    # the gateway reads `after` into page_token before the call.
+    # The gateway reads `after` into page_token before the call.
     response = await http.get("/v1/conversations/conv_1/items", params={"after": ""})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "after"
+    # The servicer's error about page_size names the `limit` the client sent.
+    response = await http.get("/v1/conversations/conv_1/items", params={"limit": "101"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "limit" and error["message"].startswith("limit: ")

@@ -7,6 +7,8 @@ import contextlib
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids, paging
+from agentd.api.fields import no_nul as _no_nul
+from agentd.api.fields import request_id_of
 from agentd.clock import now_micros
 from agentd.context import principal
 from agentd.engine import agent_config
@@ -19,30 +21,12 @@ from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 
 MAX_SESSION_NAME = 1024
-MAX_REQUEST_ID = 255
 
 
 def _timestamp(micros: int) -> Timestamp:
     ts = Timestamp()
     ts.FromMicroseconds(micros)
     return ts
-
-
-def _no_nul(value: str, field: str) -> str:
-    """An id or name without NUL, which PostgreSQL cannot store or compare. Presence is the
-    validator's (agentd.validation, from field_behavior REQUIRED), run before every method."""
-    if "\x00" in value:
-        raise InvalidArgument(field, "must not contain NUL characters")
-    return value
-
-
-def request_id_of(request) -> str | None:
-    """The idempotency key of a create request; None when not given (or empty)."""
-    if not request.HasField("request_id") or not request.request_id:
-        return None
-    if len(request.request_id) > MAX_REQUEST_ID:
-        raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
-    return _no_nul(request.request_id, "request_id")
 
 
 class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):

@@ -8,7 +8,9 @@ conversation cascades (foreign keys) to its items and those records.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from collections.abc import Mapping
+
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentd.clock import now_micros
@@ -51,6 +53,26 @@ class ConversationStore:
     async def get(self, owner: str, conversation_id: str) -> cv.Conversation | None:
         body = await self.repo.get_body(schema.conversations, owner, conversation_id)
         return cv.Conversation.FromString(body) if body is not None else None
+
+    async def update_metadata(self, owner: str, conversation_id: str,
+                              metadata: Mapping[str, str]) -> cv.Conversation | None:
+        """Replaces the conversation's metadata and returns the conversation; None if the
+        owner has no such conversation. Read and write are one transaction (the row locked
+        on PostgreSQL), so two updates never mix."""
+        table = schema.conversations
+        owned = (table.c.owner == owner, table.c.id == conversation_id)
+        read = select(table.c.body).where(*owned).with_for_update()
+
+        def work(conn) -> cv.Conversation | None:
+            body = conn.execute(read).scalar_one_or_none()
+            if body is None:
+                return None
+            conversation = cv.Conversation.FromString(body)
+            conversation.metadata.clear()
+            conversation.metadata.update(metadata)
+            conn.execute(update(table).where(*owned).values(body=body_of(conversation)))
+            return conversation
+        return await self.db.write(work)
 
     async def delete(self, owner: str, conversation_id: str) -> bool:
         return await self.repo.delete(schema.conversations, owner, conversation_id)

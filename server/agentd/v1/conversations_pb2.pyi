@@ -236,8 +236,8 @@ class UpdateConversationRequest(_message.Message):
     """The conversation ("conv_..."). Required."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The new metadata; replaces the old entirely (16 keys, 64/512 characters). Required
-        (may be empty, which clears it).
+        """The new metadata; replaces the old entirely (16 keys, 64/512 characters). Empty (or
+        null over HTTP) clears it.
         """
 
     def __init__(
@@ -347,7 +347,7 @@ class CreateConversationItemsRequest(_message.Message):
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_response_items_pb2.ResponseItem]:
         """Items to append, in order; 1..20. Items without an id get one; an item whose id is
-        already in the conversation replaces it. Required.
+        already in the conversation replaces it, keeping its place. Required.
         """
 
     def __init__(

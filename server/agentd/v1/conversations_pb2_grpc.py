@@ -33,8 +33,7 @@ class ConversationsServiceStub:
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
     {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
     (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
-    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
-    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
+    Another caller's conversations are NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -93,13 +92,13 @@ class ConversationsServiceServicer:
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
     {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
     (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
-    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
-    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
+    Another caller's conversations are NOT_FOUND.
     """
 
     def CreateConversation(self, request, context):
         """Creates a conversation, optionally with initial items. A retry with the same request_id
-        returns the conversation the first call created.
+        returns the conversation the first call created. INVALID_ARGUMENT for more than 20 items,
+        two items with one id, an item_reference item, or metadata over its limits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +132,7 @@ class ConversationsServiceServicer:
         """Appends items to a conversation and returns them with their ids. NOT_FOUND
         (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
         request_id returns the items the first call appended and appends nothing.
+        INVALID_ARGUMENT as for CreateConversation's items.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +140,8 @@ class ConversationsServiceServicer:
 
     def ListConversationItems(self, request, context):
         """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
-        not exist; INVALID_ARGUMENT for an after id that is not in the list.
+        not exist; INVALID_ARGUMENT for an after id that is not in the list, a page_size above 100
+        or an unknown include value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,8 +221,7 @@ class ConversationsService:
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
     {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
     (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
-    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
-    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
+    Another caller's conversations are NOT_FOUND.
     """
 
     @staticmethod

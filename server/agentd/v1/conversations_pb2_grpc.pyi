@@ -34,8 +34,7 @@ class ConversationsServiceStub:
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
     {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
     (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
-    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
-    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
+    Another caller's conversations are NOT_FOUND.
     """
 
     @_typing.overload
@@ -44,7 +43,8 @@ class ConversationsServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ConversationsServiceAsyncStub: ...
     CreateConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationRequest, _conversations_pb2.CreateConversationResponse]
     """Creates a conversation, optionally with initial items. A retry with the same request_id
-    returns the conversation the first call created.
+    returns the conversation the first call created. INVALID_ARGUMENT for more than 20 items,
+    two items with one id, an item_reference item, or metadata over its limits.
     """
     GetConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationRequest, _conversations_pb2.GetConversationResponse]
     """Returns a conversation (without its items). NOT_FOUND
@@ -62,10 +62,12 @@ class ConversationsServiceStub:
     """Appends items to a conversation and returns them with their ids. NOT_FOUND
     (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
     request_id returns the items the first call appended and appends nothing.
+    INVALID_ARGUMENT as for CreateConversation's items.
     """
     ListConversationItems: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.ListConversationItemsRequest, _conversations_pb2.ListConversationItemsResponse]
     """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
-    not exist; INVALID_ARGUMENT for an after id that is not in the list.
+    not exist; INVALID_ARGUMENT for an after id that is not in the list, a page_size above 100
+    or an unknown include value.
     """
     GetConversationItem: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationItemRequest, _conversations_pb2.GetConversationItemResponse]
     """Returns one item of a conversation. NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND)."""
@@ -83,14 +85,14 @@ class ConversationsServiceAsyncStub(ConversationsServiceStub):
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
     {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
     (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
-    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
-    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
+    Another caller's conversations are NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationRequest, _conversations_pb2.CreateConversationResponse]  # type: ignore[assignment]
     """Creates a conversation, optionally with initial items. A retry with the same request_id
-    returns the conversation the first call created.
+    returns the conversation the first call created. INVALID_ARGUMENT for more than 20 items,
+    two items with one id, an item_reference item, or metadata over its limits.
     """
     GetConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationRequest, _conversations_pb2.GetConversationResponse]  # type: ignore[assignment]
     """Returns a conversation (without its items). NOT_FOUND
@@ -108,10 +110,12 @@ class ConversationsServiceAsyncStub(ConversationsServiceStub):
     """Appends items to a conversation and returns them with their ids. NOT_FOUND
     (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
     request_id returns the items the first call appended and appends nothing.
+    INVALID_ARGUMENT as for CreateConversation's items.
     """
     ListConversationItems: _aio.UnaryUnaryMultiCallable[_conversations_pb2.ListConversationItemsRequest, _conversations_pb2.ListConversationItemsResponse]  # type: ignore[assignment]
     """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
-    not exist; INVALID_ARGUMENT for an after id that is not in the list.
+    not exist; INVALID_ARGUMENT for an after id that is not in the list, a page_size above 100
+    or an unknown include value.
     """
     GetConversationItem: _aio.UnaryUnaryMultiCallable[_conversations_pb2.GetConversationItemRequest, _conversations_pb2.GetConversationItemResponse]  # type: ignore[assignment]
     """Returns one item of a conversation. NOT_FOUND (CONVERSATION_NOT_FOUND, ITEM_NOT_FOUND)."""
@@ -128,8 +132,7 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
     Served over HTTP under /v1/conversations/... Errors there are OpenAI-style
     {"error": {...}}. Errors every RPC may return besides those it lists: INVALID_ARGUMENT
     (with a BadRequest naming the field); UNAVAILABLE (DATABASE_UNAVAILABLE); INTERNAL.
-    Another caller's conversations are NOT_FOUND. Defined now, built with the Responses engine:
-    until then every RPC answers UNIMPLEMENTED (NOT_AVAILABLE_YET).
+    Another caller's conversations are NOT_FOUND.
     """
 
     @_abc_1.abstractmethod
@@ -139,7 +142,8 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.CreateConversationResponse, _abc.Awaitable[_conversations_pb2.CreateConversationResponse]]:
         """Creates a conversation, optionally with initial items. A retry with the same request_id
-        returns the conversation the first call created.
+        returns the conversation the first call created. INVALID_ARGUMENT for more than 20 items,
+        two items with one id, an item_reference item, or metadata over its limits.
         """
 
     @_abc_1.abstractmethod
@@ -181,6 +185,7 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Appends items to a conversation and returns them with their ids. NOT_FOUND
         (CONVERSATION_NOT_FOUND) if the conversation does not exist. A retry with the same
         request_id returns the items the first call appended and appends nothing.
+        INVALID_ARGUMENT as for CreateConversation's items.
         """
 
     @_abc_1.abstractmethod
@@ -190,7 +195,8 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.ListConversationItemsResponse, _abc.Awaitable[_conversations_pb2.ListConversationItemsResponse]]:
         """Lists a conversation's items. NOT_FOUND (CONVERSATION_NOT_FOUND) if the conversation does
-        not exist; INVALID_ARGUMENT for an after id that is not in the list.
+        not exist; INVALID_ARGUMENT for an after id that is not in the list, a page_size above 100
+        or an unknown include value.
         """
 
     @_abc_1.abstractmethod
