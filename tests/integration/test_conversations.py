@@ -348,6 +348,14 @@ BAD_CREATES = [
     (pb.CreateConversationRequest(items=[it.ResponseItem(function_call=it.ResponseFunctionCall(name="f"))]),
      "items[0].function_call.call_id"),
     (pb.CreateConversationRequest(request_id="r" * 256), "request_id"),
+    (pb.CreateConversationRequest(items=[it.ResponseItem()]), "items[0].type"),
+    (pb.CreateConversationRequest(items=[it.ResponseItem(message=it.ResponseMessage(
+        role=USER, content=it.ResponseMessageContent()))]), "items[0].content"),
+    (pb.CreateConversationRequest(items=[it.ResponseItem(message=it.ResponseMessage(
+        role=USER, content=it.ResponseMessageContent(parts=it.ResponseContentPartList(
+            parts=[it.ResponseContentPart()]))))]), "items[0].content[0].type"),
+    (pb.CreateConversationRequest(items=[it.ResponseItem(function_call_output=it.ResponseFunctionCallOutput(
+        call_id="c", output=it.ResponseFunctionCallOutputContent()))]), "items[0].output"),
 ]
 
 

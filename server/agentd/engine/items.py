@@ -31,6 +31,8 @@ def stored_item(item: pb.ResponseItem, field: str) -> pb.ResponseItem:
     """A copy of `item` in its stored form (see the module docstring). `field` names the
     item in errors (e.g. "items[3]")."""
     member = item.WhichOneof("item")
+    if member is None:  # possible over gRPC: an item with no member set
+        raise InvalidArgument(f"{field}.type", "required: the item's type and its fields")
     if member == "item_reference":
         # A conversation holds items, not pointers to items elsewhere.
         raise InvalidArgument(f"{field}.type",
@@ -44,6 +46,10 @@ def stored_item(item: pb.ResponseItem, field: str) -> pb.ResponseItem:
         raise InvalidArgument(f"{field}.id", f"at most {MAX_ITEM_ID} characters")
     elif "\x00" in body.id:
         raise InvalidArgument(f"{field}.id", "must not contain NUL characters")
+    if member == "message":
+        _check_content(body.content, "content", f"{field}.content")
+    elif member == "function_call_output":
+        _check_content(body.output, "output", f"{field}.output")
     if "status" in body.DESCRIPTOR.fields_by_name and not body.status:
         body.status = pb.RESPONSE_ITEM_STATUS_COMPLETED
     if member == "message" and body.content.WhichOneof("content") == "text":
@@ -53,6 +59,18 @@ def stored_item(item: pb.ResponseItem, field: str) -> pb.ResponseItem:
                 else pb.ResponseContentPart(input_text=pb.ResponseInputText(text=text)))
         body.content.parts.parts.append(part)  # setting the list member clears the text
     return stored
+
+
+def _check_content(content, oneof: str, field: str) -> None:
+    """String-or-parts content with a member set, and every part with one: a gRPC client
+    can send them empty, which no JSON reader could take back."""
+    which = content.WhichOneof(oneof)
+    if which is None:
+        raise InvalidArgument(field, "required: a string or a list of parts")
+    if which == "parts":
+        for i, part in enumerate(content.parts.parts):
+            if part.WhichOneof("part") is None:
+                raise InvalidArgument(f"{field}[{i}].type", "required: the part's type and its fields")
 
 
 def stored_items(items, field: str = "items") -> list[pb.ResponseItem]:
