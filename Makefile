@@ -13,11 +13,12 @@ LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
 
 setup: $(VENV)/.installed $(VENV312)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentd needs Python >= 3.11; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# agentd-client first in the same resolve: the server depends on it (it owns the stubs).
+	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
 # The second venv for the newer SDK; on a machine without Python 3.12 its tests skip with a reason.
