@@ -89,11 +89,6 @@ class _ClientBase:
                                             request_id=idempotency_key, background=background)
 
     @staticmethod
-    def _reattach_request(agent_id: str, session_id: str, turn_id: str, stream):
-        return agents_pb2.StreamTurnEventsRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id,
-                                                  starting_after=stream.last_sequence_number)
-
-    @staticmethod
     def _resume_request(agent_id: str, session_id: str, end: turns.TurnEnd, responses, background: bool):
         return agents_pb2.StreamResumeTurnRequest(agent_id=agent_id, session_id=session_id,
                                                   turn_id=end.turn.turn_id, tool_responses=responses,
@@ -156,24 +151,17 @@ class Client(_ClientBase, Services):
 
     def _follow(self, agent_id: str, session_id: str, stream: EventStream[turn_events_pb2.TurnEvent],
                 on_event: turns.EventCallback | None, timeout: float | None) -> turns.TurnEnd:
-        turn_id, attempts = None, turns.REATTACH_ATTEMPTS
+        follower = turns.Follower(agent_id, session_id, on_event)
         while True:
             try:
                 event = next(stream)
             except StopIteration:
                 raise turns.ended_early() from None
             except AgentdError as e:
-                if not turns.stream_dropped(e, turn_id, attempts):
-                    raise
-                attempts -= 1
-                stream = self.agents.StreamTurnEvents(
-                    self._reattach_request(agent_id, session_id, turn_id, stream), timeout=timeout)
+                request = follower.reattach(e, stream.last_sequence_number)
+                stream = self.agents.StreamTurnEvents(request, timeout=timeout)
                 continue
-            turn_id = event.turn_id or turn_id
-            if on_event:
-                on_event(event)
-            if end := turns.TurnEnd.of(event):
-                end.raise_if_failed(event)
+            if end := follower.end_at(event):
                 return end
 
     @staticmethod
@@ -230,24 +218,17 @@ class AsyncClient(_ClientBase, AsyncServices):
                       stream: AsyncEventStream[turn_events_pb2.TurnEvent],
                       on_event: turns.EventCallback | None,
                       timeout: float | None) -> turns.TurnEnd:  # noqa: ASYNC109 - the gRPC deadline
-        turn_id, attempts = None, turns.REATTACH_ATTEMPTS
+        follower = turns.Follower(agent_id, session_id, on_event)
         while True:
             try:
                 event = await anext(stream)
             except StopAsyncIteration:
                 raise turns.ended_early() from None
             except AgentdError as e:
-                if not turns.stream_dropped(e, turn_id, attempts):
-                    raise
-                attempts -= 1
-                stream = self.agents.StreamTurnEvents(
-                    self._reattach_request(agent_id, session_id, turn_id, stream), timeout=timeout)
+                request = follower.reattach(e, stream.last_sequence_number)
+                stream = self.agents.StreamTurnEvents(request, timeout=timeout)
                 continue
-            turn_id = event.turn_id or turn_id
-            if on_event:
-                on_event(event)
-            if end := turns.TurnEnd.of(event):
-                end.raise_if_failed(event)
+            if end := follower.end_at(event):
                 return end
 
     @staticmethod

@@ -42,7 +42,22 @@ def _sequence_number(item: Any) -> int | None:
     return getattr(item, "sequence_number", None)
 
 
-class EventStream(Generic[T]):
+class _Stream(Generic[T]):
+    def __init__(self, call, unwrap: str | None):
+        self._call = call
+        self._unwrap = unwrap
+        self.last_sequence_number: int | None = None
+
+    def _item(self, response) -> T:
+        item = getattr(response, self._unwrap) if self._unwrap else response
+        self.last_sequence_number = _sequence_number(item)
+        return item
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class EventStream(_Stream[T]):
     """The events of a server stream (a TurnEvent, a ResponseStreamEvent), as they arrive.
 
     Iterate it; a failure raises AgentdError. `last_sequence_number` is the number of the
@@ -50,11 +65,6 @@ class EventStream(Generic[T]):
     (StreamTurnEvents, StreamResponseEvents) and miss nothing. Leaving a `with` block (or
     `cancel()`) ends the call.
     """
-
-    def __init__(self, call, unwrap: str | None):
-        self._call = call
-        self._unwrap = unwrap
-        self.last_sequence_number: int | None = None
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -64,16 +74,11 @@ class EventStream(Generic[T]):
             response = next(self._call)
         except grpc.RpcError as e:
             raise error_from_rpc(e) from None
-        item = getattr(response, self._unwrap) if self._unwrap else response
-        self.last_sequence_number = _sequence_number(item)
-        return item
+        return self._item(response)
 
     def request_id(self) -> str | None:
         """The call's request id, from the server's initial metadata (waits for it)."""
         return _request_id_of(self._call.initial_metadata())
-
-    def cancel(self) -> None:
-        self._call.cancel()
 
     def __enter__(self) -> EventStream[T]:
         return self
@@ -82,13 +87,8 @@ class EventStream(Generic[T]):
         self.cancel()
 
 
-class AsyncEventStream(Generic[T]):
+class AsyncEventStream(_Stream[T]):
     """EventStream for asyncio: `async for event in stream`."""
-
-    def __init__(self, call, unwrap: str | None):
-        self._call = call
-        self._unwrap = unwrap
-        self.last_sequence_number: int | None = None
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -100,15 +100,10 @@ class AsyncEventStream(Generic[T]):
             raise error_from_rpc(e) from None
         if response is grpc.aio.EOF:
             raise StopAsyncIteration
-        item = getattr(response, self._unwrap) if self._unwrap else response
-        self.last_sequence_number = _sequence_number(item)
-        return item
+        return self._item(response)
 
     async def request_id(self) -> str | None:
         return _request_id_of(await self._call.initial_metadata())
-
-    def cancel(self) -> None:
-        self._call.cancel()
 
     async def __aenter__(self) -> AsyncEventStream[T]:
         return self

@@ -22,7 +22,7 @@ import grpc
 
 from agentd.v1 import agent_messages_pb2 as messages_pb2
 from agentd.v1 import agent_resources_pb2 as resources_pb2
-from agentd.v1 import turn_events_pb2
+from agentd.v1 import agents_pb2, turn_events_pb2
 from agentd_client.errors import AgentdError, TurnFailedError
 
 ClientTool = Callable[..., Any]
@@ -95,9 +95,33 @@ class TurnEnd:
             raise TurnFailedError(self.turn, event.payload.turn_failed.error)
 
 
-def stream_dropped(error: AgentdError, turn_id: str | None, attempts_left: int) -> bool:
-    """A stream that broke after the turn began (the connection, a proxy): re-attach."""
-    return error.code == grpc.StatusCode.UNAVAILABLE and turn_id is not None and attempts_left > 0
+class Follower:
+    """Following one turn through its streams, for both client forms: what each event means
+    for the loop, and how to re-attach when a stream breaks after the turn began."""
+
+    def __init__(self, agent_id: str, session_id: str, on_event: EventCallback | None):
+        self.agent_id, self.session_id, self.on_event = agent_id, session_id, on_event
+        self.turn_id: str | None = None
+        self.attempts_left = REATTACH_ATTEMPTS
+
+    def end_at(self, event: turn_events_pb2.TurnEvent) -> TurnEnd | None:
+        """Where the turn stopped if `event` ends this stream; raises TurnFailedError."""
+        self.turn_id = event.turn_id or self.turn_id
+        if self.on_event:
+            self.on_event(event)
+        end = TurnEnd.of(event)
+        if end:
+            end.raise_if_failed(event)
+        return end
+
+    def reattach(self, error: AgentdError, last_sequence_number: int | None):
+        """The StreamTurnEvents request that picks up after a dropped stream (UNAVAILABLE:
+        the connection, a proxy); any other error, or one before the turn began, is raised."""
+        if error.code != grpc.StatusCode.UNAVAILABLE or self.turn_id is None or self.attempts_left == 0:
+            raise error
+        self.attempts_left -= 1
+        return agents_pb2.StreamTurnEventsRequest(agent_id=self.agent_id, session_id=self.session_id,
+                                                  turn_id=self.turn_id, starting_after=last_sequence_number)
 
 
 def ended_early() -> AgentdError:
