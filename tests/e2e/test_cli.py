@@ -114,3 +114,8 @@ def test_an_unreachable_server_is_a_clear_error(server):
 def test_serve_still_runs_the_server_through_the_same_command():
     done = subprocess.run([*AGENTD_COMMAND, "serve", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--config" in done.stdout
+
+
+def test_version():
+    done = subprocess.run([*AGENTD_COMMAND, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("agentd-client ")

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
 from typing import Any, TextIO
 
 from google.protobuf import json_format
@@ -241,6 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     connection.add_argument("--timeout", type=float, default=30.0,
                             help="deadline of each call that is not a stream, in seconds (default: 30)")
     parser = argparse.ArgumentParser(prog="agentd", description="Runs LLM agents over gRPC; talks to one.")
+    version = f"agentd-client {metadata.version('agentd-client')}"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC server and the HTTP gateway (agentd serve --help)",
                    add_help=False)
