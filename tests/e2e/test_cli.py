@@ -119,3 +119,11 @@ def test_serve_still_runs_the_server_through_the_same_command():
 def test_version():
     done = subprocess.run([*AGENTD_COMMAND, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("agentd-client ")
+
+
+def test_chat_goes_on_after_a_failed_turn(server, fake):
+    fake.script(Reply(error_status=400, error_message="context too long"), Reply(text="Back again."))
+    done = agentd(server, "chat", stdin="first\nsecond\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("agentd: the turn failed: ")
+    assert done.stdout.splitlines()[1:] == ["Back again."]

@@ -34,7 +34,7 @@ from agentd.v1 import (
     turn_events_pb2,
 )
 from agentd_client import Client
-from agentd_client.errors import AgentdError
+from agentd_client.errors import AgentdError, TurnFailedError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
@@ -217,10 +217,19 @@ def _chat(client: Client, args, out: TextIO) -> None:
     while (line := read_line("you> ")) is not None:
         if not line.strip():
             continue
-        client.run_turn(agent_id, session_id, line, tools=tools, on_event=printer)
+        try:
+            client.run_turn(agent_id, session_id, line, tools=tools, on_event=printer)
+        except TurnFailedError as e:  # the conversation goes on; the session keeps the failed turn
+            print(f"agentd: the turn failed: {_error_line(e)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _error_line(error: AgentdError) -> str:
+    reason = f" {error.reason}" if error.reason else ""
+    return f"{error.code.name}{reason}: {error.message}"
+
 
 
 def _serve(argv: list[str]) -> int:
@@ -278,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.address, token=args.token, timeout=args.timeout) as client:
             args.run(client, args, sys.stdout)
     except AgentdError as e:
-        reason = f" {e.reason}" if e.reason else ""
-        print(f"agentd: {e.code.name}{reason}: {e.message}", file=sys.stderr)
+        print(f"agentd: {_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
