@@ -9,15 +9,16 @@ VENV312 := .venv312
 # llama-stack-client 0.3 (client.alpha.agents, /v1alpha routes) needs Python >= 3.12.
 LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
 
-.PHONY: setup run test proto proto-check lint contract-baseline unit integration e2e bench clean
+.PHONY: setup run test proto proto-check lint contract-baseline unit integration e2e node-test bench clean
 
 setup: $(VENV)/.installed $(VENV312)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentd needs Python >= 3.11; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# agentd-client first in the same resolve: the server depends on it (it owns the stubs).
+	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
 # The second venv for the newer SDK; on a machine without Python 3.12 its tests skip with a reason.
@@ -62,6 +63,20 @@ e2e: setup
 
 test: setup lint
 	$(PY) -m pytest tests -q
+	$(MAKE) node-test
+
+# The Node client (clients/node) against a live agentd started through the test kit. Its
+# packages come from the npm registry (npm ci, pinned by package-lock.json).
+NODE_CLIENT := clients/node
+
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-test: $(VENV)/.installed
+	@if ! command -v node >/dev/null; then echo "note: no node here; the Node client's test skips"; \
+	else $(MAKE) $(NODE_CLIENT)/node_modules/.installed \
+	  && cd $(NODE_CLIENT) && AGENTD_PYTHON=$(abspath $(PY)) node --test test/; fi
 
 bench: setup
 	$(PY) bench/run.py

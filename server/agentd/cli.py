@@ -1,4 +1,8 @@
-"""The `agentd` command: `agentd serve [--config FILE]`."""
+"""`agentd serve [--config FILE]`: the server's part of the `agentd` command.
+
+The command itself is installed by agentd-client (clients/python, agentd_client.cli), which
+has the commands for people (`agentd chat`, `agentd agents list`, ...) and hands `serve` to
+`main` here; `python -m agentd.cli` hands everything else to it the other way round."""
 
 from __future__ import annotations
 
@@ -36,6 +40,11 @@ def setup_logging(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] not in (["serve"], ["--version"], [], ["-h"], ["--help"]):
+        from agentd_client.cli import main as client_main
+
+        return client_main(argv)
     parser = argparse.ArgumentParser(prog="agentd", description="Runs LLM agents over gRPC.")
     parser.add_argument("--version", action="version", version=f"agentd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

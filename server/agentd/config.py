@@ -32,6 +32,9 @@ from agentd.database_url import normalize_url
 
 ENV_PREFIX = "AGENTD_"
 CONFIG_ENV = "AGENTD_CONFIG"
+# The client commands' variables (`agentd chat`, `agentd agents list`, ...: agentd_client.cli):
+# not server settings, but set in the same shells as `agentd serve`, so not unknown either.
+CLIENT_ENV = frozenset({"AGENTD_ADDRESS", "AGENTD_TOKEN"})
 
 
 class ConfigError(Exception):
@@ -306,7 +309,7 @@ def load_settings(config_path: str | os.PathLike | None = None,
     fields = Settings.model_fields
     nested: dict[str, dict[str, str]] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name in CLIENT_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key not in fields and (target := _nested_field(key)):

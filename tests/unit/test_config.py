@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.config import ConfigError, load_settings
+from agentd.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_need_nothing():
@@ -125,3 +125,8 @@ def test_bad_shields_and_toolgroups_are_named(environ, needle):
     with pytest.raises(ConfigError) as caught:
         load_settings(environ=environ)
     assert needle in str(caught.value)
+
+
+def test_the_client_commands_variables_are_not_unknown_settings():
+    settings = load_settings(environ={"AGENTD_ADDRESS": "127.0.0.1:1", "AGENTD_TOKEN": "t"})
+    assert settings.grpc_addr == Settings().grpc_addr
