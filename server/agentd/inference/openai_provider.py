@@ -40,12 +40,15 @@ class OpenAIProvider:
     (ids it does not map are sent as they are)."""
 
     def __init__(self, provider_id: str, base_url: str, api_key: str | None = None, *,
-                 models: dict[str, str] | None = None):
+                 models: dict[str, str] | None = None, keep_alive: bool = True):
         self.provider_id = provider_id
         self.base_url = base_url
         self._names = dict(models or {})
+        http_client = None if keep_alive else openai.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_keepalive_connections=0))
         # Local servers take no key, but the SDK demands one: send a placeholder.
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
+                                          http_client=http_client)
 
     def serve(self, model_id: str, provider_model_id: str | None = None) -> None:
         """Records the endpoint's name for an agentd model id."""
