@@ -47,6 +47,13 @@ _TOOLS_PROMPT = (
     'When the user says something else, reply {{"answer": "<your answer>"}}.')
 
 
+# Greedy decoding of a model this small repeats itself until the context is full; a mild
+# penalty ends its answers (measured: "Tell me about Paris." ran 4,000 tokens without, 285 with
+# 1.1) and the cap bounds the worst case. Both apply when the request sets none.
+DEFAULT_REPEAT_PENALTY = 1.1
+DEFAULT_MAX_TOKENS = 1024
+
+
 class LocalModelError(Exception):
     """The embedded model cannot be served (no engine, no model file, a file that does not load)."""
 
@@ -125,16 +132,19 @@ class LocalModelProvider:
     async def _stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         assert self._endpoint is not None, "start() loads the model before any call"
         tools = () if request.tool_choice == "none" or _answers_a_tool_result(request) else request.tools
+        # llama.cpp reads the penalty as repeat_penalty (repetition_penalty is vLLM's name).
+        penalty = {"repeat_penalty": request.repetition_penalty or DEFAULT_REPEAT_PENALTY}
         plain = replace(request, messages=_with_system_prompt(request.messages, tools), tools=(),
-                        tool_choice=None, parallel_tool_calls=None)
+                        tool_choice=None, parallel_tool_calls=None, repetition_penalty=None,
+                        max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS)
         if not tools:
-            async for chunk in self._endpoint.stream_chat(plain):
+            async for chunk in self._endpoint.stream_chat(plain, server_fields=penalty):
                 yield chunk
             return
         constrained = replace(plain, response_format={
             "type": "json_schema",
             "json_schema": {"name": "reply", "schema": _reply_schema(tools, request)}})
-        async for chunk in _replies_from_json(self._endpoint.stream_chat(constrained)):
+        async for chunk in _replies_from_json(self._endpoint.stream_chat(constrained, server_fields=penalty)):
             yield chunk
 
     async def close(self) -> None:
