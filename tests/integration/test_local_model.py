@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 
-import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -17,7 +16,7 @@ from agentd.app import Agentd, StartError
 from agentd.inference import local_provider
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
+from agentd.v1 import models_pb2
 from agentd.v1 import turn_events_pb2 as te
 from tests.conftest import make_settings
 from tests.integration.test_turns import collect, kinds, stream_turn, terminal_turn, user
@@ -27,32 +26,27 @@ GREEDY = t.SamplingParams(strategy=t.SamplingStrategy(greedy=t.GreedySamplingStr
 
 
 @pytest_asyncio.fixture
-async def server(tmp_path):
-    # The packaged model (local_model unset), next to conftest's OpenAI-compatible provider.
-    agentd = Agentd(make_settings(f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, local_model=None))
-    await agentd.start()
+async def agentd(tmp_path):
+    """Overrides conftest's (whose channel, agents and models fixtures build on it): SQLite, as
+    `make run` has it, and the packaged model (local_model unset) next to conftest's
+    OpenAI-compatible provider."""
+    server = Agentd(make_settings(f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, local_model=None))
+    await server.start()
     try:
-        yield agentd
+        yield server
     finally:
-        await agentd.stop(0)
+        await server.stop(0)
 
 
-@pytest_asyncio.fixture
-async def channel(server):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
-        yield ch
-
-
-async def new_session(channel, **config) -> tuple[agents_pb2_grpc.AgentsServiceStub, str, str]:
-    agents = agents_pb2_grpc.AgentsServiceStub(channel)
+async def new_session(agents, **config) -> tuple[str, str]:
     cfg = t.AgentConfig(model=LOCAL_MODEL, instructions="Be brief.", sampling_params=GREEDY, **config)
     agent = await agents.CreateAgent(pb.CreateAgentRequest(agent_config=cfg))
     session = await agents.CreateSession(pb.CreateSessionRequest(agent_id=agent.agent_id, session_name="s"))
-    return agents, agent.agent_id, session.session_id
+    return agent.agent_id, session.session_id
 
 
-async def test_the_packaged_model_streams_a_greedy_answer_through_stream_turn(channel):
-    agents, agent_id, session_id = await new_session(channel)
+async def test_the_packaged_model_streams_a_greedy_answer_through_stream_turn(agents):
+    agent_id, session_id = await new_session(agents)
     events = await collect(stream_turn(agents, agent_id, session_id, user("What is the capital of France?")))
     got = kinds(events)
     assert got[:2] == ["turn_start", "step_start:inference"]
@@ -67,12 +61,12 @@ async def test_the_packaged_model_streams_a_greedy_answer_through_stream_turn(ch
     assert 0 < usage.output_tokens <= 48 and usage.input_tokens > 0
 
 
-async def test_a_client_tool_call_comes_from_the_model_and_the_turn_resumes(channel):
+async def test_a_client_tool_call_comes_from_the_model_and_the_turn_resumes(agents):
     schema = json_format.ParseDict({"type": "object", "properties": {"city": {"type": "string"}},
                                     "required": ["city"]}, t.AgentToolDef().input_schema)
     weather = t.AgentToolDef(name="get_weather", description="Get the current weather for a city.",
                              input_schema=schema)
-    agents, agent_id, session_id = await new_session(channel, client_tools=[weather])
+    agent_id, session_id = await new_session(agents, client_tools=[weather])
     events = await collect(stream_turn(agents, agent_id, session_id, user("What is the weather in Paris?")))
     paused = terminal_turn(events)
     assert paused.status == t.TURN_STATUS_AWAITING_INPUT
@@ -94,32 +88,32 @@ async def test_a_client_tool_call_comes_from_the_model_and_the_turn_resumes(chan
     assert [s.WhichOneof("step") for s in answered.steps] == ["inference", "tool_execution", "inference"]
 
 
-async def test_the_local_model_is_listed_next_to_the_openai_provider(server, channel):
-    listed = await models_pb2_grpc.ModelsServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
+async def test_the_local_model_is_listed_next_to_the_openai_provider(agentd, models):
+    listed = await models.ListModels(models_pb2.ListModelsRequest())
     assert [(m.id, m.provider_id) for m in listed.data] == [
         ("test-model", "fake"), ("org/test-embed", "fake"), (LOCAL_MODEL, "local")]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}") as http:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agentd.http_port}") as http:
         body = (await http.get("/v1/models")).json()
     local = next(m for m in body["data"] if m["id"] == LOCAL_MODEL)
     assert local["provider_id"] == "local" and local["model_type"] == "llm"
-    assert server.registry.provider_for("test-model") is not server.registry.provider_for(LOCAL_MODEL)
+    assert agentd.registry.provider_for("test-model") is not agentd.registry.provider_for(LOCAL_MODEL)
 
 
 async def test_a_model_file_that_does_not_load_stops_the_start(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a model")
-    agentd = Agentd(make_settings(f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, local_model=str(bad)))
+    server = Agentd(make_settings(f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, local_model=str(bad)))
     with pytest.raises(StartError, match=r"provider 'local': cannot load .*broken\.gguf"):
-        await agentd.start()
+        await server.start()
 
 
 async def test_without_the_packaged_model_agentd_starts_without_it(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(local_provider, "PACKAGED_MODEL_PACKAGE", "no_such_model_package")
-    agentd = Agentd(make_settings(f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, local_model=None))
+    server = Agentd(make_settings(f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, local_model=None))
     with caplog.at_level(logging.WARNING, logger="agentd.inference"):
-        await agentd.start()
+        await server.start()
     try:
-        assert [m.id for m in agentd.registry.models()] == ["test-model", "org/test-embed"]
+        assert [m.id for m in server.registry.models()] == ["test-model", "org/test-embed"]
         assert "provider 'local': the packaged model is not installed" in caplog.text
     finally:
-        await agentd.stop(0)
+        await server.stop(0)
