@@ -150,10 +150,11 @@ class LocalModelProvider:
     async def close(self) -> None:
         if self._endpoint is not None:
             await self._endpoint.close()
-        server, self._server = self._server, None
-        if server is not None:
-            # Freeing it joins llama.cpp's threads: not on the event loop.
-            await asyncio.to_thread(_free, server)
+        if self._server is not None:
+            # Its last reference is dropped in a worker thread: freeing it joins llama.cpp's
+            # threads, which must not block the event loop.
+            owner, self._server = [self._server], None
+            await asyncio.to_thread(owner.clear)
 
 
 def _answers_a_tool_result(request: ChatRequest) -> bool:
@@ -162,10 +163,6 @@ def _answers_a_tool_result(request: ChatRequest) -> bool:
     SmolLM2-135M, whatever the prompt said), so the turn would never end."""
     insists = request.tool_choice not in (None, "auto", "none")
     return bool(request.messages) and request.messages[-1].role == "tool" and not insists
-
-
-def _free(server: Any) -> None:
-    del server
 
 
 # ---- prompting
