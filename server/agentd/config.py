@@ -45,6 +45,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The embedded model's context window unless configured: SmolLM2 was trained on 8k; 4k keeps the
+# KV cache small (about 90 MB for the 135M model) while holding a long conversation.
+LOCAL_CONTEXT_SIZE = 4096
+
+
 class ModelConfig(_Strict):
     """A model served by a provider."""
 
@@ -62,8 +67,26 @@ class ProviderConfig(_Strict):
     base_url: str | None = Field(None, description="For type openai: e.g. http://127.0.0.1:8000/v1")
     api_key: str | None = None
     models: list[ModelConfig] = Field(
-        default_factory=list, description="For type openai: none means ask the endpoint's /models at start.")
+        default_factory=list, description="For type openai: none means ask the endpoint's /models at start. "
+                                          "For type local: the ids the model is served under; none means "
+                                          "the GGUF file's name.")
+    model_path: str | None = Field(
+        None, description="For type local: a GGUF file; none means the packaged SmolLM2-135M-Instruct.")
+    context_size: int = Field(LOCAL_CONTEXT_SIZE, ge=256, le=131072,
+                              description="For type local: the context window in tokens.")
+    threads: int = Field(1, ge=1, le=256, description="For type local: CPU threads generating.")
 
+    @model_validator(mode="after")
+    def _local_model_file(self) -> ProviderConfig:
+        if self.type == "local" and self.model_path is not None and not Path(self.model_path).is_file():
+            raise ValueError(f"provider {self.id!r}: model_path {self.model_path!r} is not a file")
+        return self
+
+
+# The id of the provider that AGENTD_LOCAL_MODEL / _CONTEXT_SIZE / _THREADS describe, and the
+# value of AGENTD_LOCAL_MODEL that turns it off.
+SIMPLE_LOCAL_PROVIDER_ID = "local"
+LOCAL_MODEL_OFF = "off"
 
 # The id of the provider that AGENTD_OPENAI_BASE_URL / _API_KEY / _MODELS describe.
 SIMPLE_OPENAI_PROVIDER_ID = "openai"
@@ -154,6 +177,12 @@ class Settings(_Strict):
     openai_api_key: str | None = Field(None, description="Its API key; default none.")
     openai_models: list[str] | None = Field(
         None, description="Its model ids (comma-separated in the environment); default: ask its /models.")
+    # The embedded model (provider "local"), on by default: the packaged SmolLM2-135M-Instruct.
+    local_model: str | None = Field(
+        None, description="A GGUF file to serve in-process, 'off', or none for the packaged model.")
+    local_context_size: int = Field(LOCAL_CONTEXT_SIZE, ge=256, le=131072,
+                                    description="The embedded model's context window in tokens.")
+    local_threads: int = Field(1, ge=1, le=256, description="CPU threads the embedded model generates with.")
     shields: list[ShieldConfig] = Field(default_factory=list)
     toolgroups: list[ToolGroupConfig] = Field(default_factory=list)
     websearch: WebSearchConfig = Field(default_factory=WebSearchConfig)
@@ -216,15 +245,45 @@ class Settings(_Strict):
                 raise ValueError(f"model id {model!r} is served by two providers")
         return self
 
+    @field_validator("local_model", mode="before")
+    @classmethod
+    def _local_model_file(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and value.strip().lower() == LOCAL_MODEL_OFF:
+            return LOCAL_MODEL_OFF
+        if isinstance(value, str) and not Path(value).is_file():
+            raise ValueError(f"{value!r} is not a file (expected a GGUF model file, or 'off')")
+        return value
+
+    @model_validator(mode="after")
+    def _local_provider_id(self) -> Settings:
+        if self.local_provider is not None and any(p.id == SIMPLE_LOCAL_PROVIDER_ID for p in self.providers):
+            raise ValueError(f"the embedded model is served as provider {SIMPLE_LOCAL_PROVIDER_ID!r}, which "
+                             "`providers` also names; rename it or set local_model to 'off'")
+        return self
+
+    @property
+    def local_provider(self) -> ProviderConfig | None:
+        """The embedded model the local_* settings describe; None when it is off or when
+        `providers` configures a local provider itself."""
+        if self.local_model == LOCAL_MODEL_OFF or any(p.type == "local" for p in self.providers):
+            return None
+        return ProviderConfig(id=SIMPLE_LOCAL_PROVIDER_ID, type="local", model_path=self.local_model,
+                              context_size=self.local_context_size, threads=self.local_threads)
+
     @property
     def inference_providers(self) -> list[ProviderConfig]:
-        """`providers`, plus the one described by openai_base_url / _api_key / _models."""
-        if self.openai_base_url is None:
-            return list(self.providers)
-        simple = ProviderConfig(id=SIMPLE_OPENAI_PROVIDER_ID, type="openai", base_url=self.openai_base_url,
-                                api_key=self.openai_api_key,
-                                models=[ModelConfig(id=m) for m in self.openai_models or []])
-        return [*self.providers, simple]
+        """`providers`, plus the one described by openai_base_url / _api_key / _models, plus the
+        embedded model unless it is off."""
+        providers = list(self.providers)
+        if self.openai_base_url is not None:
+            providers.append(ProviderConfig(
+                id=SIMPLE_OPENAI_PROVIDER_ID, type="openai", base_url=self.openai_base_url,
+                api_key=self.openai_api_key, models=[ModelConfig(id=m) for m in self.openai_models or []]))
+        if (local := self.local_provider) is not None:
+            providers.append(local)
+        return providers
 
     @field_validator("shields")
     @classmethod

@@ -34,8 +34,13 @@ def fake_b():
         yield fake
 
 
+def settings_of(environ: dict[str, str]):
+    """The settings of `environ`, with the embedded model off (its tests: test_local_model.py)."""
+    return load_settings(environ={"AGENTD_LOCAL_MODEL": "off", **environ})
+
+
 async def started(environ: dict[str, str]) -> ModelRegistry:
-    registry = ModelRegistry.from_settings(load_settings(environ=environ), discovery_timeout_s=2)
+    registry = ModelRegistry.from_settings(settings_of(environ), discovery_timeout_s=2)
     await registry.start()
     return registry
 
@@ -115,7 +120,7 @@ async def test_several_endpoints_route_each_model_to_its_own(fake_a, fake_b):
 async def test_a_model_served_twice_stops_the_start(fake_a):
     with FakeOpenAIServer(models=["alpha"]) as other:
         providers = [{"id": "one", "type": "openai", "base_url": other.base_url}]
-        registry = ModelRegistry.from_settings(load_settings(environ={
+        registry = ModelRegistry.from_settings(settings_of({
             "AGENTD_OPENAI_BASE_URL": fake_a.base_url, "AGENTD_PROVIDERS": json.dumps(providers)}))
         try:
             with pytest.raises(RegistryError, match="'alpha' is served by two providers"):
@@ -125,7 +130,7 @@ async def test_a_model_served_twice_stops_the_start(fake_a):
 
 
 async def test_an_openai_provider_without_a_url_stops_the_start():
-    registry = ModelRegistry.from_settings(load_settings(environ={
+    registry = ModelRegistry.from_settings(settings_of({
         "AGENTD_PROVIDERS": '[{"id": "p", "type": "openai", "models": [{"id": "m"}]}]'}))
     try:
         with pytest.raises(RegistryError, match="provider 'p' of type openai needs a base_url"):
@@ -147,18 +152,6 @@ async def test_an_openai_provider_without_a_url_stops_the_start():
 def test_conflicting_provider_settings_are_refused_at_load(environ, needle):
     with pytest.raises(ConfigError, match=needle):
         load_settings(environ=environ)
-
-
-async def test_a_local_provider_is_accepted_but_not_built(fake_a, caplog):
-    providers = [{"id": "embedded", "type": "local", "models": [{"id": "tiny"}]}]
-    with caplog.at_level(logging.WARNING, logger="agentd.inference"):
-        registry = await started({"AGENTD_PROVIDERS": json.dumps(providers),
-                                  "AGENTD_OPENAI_BASE_URL": fake_a.base_url})
-    try:
-        assert [m.id for m in registry.models()] == ["alpha", "org/beta"]
-        assert "provider 'embedded': the embedded local model is not available yet" in caplog.text
-    finally:
-        await registry.close()
 
 
 async def test_models_service_lists_the_registry_over_grpc_and_rest(database_url, tmp_path, fake_a):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,34 @@ def test_bad_shields_and_toolgroups_are_named(environ, needle):
 def test_the_client_commands_variables_are_not_unknown_settings():
     settings = load_settings(environ={"AGENTD_ADDRESS": "127.0.0.1:1", "AGENTD_TOKEN": "t"})
     assert settings.grpc_addr == Settings().grpc_addr
+
+
+def test_the_embedded_model_is_on_by_default_and_off_when_asked(tmp_path: Path):
+    [local] = load_settings(environ={}).inference_providers
+    assert (local.id, local.type, local.model_path, local.context_size, local.threads) == (
+        "local", "local", None, 4096, 1)  # None: the packaged model
+    for off in ("off", "OFF", " off "):
+        assert load_settings(environ={"AGENTD_LOCAL_MODEL": off}).inference_providers == []
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    [local] = load_settings(environ={"AGENTD_LOCAL_MODEL": str(gguf), "AGENTD_LOCAL_CONTEXT_SIZE": "1024",
+                                     "AGENTD_LOCAL_THREADS": "2"}).inference_providers
+    assert (local.model_path, local.context_size, local.threads) == (str(gguf), 1024, 2)
+    # A local provider configured in `providers` replaces the one the local_* settings describe.
+    configured = load_settings(environ={"AGENTD_PROVIDERS": json.dumps(
+        [{"id": "mine", "type": "local", "model_path": str(gguf), "models": [{"id": "tiny"}]}])})
+    assert [p.id for p in configured.inference_providers] == ["mine"]
+
+
+@pytest.mark.parametrize("environ, needle", [
+    ({"AGENTD_LOCAL_MODEL": "/no/such/model.gguf"}, r"local_model: .*'/no/such/model.gguf' is not a file"),
+    ({"AGENTD_LOCAL_CONTEXT_SIZE": "16"}, "local_context_size"),
+    ({"AGENTD_LOCAL_THREADS": "0"}, "local_threads"),
+    ({"AGENTD_PROVIDERS": '[{"id": "local", "type": "openai", "base_url": "http://h/v1"}]'},
+     "served as provider 'local', which `providers` also names"),
+    ({"AGENTD_PROVIDERS": '[{"id": "p", "type": "local", "model_path": "/no/such.gguf"}]'},
+     "provider 'p': model_path '/no/such.gguf' is not a file"),
+])
+def test_embedded_model_settings_that_could_not_work_are_refused(environ, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(environ=environ)

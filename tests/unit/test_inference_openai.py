@@ -285,3 +285,16 @@ async def test_list_models():
             assert await provider.list_models() == ["a", "org/b"]
         finally:
             await provider.close()
+
+
+async def test_server_fields_go_into_the_body_as_they_are(fake_openai):
+    fake_openai.script(Reply(text="ok"))
+    provider = OpenAIProvider("local", fake_openai.base_url, keep_alive=False)
+    try:
+        chunks = [c async for c in provider.stream_chat(ChatRequest(model="m", messages=USER, max_tokens=9),
+                                                          server_fields={"repeat_penalty": 1.1})]
+    finally:
+        await provider.close()
+    assert text_of(chunks) == "ok"
+    body = fake_openai.chat_requests[0].body
+    assert body["repeat_penalty"] == 1.1 and body["max_tokens"] == 9

@@ -40,21 +40,27 @@ class OpenAIProvider:
     (ids it does not map are sent as they are)."""
 
     def __init__(self, provider_id: str, base_url: str, api_key: str | None = None, *,
-                 models: dict[str, str] | None = None):
+                 models: dict[str, str] | None = None, keep_alive: bool = True):
         self.provider_id = provider_id
         self.base_url = base_url
         self._names = dict(models or {})
+        http_client = None if keep_alive else openai.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_keepalive_connections=0))
         # Local servers take no key, but the SDK demands one: send a placeholder.
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
+                                          http_client=http_client)
 
     def serve(self, model_id: str, provider_model_id: str | None = None) -> None:
         """Records the endpoint's name for an agentd model id."""
         self._names[model_id] = provider_model_id or model_id
 
-    def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        return self._stream(request)
+    def stream_chat(self, request: ChatRequest, *,
+                    server_fields: dict[str, Any] | None = None) -> AsyncIterator[ChatChunk]:
+        """`server_fields`: fields of the endpoint's own dialect (e.g. llama.cpp's
+        repeat_penalty), added to the body as they are."""
+        return self._stream(request, server_fields or {})
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def _stream(self, request: ChatRequest, server_fields: dict[str, Any]) -> AsyncIterator[ChatChunk]:
         loop = asyncio.get_running_loop()
         deadline = None if request.timeout_s is None else loop.time() + max(request.timeout_s, 0.0)
         stream = None
@@ -66,7 +72,7 @@ class OpenAIProvider:
                 # are transformed field by field against the TypedDicts, which cost ~0.5 ms
                 # per history message (a 100-message session spent ~25 ms of CPU a turn in it,
                 # measured with the turn benchmark). The JSON on the wire is the same.
-                body = self._body(request)
+                body = self._body(request) | server_fields
                 stream = await self._client.chat.completions.create(
                     model=body.pop("model"), messages=[], stream=True,
                     stream_options={"include_usage": True}, extra_body=body,

@@ -1,10 +1,12 @@
 """The model registry: model id -> the provider that serves it, built once at start.
 
-Providers come from `providers` plus the simple AGENTD_OPENAI_* variables
+Providers come from `providers` plus the simple AGENTD_OPENAI_* and AGENTD_LOCAL_* variables
 (Settings.inference_providers). An openai provider with no model list is asked for its
 /models at start; if it cannot be reached agentd starts anyway, without its models, and says
-so. A model id served by two providers stops the start: which one answers must never be an
-accident of ordering.
+so. A local provider loads its model at start: a configured file that does not load stops the
+start; the packaged default, when its package is missing, is left out with a warning. A model
+id served by two providers stops the start: which one answers must never be an accident of
+ordering.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.errors import AgentdError, NotFound
 from agentd.inference.base import InferenceProvider
+from agentd.inference.local_provider import LocalModelError, LocalModelProvider
 from agentd.inference.openai_provider import OpenAIProvider
 
 if TYPE_CHECKING:  # settings are read, never imported at run time: inference stays a leaf
-    from agentd.config import ProviderConfig, Settings
+    from agentd.config import ModelConfig, ProviderConfig, Settings
 
 log = logging.getLogger("agentd.inference")
 
@@ -56,11 +59,13 @@ class ModelRegistry:
         self._providers: dict[str, InferenceProvider] = {}
         self._models: dict[str, ModelInfo] = {}
         self._to_discover: list[tuple[str, OpenAIProvider]] = []
+        self._to_load: list[tuple[ProviderConfig, LocalModelProvider]] = []
         self._problems: list[str] = []
         for config in providers:
             if config.type == "local":
-                log.warning("provider %r: the embedded local model is not available yet; "
-                            "its models are not served (the other providers are)", config.id)
+                local = LocalModelProvider(config.id, config.model_path, context_size=config.context_size,
+                                           threads=config.threads)
+                self._to_load.append((config, local))
                 continue
             if not config.base_url:
                 self._problems.append(f"provider {config.id!r} of type openai needs a base_url")
@@ -70,26 +75,51 @@ class ModelRegistry:
             if not config.models:
                 self._to_discover.append((config.id, provider))
             for model in config.models:
-                self._add(ModelInfo(id=model.id, provider_id=config.id,
-                                    provider_model_id=model.provider_model_id or model.id,
-                                    model_type=model.model_type, metadata=dict(model.metadata),
-                                    created=self._created))
+                self._add(self._configured(config.id, model))
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> ModelRegistry:
         return cls(settings.inference_providers, **kwargs)
 
     async def start(self) -> None:
-        """Asks each openai provider configured without models for its /models, all at once.
-        Raises RegistryError if a provider cannot be served or a model id is served twice."""
+        """Asks each openai provider configured without models for its /models and loads the
+        local models, all at once. Raises RegistryError if a provider cannot be served or a
+        model id is served twice."""
         if self._problems:
             raise RegistryError("; ".join(self._problems))
+        loading = asyncio.gather(*(self._load(config, local) for config, local in self._to_load))
         found = await asyncio.gather(*(self._discover(pid, p) for pid, p in self._to_discover))
+        loaded = await loading
         for (provider_id, _), names in zip(self._to_discover, found, strict=True):
             for name in names:
                 self._add(ModelInfo(id=name, provider_id=provider_id, provider_model_id=name,
                                     created=self._created))
-        self._to_discover = []
+        for (config, local), ok in zip(self._to_load, loaded, strict=True):
+            if not ok:
+                continue
+            self._providers[config.id] = local
+            for model in config.models:
+                self._add(self._configured(config.id, model))
+            if not config.models:
+                self._add(ModelInfo(id=local.default_model_id, provider_id=config.id,
+                                    provider_model_id=local.default_model_id, created=self._created))
+        self._to_discover, self._to_load = [], []
+
+    def _configured(self, provider_id: str, model: ModelConfig) -> ModelInfo:
+        return ModelInfo(id=model.id, provider_id=provider_id,
+                         provider_model_id=model.provider_model_id or model.id,
+                         model_type=model.model_type, metadata=dict(model.metadata), created=self._created)
+
+    async def _load(self, config: ProviderConfig, local: LocalModelProvider) -> bool:
+        """Loads a local model; False (with a warning) if the packaged default is not installed."""
+        try:
+            await local.start()
+        except LocalModelError as e:
+            if config.model_path is not None:
+                raise RegistryError(f"provider {config.id!r}: {e}") from None
+            log.warning("provider %r: %s; starting without it", config.id, e)
+            return False
+        return True
 
     async def _discover(self, provider_id: str, provider: OpenAIProvider) -> list[str]:
         try:
@@ -128,4 +158,6 @@ class ModelRegistry:
         return self._providers[self.model(model_id).provider_id]
 
     async def close(self) -> None:
-        await asyncio.gather(*(p.close() for p in self._providers.values()), return_exceptions=True)
+        # Local models whose start was cut short (a failed start) are freed too.
+        providers = {*self._providers.values(), *(local for _, local in self._to_load)}
+        await asyncio.gather(*(p.close() for p in providers), return_exceptions=True)

@@ -95,11 +95,13 @@ class AgentdProcess:
 
 def start_agentd(workdir: Path, env: dict[str, str], die_with_parent: bool = False) -> AgentdProcess:
     """Starts `agentd serve` in `workdir` (data and log there) on free ports. The caller's
-    AGENTD_* variables are dropped so they cannot change what runs; `env` sets settings."""
+    AGENTD_* variables are dropped so they cannot change what runs; `env` sets settings. The
+    embedded model is off unless `env` sets AGENTD_LOCAL_MODEL (loading it costs a second
+    and ~200 MB that tests and the benchmark of agentd itself do not need)."""
     grpc_port, http_port = free_port(), free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
     environ.update(AGENTD_GRPC_ADDR=f"127.0.0.1:{grpc_port}", AGENTD_HTTP_ADDR=f"127.0.0.1:{http_port}",
-                   AGENTD_DATA_DIR=str(workdir / "data"))
+                   AGENTD_DATA_DIR=str(workdir / "data"), AGENTD_LOCAL_MODEL="off")
     environ.update(env)
     log_path = workdir / "agentd.log"
     with log_path.open("w") as log:
