@@ -44,6 +44,7 @@ run: $(VENV)/.installed $(PACKAGED_MODEL_MARK)
 	@echo '  A=$$(curl -s localhost:8321/v1alpha/agents -d '"'"'{"agent_config": {"model": "SmolLM2-135M-Instruct.Q4_1", "instructions": "Be brief."}}'"'"' | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)[\"agent_id\"])")'
 	@echo '  S=$$(curl -s localhost:8321/v1alpha/agents/$$A/session -d '"'"'{"session_name": "demo"}'"'"' | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)[\"session_id\"])")'
 	@echo '  curl -sN localhost:8321/v1alpha/agents/$$A/session/$$S/turn -d '"'"'{"stream": true, "messages": [{"role": "user", "content": "What is the capital of France?"}]}'"'"''
+	@echo '  or chat in the terminal: .venv/bin/agentd chat'
 	@echo 'From Python (llama-stack-client, the openai SDK): README.md, "The embedded model".'
 	$(VENV)/bin/agentd serve
 
