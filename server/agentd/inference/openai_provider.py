@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
 
@@ -45,7 +46,11 @@ class OpenAIProvider:
         self.base_url = base_url
         self._names = dict(models or {})
         # Local servers take no key, but the SDK demands one: send a placeholder.
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+        # The SDK's aiohttp transport (the `aiohttp` extra): its C HTTP parser made a streamed
+        # call cost ~0.75 ms of CPU against ~1.15 ms with the default httpx transport
+        # (against the benchmark's fake model), the same requests on the wire.
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
+                                          http_client=openai.DefaultAioHttpClient())
 
     def serve(self, model_id: str, provider_model_id: str | None = None) -> None:
         """Records the endpoint's name for an agentd model id."""
@@ -94,7 +99,9 @@ class OpenAIProvider:
                 yield chunk
         except AgentdError:
             raise
-        except (TimeoutError, openai.APITimeoutError, httpx.TimeoutException):
+        except (TimeoutError, openai.APITimeoutError, httpx.TimeoutException) as e:
+            if (refused := _refused(e)) is not None:
+                raise self._unreachable(request.model, refused) from None
             raise DeadlineExceeded(f"Model '{request.model}' did not answer in time.",
                                    reason="MODEL_TIMEOUT") from None
         except openai.APIStatusError as e:
@@ -119,7 +126,10 @@ class OpenAIProvider:
             page = await self._client.models.list(
                 timeout=timeout_s if timeout_s is not None else openai.NOT_GIVEN)
             return [m.id for m in page.data]
-        except openai.APITimeoutError:
+        except openai.APITimeoutError as e:
+            if (refused := _refused(e)) is not None:
+                raise Unavailable(f"Provider '{self.provider_id}' at {self.base_url} cannot be reached: "
+                                  f"{_cause(refused)}", reason="MODEL_UNAVAILABLE") from None
             raise DeadlineExceeded(f"Provider '{self.provider_id}' did not list its models in time.",
                                    reason="MODEL_TIMEOUT") from None
         except openai.APIStatusError as e:
@@ -255,6 +265,19 @@ def _upstream_message(error: openai.APIStatusError) -> str:
         if isinstance(body.get("message"), str):
             return body["message"]
     return error.message
+
+
+def _refused(error: BaseException) -> aiohttp.ClientConnectorError | None:
+    """The refused or failed connect that a "timeout" in fact is: the aiohttp transport
+    reports aiohttp's ClientConnectorError as httpx's ConnectTimeout (its exception map picks
+    the entry of the base class ClientConnectionError first), but the endpoint is down, not
+    slow."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _cause(error: BaseException) -> str:
