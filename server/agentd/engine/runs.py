@@ -393,9 +393,12 @@ class Runs:
                             catch_up = True  # fell behind, or the run ended: the rest is kept
                         else:
                             listener.wake.clear()
-                            timeout = quiet_since + self.heartbeat_s - loop.time()
+                            # A timeout scope, not wait_for: wait_for wraps the wait in a task
+                            # of its own, one per event a consumer waits for (a task and its
+                            # frame per idle stream, and its scheduling on every event).
                             try:
-                                await asyncio.wait_for(listener.wake.wait(), max(timeout, 0))
+                                async with asyncio.timeout_at(quiet_since + self.heartbeat_s):
+                                    await listener.wake.wait()
                             except TimeoutError:
                                 yield kind.heartbeat(run_id, last)
                                 quiet_since = loop.time()
