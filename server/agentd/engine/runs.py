@@ -11,10 +11,12 @@ makes its own, carrying the number of the last event it got (-1 before any), nev
 
 Flush policy. Emitted events wait in the run's in-memory buffer; `Run.flush` keeps the whole
 buffer with ONE `EventStore.append` (one multi-row INSERT). The producer flushes at its
-step/item boundaries; the terminal event is kept before any consumer sees it; as a safety net `emit` also
-flushes when the buffer holds `flush_every` events or its oldest event is `flush_after_s`
-old, so a long silent-to-the-store step never holds unbounded memory nor hides from other
-replicas for long. Events leave the buffer only after their batch is committed, and a write
+step/item boundaries; the terminal event is kept before any consumer sees it, in one
+commit with the producer's own last write when it gives one (`emit(event, also=...)`, e.g.
+the turn's final status); as a safety net `emit` also flushes when the buffer holds
+`flush_every` events or its oldest event is `flush_after_s` old, so a long
+silent-to-the-store step never holds unbounded memory nor hides from other replicas for
+long. Events leave the buffer only after their batch is committed, and a write
 finishes even if the producer is cancelled during it (so the buffer never lies about what
 is kept, and a retry never writes a number twice).
 
@@ -166,9 +168,15 @@ class Run:
         """The number of the last emitted event (first_sequence - 1 before any)."""
         return self.next_sequence - 1
 
-    async def emit(self, event: Message) -> None:
+    async def emit(self, event: Message, also: Callable[[Any], object] | None = None) -> None:
         """Numbers the event, fans it out to every consumer and buffers it for the store.
-        Flushes if it is terminal (or the buffer is full or old: see the module docstring)."""
+        Flushes if it is terminal (or the buffer is full or old: see the module docstring).
+        `also` (terminal events only): the producer's own write that goes with the terminal
+        event (e.g. the turn's final status), committed in the same transaction. If that
+        transaction fails, the event was not emitted: the producer gets the error and its
+        run can still end with another terminal event (on_stop)."""
+        if also is not None and not self.kind.is_terminal(event):
+            raise ValueError("only a terminal event carries the producer's own write")
         if self.terminal is not None:
             raise RuntimeError(f"{self.kind.name} {self.run_id} already emitted its terminal event")
         if self.kind.is_heartbeat(event):
@@ -183,7 +191,17 @@ class Run:
             # Kept before anyone sees it: a stream that ended can always be replayed to its end.
             # (If the write fails, consumers still get it from the buffer when the run ends.)
             self.terminal = event
-            await self.flush()
+            try:
+                await self.flush(also)
+            except BaseException:
+                # Still buffered: its transaction failed (a cancel during a write that went
+                # through raises too, with the event kept). With the producer's own write,
+                # such an event was not emitted at all: it was neither kept nor seen.
+                if also is not None and self._buffer and self._buffer[-1] is event:
+                    self._buffer.pop()
+                    self.terminal = None
+                    self.next_sequence -= 1
+                raise
             self._terminal_kept = True
         for listener in self._listeners:
             listener.push(event)

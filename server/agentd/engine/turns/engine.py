@@ -18,9 +18,9 @@ One run of a turn (a create, or a resume after a pause on client tools):
 
 Persistence as it runs: the turn row (in_progress) exists before turn_start; each step is
 appended when it completes and the run's events are flushed at every step boundary; the
-status, output_message and completed_at are written before the terminal event. A run that
-stops without its terminal event (cancelled, interrupted at shutdown, failed: the model went
-away, a database write failed) is finished by `on_stop`: the turn is stored cancelled /
+status, output_message and completed_at are written in the commit that keeps the terminal
+event. A run that stops without its terminal event (cancelled, interrupted at shutdown,
+failed: the model went away, a database write failed) is finished by `on_stop`: the turn is stored cancelled /
 interrupted / failed with its completed steps and `error`, and turn_failed ends the stream.
 
 History for the model: the instructions (the turn's override, else the agent's) as the
@@ -750,8 +750,9 @@ class TurnEngine:
         turn.status = types.TURN_STATUS_AWAITING_INPUT
         turn.stop_reason = types.TURN_STOP_REASON_CLIENT_TOOL_CALLS
         turn.ClearField("completed_at")
-        await self.store.update_turn(state.owner, turn, AWAITING_INPUT)
-        await run.emit(_event(turn.turn_id, turn_awaiting_input=te.TurnAwaitingInputPayload(turn=turn)))
+        # The turn's status and its terminal event in one commit.
+        await run.emit(_event(turn.turn_id, turn_awaiting_input=te.TurnAwaitingInputPayload(turn=turn)),
+                       also=self.store.update_turn_work(state.owner, turn, AWAITING_INPUT))
 
     async def _finish(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
         turn = state.turn
@@ -759,9 +760,10 @@ class TurnEngine:
         turn.status = types.TURN_STATUS_COMPLETED
         turn.stop_reason = reason
         turn.completed_at.CopyFrom(_timestamp())
-        await self.store.update_turn(state.owner, turn, STATUS_NAMES[turn.status])
+        # The turn's status and its terminal event in one commit.
+        await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)),
+                       also=self.store.update_turn_work(state.owner, turn, STATUS_NAMES[turn.status]))
         self._remember(state)
-        await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)))
 
     @staticmethod
     def _end_turn(turn: types.Turn, status: int, error: BaseException) -> None:
