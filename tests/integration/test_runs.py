@@ -11,9 +11,11 @@ import random
 import pytest
 import pytest_asyncio
 from google.rpc import status_pb2
+from sqlalchemy.exc import DBAPIError
 
 from agentd.app import Agentd
 from agentd.engine.runs import RESPONSES, TURNS, Run, Runs, run_to_end
+from agentd.errors import Unavailable
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
 from agentd.storage.events import EventStore
@@ -544,6 +546,29 @@ async def test_a_terminal_event_whose_own_write_fails_is_not_emitted_and_on_stop
     assert run.stop_reason == "failed"
     assert [kind_of(e) for e in await kept(store)] == ["turn_start", "turn_failed"]
     assert await AgentStore(repo).turn_status(OWNER, "sess_1", TURN) == "in_progress"
+
+
+async def test_a_write_for_the_next_flush_goes_with_it_and_waits_for_the_next_if_it_fails(store, repo):
+    runs = runs_of(store)
+    turn = t.Turn(turn_id=TURN, session_id="sess_1")
+    agents = AgentStore(repo)
+
+    def failing_write(conn):
+        conn.exec_driver_sql("UPDATE no_such_table SET x = 1")
+
+    async def producer(run):
+        await run.emit(started())
+        run.write_with_next_flush(agents.update_turn_work(OWNER, turn, "awaiting_input"))
+        with pytest.raises((Unavailable, DBAPIError)):  # SQLite's error is "unavailable"
+            await run.flush(also=failing_write)
+        assert await agents.turn_status(OWNER, "sess_1", TURN) == "in_progress"  # nothing committed
+        await run.emit(complete())  # the terminal event's flush commits the pending write
+
+    run = runs.start(OWNER, TURN, producer, kind=TURNS)
+    assert [kind_of(e) for e in await collect(run.events())] == ["turn_start", "turn_complete"]
+    assert runs.appends == 1
+    assert await agents.turn_status(OWNER, "sess_1", TURN) == "awaiting_input"
+    assert numbers(await kept(store)) == [0, 1]
 
 
 async def test_only_a_terminal_event_carries_the_producers_own_write(store):

@@ -159,6 +159,7 @@ class Run:
         self.task: asyncio.Task | None = None
         self._buffer: list[Message] = []
         self._buffer_since = 0.0
+        self._writes: list[Callable[[Any], object]] = []  # the producer's, for the next flush
         self._listeners: set[_Listener] = set()
         self._flush_lock = asyncio.Lock()
         self._terminal_kept = False
@@ -209,16 +210,27 @@ class Run:
                 or (self._buffer and loop.time() - self._buffer_since >= self.runs.flush_after_s)):
             await self.flush()
 
+    def write_with_next_flush(self, work: Callable[[Any], object]) -> None:
+        """A write of the producer's (e.g. the step that just completed) that the next flush,
+        whichever it is (the producer's, the terminal event's, on_stop's), commits with the
+        events: one commit fewer when that flush comes at once. Like the buffer, it stays
+        for the flush after if its flush fails."""
+        self._writes.append(work)
+
     async def flush(self, also: Callable[[Any], object] | None = None) -> None:
         """Keeps every buffered event with one EventStore.append. A failed write leaves them
         buffered (the next flush retries) and raises to the producer. `also`: more of the
-        producer's writes, done in the same transaction (EventStore.append)."""
+        producer's writes, done in the same transaction (EventStore.append), after those
+        given to write_with_next_flush."""
         async with self._flush_lock:
             batch = list(self._buffer)
-            if not batch and also is None:
+            writes = [*self._writes, also] if also is not None else list(self._writes)
+            if not batch and not writes:
                 return
             rows = [(event.sequence_number, event.SerializeToString()) for event in batch]
-            write = asyncio.ensure_future(self.runs.store.append(self.owner, self.run_id, rows, also))
+            pending = len(self._writes)
+            work = None if not writes else writes[0] if len(writes) == 1 else _in_order(writes)
+            write = asyncio.ensure_future(self.runs.store.append(self.owner, self.run_id, rows, work))
             try:
                 await asyncio.shield(write)
             finally:
@@ -227,6 +239,7 @@ class Run:
                     await asyncio.wait([write])
                 if not write.cancelled() and write.exception() is None:
                     del self._buffer[:len(batch)]
+                    del self._writes[:pending]
                     self.runs.appends += 1
                     if self._buffer:
                         self._buffer_since = asyncio.get_running_loop().time()
@@ -468,6 +481,13 @@ class Runs:
             return []
         rows = await self.store.read_after(run.owner, run.run_id, last, self.page_size)
         return [run.kind.event_type.FromString(body) for _, body in rows]
+
+
+def _in_order(writes: list[Callable[[Any], object]]) -> Callable[[Any], None]:
+    def work(conn: Any) -> None:
+        for write in writes:
+            write(conn)
+    return work
 
 
 async def run_to_end(events: AsyncIterator[Message], kind: RunKind) -> Message | None:
