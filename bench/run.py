@@ -110,7 +110,8 @@ def stop_fake(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def start_server(workdir: Path, database_url: str | None, fake_url: str | None = None) -> AgentdProcess:
+def start_server(workdir: Path, database_url: str | None, fake_url: str | None = None,
+                 profile_to: Path | None = None) -> AgentdProcess:
     env = {"AGENTD_LOG_LEVEL": "warning", "AGENTD_GRACE_PERIOD_S": str(SERVER_GRACE_S)}
     if fake_url:
         # The simple openai provider: the fake serves both models, listed here so that agentd
@@ -120,7 +121,7 @@ def start_server(workdir: Path, database_url: str | None, fake_url: str | None =
         env["AGENTD_DATABASE_URL"] = database_url
     # Same process group on purpose: a Ctrl-C (or make being interrupted) reaches agentd too,
     # which shuts down gracefully on SIGINT; our `finally` then only reaps it.
-    return start_agentd(workdir, env, die_with_parent=True)
+    return start_agentd(workdir, env, die_with_parent=True, profile_to=profile_to)
 
 
 async def wait_serving(server: AgentdProcess, timeout: float = START_TIMEOUT_S) -> None:  # noqa: ASYNC109
@@ -874,7 +875,8 @@ async def run(args: argparse.Namespace) -> int:
             if turns:
                 fake, fake_url = start_fake(Path(tmp))
                 progress(f"fake model at {fake_url}")
-            server = start_server(Path(tmp), database_url, fake_url)
+            server = start_server(Path(tmp), database_url, fake_url,
+                                  args.profile.resolve() if args.profile else None)
             try:
                 await wait_serving(server)
                 progress(f"agentd is SERVING (gRPC {server.grpc_target}, HTTP {server.base_url}, "
@@ -1015,6 +1017,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results",
                    help="where <timestamp>.md and .json go (default bench/results)")
     p.add_argument("--no-save", action="store_true", help="print only; write no result files")
+    p.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                   help="run agentd under cProfile and write its stats to FILE when it stops "
+                        "(read them with python -m pstats FILE); its numbers are then not the real ones")
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error("--warmup must be >= 0")

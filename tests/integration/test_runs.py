@@ -11,9 +11,11 @@ import random
 import pytest
 import pytest_asyncio
 from google.rpc import status_pb2
+from sqlalchemy.exc import DBAPIError
 
 from agentd.app import Agentd
 from agentd.engine.runs import RESPONSES, TURNS, Run, Runs, run_to_end
+from agentd.errors import Unavailable
 from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
 from agentd.storage.events import EventStore
@@ -510,6 +512,78 @@ async def test_on_stop_writes_the_failure_of_a_producer_that_raised_or_just_retu
     second = runs.start(OWNER, "turn_2", returning, kind=TURNS, on_stop=on_stop)
     assert await run_to_end(second.events(), TURNS) == second.terminal
     assert seen == [(TURN, "failed", "ValueError"), ("turn_2", "failed", "RuntimeError")]
+
+
+async def test_a_terminal_event_and_the_producers_own_write_are_kept_in_one_commit(store, repo):
+    runs = runs_of(store)
+    turn = t.Turn(turn_id=TURN, session_id="sess_1")
+
+    async def producer(run):
+        await run.emit(started())
+        await run.emit(complete(), also=AgentStore(repo).update_turn_work(OWNER, turn, "completed"))
+
+    run = runs.start(OWNER, TURN, producer, kind=TURNS)
+    assert [kind_of(e) for e in await collect(run.events())] == ["turn_start", "turn_complete"]
+    assert runs.appends == 1
+    assert await AgentStore(repo).turn_status(OWNER, "sess_1", TURN) == "completed"
+    assert numbers(await kept(store)) == [0, 1]
+
+
+async def test_a_terminal_event_whose_own_write_fails_is_not_emitted_and_on_stop_ends_the_run(store, repo):
+    runs = runs_of(store)
+
+    def failing_write(conn):
+        conn.exec_driver_sql("UPDATE no_such_table SET x = 1")
+
+    async def producer(run):
+        await run.emit(started())
+        await run.emit(complete(), also=failing_write)
+
+    run = runs.start(OWNER, TURN, producer, kind=TURNS, on_stop=stop_writes_failed)
+    events = await collect(run.events())
+    # The turn_complete was never seen nor kept; on_stop's turn_failed took its number.
+    assert [(kind_of(e), e.sequence_number) for e in events] == [("turn_start", 0), ("turn_failed", 1)]
+    assert run.stop_reason == "failed"
+    assert [kind_of(e) for e in await kept(store)] == ["turn_start", "turn_failed"]
+    assert await AgentStore(repo).turn_status(OWNER, "sess_1", TURN) == "in_progress"
+
+
+async def test_a_write_for_the_next_flush_goes_with_it_and_waits_for_the_next_if_it_fails(store, repo):
+    runs = runs_of(store)
+    turn = t.Turn(turn_id=TURN, session_id="sess_1")
+    agents = AgentStore(repo)
+
+    def failing_write(conn):
+        conn.exec_driver_sql("UPDATE no_such_table SET x = 1")
+
+    async def producer(run):
+        await run.emit(started())
+        run.write_with_next_flush(agents.update_turn_work(OWNER, turn, "awaiting_input"))
+        with pytest.raises((Unavailable, DBAPIError)):  # SQLite's error is "unavailable"
+            await run.flush(also=failing_write)
+        assert await agents.turn_status(OWNER, "sess_1", TURN) == "in_progress"  # nothing committed
+        await run.emit(complete())  # the terminal event's flush commits the pending write
+
+    run = runs.start(OWNER, TURN, producer, kind=TURNS)
+    assert [kind_of(e) for e in await collect(run.events())] == ["turn_start", "turn_complete"]
+    assert runs.appends == 1
+    assert await agents.turn_status(OWNER, "sess_1", TURN) == "awaiting_input"
+    assert numbers(await kept(store)) == [0, 1]
+
+
+async def test_only_a_terminal_event_carries_the_producers_own_write(store):
+    runs = runs_of(store)
+    refused = []
+
+    async def producer(run):
+        try:
+            await run.emit(delta("x"), also=lambda conn: None)
+        except ValueError as e:
+            refused.append(str(e))
+        await run.emit(complete())
+
+    await runs.start(OWNER, TURN, producer, kind=TURNS).wait()
+    assert refused == ["only a terminal event carries the producer's own write"]
 
 
 async def test_run_to_end_is_the_unary_form_of_the_stream(store):

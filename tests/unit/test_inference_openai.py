@@ -186,6 +186,18 @@ async def test_connection_refused_is_model_unavailable():
     finally:
         await provider.close()
     assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+    assert "Connect call failed" in error.message  # refused, not reported as a timeout
+
+
+async def test_listing_the_models_of_an_endpoint_that_refuses_is_unavailable_not_a_timeout():
+    provider = OpenAIProvider("down", f"http://127.0.0.1:{_closed_port()}/v1")
+    try:
+        with pytest.raises(AgentdError) as caught:
+            await provider.list_models(timeout_s=5)
+    finally:
+        await provider.close()
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+    assert "cannot be reached" in caught.value.message
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])

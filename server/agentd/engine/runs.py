@@ -11,10 +11,12 @@ makes its own, carrying the number of the last event it got (-1 before any), nev
 
 Flush policy. Emitted events wait in the run's in-memory buffer; `Run.flush` keeps the whole
 buffer with ONE `EventStore.append` (one multi-row INSERT). The producer flushes at its
-step/item boundaries; the terminal event is kept before any consumer sees it; as a safety net `emit` also
-flushes when the buffer holds `flush_every` events or its oldest event is `flush_after_s`
-old, so a long silent-to-the-store step never holds unbounded memory nor hides from other
-replicas for long. Events leave the buffer only after their batch is committed, and a write
+step/item boundaries; the terminal event is kept before any consumer sees it, in one
+commit with the producer's own last write when it gives one (`emit(event, also=...)`, e.g.
+the turn's final status); as a safety net `emit` also flushes when the buffer holds
+`flush_every` events or its oldest event is `flush_after_s` old, so a long
+silent-to-the-store step never holds unbounded memory nor hides from other replicas for
+long. Events leave the buffer only after their batch is committed, and a write
 finishes even if the producer is cancelled during it (so the buffer never lies about what
 is kept, and a retry never writes a number twice).
 
@@ -157,6 +159,7 @@ class Run:
         self.task: asyncio.Task | None = None
         self._buffer: list[Message] = []
         self._buffer_since = 0.0
+        self._writes: list[Callable[[Any], object]] = []  # the producer's, for the next flush
         self._listeners: set[_Listener] = set()
         self._flush_lock = asyncio.Lock()
         self._terminal_kept = False
@@ -166,9 +169,15 @@ class Run:
         """The number of the last emitted event (first_sequence - 1 before any)."""
         return self.next_sequence - 1
 
-    async def emit(self, event: Message) -> None:
+    async def emit(self, event: Message, also: Callable[[Any], object] | None = None) -> None:
         """Numbers the event, fans it out to every consumer and buffers it for the store.
-        Flushes if it is terminal (or the buffer is full or old: see the module docstring)."""
+        Flushes if it is terminal (or the buffer is full or old: see the module docstring).
+        `also` (terminal events only): the producer's own write that goes with the terminal
+        event (e.g. the turn's final status), committed in the same transaction. If that
+        transaction fails, the event was not emitted: the producer gets the error and its
+        run can still end with another terminal event (on_stop)."""
+        if also is not None and not self.kind.is_terminal(event):
+            raise ValueError("only a terminal event carries the producer's own write")
         if self.terminal is not None:
             raise RuntimeError(f"{self.kind.name} {self.run_id} already emitted its terminal event")
         if self.kind.is_heartbeat(event):
@@ -183,7 +192,17 @@ class Run:
             # Kept before anyone sees it: a stream that ended can always be replayed to its end.
             # (If the write fails, consumers still get it from the buffer when the run ends.)
             self.terminal = event
-            await self.flush()
+            try:
+                await self.flush(also)
+            except BaseException:
+                # Still buffered: its transaction failed (a cancel during a write that went
+                # through raises too, with the event kept). With the producer's own write,
+                # such an event was not emitted at all: it was neither kept nor seen.
+                if also is not None and self._buffer and self._buffer[-1] is event:
+                    self._buffer.pop()
+                    self.terminal = None
+                    self.next_sequence -= 1
+                raise
             self._terminal_kept = True
         for listener in self._listeners:
             listener.push(event)
@@ -191,16 +210,27 @@ class Run:
                 or (self._buffer and loop.time() - self._buffer_since >= self.runs.flush_after_s)):
             await self.flush()
 
+    def write_with_next_flush(self, work: Callable[[Any], object]) -> None:
+        """A write of the producer's (e.g. the step that just completed) that the next flush,
+        whichever it is (the producer's, the terminal event's, on_stop's), commits with the
+        events: one commit fewer when that flush comes at once. Like the buffer, it stays
+        for the flush after if its flush fails."""
+        self._writes.append(work)
+
     async def flush(self, also: Callable[[Any], object] | None = None) -> None:
         """Keeps every buffered event with one EventStore.append. A failed write leaves them
         buffered (the next flush retries) and raises to the producer. `also`: more of the
-        producer's writes, done in the same transaction (EventStore.append)."""
+        producer's writes, done in the same transaction (EventStore.append), after those
+        given to write_with_next_flush."""
         async with self._flush_lock:
             batch = list(self._buffer)
-            if not batch and also is None:
+            writes = [*self._writes, also] if also is not None else list(self._writes)
+            if not batch and not writes:
                 return
             rows = [(event.sequence_number, event.SerializeToString()) for event in batch]
-            write = asyncio.ensure_future(self.runs.store.append(self.owner, self.run_id, rows, also))
+            pending = len(self._writes)
+            work = None if not writes else writes[0] if len(writes) == 1 else _in_order(writes)
+            write = asyncio.ensure_future(self.runs.store.append(self.owner, self.run_id, rows, work))
             try:
                 await asyncio.shield(write)
             finally:
@@ -209,6 +239,7 @@ class Run:
                     await asyncio.wait([write])
                 if not write.cancelled() and write.exception() is None:
                     del self._buffer[:len(batch)]
+                    del self._writes[:pending]
                     self.runs.appends += 1
                     if self._buffer:
                         self._buffer_since = asyncio.get_running_loop().time()
@@ -393,9 +424,12 @@ class Runs:
                             catch_up = True  # fell behind, or the run ended: the rest is kept
                         else:
                             listener.wake.clear()
-                            timeout = quiet_since + self.heartbeat_s - loop.time()
+                            # A timeout scope, not wait_for: wait_for wraps the wait in a task
+                            # of its own, one per event a consumer waits for (a task and its
+                            # frame per idle stream, and its scheduling on every event).
                             try:
-                                await asyncio.wait_for(listener.wake.wait(), max(timeout, 0))
+                                async with asyncio.timeout_at(quiet_since + self.heartbeat_s):
+                                    await listener.wake.wait()
                             except TimeoutError:
                                 yield kind.heartbeat(run_id, last)
                                 quiet_since = loop.time()
@@ -447,6 +481,13 @@ class Runs:
             return []
         rows = await self.store.read_after(run.owner, run.run_id, last, self.page_size)
         return [run.kind.event_type.FromString(body) for _, body in rows]
+
+
+def _in_order(writes: list[Callable[[Any], object]]) -> Callable[[Any], None]:
+    def work(conn: Any) -> None:
+        for write in writes:
+            write(conn)
+    return work
 
 
 async def run_to_end(events: AsyncIterator[Message], kind: RunKind) -> Message | None:

@@ -121,6 +121,11 @@ class AgentStore:
         """Replaces a turn's body (its steps are not part of it) and status; with `resume`,
         also the last resume's (request_id, first sequence number). False if the owner has
         no such turn."""
+        return await self.db.write(self.update_turn_work(owner, turn, status, resume=resume))
+
+    def update_turn_work(self, owner: str, turn: types.Turn, status: str, *,
+                         resume: tuple[str | None, int] | None = None):
+        """update_turn as a function of a connection, for a caller's own transaction."""
         values: dict = dict(status=status, body=body_of(_without_steps(turn)))
         if resume is not None:
             values.update(resume_request_id=resume[0], resume_sequence=resume[1])
@@ -129,7 +134,7 @@ class AgentStore:
             .where(schema.turns.c.owner == bindparam("match_owner"),
                    schema.turns.c.id == bindparam("match_id"))))
         params = {"match_owner": owner, "match_id": turn.turn_id, **values}
-        return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0)
+        return lambda conn: conn.execute(statement, params).rowcount > 0
 
     async def turn_resume_state(self, owner: str, session_id: str,
                                 turn_id: str) -> tuple[bytes | None, str | None, int | None]:

@@ -93,11 +93,13 @@ class AgentdProcess:
         raise AgentdStartError(f"agentd did not become SERVING in {timeout:.0f} s; its log:\n{self.log()}")
 
 
-def start_agentd(workdir: Path, env: dict[str, str], die_with_parent: bool = False) -> AgentdProcess:
+def start_agentd(workdir: Path, env: dict[str, str], die_with_parent: bool = False,
+                 profile_to: Path | None = None) -> AgentdProcess:
     """Starts `agentd serve` in `workdir` (data and log there) on free ports. The caller's
     AGENTD_* variables are dropped so they cannot change what runs; `env` sets settings. The
     embedded model is off unless `env` sets AGENTD_LOCAL_MODEL (loading it costs a second
-    and ~200 MB that tests and the benchmark of agentd itself do not need)."""
+    and ~200 MB that tests and the benchmark of agentd itself do not need).
+    `profile_to`: run it under cProfile, whose stats are written there when it exits."""
     grpc_port, http_port = free_port(), free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
     environ.update(AGENTD_GRPC_ADDR=f"127.0.0.1:{grpc_port}", AGENTD_HTTP_ADDR=f"127.0.0.1:{http_port}",
@@ -105,7 +107,8 @@ def start_agentd(workdir: Path, env: dict[str, str], die_with_parent: bool = Fal
     environ.update(env)
     log_path = workdir / "agentd.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([*AGENTD, "serve"], env=environ, cwd=workdir, stdout=log,
-                                   stderr=subprocess.STDOUT,
+        profiler = [] if profile_to is None else ["-m", "cProfile", "-o", str(profile_to)]
+        process = subprocess.Popen([sys.executable, *profiler, *AGENTD[1:], "serve"], env=environ,
+                                   cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=_die_with_parent if die_with_parent else None)
     return AgentdProcess(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log_path)

@@ -17,11 +17,13 @@ One run of a turn (a create, or a resume after a pause on client tools):
         no tool calls -> turn_complete (stop_reason end_of_turn, or out_of_tokens)
 
 Persistence as it runs: the turn row (in_progress) exists before turn_start; each step is
-appended when it completes and the run's events are flushed at every step boundary; the
-status, output_message and completed_at are written before the terminal event. A run that
-stops without its terminal event (cancelled, interrupted at shutdown, failed: the model went
-away, a database write failed) is finished by `on_stop`: the turn is stored cancelled /
-interrupted / failed with its completed steps and `error`, and turn_failed ends the stream.
+appended when it completes and the run's events are flushed at every step boundary, except
+that a step the turn ends right after goes into the turn's last commit; the status,
+output_message and completed_at are written in the commit that keeps the terminal event.
+A run that stops without its terminal event (cancelled, interrupted at shutdown, failed:
+the model went away, a database write failed) is finished by `on_stop`: the turn is stored
+cancelled / interrupted / failed with its completed steps and `error`, and turn_failed ends
+the stream.
 
 History for the model: the instructions (the turn's override, else the agent's) as the
 system message, then every earlier turn of the session rebuilt from its stored steps
@@ -564,9 +566,11 @@ class TurnEngine:
                     final.stop_reason = msg.STOP_REASON_END_OF_TURN
                     return await self._finish(state, run, final, types.TURN_STOP_REASON_MAX_INFER_ITERS)
                 client = [c for c in answer.tool_calls if c.tool_name in plan.client_tools]
-                for call in answer.tool_calls:
-                    if call.tool_name not in plan.client_tools:
-                        await self._execute(state, run, call)
+                server = [c for c in answer.tool_calls if c.tool_name not in plan.client_tools]
+                if server:
+                    await run.flush()  # the inference step is kept before its tools run
+                for call in server:
+                    await self._execute(state, run, call)
                 if client:
                     pending = msg.CompletionMessage(
                         content=answer.content, tool_calls=client, stop_reason=msg.STOP_REASON_END_OF_MESSAGE
@@ -682,7 +686,9 @@ class TurnEngine:
                     total_tokens=usage.total_tokens,
                 )
             )
-        await self._complete_step(state, run, types.AgentStep(inference=step), INFERENCE)
+        # Kept by the loop's next flush: at once if tools run next, else in the commit that
+        # ends the turn (one commit fewer per turn).
+        await self._complete_step(state, run, types.AgentStep(inference=step), INFERENCE, keep_now=False)
         said = assistant_message(answer)
         if said is not None:
             state.messages.append(said)
@@ -731,8 +737,11 @@ class TurnEngine:
         await self._complete_step(state, run, step, TOOL_EXECUTION)
         state.messages.append(ChatMessage(role="tool", content=result.content, tool_call_id=call.call_id))
 
-    async def _complete_step(self, state: TurnState, run: Run, step: types.AgentStep, step_type: int) -> None:
-        """step_complete, the step stored, the events kept: one step boundary."""
+    async def _complete_step(self, state: TurnState, run: Run, step: types.AgentStep, step_type: int,
+                             keep_now: bool = True) -> None:
+        """step_complete, the step stored, the events kept: one step boundary. `keep_now`
+        False: the step and the events go with the run's next flush, which the caller makes
+        come at once."""
         step_id = getattr(step, step.WhichOneof("step")).step_id
         await run.emit(
             _event(
@@ -741,7 +750,11 @@ class TurnEngine:
             )
         )
         # The step and the run's events so far (its step_complete included) in one commit.
-        await run.flush(also=self.store.append_step_work(state.owner, state.turn.turn_id, step))
+        work = self.store.append_step_work(state.owner, state.turn.turn_id, step)
+        if keep_now:
+            await run.flush(also=work)
+        else:
+            run.write_with_next_flush(work)
         state.turn.steps.append(step)
 
     async def _pause(self, state: TurnState, run: Run, pending: msg.CompletionMessage) -> None:
@@ -750,8 +763,9 @@ class TurnEngine:
         turn.status = types.TURN_STATUS_AWAITING_INPUT
         turn.stop_reason = types.TURN_STOP_REASON_CLIENT_TOOL_CALLS
         turn.ClearField("completed_at")
-        await self.store.update_turn(state.owner, turn, AWAITING_INPUT)
-        await run.emit(_event(turn.turn_id, turn_awaiting_input=te.TurnAwaitingInputPayload(turn=turn)))
+        # The turn's status and its terminal event in one commit.
+        await run.emit(_event(turn.turn_id, turn_awaiting_input=te.TurnAwaitingInputPayload(turn=turn)),
+                       also=self.store.update_turn_work(state.owner, turn, AWAITING_INPUT))
 
     async def _finish(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
         turn = state.turn
@@ -759,9 +773,10 @@ class TurnEngine:
         turn.status = types.TURN_STATUS_COMPLETED
         turn.stop_reason = reason
         turn.completed_at.CopyFrom(_timestamp())
-        await self.store.update_turn(state.owner, turn, STATUS_NAMES[turn.status])
+        # The turn's status and its terminal event in one commit.
+        await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)),
+                       also=self.store.update_turn_work(state.owner, turn, STATUS_NAMES[turn.status]))
         self._remember(state)
-        await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)))
 
     @staticmethod
     def _end_turn(turn: types.Turn, status: int, error: BaseException) -> None:
