@@ -166,13 +166,17 @@ class Run:
         """The number of the last emitted event (first_sequence - 1 before any)."""
         return self.next_sequence - 1
 
-    async def emit(self, event: Message) -> None:
+    async def emit(self, event: Message, also: Callable[[Any], object] | None = None) -> None:
         """Numbers the event, fans it out to every consumer and buffers it for the store.
-        Flushes if it is terminal (or the buffer is full or old: see the module docstring)."""
+        Flushes if it is terminal (or the buffer is full or old: see the module docstring).
+        `also` (terminal events only): the producer's last write (e.g. the run's final
+        status), done in the same transaction as the terminal event's."""
         if self.terminal is not None:
             raise RuntimeError(f"{self.kind.name} {self.run_id} already emitted its terminal event")
         if self.kind.is_heartbeat(event):
             raise ValueError("heartbeats are made per consumer, never emitted")
+        if also is not None and not self.kind.is_terminal(event):
+            raise ValueError("only a terminal event carries the producer's last write")
         event.sequence_number = self.next_sequence
         self.next_sequence += 1
         loop = asyncio.get_running_loop()
@@ -183,7 +187,7 @@ class Run:
             # Kept before anyone sees it: a stream that ended can always be replayed to its end.
             # (If the write fails, consumers still get it from the buffer when the run ends.)
             self.terminal = event
-            await self.flush()
+            await self.flush(also)
             self._terminal_kept = True
         for listener in self._listeners:
             listener.push(event)
