@@ -3,18 +3,24 @@ model server as the only fake."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import grpc
 import pytest
 import pytest_asyncio
 
 from agentd import codec, paging
 from agentd.app import Agentd
+from agentd.context import LOCAL_PRINCIPAL
 from agentd.v1 import common_pb2, responses_pb2_grpc
+from agentd.v1 import conversations_pb2 as cv
 from agentd.v1 import response_events_pb2 as ev
+from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
 from tests.conftest import error_of, make_settings
-from tests.fakes.openai_server import FakeOpenAIServer, Reply
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
 
 PLAIN_TEXT = ["response.created", "response.in_progress", "response.output_item.added",
               "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
@@ -166,3 +172,165 @@ async def test_list_and_delete_responses(responses, fake):
                  responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(response_id=first.id)),
                  responses.CancelResponse(pb.CancelResponseRequest(response_id=first.id))):
         assert (await error_of(call))[:2] == (grpc.StatusCode.NOT_FOUND, "RESPONSE_NOT_FOUND")
+
+
+# ------------------------------------------------------------------ function tools
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+async def test_parallel_function_calls_are_items_of_their_own_and_end_the_response(responses, fake):
+    fake.script(Reply(text="Let me check.", tool_calls=[
+        ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1"),
+        ToolCallSpec("get_weather", {"city": "Rome"}, id="call_2")],
+        interleave_tool_calls=True, chunk_size=5))
+    events = await collect(responses.StreamResponse(stream(tools=[WEATHER])))
+    done = [e.output_item_done for e in events if e.HasField("output_item_done")]
+    assert [d.output_index for d in done] == [0, 1, 2]
+    assert done[0].item.message.content.parts.parts[0].output_text.text == "Let me check."
+    calls = [d.item.function_call for d in done[1:]]
+    assert [(c.call_id, c.name, json.loads(c.arguments)) for c in calls] == [
+        ("call_1", "get_weather", {"city": "Paris"}), ("call_2", "get_weather", {"city": "Rome"})]
+    assert all(c.id.startswith("fc_") and c.status == it.RESPONSE_ITEM_STATUS_COMPLETED for c in calls)
+    for call, index in zip(calls, (1, 2), strict=True):
+        deltas = [e.function_call_arguments_delta for e in events
+                  if e.HasField("function_call_arguments_delta")
+                  and e.function_call_arguments_delta.item_id == call.id]
+        assert {d.output_index for d in deltas} == {index}
+        assert "".join(d.delta for d in deltas) == call.arguments
+        (arguments_done,) = [e.function_call_arguments_done for e in events
+                             if e.HasField("function_call_arguments_done")
+                             and e.function_call_arguments_done.item_id == call.id]
+        assert arguments_done.arguments == call.arguments and arguments_done.output_index == index
+    added = [e.output_item_added for e in events if e.HasField("output_item_added")]
+    assert [a.item.WhichOneof("item") for a in added] == ["message", "function_call", "function_call"]
+    assert added[1].item.function_call.arguments == "" and added[1].item.function_call.status == \
+        it.RESPONSE_ITEM_STATUS_IN_PROGRESS
+    assert events[-1].completed.response.status == rt.RESPONSE_STATUS_COMPLETED
+    assert len(fake.chat_requests) == 1
+    sent = fake.chat_requests[0].body
+    assert sent["tools"][0]["function"]["name"] == "get_weather" and "parallel_tool_calls" not in sent
+
+
+async def test_function_call_outputs_continue_with_previous_response_id(responses, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1"),
+                                  ToolCallSpec("get_weather", {"city": "Rome"}, id="call_2")]),
+                Reply(text="Sunny in both."))
+    first = (await responses.CreateResponse(create(tools=[WEATHER], parallel_tool_calls=True))).response
+    assert [o.function_call.call_id for o in first.output] == ["call_1", "call_2"]
+    second = (await responses.CreateResponse(create(
+        previous_response_id=first.id, tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+               {"type": "function_call_output", "call_id": "call_2", "output": "sunny too"}]))).response
+    assert output_text(second) == "Sunny in both." and second.previous_response_id == first.id
+    messages = fake.chat_requests[1].body["messages"]
+    assert messages[0] == {"role": "user", "content": "hi"}
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_1", "call_2"]
+    assert messages[2:] == [{"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+                            {"role": "tool", "content": "sunny too", "tool_call_id": "call_2"}]
+    assert fake.chat_requests[0].body["parallel_tool_calls"] is True
+    # The chain goes on: the third response sees the whole transcript.
+    fake.script(Reply(text="You asked about the weather."))
+    third = (await responses.CreateResponse(create(previous_response_id=second.id, input="what?"))).response
+    assert [m["role"] for m in fake.chat_requests[2].body["messages"]] == [
+        "user", "assistant", "tool", "tool", "assistant", "user"]
+    own = await responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(response_id=third.id))
+    assert len(own.data) == 1  # its own input only
+
+
+async def test_function_call_outputs_continue_with_the_calls_resent(responses, fake):
+    fake.script(Reply(text="It is sunny."))
+    response = (await responses.CreateResponse(create(tools=[WEATHER], input=[
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        {"type": "function_call_output", "call_id": "call_9", "output": "sunny"}]))).response
+    assert output_text(response) == "It is sunny."
+    messages = fake.chat_requests[0].body["messages"]
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Oslo"}'}
+    assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_9"}
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "input"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0]"),
+    ({"tools": [WEATHER, {"type": "mcp", "server_label": "s", "server_url": "http://127.0.0.1:9/mcp"}]},
+     "tools[1]"),
+    ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
+    ({"temperature": 3}, "temperature"),
+    ({"max_output_tokens": 3}, "max_output_tokens"),
+    ({"include": ["nonsense"]}, "include[0]"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"previous_response_id": "resp_1", "conversation": "conv_1"}, "conversation"),
+    ({"conversation": "chat_1"}, "conversation"),
+    ({"background": True, "store": False}, "background"),
+])
+async def test_bad_requests_fail_before_any_event(responses, fake, fields, param):
+    for call in (responses.CreateResponse(create(**fields)),
+                 collect(responses.StreamResponse(stream(**fields)))):
+        code, reason, violations = await error_of(call)
+        assert (code, reason, violations) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", [param])
+    assert not fake.chat_requests
+    assert not (await responses.ListResponses(pb.ListResponsesRequest())).data
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"model": "nope"}, "MODEL_NOT_FOUND"),
+    ({"previous_response_id": "resp_nope"}, "RESPONSE_NOT_FOUND"),
+    ({"conversation": "conv_nope"}, "CONVERSATION_NOT_FOUND"),
+    ({"guardrails": ["llama-guard", {"type": "no-such-shield"}]}, "SHIELD_NOT_FOUND"),
+])
+async def test_unknown_references_are_not_found_before_any_event(responses, fake, fields, reason):
+    for call in (responses.CreateResponse(create(**fields)),
+                 collect(responses.StreamResponse(stream(**fields)))):
+        assert (await error_of(call))[:2] == (grpc.StatusCode.NOT_FOUND, reason)
+    assert not fake.chat_requests
+
+
+async def test_configured_guardrails_are_accepted(responses, fake):
+    fake.script(Reply(text="Safe."))
+    response = (await responses.CreateResponse(create(guardrails=["llama-guard"]))).response
+    assert output_text(response) == "Safe."
+
+
+# ------------------------------------------------------------------ conversations, store
+
+
+async def test_a_conversation_gives_its_items_and_gets_the_new_ones(server, responses, fake):
+    conversations = server.responses.conversations
+    conversation = await conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_test1"), [
+        codec.parse({"type": "message", "id": f"msg_{i}", "role": "user", "content": f"old {i}"},
+                    it.ResponseItem)
+        for i in range(25)])  # more than Llama Stack's 20-item cap
+    fake.script(Reply(text="Noted."), Reply(text="Streamed."))
+    response = (await responses.CreateResponse(create(conversation=conversation.id, input="new"))).response
+    assert response.conversation.id == conversation.id and output_text(response) == "Noted."
+    sent = [m["content"] for m in fake.chat_requests[0].body["messages"]]
+    assert sent == [f"old {i}" for i in range(25)] + ["new"]
+    events = await collect(responses.StreamResponse(stream(conversation={"id": conversation.id}, input="more",
+                                                           store=False)))
+    assert events[-1].completed.response.conversation.id == conversation.id
+    assert [m["content"] for m in fake.chat_requests[1].body["messages"]][-3:] == ["new", "Noted.", "more"]
+    items, _ = await conversations.list_items(LOCAL_PRINCIPAL, conversation.id, paging.Cursor(), 100,
+                                              descending=False)
+    texts = [codec.to_json(i)["content"][0]["text"] for i in items[25:]]
+    assert texts == ["new", "Noted.", "more", "Streamed."]
+    # store=false: synced to the conversation, never retrievable.
+    unstored = events[-1].completed.response.id
+    assert (await error_of(responses.GetResponse(pb.GetResponseRequest(response_id=unstored))))[1] == \
+        "RESPONSE_NOT_FOUND"
+    _, reason, _ = await error_of(responses.CreateResponse(create(previous_response_id=unstored)))
+    assert reason == "RESPONSE_NOT_FOUND"
+    listed = await responses.ListResponses(pb.ListResponsesRequest())
+    assert [r.response.id for r in listed.data] == [response.id]
+
+
+async def test_store_false_leaves_nothing_behind(server, responses, fake):
+    response = (await responses.CreateResponse(create(store=False))).response
+    assert response.status == rt.RESPONSE_STATUS_COMPLETED and not response.store
+    for _ in range(100):  # its row goes when its run has ended
+        if await server.responses.store.get(LOCAL_PRINCIPAL, response.id) is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await server.responses.store.get(LOCAL_PRINCIPAL, response.id) is None
