@@ -334,3 +334,139 @@ async def test_store_false_leaves_nothing_behind(server, responses, fake):
             break
         await asyncio.sleep(0.01)
     assert await server.responses.store.get(LOCAL_PRINCIPAL, response.id) is None
+
+
+# ------------------------------------------------------------------ background, cancel, limits
+
+
+async def follow(responses, response_id: str) -> list[ev.ResponseStreamEvent]:
+    request = pb.StreamResponseEventsRequest(response_id=response_id)
+    return await collect(responses.StreamResponseEvents(request))
+
+
+async def wait_for_status(responses, response_id: str, *statuses) -> rt.Response:
+    for _ in range(500):
+        response = (await responses.GetResponse(pb.GetResponseRequest(response_id=response_id))).response
+        if response.status in statuses:
+            return response
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{response_id} never reached {statuses}: {response.status}")
+
+
+async def test_background_returns_at_once_and_can_be_polled_and_followed(responses, fake):
+    fake.script(Reply(text="one two three four", chunk_size=4, chunk_delay=0.02))
+    created = (await responses.CreateResponse(create(background=True))).response
+    assert created.status == rt.RESPONSE_STATUS_QUEUED and created.background
+    done = await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_COMPLETED)
+    assert output_text(done) == "one two three four"
+    events = await follow(responses, created.id)
+    assert events[0].created.response.status == rt.RESPONSE_STATUS_QUEUED
+    assert events[1].in_progress.response.status == rt.RESPONSE_STATUS_IN_PROGRESS
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].completed.response == done
+    later = await collect(responses.StreamResponseEvents(pb.StreamResponseEventsRequest(
+        response_id=created.id, starting_after=events[-3].sequence_number)))
+    assert later == events[-2:]
+
+
+async def test_a_background_stream_dropped_midway_is_re_attached_without_gaps(responses, fake):
+    fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.02))
+    call = responses.StreamResponse(stream(background=True))
+    seen = []
+    async for reply in call:
+        seen.append(reply.event)
+        if len(seen) == 5:
+            break
+    call.cancel()
+    rest = await collect(responses.StreamResponseEvents(pb.StreamResponseEventsRequest(
+        response_id=seen[0].created.response.id, starting_after=seen[-1].sequence_number)))
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].completed.response.status == rt.RESPONSE_STATUS_COMPLETED
+    assert "".join(e.output_text_delta.delta for e in events) == "abcdefghij"
+
+
+async def test_cancel_stops_a_background_response(responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    created = (await responses.CreateResponse(create(background=True))).response
+    await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_IN_PROGRESS)
+    cancelled = (await responses.CancelResponse(pb.CancelResponseRequest(response_id=created.id))).response
+    assert cancelled.status == rt.RESPONSE_STATUS_CANCELLED and not cancelled.HasField("error")
+    assert (await responses.GetResponse(pb.GetResponseRequest(response_id=created.id))).response == cancelled
+    events = await follow(responses, created.id)
+    assert events[-1].failed.response.status == rt.RESPONSE_STATUS_CANCELLED
+    again = await responses.CancelResponse(pb.CancelResponseRequest(response_id=created.id))
+    assert again.response.status == rt.RESPONSE_STATUS_CANCELLED
+    fake.script(Reply(text="done"))
+    finished = (await responses.CreateResponse(create())).response
+    code, reason, _ = await error_of(responses.CancelResponse(
+        pb.CancelResponseRequest(response_id=finished.id)))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RESPONSE_NOT_CANCELLABLE")
+
+
+async def test_a_dropped_stream_stops_its_response(responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    call = responses.StreamResponse(stream())
+    async for reply in call:
+        response_id = reply.event.created.response.id
+        break
+    call.cancel()
+    stopped = await wait_for_status(responses, response_id, rt.RESPONSE_STATUS_CANCELLED)
+    assert not stopped.HasField("error")
+
+
+async def test_max_output_tokens_makes_the_response_incomplete(responses, fake):
+    fake.script(Reply(text="cut short", finish_reason="length"))
+    events = await collect(responses.StreamResponse(stream(max_output_tokens=16)))
+    assert tags(events)[-1] == "response.incomplete"
+    response = events[-1].incomplete.response
+    assert response.status == rt.RESPONSE_STATUS_INCOMPLETE and response.max_output_tokens == 16
+    assert codec.to_json(response)["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response.output[0].message.status == it.RESPONSE_ITEM_STATUS_INCOMPLETE
+    assert fake.chat_requests[0].body["max_tokens"] == 16
+    stored = (await responses.GetResponse(pb.GetResponseRequest(response_id=response.id))).response
+    assert stored == response
+
+
+# ------------------------------------------------------------------ formats, echoes, failures
+
+
+async def test_text_formats_are_forwarded_and_echoed(responses, fake):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fake.script(Reply(text='{"city": "Paris"}'), Reply(text="{}"))
+    text = {"format": {"type": "json_schema", "name": "City", "schema": schema, "strict": True}}
+    request = create(text=text, max_infer_iters=3, user="u1", tool_choice="none", parallel_tool_calls=False)
+    response = (await responses.CreateResponse(request)).response
+    assert fake.chat_requests[0].body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "City", "schema": schema, "strict": True}}
+    echoed = codec.to_json(response)
+    assert echoed["text"]["format"] == {"type": "json_schema", "name": "City", "schema": schema,
+                                        "description": None, "strict": True}
+    assert echoed["max_infer_iters"] == 3 and echoed["user"] == "u1" and echoed["tool_choice"] == "none"
+    assert echoed["parallel_tool_calls"] is False
+    await responses.CreateResponse(create(text={"format": {"type": "json_object"}}))
+    assert fake.chat_requests[1].body["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize("status, code", [(500, "server_error"), (400, "invalid_prompt")])
+async def test_a_model_failure_ends_with_response_failed_and_is_stored(responses, fake, status, code):
+    fake.script(Reply(error_status=status, error_message="upstream says no"))
+    events = await collect(responses.StreamResponse(stream()))
+    assert tags(events) == ["response.created", "response.in_progress", "response.failed"]
+    failed = events[-1].failed.response
+    assert failed.status == rt.RESPONSE_STATUS_FAILED and failed.error.code == code
+    assert "upstream says no" in failed.error.message
+    stored = (await responses.GetResponse(pb.GetResponseRequest(response_id=failed.id))).response
+    assert stored == failed
+    fake.script(Reply(error_status=status, error_message="again"))
+    unary = (await responses.CreateResponse(create())).response
+    assert unary.status == rt.RESPONSE_STATUS_FAILED and unary.error.code == code
+
+
+async def test_a_retried_create_with_the_same_request_id_runs_once(responses, fake):
+    fake.script(Reply(text="once"))
+    first = (await responses.CreateResponse(create(request_id="key-1"))).response
+    again = (await responses.CreateResponse(create(request_id="key-1"))).response
+    assert again == first and len(fake.chat_requests) == 1
+    replayed = await collect(responses.StreamResponse(stream(request_id="key-1")))
+    assert replayed[-1].completed.response == first and len(fake.chat_requests) == 1

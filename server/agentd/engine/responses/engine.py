@@ -341,9 +341,12 @@ class ResponseEngine:
     async def _produce(self, state: ResponseState, run: Run) -> None:
         response = state.response
         await run.emit(_event(created=_snapshot(response)))
-        if response.status == QUEUED:
+        queued = response.status == QUEUED
+        if queued:
             response.status = IN_PROGRESS
         await run.emit(_event(in_progress=_snapshot(response)))
+        if queued:  # pollers see it start
+            await run.flush(also=self.store.update_work(state.owner, response))
         await self.check_guardrails(state, state.messages)
         completion = await self._infer(state, run)
         if completion.finish_reason == "length":
