@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -32,6 +32,13 @@ def item_id_of(item: item_types.ResponseItem) -> str:
 
 def _status(response: rt.Response) -> str:
     return rt.ResponseStatus.Name(response.status).removeprefix("RESPONSE_STATUS_").lower()
+
+
+# Built once: building the statement cost more than running it on SQLite.
+_UPDATE = (update(schema.responses)
+           .where(schema.responses.c.owner == bindparam("row_owner"),
+                  schema.responses.c.id == bindparam("row_id"))
+           .values(status=bindparam("new_status"), body=bindparam("new_body")))
 
 
 class ResponseStore:
@@ -62,10 +69,9 @@ class ResponseStore:
     def update_work(self, owner: str, response: rt.Response) -> Callable[[Connection], bool]:
         """The update as work for a transaction of the caller's (Run.flush's `also`), with
         the response as it is now."""
-        responses = schema.responses
-        statement = (update(responses).where(responses.c.owner == owner, responses.c.id == response.id)
-                     .values(status=_status(response), body=body_of(response)))
-        return lambda conn: conn.execute(statement).rowcount > 0
+        values = {"row_owner": owner, "row_id": response.id, "new_status": _status(response),
+                  "new_body": body_of(response)}
+        return lambda conn: conn.execute(_UPDATE, values).rowcount > 0
 
     async def status(self, owner: str, response_id: str) -> str | None:
         """The stored status column ("in_progress", "completed", ...); None if no such response."""
