@@ -109,7 +109,7 @@ class Agentd:
         self.tools = ConfiguredToolRuntime(settings)
         self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools)
         self.responses = ResponseEngine(ResponseStore(self.repo), ConversationStore(self.repo), self.runs,
-                                        self.registry, shields=[s.id for s in settings.shields])
+                                        self.registry, self.tools, shields=[s.id for s in settings.shields])
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()

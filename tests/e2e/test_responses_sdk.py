@@ -155,6 +155,7 @@ def test_background_poll_and_cancel(client, fake):
     assert done.output_text == "Background answer"
     hanging = client.responses.create(model="test-model", input="hi", background=True)
     wait_for(client, hanging.id, "in_progress")
+    fake.wait_for_requests(2, timeout=30)  # the model has it: the cancel stops a running call
     cancelled = client.responses.cancel(hanging.id)
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(hanging.id).status == "cancelled"

@@ -21,6 +21,7 @@ from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
 from tests.conftest import error_of, make_settings
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
 PLAIN_TEXT = ["response.created", "response.in_progress", "response.output_item.added",
               "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
@@ -390,6 +391,8 @@ async def test_cancel_stops_a_background_response(responses, fake):
     fake.script(Reply(text="never", hang=True))
     created = (await responses.CreateResponse(create(background=True))).response
     await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_IN_PROGRESS)
+    # The model has the request (and its hanging reply), so the next request gets the next reply.
+    await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
     cancelled = (await responses.CancelResponse(pb.CancelResponseRequest(response_id=created.id))).response
     assert cancelled.status == rt.RESPONSE_STATUS_CANCELLED and not cancelled.HasField("error")
     assert (await responses.GetResponse(pb.GetResponseRequest(response_id=created.id))).response == cancelled
@@ -470,3 +473,84 @@ async def test_a_retried_create_with_the_same_request_id_runs_once(responses, fa
     assert again == first and len(fake.chat_requests) == 1
     replayed = await collect(responses.StreamResponse(stream(request_id="key-1")))
     assert replayed[-1].completed.response == first and len(fake.chat_requests) == 1
+
+
+# ------------------------------------------------------------------ web search (server-side)
+
+
+@pytest.fixture
+def search():
+    with FakeSearchServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def searching(database_url, tmp_path, fake, search):
+    """ResponsesService of an agentd with web search configured (the fake search API)."""
+    settings = make_settings(
+        database_url, tmp_path,
+        providers=[{"id": "fake", "type": "openai", "base_url": fake.base_url,
+                    "models": [{"id": "test-model"}]}],
+        websearch={"api_key": "sk-search", "base_url": search.base_url})
+    agentd = Agentd(settings)
+    await agentd.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as channel:
+            yield responses_pb2_grpc.ResponsesServiceStub(channel)
+    finally:
+        await agentd.stop(0)
+
+
+def searches(*queries: str) -> Reply:
+    return Reply(tool_calls=[ToolCallSpec("web_search", {"query": q}, id=f"call_{q}") for q in queries])
+
+
+async def test_web_search_runs_here_and_the_model_answers(searching, fake, search):
+    search.script(SearchReply(results=[Hit("agentd", "https://agentd.example", "agentd runs agents")]))
+    fake.script(searches("agentd"), Reply(text="agentd runs agents."))
+    events = await collect(searching.StreamResponse(stream(tools=[{"type": "web_search_preview"}])))
+    assert tags(events) == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.web_search_call.in_progress", "response.web_search_call.searching",
+        "response.web_search_call.completed", "response.output_item.done",
+        *PLAIN_TEXT[2:4], *["response.output_text.delta"] * 5, *PLAIN_TEXT[6:]]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    response = events[-1].completed.response
+    call = response.output[0].web_search_call
+    assert call.id.startswith("ws_") and call.status == it.RESPONSE_ITEM_STATUS_COMPLETED
+    assert call.action.search.query == "agentd"
+    assert output_text(response) == "agentd runs agents." and response.output[1].HasField("message")
+    assert search.requests[0].body["query"] == "agentd"
+    assert fake.chat_requests[0].body["tools"][0]["function"]["name"] == "web_search"
+    second = fake.chat_requests[1].body["messages"]
+    assert second[-2]["tool_calls"][0]["id"] == "call_agentd"
+    assert second[-1]["role"] == "tool" and "agentd runs agents" in second[-1]["content"]
+
+
+async def test_max_infer_iters_ends_a_searching_response_incomplete(searching, fake, search):
+    fake.script(searches("a"), searches("b"), Reply(text="never asked"))
+    response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}],
+                                                      max_infer_iters=2))).response
+    assert response.status == rt.RESPONSE_STATUS_INCOMPLETE
+    assert codec.to_json(response)["incomplete_details"] == {"reason": "max_infer_iters"}
+    assert [o.web_search_call.action.search.query for o in response.output] == ["a", "b"]
+    assert len(fake.chat_requests) == 2
+
+
+async def test_max_tool_calls_stops_running_searches(searching, fake, search):
+    fake.script(searches("a", "b"), Reply(text="with one result"))
+    response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}],
+                                                      max_tool_calls=1))).response
+    assert output_text(response) == "with one result" and response.max_tool_calls == 1
+    assert [o.WhichOneof("item") for o in response.output] == ["web_search_call", "message"]
+    assert len(search.requests) == 1
+    tool_messages = [m for m in fake.chat_requests[1].body["messages"] if m["role"] == "tool"]
+    assert "max_tool_calls" in tool_messages[1]["content"]
+
+
+async def test_a_failed_search_is_a_failed_item_and_the_model_goes_on(searching, fake, search):
+    search.script(SearchReply(status=500))
+    fake.script(searches("x"), Reply(text="The search failed."))
+    response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}, WEATHER]))).response
+    assert response.output[0].web_search_call.status == it.RESPONSE_ITEM_STATUS_FAILED
+    assert output_text(response) == "The search failed."

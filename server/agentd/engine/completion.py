@@ -6,7 +6,9 @@ brought into its own events; this module only accumulates.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentd.inference import ChatChunk, Usage
 
@@ -67,3 +69,13 @@ class Completion:
 
     def calls_in_order(self) -> list[StreamedCall]:
         return [self.calls[index] for index in sorted(self.calls)]
+
+
+def arguments_object(text: str) -> dict[str, Any] | None:
+    """A tool call's arguments as the object they must be ("" is {}); None when the model
+    wrote something else (not JSON, or not an object)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -12,12 +12,19 @@ The events of a response, exactly as OpenAI emits them (sequence numbers dense f
     and for each function call (its own item and output_index, even when parallel):
         response.output_item.added, response.function_call_arguments.delta (xN),
         response.function_call_arguments.done, response.output_item.done
-    response.completed | response.incomplete (max_output_tokens reached) | response.failed
+    then for each web_search call the model made (run here; no argument events, as OpenAI):
+        response.output_item.added (web_search_call), response.web_search_call.in_progress,
+        .searching, .completed (also when it failed: see the item's status),
+        response.output_item.done; then the next model call
+    response.completed | response.incomplete | response.failed
 
-The loop stops after the model call: function tools are the client's (the response ends
-with the calls; the client sends function_call_output items in the next response), and
-server-side tools (file_search, web_search, MCP) are refused at create until agentd runs
-them, so no response needs a second model call yet (max_infer_iters is checked and echoed).
+The loop: a model call; its web_search calls run here (at most max_tool_calls over the
+response; later ones are answered "not run" to the model) and the model is called again;
+function calls are the client's: they end the response (the client sends function_call_output
+items in the next one). A model call cut by max_output_tokens (over the whole response) ends
+it incomplete (reason max_output_tokens), as does a max_infer_iters-th model call that ran
+web searches (reason max_infer_iters). file_search and MCP tools are refused at create until
+agentd runs them.
 
 Persistence as it runs: the response row (in_progress or queued, with its input items)
 exists before response.created; its final form is written in the transaction that keeps its
@@ -44,7 +51,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from agentd import ids
-from agentd.engine.completion import CallPiece, Completion
+from agentd.config import WEBSEARCH_GROUP
+from agentd.engine.completion import CallPiece, Completion, arguments_object
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
 from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound
@@ -52,6 +60,7 @@ from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelR
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.responses import RUNNING, ResponseStore
+from agentd.tools.base import ResolvedTool, ToolRuntime
 from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
@@ -78,6 +87,9 @@ INCLUDES = frozenset({
     "message.input_image.image_url", "computer_call_output.output.image_url",
     "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs",
 })
+# The names OpenAI gives the web search tool (all run by builtin::websearch).
+WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
+                              "web_search_2025_08_26"})
 # The OpenAI error code of a failed response, by the agentd reason of what failed it.
 _ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt"}
 
@@ -101,6 +113,8 @@ class Plan:
 
     provider: InferenceProvider
     specs: tuple[ToolSpec, ...]
+    # The tools agentd runs (web search), by the name the model calls.
+    server_tools: dict[str, ResolvedTool]
     tool_choice: str | None
     parallel_tool_calls: bool | None
     temperature: float | None
@@ -108,6 +122,8 @@ class Plan:
     max_output_tokens: int | None
     response_format: dict[str, Any] | None
     guardrails: tuple[str, ...]
+    max_infer_iters: int
+    max_tool_calls: int | None
 
 
 @dataclass
@@ -123,6 +139,7 @@ class ResponseState:
     input: list[it.ResponseItem]
     deadline: float | None = None
     usage: rt.ResponseUsage = field(default_factory=rt.ResponseUsage)
+    tool_calls_run: int = 0  # server-side tool calls run so far (max_tool_calls)
 
     def timeout_s(self) -> float | None:
         if self.deadline is None:
@@ -163,11 +180,12 @@ def status_name(status: int) -> str:
 
 class ResponseEngine:
     def __init__(self, store: ResponseStore, conversations: ConversationStore, runs: Runs,
-                 registry: ModelRegistry, shields: Collection[str] = ()):
+                 registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Collection[str] = ()):
         self.store = store
         self.conversations = conversations
         self.runs = runs
         self.registry = registry
+        self.tools = tools
         self.shields = frozenset(shields)
         # (owner, response id) -> every item up to and including that response's output.
         self._transcripts: OrderedDict[tuple[str, str], tuple[it.ResponseItem, ...]] = OrderedDict()
@@ -236,7 +254,21 @@ class ResponseEngine:
 
     def _plan(self, request: CreateRequest) -> Plan:
         provider = self.registry.provider_for(request.model)  # NOT_FOUND (MODEL_NOT_FOUND)
-        specs = tuple(_tool_spec(tool, f"tools[{i}]") for i, tool in enumerate(request.tools))
+        specs: list[ToolSpec] = []
+        server_tools: dict[str, ResolvedTool] = {}
+        for index, tool in enumerate(request.tools):
+            where = f"tools[{index}]"
+            if tool.WhichOneof("tool") in WEB_SEARCH_TOOLS:
+                for resolved in self._web_search(where):
+                    if resolved.tool.name not in server_tools:
+                        server_tools[resolved.tool.name] = resolved
+                        specs.append(ToolSpec(name=resolved.tool.name, description=resolved.tool.description,
+                                              parameters=resolved.tool.parameters))
+                continue
+            spec = _function_spec(tool, where)
+            if spec.name in server_tools or any(s.name == spec.name for s in specs):
+                raise InvalidArgument(where, f"a tool named '{spec.name}' is given twice")
+            specs.append(spec)
         tool_choice = _tool_choice(request, {spec.name for spec in specs})
         temperature = request.temperature if request.HasField("temperature") else None
         if temperature is not None and not 0 <= temperature <= 2:
@@ -259,12 +291,26 @@ class ResponseEngine:
                 raise InvalidArgument(name, f"at most {MAX_USER_ID} characters")
         check_includes(request.include)
         return Plan(
-            provider=provider, specs=specs, tool_choice=tool_choice,
+            provider=provider, specs=tuple(specs), server_tools=server_tools, tool_choice=tool_choice,
             parallel_tool_calls=(request.parallel_tool_calls if request.HasField("parallel_tool_calls")
                                  else None),
             temperature=temperature, top_p=top_p, max_output_tokens=max_output,
             response_format=_response_format(request.text),
-            guardrails=self._guardrails(request.guardrails))
+            guardrails=self._guardrails(request.guardrails),
+            max_infer_iters=(request.max_infer_iters if request.HasField("max_infer_iters")
+                             else DEFAULT_MAX_INFER_ITERS),
+            max_tool_calls=request.max_tool_calls if request.HasField("max_tool_calls") else None)
+
+    def _web_search(self, where: str) -> list[ResolvedTool]:
+        """The web search tool(s) of builtin::websearch; INVALID_ARGUMENT naming the tool
+        when no search provider is configured."""
+        try:
+            if self.tools is None:
+                raise NotFound("toolgroup", WEBSEARCH_GROUP)
+            return self.tools.resolve([(WEBSEARCH_GROUP, {})])
+        except (NotFound, FailedPrecondition) as e:
+            raise InvalidArgument(where, f"web_search is not configured on this server: "
+                                         f"{e.message}") from None
 
     def _guardrails(self, guardrails: Sequence[rt.ResponseGuardrail]) -> tuple[str, ...]:
         """The shield ids the request names, each a configured shield (else NOT_FOUND
@@ -348,21 +394,29 @@ class ResponseEngine:
         if queued:  # pollers see it start
             await run.flush(also=self.store.update_work(state.owner, response))
         await self.check_guardrails(state, state.messages)
-        completion = await self._infer(state, run)
-        if completion.finish_reason == "length":
-            response.status = INCOMPLETE
-            response.incomplete_details.reason = rt.RESPONSE_INCOMPLETE_REASON_MAX_OUTPUT_TOKENS
-        else:
-            response.status = COMPLETED
-            response.completed_at = int(time.time())
-        await self._finish(state, run)
+        rounds = 0
+        while True:
+            completion, server_calls, client_calls = await self._infer(state, run)
+            if completion.finish_reason == "length":
+                return await self._finish(state, run, rt.RESPONSE_INCOMPLETE_REASON_MAX_OUTPUT_TOKENS)
+            for call in server_calls:
+                await self._run_web_search(state, run, call)
+            if not server_calls or client_calls:
+                return await self._finish(state, run)
+            rounds += 1
+            if rounds >= state.plan.max_infer_iters:
+                return await self._finish(state, run, rt.RESPONSE_INCOMPLETE_REASON_MAX_INFER_ITERS)
+            # An item boundary: the response so far is kept before the next model call.
+            await run.flush(also=self.store.update_work(state.owner, response))
 
     async def check_guardrails(self, state: ResponseState, messages: Sequence[ChatMessage]) -> None:
         """The one call point of the `guardrails` shields over the model's input: a no-op
         until the shields hook is wired in (the shield ids were checked at create)."""
 
-    async def _infer(self, state: ResponseState, run: Run) -> Completion:
-        """One model call, streamed as output items (see the module docstring)."""
+    async def _infer(self, state: ResponseState, run: Run) -> tuple[Completion, list[ToolCall], bool]:
+        """One model call, streamed as output items (see the module docstring). Returns the
+        completion, the calls of tools agentd runs, and whether the model called client
+        functions."""
         plan, response = state.plan, state.response
         max_tokens = None
         if plan.max_output_tokens is not None:  # over the whole response
@@ -384,6 +438,8 @@ class ResponseEngine:
                             message = await self._open_message(response, run)
                         await message.add(run, piece)
                         continue
+                    if piece.call.name in plan.server_tools:  # no events until it runs
+                        continue
                     if piece.started:
                         if message is not None:  # the answer text ends where the calls begin
                             await message.close(response, run, ITEM_COMPLETED)
@@ -397,8 +453,13 @@ class ResponseEngine:
         status = ITEM_INCOMPLETE if cut else ITEM_COMPLETED
         if message is not None:
             await message.close(response, run, status)
-        tool_calls = []
+        tool_calls, server_calls = [], []
         for call in completion.calls_in_order():
+            if call.name in plan.server_tools:
+                server_calls.append(ToolCall(id=call.id or ids.new_id("call"), name=call.name,
+                                             arguments=call.arguments or "{}"))
+                tool_calls.append(server_calls[-1])
+                continue
             item_id, index = calls[call.index]
             item = response.output[index]
             item.function_call.arguments = call.arguments or "{}"
@@ -417,7 +478,42 @@ class ResponseEngine:
             response.usage.CopyFrom(usage)
         state.messages.append(ChatMessage(role="assistant", content=completion.text or None,
                                           tool_calls=tuple(tool_calls)))
-        return completion
+        return completion, server_calls, bool(calls)
+
+    async def _run_web_search(self, state: ResponseState, run: Run, call: ToolCall) -> None:
+        """One web search the model asked for, as a web_search_call item; its result goes to
+        the model. Beyond max_tool_calls it is not run (the model is told so)."""
+        limit = state.plan.max_tool_calls
+        if limit is not None and state.tool_calls_run >= limit:
+            state.messages.append(ChatMessage(role="tool", tool_call_id=call.id, content=(
+                "Not run: this response reached its max_tool_calls; answer with what you have.")))
+            return
+        state.tool_calls_run += 1
+        response = state.response
+        arguments = arguments_object(call.arguments)
+        query = arguments.get("query") if arguments is not None else None
+        item_id, index = ids.new_id("ws"), len(response.output)
+        item = it.ResponseItem(web_search_call=it.ResponseWebSearchCall(
+            id=item_id, status=ITEM_IN_PROGRESS, action=it.ResponseWebSearchAction(
+                search=it.ResponseWebSearchActionSearch(query=query) if isinstance(query, str)
+                else it.ResponseWebSearchActionSearch())))
+        response.output.append(item)
+        item = response.output[index]  # (append copied it)
+        progress = ev.ResponseItemProgressEvent(item_id=item_id, output_index=index)
+        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(output_index=index,
+                                                                           item=_copy(item))))
+        await run.emit(_event(web_search_call_in_progress=progress))
+        await run.emit(_event(web_search_call_searching=progress))
+        if arguments is None:
+            content, failed = f"The arguments are not a JSON object: {call.arguments}", True
+        else:
+            result = await state.plan.server_tools[call.name].invoke(arguments, session_id=response.id)
+            content, failed = result.content, result.error_message is not None
+        item.web_search_call.status = it.RESPONSE_ITEM_STATUS_FAILED if failed else ITEM_COMPLETED
+        await run.emit(_event(web_search_call_completed=progress))
+        await run.emit(_event(output_item_done=ev.ResponseOutputItemEvent(output_index=index,
+                                                                          item=_copy(item))))
+        state.messages.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))
 
     @staticmethod
     async def _open_message(response: rt.Response, run: Run) -> _OpenMessage:
@@ -444,9 +540,16 @@ class ResponseEngine:
                                                                            item=_copy(item))))
         return item_id, index
 
-    async def _finish(self, state: ResponseState, run: Run) -> None:
-        """The terminal event, after the conversation is synced; the response stored with it."""
+    async def _finish(self, state: ResponseState, run: Run, incomplete: int | None = None) -> None:
+        """The terminal event (response.completed, or response.incomplete for the reason
+        given), after the conversation is synced; the response stored with it."""
         response = state.response
+        if incomplete is None:
+            response.status = COMPLETED
+            response.completed_at = int(time.time())
+        else:
+            response.status = INCOMPLETE
+            response.incomplete_details.reason = incomplete
         if response.HasField("conversation"):
             added = [*state.input, *response.output]
             if await self.conversations.append_items(state.owner, response.conversation.id, added) is None:
@@ -596,9 +699,9 @@ def _check_metadata(metadata: Any) -> None:
                                               f"{MAX_METADATA_VALUE} characters")
 
 
-def _tool_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
+def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
     """A function tool as the model sees it; the server-side tools agentd does not run yet
-    are INVALID_ARGUMENT naming the tool."""
+    (file_search, mcp) are INVALID_ARGUMENT naming the tool."""
     kind = tool.WhichOneof("tool")
     if kind != "function":
         raise InvalidArgument(where, f"{kind} tools are not available on this server yet; "

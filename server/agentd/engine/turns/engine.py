@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
 from agentd.clock import now_micros
-from agentd.engine.completion import Completion
+from agentd.engine.completion import Completion, arguments_object
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.turns.documents import with_documents
 from agentd.engine.turns.history import assistant_message, input_message, turn_messages
@@ -620,7 +619,7 @@ class TurnEngine:
         for streamed in completion.calls_in_order():
             call_id, name, arguments = streamed.id, streamed.name, streamed.arguments
             await progress(_call_text(")"))
-            if _json_object(arguments or "{}") is None:
+            if arguments_object(arguments or "{}") is None:
                 raw = f"{name}({arguments})"
                 unparsed.append(raw)
                 await progress(
@@ -703,7 +702,7 @@ class TurnEngine:
                 content=f"Unknown tool '{call.tool_name}'.", error_message=f"unknown tool '{call.tool_name}'"
             )
         else:
-            arguments = _json_object(call.arguments or "{}") or {}
+            arguments = arguments_object(call.arguments or "{}") or {}
             # ResolvedTool merges the group's args over the model's (the group's win).
             result = await resolved.invoke(arguments, session_id=state.turn.session_id)
         response = msg.AgentToolResponse(
@@ -837,11 +836,4 @@ def _integral(value: Any) -> Any:
         return [_integral(v) for v in value]
     return value
 
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
