@@ -554,3 +554,29 @@ async def test_a_failed_search_is_a_failed_item_and_the_model_goes_on(searching,
     response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}, WEATHER]))).response
     assert response.output[0].web_search_call.status == it.RESPONSE_ITEM_STATUS_FAILED
     assert output_text(response) == "The search failed."
+
+
+async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(database_url, tmp_path):
+    from agentd.storage import Database, Repository
+    from agentd.storage.responses import ResponseStore
+
+    db = Database(database_url)
+    await db.migrate()
+    store = ResponseStore(Repository(db))
+    left = rt.Response(id="resp_left", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS, store=True)
+    queued = rt.Response(id="resp_queued", model="test-model", status=rt.RESPONSE_STATUS_QUEUED, store=True)
+    done = rt.Response(id="resp_done", model="test-model", status=rt.RESPONSE_STATUS_COMPLETED, store=True)
+    for response in (left, queued, done):
+        await store.create(LOCAL_PRINCIPAL, response, [])
+    await db.close()
+    agentd = Agentd(make_settings(database_url, tmp_path))
+    await agentd.start()
+    try:
+        for response_id in ("resp_left", "resp_queued"):
+            failed = await agentd.responses.get(LOCAL_PRINCIPAL, response_id)
+            assert failed.status == rt.RESPONSE_STATUS_FAILED and failed.error.code == "server_error"
+            assert await agentd.responses.store.status(LOCAL_PRINCIPAL, response_id) == "failed"
+        still = await agentd.responses.get(LOCAL_PRINCIPAL, "resp_done")
+        assert still.status == rt.RESPONSE_STATUS_COMPLETED
+    finally:
+        await agentd.stop(0)
