@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +269,17 @@ def user_message() -> msg.TurnInputMessage:
     return msg.TurnInputMessage(user=msg.UserMessage(content=msg.InterleavedContent(text=USER_TEXT)))
 
 
+async def read_grpc_stream(call) -> tuple[int | None, Any]:
+    """Reads a gRPC stream of {event} messages to its end: when its first event came
+    (perf_counter_ns) and its last event."""
+    first, last = None, None
+    async for response in call:
+        if first is None:
+            first = time.perf_counter_ns()
+        last = response.event
+    return first, last
+
+
 def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: str, worker: TurnWorker,
                    timeout: float) -> Call:
     messages = [user_message()]
@@ -275,11 +287,8 @@ def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: s
         async def call() -> int | None:
             request = pb.StreamTurnRequest(agent_id=agent_id, session_id=await worker.session_id(),
                                            messages=messages)
-            first, last = None, None
-            async for response in stub.StreamTurn(request, timeout=timeout):
-                if first is None:
-                    first = time.perf_counter_ns()
-                last = response.event.payload
+            first, event = await read_grpc_stream(stub.StreamTurn(request, timeout=timeout))
+            last = event.payload if event is not None else None
             kind = last.WhichOneof("payload") if last is not None else "no events"
             if kind != "turn_complete":
                 detail = last.turn_failed.turn.error.message if kind == "turn_failed" else ""
@@ -296,6 +305,23 @@ def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: s
     return call
 
 
+async def read_sse(client: httpx.AsyncClient, path: str, body: bytes) -> tuple[int | None, dict]:
+    """POSTs `body` and reads the SSE stream to its end: when its first event came
+    (perf_counter_ns) and its last event's data."""
+    first, last = None, ""
+    async with client.stream("POST", path, content=body,
+                             headers={"content-type": "application/json"}) as response:
+        if response.status_code != 200:
+            text = (await response.aread()).decode(errors="replace")
+            raise HttpStatusError(response.status_code, text)
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                if first is None:
+                    first = time.perf_counter_ns()
+                last = line
+    return first, json.loads(last[5:]) if last else {}
+
+
 def http_turn_call(client: httpx.AsyncClient, op: str, agent_id: str, worker: TurnWorker) -> Call:
     # The legacy route that both SDK generations use; the body's "stream" flag picks the RPC.
     headers = {"content-type": "application/json"}
@@ -304,17 +330,7 @@ def http_turn_call(client: httpx.AsyncClient, op: str, agent_id: str, worker: Tu
     if stream:
         async def call() -> int | None:
             path = f"/v1alpha/agents/{agent_id}/session/{await worker.session_id()}/turn"
-            first, last = None, ""
-            async with client.stream("POST", path, content=body, headers=headers) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode(errors="replace")
-                    raise HttpStatusError(response.status_code, text)
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        if first is None:
-                            first = time.perf_counter_ns()
-                        last = line
-            data = json.loads(last[5:]) if last else {}
+            first, data = await read_sse(client, path, body)
             kind = (data.get("event") or {}).get("payload", {}).get("event_type")
             if kind != "turn_complete":
                 raise TurnNotCompleted("error event" if "error" in data else str(kind or "no events"),
@@ -346,11 +362,7 @@ def grpc_response_call(stub: responses_pb2_grpc.ResponsesServiceStub, op: str, t
         request.input.text = USER_TEXT
 
         async def call() -> int | None:
-            first, last = None, None
-            async for response in stub.StreamResponse(request, timeout=timeout):
-                if first is None:
-                    first = time.perf_counter_ns()
-                last = response.event
+            first, last = await read_grpc_stream(stub.StreamResponse(request, timeout=timeout))
             kind = last.WhichOneof("event") if last is not None else "no events"
             if kind != "completed":
                 detail = last.failed.response.error.message if kind == "failed" else ""
@@ -374,17 +386,7 @@ def http_response_call(client: httpx.AsyncClient, op: str) -> Call:
     body = json.dumps({**RESPONSE_BODY, "stream": stream}).encode()
     if stream:
         async def call() -> int | None:
-            first, last = None, ""
-            async with client.stream("POST", "/v1/responses", content=body, headers=headers) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode(errors="replace")
-                    raise HttpStatusError(response.status_code, text)
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        if first is None:
-                            first = time.perf_counter_ns()
-                        last = line
-            data = json.loads(last[5:]) if last else {}
+            first, data = await read_sse(client, "/v1/responses", body)
             if data.get("type") != "response.completed":
                 raise ResponseNotCompleted(str(data.get("type", "no events")), json.dumps(data)[:200])
             return first

@@ -13,7 +13,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.e2e.conftest import start_agentd
+from tests.e2e.conftest import start_agentd_with_fake_model
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
@@ -29,9 +29,7 @@ def fake():
 
 @pytest.fixture(scope="module")
 def agentd(tmp_path_factory, fake):
-    providers = [{"id": "fake", "type": "openai", "base_url": fake.base_url,
-                  "models": [{"id": "test-model"}]}]
-    handle = start_agentd(tmp_path_factory.mktemp("agentd"), AGENTD_PROVIDERS=json.dumps(providers))
+    handle = start_agentd_with_fake_model(tmp_path_factory.mktemp("agentd"), fake)
     yield handle
     assert handle.terminate() == 0, handle.log()
 

@@ -19,7 +19,7 @@ from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
-from tests.conftest import error_of, make_settings
+from tests.conftest import error_of, fake_model, make_settings, running
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -37,17 +37,10 @@ def fake():
 
 @pytest_asyncio.fixture
 async def server(database_url, tmp_path, fake):
-    settings = make_settings(
-        database_url, tmp_path,
-        providers=[{"id": "fake", "type": "openai", "base_url": fake.base_url,
-                    "models": [{"id": "test-model"}]}],
-        shields=[{"id": "llama-guard", "provider_id": "llama-guard"}])
-    agentd = Agentd(settings)
-    await agentd.start()
-    try:
+    settings = make_settings(database_url, tmp_path, providers=fake_model(fake),
+                             shields=[{"id": "llama-guard", "provider_id": "llama-guard"}])
+    async with running(settings) as agentd:
         yield agentd
-    finally:
-        await agentd.stop(0)
 
 
 @pytest_asyncio.fixture
@@ -487,18 +480,11 @@ def search():
 @pytest_asyncio.fixture
 async def searching(database_url, tmp_path, fake, search):
     """ResponsesService of an agentd with web search configured (the fake search API)."""
-    settings = make_settings(
-        database_url, tmp_path,
-        providers=[{"id": "fake", "type": "openai", "base_url": fake.base_url,
-                    "models": [{"id": "test-model"}]}],
-        websearch={"api_key": "sk-search", "base_url": search.base_url})
-    agentd = Agentd(settings)
-    await agentd.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as channel:
-            yield responses_pb2_grpc.ResponsesServiceStub(channel)
-    finally:
-        await agentd.stop(0)
+    settings = make_settings(database_url, tmp_path, providers=fake_model(fake),
+                             websearch={"api_key": "sk-search", "base_url": search.base_url})
+    async with running(settings) as agentd, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as channel:
+        yield responses_pb2_grpc.ResponsesServiceStub(channel)
 
 
 def searches(*queries: str) -> Reply:
