@@ -400,6 +400,16 @@ async def test_cancel_stops_a_background_response(responses, fake):
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RESPONSE_NOT_CANCELLABLE")
 
 
+async def test_deleting_a_running_response_cancels_it_first(server, responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    created = (await responses.CreateResponse(create(background=True))).response
+    await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_IN_PROGRESS)
+    await responses.DeleteResponse(pb.DeleteResponseRequest(response_id=created.id))
+    assert server.runs.get(LOCAL_PRINCIPAL, created.id) is None
+    code, reason, _ = await error_of(responses.GetResponse(pb.GetResponseRequest(response_id=created.id)))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RESPONSE_NOT_FOUND")
+
+
 async def test_a_dropped_stream_stops_its_response(responses, fake):
     fake.script(Reply(text="never", hang=True))
     call = responses.StreamResponse(stream())

@@ -78,12 +78,9 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
             owner, paging.decode(request.page_token), _page_size(request.page_size, RESPONSES_PAGE),
             descending=request.order != common_pb2.SORT_ORDER_ASC,
             model=request.model if request.HasField("model") else None)
-        data = []
-        for response in responses:
-            if not response.store:  # still running, deleted when it ends: never listed
-                continue
-            inputs = await self.engine.store.input_items(owner, response.id) or []
-            data.append(pb.ResponseWithInput(response=response, input=inputs))
+        listed = [r for r in responses if r.store]  # store=false ones run, then go: never listed
+        inputs = await self.engine.store.inputs_of(owner, [r.id for r in listed])
+        data = [pb.ResponseWithInput(response=r, input=inputs.get(r.id, [])) for r in listed]
         return pb.ListResponsesResponse(
             data=data, has_more=page.has_more, next_page_token=page.next_page_token,
             first_id=data[0].response.id if data else "", last_id=data[-1].response.id if data else "")

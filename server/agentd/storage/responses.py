@@ -101,6 +101,23 @@ class ResponseStore:
     async def delete(self, owner: str, response_id: str) -> bool:
         return await self.repo.delete(schema.responses, owner, response_id)
 
+    async def inputs_of(self, owner: str,
+                        response_ids: list[str]) -> dict[str, list[item_types.ResponseItem]]:
+        """The input items of several of the owner's responses (a page of ListResponses) in one
+        read: response id -> its items in order (missing ids are left out)."""
+        responses, items = schema.responses, schema.response_items
+        query = (select(items.c.response_id, items.c.body)
+                 .join(responses, responses.c.id == items.c.response_id)
+                 .where(responses.c.owner == owner, items.c.response_id.in_(response_ids),
+                        items.c.kind == INPUT)
+                 .order_by(items.c.response_id, items.c.position))
+        found: dict[str, list[item_types.ResponseItem]] = {}
+        if not response_ids:
+            return found
+        for row in await self.db.scan(lambda conn: conn.execute(query).all()):
+            found.setdefault(row.response_id, []).append(item_types.ResponseItem.FromString(row.body))
+        return found
+
     async def input_items(self, owner: str, response_id: str) -> list[item_types.ResponseItem] | None:
         """The response's input items in order; None if the owner has no such response."""
         responses, items = schema.responses, schema.response_items
