@@ -779,7 +779,7 @@ def overheads(cells: list[Cell]) -> list[dict]:
 def turn_budget(cells: list[Cell], overhead_rows: list[dict], idle: dict | None) -> list[dict]:
     """The turns issue's budget, as PASS / MISS / n/a lines; informational only."""
     lines = []
-    measured = {r["op"] for r in overhead_rows}
+    measured = {r["op"] for r in overhead_rows} & {"StreamTurn", "CreateTurn"}
     for op in ("StreamTurn", "CreateTurn"):
         if op not in measured:
             continue
