@@ -218,19 +218,24 @@ def _tool_choice(choice: str) -> str | dict[str, Any]:
 
 
 async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[Any]:
-    """The JSON data of each Server-Sent Event, until [DONE] or the end of the stream (data
-    lines joined per event; event names, ids and comments are not used by chat streams)."""
+    """The JSON data of each Server-Sent Event until [DONE] (data lines joined per event;
+    event names, ids and comments are not used by chat streams). What follows [DONE] is read
+    to the end of the body, so the HTTP/1.1 connection goes back to the pool: a connection
+    closed early costs the next call a new TCP connection."""
     data: list[str] = []
+    done = False
     async for line in lines:
+        if done:
+            continue
         if line.startswith("data:"):
             data.append(line[6:] if line.startswith("data: ") else line[5:])
         elif not line and data:
             text = "\n".join(data)
             data.clear()
-            if text.startswith("[DONE]"):
-                return
-            yield json.loads(text)
-    if data and not data[0].startswith("[DONE]"):
+            done = text.startswith("[DONE]")
+            if not done:
+                yield json.loads(text)
+    if data and not done and not data[0].startswith("[DONE]"):
         yield json.loads("\n".join(data))
 
 
