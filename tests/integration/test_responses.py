@@ -259,6 +259,8 @@ async def test_function_call_outputs_continue_with_the_calls_resent(responses, f
     ({"previous_response_id": "resp_1", "conversation": "conv_1"}, "conversation"),
     ({"conversation": "chat_1"}, "conversation"),
     ({"background": True, "store": False}, "background"),
+    ({"previous_response_id": "resp_\u0000"}, "previous_response_id"),
+    ({"conversation": {"id": "conv_\u0000"}}, "conversation"),
 ])
 async def test_bad_requests_fail_before_any_event(responses, fake, fields, param):
     for call in (responses.CreateResponse(create(**fields)),
@@ -576,3 +578,8 @@ async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(da
         assert still.status == rt.RESPONSE_STATUS_COMPLETED
     finally:
         await agentd.stop(0)
+
+
+async def test_an_id_with_nul_is_invalid_not_a_database_error(responses):
+    code, _, fields = await error_of(responses.GetResponse(pb.GetResponseRequest(response_id="resp_\x00")))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["response_id"])

@@ -8,7 +8,7 @@ from agentd import paging
 from agentd.api.agents import request_id_of
 from agentd.context import principal
 from agentd.engine.responses import ResponseEngine
-from agentd.engine.responses.engine import check_includes
+from agentd.engine.responses.engine import check_includes, id_param
 from agentd.engine.runs import RESPONSES, run_to_end
 from agentd.errors import InvalidArgument
 from agentd.storage.responses import item_id_of
@@ -26,9 +26,7 @@ def _page_size(requested: int, default: int) -> int:
 
 
 def _response_id(request) -> str:
-    if "\x00" in request.response_id:
-        raise InvalidArgument("response_id", "must not contain NUL characters")
-    return request.response_id
+    return id_param(request.response_id, "response_id")
 
 
 class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):

@@ -217,7 +217,8 @@ class ResponseEngine:
         if background and not store:
             raise InvalidArgument("background", "a background response must be stored (store: true)")
         plan = self._plan(request)
-        previous = request.previous_response_id if request.HasField("previous_response_id") else None
+        previous = (id_param(request.previous_response_id, "previous_response_id")
+                    if request.HasField("previous_response_id") else None)
         conversation_id = self._conversation_id(request)
         if previous is not None and conversation_id is not None:
             raise InvalidArgument("conversation", "Mutually exclusive parameters: 'previous_response_id' and "
@@ -233,7 +234,7 @@ class ResponseEngine:
         messages = response_items.chat_messages([*history, *given])
         if request.HasField("instructions") and request.instructions:
             messages.insert(0, ChatMessage(role="system", content=request.instructions))
-        response = _echo(request, background=background, store=store)
+        response = _echo(request, plan, background=background, store=store)
         if conversation_id is not None:
             response.conversation.id = conversation_id
         request_id = request.request_id if request.HasField("request_id") and request.request_id else None
@@ -328,7 +329,8 @@ class ResponseEngine:
         if not request.HasField("conversation"):
             return None
         param = request.conversation
-        conversation_id = param.id if param.WhichOneof("conversation") == "id" else param.ref.id
+        conversation_id = id_param(param.id if param.WhichOneof("conversation") == "id" else param.ref.id,
+                                    "conversation")
         if not conversation_id.startswith(f"{ids.CONVERSATION}_"):
             raise InvalidArgument("conversation", f"Invalid conversation ID '{conversation_id}'. "
                                                   "Expected an ID that begins with 'conv_'.")
@@ -675,6 +677,13 @@ class _OpenMessage:
             output_index=self.output_index, item=_copy(item))))
 
 
+def id_param(value: str, field: str) -> str:
+    """An id the request names: NUL, which PostgreSQL cannot store or compare, is refused."""
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return value
+
+
 def _fail(response: rt.Response, code: str, message: str) -> None:
     response.status = FAILED
     response.error.CopyFrom(rt.ResponseError(code=code, message=message))
@@ -751,7 +760,7 @@ def _response_format(text: text_pb.ResponseTextConfig) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
-def _echo(request: CreateRequest, *, background: bool, store: bool) -> rt.Response:
+def _echo(request: CreateRequest, plan: Plan, *, background: bool, store: bool) -> rt.Response:
     """The new response: the request's settings echoed as OpenAI does, with the defaults
     written out."""
     response = rt.Response(
@@ -760,8 +769,7 @@ def _echo(request: CreateRequest, *, background: bool, store: bool) -> rt.Respon
         metadata=request.metadata, store=store, background=background, service_tier="default",
         parallel_tool_calls=not request.HasField("parallel_tool_calls") or request.parallel_tool_calls,
         truncation=request.truncation or rt.RESPONSE_TRUNCATION_DISABLED,
-        max_infer_iters=(request.max_infer_iters if request.HasField("max_infer_iters")
-                         else DEFAULT_MAX_INFER_ITERS))
+        max_infer_iters=plan.max_infer_iters)
     for name in ("instructions", "previous_response_id", "temperature", "top_p", "max_output_tokens",
                  "max_tool_calls", "user", "top_logprobs", "safety_identifier", "prompt_cache_key"):
         if request.HasField(name):
