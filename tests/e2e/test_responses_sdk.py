@@ -189,7 +189,7 @@ def test_error_classes(client, fake):
         client.responses.retrieve("resp_missing")
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="no-such-model", input="hi")
-    assert caught.value.body["code"] == "model_not_found"
+    assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="test-model", input="hi", previous_response_id="resp_missing",
                                 stream=True)

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -271,16 +272,16 @@ async def test_bad_requests_fail_before_any_event(responses, fake, fields, param
     assert not (await responses.ListResponses(pb.ListResponsesRequest())).data
 
 
-@pytest.mark.parametrize("fields, reason", [
-    ({"model": "nope"}, "MODEL_NOT_FOUND"),
-    ({"previous_response_id": "resp_nope"}, "RESPONSE_NOT_FOUND"),
-    ({"conversation": "conv_nope"}, "CONVERSATION_NOT_FOUND"),
-    ({"guardrails": ["llama-guard", {"type": "no-such-shield"}]}, "SHIELD_NOT_FOUND"),
+@pytest.mark.parametrize("fields, reason, param", [
+    ({"model": "nope"}, "MODEL_NOT_FOUND", "model"),
+    ({"previous_response_id": "resp_nope"}, "RESPONSE_NOT_FOUND", "previous_response_id"),
+    ({"conversation": "conv_nope"}, "CONVERSATION_NOT_FOUND", "conversation"),
+    ({"guardrails": ["llama-guard", {"type": "no-such-shield"}]}, "SHIELD_NOT_FOUND", "guardrails"),
 ])
-async def test_unknown_references_are_not_found_before_any_event(responses, fake, fields, reason):
+async def test_unknown_references_are_not_found_before_any_event(responses, fake, fields, reason, param):
     for call in (responses.CreateResponse(create(**fields)),
                  collect(responses.StreamResponse(stream(**fields)))):
-        assert (await error_of(call))[:2] == (grpc.StatusCode.NOT_FOUND, reason)
+        assert await error_of(call) == (grpc.StatusCode.NOT_FOUND, reason, [param])
     assert not fake.chat_requests
 
 
@@ -583,3 +584,26 @@ async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(da
 async def test_an_id_with_nul_is_invalid_not_a_database_error(responses):
     code, _, fields = await error_of(responses.GetResponse(pb.GetResponseRequest(response_id="resp_\x00")))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["response_id"])
+
+
+async def test_rest_streams_are_framed_as_openai_frames_them(server, fake):
+    fake.script(Reply(text="framed", chunk_size=3), Reply(text="plain"))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+        async with http.stream("POST", "/v1/openai/v1/responses",
+                               json={"model": "test-model", "input": "hi", "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            frames = (await streamed.aread()).decode().split("\n\n")
+        first = frames[0].split("\n")
+        assert first[:2] == ["id: 0", "event: response.created"]
+        data = json.loads(first[2].removeprefix("data: "))
+        assert data["type"] == "response.created" and data["sequence_number"] == 0
+        assert data["response"]["status"] == "in_progress" and data["response"]["object"] == "response"
+        last = [f for f in frames if f][-1].split("\n")
+        assert last[1] == "event: response.completed"
+        plain = await http.post("/v1/responses", json={"model": "test-model", "input": "hi"})
+        assert plain.status_code == 200 and plain.json()["output"][0]["content"][0]["text"] == "plain"
+        missing = await http.post("/v1/responses", json={"model": "test-model", "input": "hi", "stream": True,
+                                                         "previous_response_id": "resp_nope"})
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "previous_response_id"
+        assert missing.json()["error"]["code"] == "response_not_found"

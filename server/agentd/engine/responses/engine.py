@@ -254,7 +254,10 @@ class ResponseEngine:
         return Started(_snapshot(response).response, run.events)
 
     def _plan(self, request: CreateRequest) -> Plan:
-        provider = self.registry.provider_for(request.model)  # NOT_FOUND (MODEL_NOT_FOUND)
+        try:
+            provider = self.registry.provider_for(request.model)
+        except NotFound:
+            raise _not_found("model", request.model, "model") from None
         specs: list[ToolSpec] = []
         server_tools: dict[str, ResolvedTool] = {}
         for index, tool in enumerate(request.tools):
@@ -320,7 +323,7 @@ class ResponseEngine:
         for guardrail in guardrails:
             shield_id = guardrail.id if guardrail.WhichOneof("guardrail") == "id" else guardrail.spec.type
             if shield_id not in self.shields:
-                raise NotFound("shield", shield_id)
+                raise _not_found("shield", shield_id, "guardrails")
             named.append(shield_id)
         return tuple(named)
 
@@ -342,7 +345,7 @@ class ResponseEngine:
         (with its own ancestors: the chain is broken there)."""
         head = await self.store.get(owner, response_id)
         if head is None or not head.store:
-            raise NotFound("response", response_id)
+            raise _not_found("response", response_id, "previous_response_id")
         parts: list[Sequence[it.ResponseItem]] = []
         current: rt.Response | None = head
         while current is not None:
@@ -370,7 +373,7 @@ class ResponseEngine:
             found = await self.conversations.list_items(owner, conversation_id, cursor, CONVERSATION_PAGE,
                                                         descending=False)
             if found is None:
-                raise NotFound("conversation", conversation_id)
+                raise _not_found("conversation", conversation_id, "conversation")
             page_items, page = found
             loaded.extend(page_items)
             if not page.has_more or page.next_cursor is None:
@@ -675,6 +678,13 @@ class _OpenMessage:
         item.message.content.parts.parts.append(part)
         await run.emit(_event(output_item_done=ev.ResponseOutputItemEvent(
             output_index=self.output_index, item=_copy(item))))
+
+
+def _not_found(resource: str, resource_id: str, field: str) -> NotFound:
+    """NOT_FOUND for an id the request names in `field`, which OpenAI's error calls `param`."""
+    error = NotFound(resource, resource_id)
+    error.field_violations = [(field, error.message)]
+    return error
 
 
 def id_param(value: str, field: str) -> str:
