@@ -205,3 +205,17 @@ def test_error_classes(client, fake):
             {"type": "function_call_output", "call_id": "call_unpaired", "output": "1"}])
     assert caught.value.body["param"] == "input" and "call_unpaired" in caught.value.message
     assert not fake.chat_requests
+
+
+def test_stream_helper_with_parallel_function_calls(client, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}),
+                                  ToolCallSpec("get_weather", {"city": "Rome"})],
+                      interleave_tool_calls=True, chunk_size=3))
+    with client.responses.stream(model="test-model", input="Weather?", tools=[WEATHER]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert sorted(e.output_index for e in done) == [0, 1]
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [json.loads(c.arguments)["city"] for c in calls] == ["Paris", "Rome"]
+    assert all(c.status == "completed" for c in calls)
