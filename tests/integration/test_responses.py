@@ -500,13 +500,15 @@ async def searching(database_url, tmp_path, fake, search):
         yield responses_pb2_grpc.ResponsesServiceStub(channel)
 
 
-def searches(*queries: str) -> Reply:
-    return Reply(tool_calls=[ToolCallSpec("web_search", {"query": q}, id=f"call_{q}") for q in queries])
+def searches(*queries: str, **reply) -> Reply:
+    calls = [ToolCallSpec("web_search", {"query": q}, id=f"call_{q}") for q in queries]
+    return Reply(tool_calls=calls, **reply)
 
 
 async def test_web_search_runs_here_and_the_model_answers(searching, fake, search):
     search.script(SearchReply(results=[Hit("agentd", "https://agentd.example", "agentd runs agents")]))
-    fake.script(searches("agentd"), Reply(text="agentd runs agents."))
+    fake.script(searches("agentd", usage={"prompt_tokens": 10, "completion_tokens": 3}),
+                Reply(text="agentd runs agents.", usage={"prompt_tokens": 20, "completion_tokens": 5}))
     events = await collect(searching.StreamResponse(stream(tools=[{"type": "web_search_preview"}])))
     assert tags(events) == [
         "response.created", "response.in_progress", "response.output_item.added",
@@ -519,6 +521,8 @@ async def test_web_search_runs_here_and_the_model_answers(searching, fake, searc
     assert call.id.startswith("ws_") and call.status == it.RESPONSE_ITEM_STATUS_COMPLETED
     assert call.action.search.query == "agentd"
     assert output_text(response) == "agentd runs agents." and response.output[1].HasField("message")
+    usage = response.usage  # summed over both model calls
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (30, 8, 38)
     assert search.requests[0].body["query"] == "agentd"
     assert fake.chat_requests[0].body["tools"][0]["function"]["name"] == "web_search"
     second = fake.chat_requests[1].body["messages"]
