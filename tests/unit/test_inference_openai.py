@@ -316,27 +316,28 @@ def raw_sse():
         server.server_close()
 
 
+@pytest.fixture
+async def raw_provider(raw_sse):
+    p = OpenAIProvider("raw", f"http://127.0.0.1:{raw_sse.server_address[1]}/v1")
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
 @pytest.mark.parametrize("body, message", [
     (b'data: {"error": {"message": "overloaded"}}\n\n', "overloaded"),
     (b"data: not json\n\n", "not JSON"),
 ])
-async def test_a_broken_stream_is_model_unavailable(raw_sse, body, message):
+async def test_a_broken_stream_is_model_unavailable(raw_sse, raw_provider, body, message):
     raw_sse.body = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n' + body
-    provider = OpenAIProvider("raw", f"http://127.0.0.1:{raw_sse.server_address[1]}/v1")
-    try:
-        error = await failure(provider, ChatRequest(model="m", messages=USER))
-    finally:
-        await provider.close()
+    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
     assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
     assert message in error.message
 
 
-async def test_multi_line_data_and_comments_are_read_as_server_sent_events(raw_sse):
+async def test_multi_line_data_and_comments_are_read_as_server_sent_events(raw_sse, raw_provider):
     raw_sse.body = (b": keep-alive\n\nevent: chunk\ndata: {\"choices\": [{\"index\": 0,\ndata:  \"delta\": "
                     b"{\"content\": \"hi\"}, \"finish_reason\": \"stop\"}]}\n\ndata: [DONE]\n\n")
-    provider = OpenAIProvider("raw", f"http://127.0.0.1:{raw_sse.server_address[1]}/v1")
-    try:
-        chunks = await collect(provider, ChatRequest(model="m", messages=USER))
-    finally:
-        await provider.close()
+    chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
     assert text_of(chunks) == "hi" and chunks[-1].finish_reason == "stop"
