@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,8 @@ try:
     from agentd.v1 import agent_messages_pb2 as msg
     from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
-    from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc
+    from agentd.v1 import agents_pb2_grpc, models_pb2, models_pb2_grpc, responses_pb2, responses_pb2_grpc
+    from agentd.v1 import response_resource_pb2 as rt
 except ImportError as e:  # the usual cause: run with a Python that is not the project's venv
     sys.exit(f"bench: {e}. Run it with the project's venv: `make bench` or `.venv/bin/python bench/run.py`.")
 
@@ -58,14 +60,23 @@ UNARY_OPS = ("GetAgent", "CreateSession", "ListModels")
 # Turns against the fake model; `Direct` is the fake called straight with the openai SDK
 # (streaming the same reply), measured in the same run: turn p50 - Direct p50 is agentd's overhead.
 TURN_OPS = ("Direct", "StreamTurn", "CreateTurn")
-OPS = UNARY_OPS + TURN_OPS
-DEFAULT_OPS = (*UNARY_OPS, "StreamTurn", "CreateTurn")
+# Responses against the same fake: what agentd adds is measured against `Direct` likewise.
+RESPONSE_OPS = ("CreateResponse", "StreamResponse")
+# The ops that call the model (and are compared with Direct).
+MODEL_OPS = ("StreamTurn", "CreateTurn", *RESPONSE_OPS)
+OPS = UNARY_OPS + TURN_OPS + RESPONSE_OPS
+DEFAULT_OPS = (*UNARY_OPS, "StreamTurn", "CreateTurn", *RESPONSE_OPS)
 TRANSPORTS = ("grpc", "http")
 BUDGET_MS = 1.0  # the issue's budget: both checks below compare against 1 ms
 # The turns issue's budget (informational like the others).
 TURN_OVERHEAD_BUDGET_MS = 2.0  # turn p50 - Direct p50, gRPC, concurrency 1
 TURN_CPU_BUDGET_MS = 3.0  # agentd CPU per turn, gRPC, concurrency 1
 IDLE_STREAM_BUDGET_KB = 50.0  # agentd RSS per idle open turn stream
+# The responses issue's budget (informational like the others).
+RESPONSE_CPU_BUDGET_MS = 3.0  # agentd CPU per non-streaming response, gRPC, concurrency 1
+RESPONSE_THROUGHPUT_BUDGET = 300.0  # responses/s over gRPC at concurrency 64 on SQLite, 0 errors
+RESPONSE_OVERHEAD_BUDGET_MS = 2.0  # response p50 - Direct p50, gRPC, concurrency 1
+FIRST_EVENT_BUDGET_MS = 2.0  # StreamResponse's first event (response.created), gRPC, concurrency 1
 BENCH_MODEL = "bench-model"  # the fake answers it at once
 HANG_MODEL = "bench-hang"  # the fake never answers it: turns that stay open
 REPLY_TEXT = "Hello from the fake model, answering at once."
@@ -259,6 +270,17 @@ def user_message() -> msg.TurnInputMessage:
     return msg.TurnInputMessage(user=msg.UserMessage(content=msg.InterleavedContent(text=USER_TEXT)))
 
 
+async def read_grpc_stream(call) -> tuple[int | None, Any]:
+    """Reads a gRPC stream of {event} messages to its end: when its first event came
+    (perf_counter_ns) and its last event."""
+    first, last = None, None
+    async for response in call:
+        if first is None:
+            first = time.perf_counter_ns()
+        last = response.event
+    return first, last
+
+
 def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: str, worker: TurnWorker,
                    timeout: float) -> Call:
     messages = [user_message()]
@@ -266,11 +288,8 @@ def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: s
         async def call() -> int | None:
             request = pb.StreamTurnRequest(agent_id=agent_id, session_id=await worker.session_id(),
                                            messages=messages)
-            first, last = None, None
-            async for response in stub.StreamTurn(request, timeout=timeout):
-                if first is None:
-                    first = time.perf_counter_ns()
-                last = response.event.payload
+            first, event = await read_grpc_stream(stub.StreamTurn(request, timeout=timeout))
+            last = event.payload if event is not None else None
             kind = last.WhichOneof("payload") if last is not None else "no events"
             if kind != "turn_complete":
                 detail = last.turn_failed.turn.error.message if kind == "turn_failed" else ""
@@ -287,6 +306,23 @@ def grpc_turn_call(stub: agents_pb2_grpc.AgentsServiceStub, op: str, agent_id: s
     return call
 
 
+async def read_sse(client: httpx.AsyncClient, path: str, body: bytes) -> tuple[int | None, dict]:
+    """POSTs `body` and reads the SSE stream to its end: when its first event came
+    (perf_counter_ns) and its last event's data."""
+    first, last = None, ""
+    async with client.stream("POST", path, content=body,
+                             headers={"content-type": "application/json"}) as response:
+        if response.status_code != 200:
+            text = (await response.aread()).decode(errors="replace")
+            raise HttpStatusError(response.status_code, text)
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                if first is None:
+                    first = time.perf_counter_ns()
+                last = line
+    return first, json.loads(last[5:]) if last else {}
+
+
 def http_turn_call(client: httpx.AsyncClient, op: str, agent_id: str, worker: TurnWorker) -> Call:
     # The legacy route that both SDK generations use; the body's "stream" flag picks the RPC.
     headers = {"content-type": "application/json"}
@@ -295,17 +331,7 @@ def http_turn_call(client: httpx.AsyncClient, op: str, agent_id: str, worker: Tu
     if stream:
         async def call() -> int | None:
             path = f"/v1alpha/agents/{agent_id}/session/{await worker.session_id()}/turn"
-            first, last = None, ""
-            async with client.stream("POST", path, content=body, headers=headers) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode(errors="replace")
-                    raise HttpStatusError(response.status_code, text)
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        if first is None:
-                            first = time.perf_counter_ns()
-                        last = line
-            data = json.loads(last[5:]) if last else {}
+            first, data = await read_sse(client, path, body)
             kind = (data.get("event") or {}).get("payload", {}).get("event_type")
             if kind != "turn_complete":
                 raise TurnNotCompleted("error event" if "error" in data else str(kind or "no events"),
@@ -320,6 +346,59 @@ def http_turn_call(client: httpx.AsyncClient, op: str, agent_id: str, worker: Tu
             turn = response.json()
             if turn.get("status") != "completed":
                 raise TurnNotCompleted(str(turn.get("status")), json.dumps(turn.get("error", ""))[:200])
+    return call
+
+
+class ResponseNotCompleted(Exception):
+    def __init__(self, status: str, detail: str = ""):
+        super().__init__(f"response ended {status}" + (f": {detail}" if detail else ""))
+
+
+RESPONSE_BODY = {"model": BENCH_MODEL, "input": USER_TEXT, "instructions": INSTRUCTIONS}
+
+
+def grpc_response_call(stub: responses_pb2_grpc.ResponsesServiceStub, op: str, timeout: float) -> Call:
+    if op == "StreamResponse":
+        request = responses_pb2.StreamResponseRequest(model=BENCH_MODEL, instructions=INSTRUCTIONS)
+        request.input.text = USER_TEXT
+
+        async def call() -> int | None:
+            first, last = await read_grpc_stream(stub.StreamResponse(request, timeout=timeout))
+            kind = last.WhichOneof("event") if last is not None else "no events"
+            if kind != "completed":
+                detail = last.failed.response.error.message if kind == "failed" else ""
+                raise ResponseNotCompleted(kind, detail)
+            return first
+    else:
+        unary = responses_pb2.CreateResponseRequest(model=BENCH_MODEL, instructions=INSTRUCTIONS)
+        unary.input.text = USER_TEXT
+
+        async def call() -> None:
+            response = (await stub.CreateResponse(unary, timeout=timeout)).response
+            if response.status != rt.RESPONSE_STATUS_COMPLETED:
+                raise ResponseNotCompleted(str(response.status), response.error.message)
+    return call
+
+
+def http_response_call(client: httpx.AsyncClient, op: str) -> Call:
+    """POST /v1/responses as the openai SDK sends it; its "stream" flag picks the RPC."""
+    headers = {"content-type": "application/json"}
+    stream = op == "StreamResponse"
+    body = json.dumps({**RESPONSE_BODY, "stream": stream}).encode()
+    if stream:
+        async def call() -> int | None:
+            first, data = await read_sse(client, "/v1/responses", body)
+            if data.get("type") != "response.completed":
+                raise ResponseNotCompleted(str(data.get("type", "no events")), json.dumps(data)[:200])
+            return first
+    else:
+        async def call() -> None:
+            response = await client.post("/v1/responses", content=body, headers=headers)
+            if response.status_code != 200:
+                raise HttpStatusError(response.status_code, response.text)
+            data = response.json()
+            if data.get("status") != "completed":
+                raise ResponseNotCompleted(str(data.get("status")), json.dumps(data.get("error", ""))[:200])
     return call
 
 
@@ -489,6 +568,22 @@ async def measure_turn_cell(server: AgentdProcess, args: argparse.Namespace, op:
             cell = await _warm_then_measure(server, calls, args, op, transport)
     cell.turns_per_session_max = max(w.max_turns_in_session for w in workers)
     return cell
+
+
+async def measure_response_cell(server: AgentdProcess, args: argparse.Namespace, op: str, transport: str,
+                                concurrency: int) -> Cell:
+    if transport == "grpc":
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = responses_pb2_grpc.ResponsesServiceStub(channel)
+            calls = [grpc_response_call(stub, op, args.request_timeout)] * concurrency
+            return await _warm_then_measure(server, calls, args, op, transport)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)  # see measure_cell
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(
+            base_url=server.base_url, limits=limits, timeout=httpx.Timeout(args.request_timeout)))
+            for _ in range(concurrency)]
+        calls = [http_response_call(c, op) for c in clients]
+        return await _warm_then_measure(server, calls, args, op, transport)
 
 
 async def _warm_then_measure(server: AgentdProcess, calls: list[Call], args: argparse.Namespace, op: str,
@@ -667,7 +762,7 @@ def overheads(cells: list[Cell]) -> list[dict]:
     out = []
     for c in cells:
         d = direct.get(c.concurrency)
-        if c.op not in ("StreamTurn", "CreateTurn") or d is None:
+        if c.op not in MODEL_OPS or d is None:
             continue
 
         def minus(a: float | None, b: float | None) -> float | None:
@@ -685,7 +780,7 @@ def overheads(cells: list[Cell]) -> list[dict]:
 def turn_budget(cells: list[Cell], overhead_rows: list[dict], idle: dict | None) -> list[dict]:
     """The turns issue's budget, as PASS / MISS / n/a lines; informational only."""
     lines = []
-    measured = {r["op"] for r in overhead_rows}
+    measured = {r["op"] for r in overhead_rows} & {"StreamTurn", "CreateTurn"}
     for op in ("StreamTurn", "CreateTurn"):
         if op not in measured:
             continue
@@ -725,6 +820,46 @@ def turn_budget(cells: list[Cell], overhead_rows: list[dict], idle: dict | None)
         else:
             lines.append({"check": check, "verdict": "PASS" if v <= IDLE_STREAM_BUDGET_KB else "MISS",
                           "detail": f"{v:.1f} KB ({idle['waiting']} streams)", "value_kb": v})
+    return lines
+
+
+def response_budget(cells: list[Cell], overhead_rows: list[dict], backend: str) -> list[dict]:
+    """The responses issue's budget, as PASS / MISS / n/a lines; informational only."""
+    def cell(op: str, concurrency: int) -> Cell | None:
+        wanted = (op, "grpc", concurrency)
+        return next((c for c in cells if (c.op, c.transport, c.concurrency) == wanted), None)
+
+    def line(check: str, value: float | None, ok: Callable[[float], bool], detail: str) -> dict:
+        if value is None:
+            return {"check": check, "verdict": "n/a", "detail": "not measured"}
+        return {"check": check, "verdict": "PASS" if ok(value) else "MISS", "detail": detail, "value": value}
+
+    lines = []
+    if not any(c.op in RESPONSE_OPS for c in cells):
+        return lines
+    create1 = cell("CreateResponse", 1)
+    cpu = create1.server_cpu_ms if create1 else None
+    lines.append(line(f"CreateResponse: agentd CPU per response <= {RESPONSE_CPU_BUDGET_MS:g} ms (gRPC, "
+                      "concurrency 1)", cpu, lambda v: v <= RESPONSE_CPU_BUDGET_MS, f"{cpu or 0:.2f} ms"))
+    create64 = cell("CreateResponse", 64)
+    rate = create64.throughput if create64 and backend == "sqlite" else None
+    errors = create64.errors if create64 else 0
+    lines.append(line(f"CreateResponse: >= {RESPONSE_THROUGHPUT_BUDGET:g} responses/s with 0 errors (gRPC, "
+                      "concurrency 64, SQLite)", rate,
+                      lambda v: v >= RESPONSE_THROUGHPUT_BUDGET and errors == 0,
+                      f"{rate or 0:.0f}/s, {errors} errors"))
+    for op in RESPONSE_OPS:
+        row = next((r for r in overhead_rows
+                    if (r["op"], r["transport"], r["concurrency"]) == (op, "grpc", 1)), None)
+        v = row["overhead_p50_ms"] if row else None
+        lines.append(line(f"{op}: p50 overhead over the fake called directly <= "
+                          f"{RESPONSE_OVERHEAD_BUDGET_MS:g} ms (gRPC, concurrency 1)", v,
+                          lambda v: v <= RESPONSE_OVERHEAD_BUDGET_MS, f"{v or 0:+.2f} ms"))
+    stream1 = cell("StreamResponse", 1)
+    first = stream1.first_event_p50_ms if stream1 else None
+    lines.append(line(f"StreamResponse: first event p50 <= {FIRST_EVENT_BUDGET_MS:g} ms "
+                      "(gRPC, concurrency 1)", first, lambda v: v <= FIRST_EVENT_BUDGET_MS,
+                      f"{first or 0:.2f} ms"))
     return lines
 
 
@@ -802,10 +937,10 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
                   fmt_ms(r["first_event_p50_ms"]), fmt_ms(r["server_cpu_ms"]), str(r["errors"])]
                  for r in overhead_rows]
         longest = max((c.turns_per_session_max or 0) for c in cells)
-        out += ["", "## Turn overhead over the fake model called directly (same run)", "",
-                md_table(["op", "transport", "concurrency", "turn p50 ms", "direct p50 ms", "overhead p50 ms",
-                          "turn p99 ms", "direct p99 ms", "overhead p99 ms", "first event p50 ms",
-                          "agentd CPU ms/turn", "errors"], orows, right=set(range(2, 12))),
+        out += ["", "## Turn and response overhead over the fake model called directly (same run)", "",
+                md_table(["op", "transport", "concurrency", "p50 ms", "direct p50 ms", "overhead p50 ms",
+                          "p99 ms", "direct p99 ms", "overhead p99 ms", "first event p50 ms",
+                          "agentd CPU ms/op", "errors"], orows, right=set(range(2, 12))),
                 "",
                 "Direct = the fake called with the openai SDK, streaming the same reply, at the same "
                 "concurrency. Each worker ran its turns in one session "
@@ -868,7 +1003,7 @@ async def run(args: argparse.Namespace) -> int:
     idle: dict | None = None
     server = None
     fake = None
-    turns = any(op in TURN_OPS for op in args.ops) or args.idle_streams > 0
+    turns = any(op in TURN_OPS + RESPONSE_OPS for op in args.ops) or args.idle_streams > 0
     try:
         with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
             fake_url = None
@@ -893,7 +1028,10 @@ async def run(args: argparse.Namespace) -> int:
                             # do not weigh on the next; both transports share it.
                             agent_id = await create_agent(admin, BENCH_MODEL if op in TURN_OPS else "m")
                             for transport in ["openai"] if op == "Direct" else args.transports:
-                                if op in TURN_OPS:
+                                if op in RESPONSE_OPS:
+                                    cell = await measure_response_cell(server, args, op, transport,
+                                                                       concurrency)
+                                elif op in TURN_OPS:
                                     cell = await measure_turn_cell(server, args, op, transport, concurrency,
                                                                    agent_id, admin, fake_url)
                                 else:
@@ -937,7 +1075,8 @@ async def run(args: argparse.Namespace) -> int:
     overhead_rows = overheads(cells)
     unary = any(op in UNARY_OPS for op in args.ops)
     budget_lines = ((budget(cells, ratio_rows, args.backend) if unary else [])
-                    + turn_budget(cells, overhead_rows, idle))
+                    + turn_budget(cells, overhead_rows, idle)
+                    + response_budget(cells, overhead_rows, args.backend))
     wall_s = time.monotonic() - wall
     report = render(context, args, cells, ratio_rows, budget_lines, wall_s, overhead_rows, idle)
     print(report, end="", flush=True)
@@ -1025,9 +1164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--warmup must be >= 0")
     if args.turns_per_session < 0 or args.idle_streams < 0:
         p.error("--turns-per-session and --idle-streams must be >= 0")
-    if any(op in ("StreamTurn", "CreateTurn") for op in args.ops) and "Direct" not in args.ops:
+    if any(op in MODEL_OPS for op in args.ops) and "Direct" not in args.ops:
         # The baseline the overhead is computed against, measured just before the turns.
-        first = min(args.ops.index(op) for op in ("StreamTurn", "CreateTurn") if op in args.ops)
+        first = min(args.ops.index(op) for op in MODEL_OPS if op in args.ops)
         args.ops.insert(first, "Direct")
     return args
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import uuid
 
@@ -93,6 +94,22 @@ def make_settings(database_url: str, tmp_path, **overrides) -> Settings:
                                    "metadata": {"embedding_dimension": 384}}]}])
     values.update(overrides)
     return Settings.model_validate(values)
+
+
+def fake_model(fake) -> list[dict]:
+    """The `providers` setting of an agentd whose model "test-model" is the fake model server."""
+    return [{"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings):
+    """A started agentd (gRPC + gateway on ephemeral ports), stopped at the end."""
+    server = Agentd(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
 
 
 @pytest_asyncio.fixture

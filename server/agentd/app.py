@@ -15,10 +15,12 @@ from agentd.api.agents import AgentsServicer
 from agentd.api.conversations import ConversationsServicer
 from agentd.api.grpc_pipeline import WrappedServicer
 from agentd.api.models import ModelsServicer
+from agentd.api.responses import ResponsesServicer
 from agentd.api.shields import ShieldsServicer
 from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.engine.responses import ResponseEngine
 from agentd.engine.runs import Runs
 from agentd.engine.turns import TurnEngine
 from agentd.inference import ModelRegistry
@@ -26,6 +28,7 @@ from agentd.storage import Database, Repository
 from agentd.storage.agents import AgentStore
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.events import EventStore
+from agentd.storage.responses import ResponseStore
 from agentd.tools.runtime import ConfiguredToolRuntime
 from agentd.v1 import (
     agents_pb2,
@@ -107,6 +110,8 @@ class Agentd:
         # not run yet).
         self.tools = ConfiguredToolRuntime(settings)
         self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools)
+        self.responses = ResponseEngine(ResponseStore(self.repo), self.conversation_store, self.runs,
+                                        self.registry, self.tools, shields=[s.id for s in settings.shields])
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -121,11 +126,8 @@ class Agentd:
             "agentd.v1.AgentsService": (
                 AgentsServicer(self.agent_store, self.turns),
                 agents_pb2_grpc.add_AgentsServiceServicer_to_server),
-            # Responses are in the contract; until their engine lands the generated base
-            # servicer answers every RPC with UNIMPLEMENTED.
             "agentd.v1.ResponsesService": (
-                responses_pb2_grpc.ResponsesServiceServicer(),
-                responses_pb2_grpc.add_ResponsesServiceServicer_to_server),
+                ResponsesServicer(self.responses), responses_pb2_grpc.add_ResponsesServiceServicer_to_server),
             "agentd.v1.ConversationsService": (
                 ConversationsServicer(self.conversation_store),
                 conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
@@ -171,6 +173,7 @@ class Agentd:
     async def _start(self) -> None:
         await self.db.migrate()
         await self.turns.recover()
+        await self.responses.recover()
         await self.registry.start()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")

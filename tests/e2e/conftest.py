@@ -28,6 +28,13 @@ def start_agentd(tmp_path: Path, **env: str) -> AgentdProcess:
     return handle
 
 
+def start_agentd_with_fake_model(tmp_path: Path, fake) -> AgentdProcess:
+    """A SERVING agentd whose model "test-model" is the fake model server `fake`."""
+    providers = [{"id": "fake", "type": "openai", "base_url": fake.base_url,
+                  "models": [{"id": "test-model"}]}]
+    return start_agentd(tmp_path, AGENTD_PROVIDERS=json.dumps(providers))
+
+
 @pytest.fixture(scope="module")
 def agentd_process(tmp_path_factory):
     handle = start_agentd(tmp_path_factory.mktemp("agentd"))

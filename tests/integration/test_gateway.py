@@ -161,21 +161,18 @@ async def test_request_id_is_forwarded_and_echoed(http):
     assert len(generated.headers["x-request-id"]) == 16
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("POST", "/v1/responses", {"model": "test-model", "input": "hi"}),
-    ("POST", "/v1/responses", {"model": "test-model", "input": "hi", "stream": True}),
-    ("POST", "/v1/openai/v1/responses",
-     {"model": "test-model", "input": [{"role": "user", "content": "hi"}]}),
-    ("GET", "/v1/responses/resp_1", None),
-    ("GET", "/v1/responses/resp_1?stream=true&starting_after=3", None),
-    ("GET", "/v1/responses/resp_1/input_items?limit=2&order=asc", None),
-    ("DELETE", "/v1/responses/resp_1", None),
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/responses/resp_1"),
+    ("GET", "/v1/responses/resp_1?stream=true&starting_after=3"),
+    ("GET", "/v1/openai/v1/responses/resp_1/input_items?limit=2&order=asc"),
+    ("POST", "/v1/responses/resp_1/cancel"),
+    ("DELETE", "/v1/responses/resp_1"),
 ])
-async def test_responses_answer_501_in_the_openai_shape(http, method, path, body):
-    response = await http.request(method, path, json=body)
-    assert response.status_code == 501, response.text
+async def test_an_unknown_response_is_404_in_the_openai_shape(http, method, path):
+    response = await http.request(method, path)
+    assert response.status_code == 404, response.text
     error = response.json()["error"]
-    assert error["type"] == "server_error" and error["code"] == "not_available_yet"
+    assert error["type"] == "not_found_error" and error["code"] == "response_not_found"
 
 
 async def test_openai_routes_reject_bad_input_before_calling(http):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
@@ -310,3 +312,57 @@ async def test_server_fields_go_into_the_body_as_they_are(fake_openai):
     assert text_of(chunks) == "ok"
     body = fake_openai.chat_requests[0].body
     assert body["repeat_penalty"] == 1.1 and body["max_tokens"] == 9
+
+
+class _RawSSE(BaseHTTPRequestHandler):
+    """Answers every POST with the server's `body` as an SSE stream, as it is."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def raw_sse():
+    """A chat endpoint that streams a body the test sets (what the fake model never sends)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RawSSE)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+async def raw_provider(raw_sse):
+    p = OpenAIProvider("raw", f"http://127.0.0.1:{raw_sse.server_address[1]}/v1")
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'data: {"error": {"message": "overloaded"}}\n\n', "overloaded"),
+    (b"data: not json\n\n", "not JSON"),
+])
+async def test_a_broken_stream_is_model_unavailable(raw_sse, raw_provider, body, message):
+    raw_sse.body = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n' + body
+    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+    assert message in error.message
+
+
+async def test_multi_line_data_and_comments_are_read_as_server_sent_events(raw_sse, raw_provider):
+    raw_sse.body = (b": keep-alive\n\nevent: chunk\ndata: {\"choices\": [{\"index\": 0,\ndata:  \"delta\": "
+                    b"{\"content\": \"hi\"}, \"finish_reason\": \"stop\"}]}\n\ndata: [DONE]\n\n")
+    chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
+    assert text_of(chunks) == "hi" and chunks[-1].finish_reason == "stop"

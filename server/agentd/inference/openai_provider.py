@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import httpx
 import openai
+from openai import _base_client as openai_base_client
 
 from agentd.errors import AgentdError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from agentd.inference.base import (
@@ -29,6 +30,10 @@ from agentd.inference.base import (
 )
 
 log = logging.getLogger("agentd.inference")
+
+# The transport errors of the HTTP client inside the openai SDK (recent versions ship their
+# own copy of httpx, httpx2): a stream cut while it is read raises one of these.
+_SDK_TRANSPORT_ERROR = getattr(openai_base_client, "httpx2", httpx).TransportError
 
 # Finish reasons outside the neutral three: a content filter ends the answer like "stop";
 # the legacy function_call is a tool call.
@@ -83,16 +88,16 @@ class OpenAIProvider:
                     "/chat/completions", body=self._body(request) | server_fields, cast_to=object,
                     stream=True, stream_cls=openai.AsyncStream[object],
                     options={} if request.timeout_s is None else {"timeout": request.timeout_s})
-            iterator = stream.__aiter__()
+            chunks = stream.__aiter__()
             while True:
                 # The deadline guards each read, never the consumer's time between chunks:
                 # a timeout scope must not span a yield.
                 async with asyncio.timeout_at(deadline):
                     try:
-                        raw = await iterator.__anext__()
+                        data = await anext(chunks)
                     except StopAsyncIteration:
                         break
-                chunk = _chunk(raw)
+                chunk = _chunk(data) if isinstance(data, dict) else None
                 if chunk is None:
                     continue
                 if chunk.tool_calls:
@@ -113,10 +118,13 @@ class OpenAIProvider:
                                    reason="MODEL_TIMEOUT") from None
         except openai.APIStatusError as e:
             raise _status_error(e, request.model) from None
-        except (openai.APIConnectionError, httpx.TransportError) as e:
+        except (openai.APIConnectionError, httpx.TransportError, _SDK_TRANSPORT_ERROR) as e:
             raise self._unreachable(request.model, e) from None
         except openai.APIError as e:  # e.g. an error event inside the stream
             raise Unavailable(f"Model '{request.model}' failed: {e.message}",
+                              reason="MODEL_UNAVAILABLE") from None
+        except ValueError as e:  # a chunk that is not JSON
+            raise Unavailable(f"Model '{request.model}' sent a chunk that is not JSON: {e}",
                               reason="MODEL_UNAVAILABLE") from None
         finally:
             if stream is not None:

@@ -10,7 +10,9 @@ Deleting a response cascades (foreign keys) to its items and its run events.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from collections.abc import Callable
+
+from sqlalchemy import Connection, bindparam, select, update
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -20,6 +22,8 @@ from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt
 
 INPUT = "input"
+# The stored statuses of a response that has not ended.
+RUNNING = ("queued", "in_progress")
 
 
 def item_id_of(item: item_types.ResponseItem) -> str:
@@ -28,6 +32,13 @@ def item_id_of(item: item_types.ResponseItem) -> str:
 
 def _status(response: rt.Response) -> str:
     return rt.ResponseStatus.Name(response.status).removeprefix("RESPONSE_STATUS_").lower()
+
+
+# Built once: building the statement cost more than running it on SQLite.
+_UPDATE = (update(schema.responses)
+           .where(schema.responses.c.owner == bindparam("row_owner"),
+                  schema.responses.c.id == bindparam("row_id"))
+           .values(status=bindparam("new_status"), body=bindparam("new_body")))
 
 
 class ResponseStore:
@@ -53,10 +64,27 @@ class ResponseStore:
     async def update(self, owner: str, response: rt.Response) -> bool:
         """Replaces a response's body (with its output so far) and status. False if the owner
         has no such response."""
+        return await self.db.write(self.update_work(owner, response))
+
+    def update_work(self, owner: str, response: rt.Response) -> Callable[[Connection], bool]:
+        """The update as work for a transaction of the caller's (Run.flush's `also`), with
+        the response as it is now."""
+        values = {"row_owner": owner, "row_id": response.id, "new_status": _status(response),
+                  "new_body": body_of(response)}
+        return lambda conn: conn.execute(_UPDATE, values).rowcount > 0
+
+    async def status(self, owner: str, response_id: str) -> str | None:
+        """The stored status column ("in_progress", "completed", ...); None if no such response."""
         responses = schema.responses
-        statement = (update(responses).where(responses.c.owner == owner, responses.c.id == response.id)
-                     .values(status=_status(response), body=body_of(response)))
-        return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
+        query = select(responses.c.status).where(responses.c.owner == owner, responses.c.id == response_id)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+
+    async def running(self) -> list[tuple[str, rt.Response]]:
+        """Every (owner, response) stored as queued or in progress, of any owner."""
+        responses = schema.responses
+        query = select(responses.c.owner, responses.c.body).where(responses.c.status.in_(RUNNING))
+        rows = await self.db.scan(lambda conn: conn.execute(query).all())
+        return [(row.owner, rt.Response.FromString(row.body)) for row in rows]
 
     async def get(self, owner: str, response_id: str) -> rt.Response | None:
         body = await self.repo.get_body(schema.responses, owner, response_id)
@@ -72,6 +100,23 @@ class ResponseStore:
 
     async def delete(self, owner: str, response_id: str) -> bool:
         return await self.repo.delete(schema.responses, owner, response_id)
+
+    async def inputs_of(self, owner: str,
+                        response_ids: list[str]) -> dict[str, list[item_types.ResponseItem]]:
+        """The input items of several of the owner's responses (a page of ListResponses) in one
+        read: response id -> its items in order (missing ids are left out)."""
+        responses, items = schema.responses, schema.response_items
+        query = (select(items.c.response_id, items.c.body)
+                 .join(responses, responses.c.id == items.c.response_id)
+                 .where(responses.c.owner == owner, items.c.response_id.in_(response_ids),
+                        items.c.kind == INPUT)
+                 .order_by(items.c.response_id, items.c.position))
+        found: dict[str, list[item_types.ResponseItem]] = {}
+        if not response_ids:
+            return found
+        for row in await self.db.scan(lambda conn: conn.execute(query).all()):
+            found.setdefault(row.response_id, []).append(item_types.ResponseItem.FromString(row.body))
+        return found
 
     async def input_items(self, owner: str, response_id: str) -> list[item_types.ResponseItem] | None:
         """The response's input items in order; None if the owner has no such response."""

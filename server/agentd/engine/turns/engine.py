@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
 from agentd.clock import now_micros
+from agentd.engine.completion import Completion, arguments_object
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.turns.documents import with_documents
 from agentd.engine.turns.history import assistant_message, input_message, turn_messages
@@ -606,37 +606,24 @@ class TurnEngine:
             response_format=plan.response_format,
             timeout_s=state.timeout_s(),
         )
-        text: list[str] = []
-        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
-        finish = None
-        usage = None
+        completion = Completion()
         async with contextlib.aclosing(plan.provider.stream_chat(request)) as chunks:
             async for chunk in chunks:
-                if chunk.text:
-                    text.append(chunk.text)
-                    await progress(te.ContentDelta(text=te.TextDelta(text=chunk.text)))
-                for piece in chunk.tool_calls:
-                    call = calls.get(piece.index)
-                    if call is None:
-                        call = calls[piece.index] = [piece.id or "", piece.name or "", ""]
-                        if not piece.arguments:
-                            await progress(_call_text(f"{call[1]}("))
-                    else:
-                        call[0] = call[0] or piece.id or ""
-                        call[1] = call[1] or piece.name or ""
-                    if piece.arguments:
-                        call[2] += piece.arguments
-                        await progress(_call_text(piece.arguments))
-                if chunk.finish_reason:
-                    finish = chunk.finish_reason
-                if chunk.usage:
-                    usage = chunk.usage
+                for piece in completion.feed(chunk):
+                    if isinstance(piece, str):
+                        await progress(te.ContentDelta(text=te.TextDelta(text=piece)))
+                        continue
+                    if piece.started and not piece.fragment:
+                        await progress(_call_text(f"{piece.call.name}("))
+                    if piece.fragment:
+                        await progress(_call_text(piece.fragment))
+        finish, usage = completion.finish_reason, completion.usage
         parsed: list[msg.AgentToolCall] = []
         unparsed: list[str] = []
-        for index in sorted(calls):
-            call_id, name, arguments = calls[index]
+        for streamed in completion.calls_in_order():
+            call_id, name, arguments = streamed.id, streamed.name, streamed.arguments
             await progress(_call_text(")"))
-            if _json_object(arguments or "{}") is None:
+            if arguments_object(arguments or "{}") is None:
                 raw = f"{name}({arguments})"
                 unparsed.append(raw)
                 await progress(
@@ -660,7 +647,7 @@ class TurnEngine:
                     )
                 )
             )
-        content = "".join(text) or "".join(unparsed)
+        content = completion.text or "".join(unparsed)
         if finish == "length":
             stop = msg.STOP_REASON_OUT_OF_TOKENS
         elif parsed:
@@ -721,7 +708,7 @@ class TurnEngine:
                 content=f"Unknown tool '{call.tool_name}'.", error_message=f"unknown tool '{call.tool_name}'"
             )
         else:
-            arguments = _json_object(call.arguments or "{}") or {}
+            arguments = arguments_object(call.arguments or "{}") or {}
             # ResolvedTool merges the group's args over the model's (the group's win).
             result = await resolved.invoke(arguments, session_id=state.turn.session_id)
         response = msg.AgentToolResponse(
@@ -864,11 +851,4 @@ def _integral(value: Any) -> Any:
         return [_integral(v) for v in value]
     return value
 
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 

@@ -1,0 +1,119 @@
+"""ResponsesService: responses run by the response engine (engine/responses)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from agentd import paging
+from agentd.api.agents import request_id_of
+from agentd.context import principal
+from agentd.engine.responses import ResponseEngine
+from agentd.engine.responses.engine import check_includes, id_param
+from agentd.engine.runs import RESPONSES, run_to_end
+from agentd.errors import InvalidArgument
+from agentd.storage.responses import item_id_of
+from agentd.v1 import common_pb2, responses_pb2_grpc
+from agentd.v1 import responses_pb2 as pb
+
+# OpenAI's list sizes: ListResponses 50 by default, input items 20; both at most 100.
+RESPONSES_PAGE, INPUT_ITEMS_PAGE, MAX_PAGE = 50, 20, 100
+
+
+def _page_size(requested: int, default: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size", "must be >= 0")
+    return min(requested or default, MAX_PAGE)
+
+
+def _response_id(request) -> str:
+    return id_param(request.response_id, "response_id")
+
+
+class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
+    def __init__(self, engine: ResponseEngine):
+        self.engine = engine
+
+    async def _start(self, request, context):
+        request_id_of(request)  # checks the idempotency key's length
+        return await self.engine.start(principal.get(), request, timeout_s=context.time_remaining())
+
+    async def CreateResponse(self, request: pb.CreateResponseRequest, context) -> pb.CreateResponseResponse:
+        started = await self._start(request, context)
+        if started.response.background:  # runs on without the caller: poll or re-attach
+            return pb.CreateResponseResponse(response=started.response)
+        terminal = await run_to_end(started.events(), RESPONSES)
+        if terminal is None:  # on_stop always ends a response's stream with response.failed
+            raise RuntimeError("the response's stream ended without its terminal event")
+        return pb.CreateResponseResponse(response=getattr(terminal, terminal.WhichOneof("event")).response)
+
+    async def StreamResponse(self, request: pb.StreamResponseRequest, context):
+        started = await self._start(request, context)
+        events = started.events()
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield pb.StreamResponseResponse(event=event)
+
+    async def GetResponse(self, request: pb.GetResponseRequest, context) -> pb.GetResponseResponse:
+        check_includes(request.include)
+        return pb.GetResponseResponse(response=await self.engine.get(principal.get(), _response_id(request)))
+
+    async def StreamResponseEvents(self, request: pb.StreamResponseEventsRequest, context):
+        check_includes(request.include)
+        events = await self.engine.follow(
+            principal.get(), _response_id(request),
+            request.starting_after if request.HasField("starting_after") else None)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield pb.StreamResponseEventsResponse(event=event)
+
+    async def CancelResponse(self, request: pb.CancelResponseRequest, context) -> pb.CancelResponseResponse:
+        response = await self.engine.cancel(principal.get(), _response_id(request))
+        return pb.CancelResponseResponse(response=response)
+
+    async def ListResponses(self, request: pb.ListResponsesRequest, context) -> pb.ListResponsesResponse:
+        owner = principal.get()
+        responses, page = await self.engine.store.list(
+            owner, paging.decode(request.page_token), _page_size(request.page_size, RESPONSES_PAGE),
+            descending=request.order != common_pb2.SORT_ORDER_ASC,
+            model=request.model if request.HasField("model") else None)
+        listed = [r for r in responses if r.store]  # store=false ones run, then go: never listed
+        inputs = await self.engine.store.inputs_of(owner, [r.id for r in listed])
+        data = [pb.ResponseWithInput(response=r, input=inputs.get(r.id, [])) for r in listed]
+        return pb.ListResponsesResponse(
+            data=data, has_more=page.has_more, next_page_token=page.next_page_token,
+            first_id=data[0].response.id if data else "", last_id=data[-1].response.id if data else "")
+
+    async def DeleteResponse(self, request: pb.DeleteResponseRequest, context) -> pb.DeleteResponseResponse:
+        response_id = _response_id(request)
+        await self.engine.delete(principal.get(), response_id)
+        return pb.DeleteResponseResponse(id=response_id, deleted=True)
+
+    async def ListResponseInputItems(self, request: pb.ListResponseInputItemsRequest,
+                                     context) -> pb.ListResponseInputItemsResponse:
+        check_includes(request.include)
+        limit = _page_size(request.page_size, INPUT_ITEMS_PAGE)
+        items = await self.engine.input_items(principal.get(), _response_id(request))
+        if request.order != common_pb2.SORT_ORDER_ASC:
+            items.reverse()
+        cursor = paging.decode(request.page_token)
+        ids = [item_id_of(item) for item in items]
+        if cursor.after is not None:
+            start = _position(ids, cursor.after) + 1
+            page, has_more = items[start:start + limit], len(items) - start > limit
+        elif cursor.before is not None:  # the `limit` items just before it
+            end = _position(ids, cursor.before)
+            page, has_more = items[max(end - limit, 0):end], end > limit
+        else:
+            page, has_more = items[cursor.offset:cursor.offset + limit], len(items) - cursor.offset > limit
+        first, last = (item_id_of(page[0]), item_id_of(page[-1])) if page else ("", "")
+        token = paging.encode(paging.Cursor(after=last)) if has_more and not cursor.before else ""
+        return pb.ListResponseInputItemsResponse(data=page, first_id=first, last_id=last, has_more=has_more,
+                                                 next_page_token=token)
+
+
+def _position(ids: list[str], item_id: str) -> int:
+    try:
+        return ids.index(item_id)
+    except ValueError:
+        raise InvalidArgument("page_token", f"no item with id '{item_id}' in this list") from None
+

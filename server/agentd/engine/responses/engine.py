@@ -1,0 +1,795 @@
+"""The response engine: a response is a run (engine/runs.py, kind RESPONSES) whose producer
+is the loop below. No grpc here: the owner is passed explicitly, errors are agentd errors.
+
+The events of a response, exactly as OpenAI emits them (sequence numbers dense from 0):
+
+    response.created (status in_progress; queued in background mode)
+    response.in_progress
+    per model call, for its answer text (one message item):
+        response.output_item.added, response.content_part.added,
+        response.output_text.delta (xN, logprobs []), response.output_text.done,
+        response.content_part.done, response.output_item.done
+    and for each function call (its own item and output_index, even when parallel):
+        response.output_item.added, response.function_call_arguments.delta (xN),
+        response.function_call_arguments.done, response.output_item.done
+    then for each web_search call the model made (run here; no argument events, as OpenAI):
+        response.output_item.added (web_search_call), response.web_search_call.in_progress,
+        .searching, .completed (also when it failed: see the item's status),
+        response.output_item.done; then the next model call
+    response.completed | response.incomplete | response.failed
+
+The loop: a model call; its web_search calls run here (at most max_tool_calls over the
+response; later ones are answered "not run" to the model) and the model is called again;
+function calls are the client's: they end the response (the client sends function_call_output
+items in the next one). A model call cut by max_output_tokens (over the whole response) ends
+it incomplete (reason max_output_tokens), as does a max_infer_iters-th model call that ran
+web searches (reason max_infer_iters). file_search and MCP tools are refused at create until
+agentd runs them.
+
+Persistence as it runs: the response row (in_progress or queued, with its input items)
+exists before response.created; its final form is written in the transaction that keeps its
+terminal event. A run that stops without its terminal event (cancelled, interrupted at
+shutdown, failed: the model went away, a write failed) is finished by `on_stop`: stored
+cancelled or failed with its `error`, and response.failed ends the stream. With
+`conversation`, the input and output items are appended to it before the terminal event (a
+client that stops reading at response.completed sees the conversation up to date).
+`store: false`: the row exists while the response runs (it holds the events a stream
+replays) and is deleted when it ends; it is never retrievable or listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from agentd import ids
+from agentd.config import WEBSEARCH_GROUP
+from agentd.engine.completion import CallPiece, Completion, arguments_object
+from agentd.engine.responses import items as response_items
+from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
+from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound
+from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
+from agentd.paging import Cursor
+from agentd.storage.conversations import ConversationStore
+from agentd.storage.responses import RUNNING, ResponseStore
+from agentd.tools.base import ResolvedTool, ToolRuntime
+from agentd.v1 import response_events_pb2 as ev
+from agentd.v1 import response_items_pb2 as it
+from agentd.v1 import response_resource_pb2 as rt
+from agentd.v1 import response_text_pb2 as text_pb
+from agentd.v1 import response_tools_pb2 as tools_pb
+from agentd.v1 import responses_pb2 as pb
+
+log = logging.getLogger("agentd.responses")
+
+DEFAULT_MAX_INFER_ITERS = 10
+MIN_OUTPUT_TOKENS = 16
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+MAX_USER_ID = 128
+# Responses whose transcript (every item up to their output) is kept in memory, so a chain
+# of previous_response_id reads one response, not the whole chain (least recently used out).
+TRANSCRIPT_CACHE = 1024
+# Conversation items read per page while loading a conversation (all of them are loaded).
+CONVERSATION_PAGE = 1000
+# OpenAI's `include` values. agentd always includes file_search results; the others name
+# data agentd does not produce yet (no logprobs, no encrypted reasoning from its providers),
+# so they are accepted and change nothing.
+INCLUDES = frozenset({
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs",
+})
+# The names OpenAI gives the web search tool (all run by builtin::websearch).
+WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
+                              "web_search_2025_08_26"})
+# The OpenAI error code of a failed response, by the agentd reason of what failed it.
+_ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt"}
+
+IN_PROGRESS = rt.RESPONSE_STATUS_IN_PROGRESS
+QUEUED = rt.RESPONSE_STATUS_QUEUED
+COMPLETED = rt.RESPONSE_STATUS_COMPLETED
+INCOMPLETE = rt.RESPONSE_STATUS_INCOMPLETE
+FAILED = rt.RESPONSE_STATUS_FAILED
+CANCELLED = rt.RESPONSE_STATUS_CANCELLED
+ITEM_IN_PROGRESS = it.RESPONSE_ITEM_STATUS_IN_PROGRESS
+ITEM_COMPLETED = it.RESPONSE_ITEM_STATUS_COMPLETED
+ITEM_INCOMPLETE = it.RESPONSE_ITEM_STATUS_INCOMPLETE
+
+CreateRequest = pb.CreateResponseRequest | pb.StreamResponseRequest
+
+
+@dataclass
+class Plan:
+    """What a response's model calls need, resolved before it starts (so bad requests fail
+    the call before any event)."""
+
+    provider: InferenceProvider
+    specs: tuple[ToolSpec, ...]
+    # The tools agentd runs (web search), by the name the model calls.
+    server_tools: dict[str, ResolvedTool]
+    tool_choice: str | None
+    parallel_tool_calls: bool | None
+    temperature: float | None
+    top_p: float | None
+    max_output_tokens: int | None
+    response_format: dict[str, Any] | None
+    guardrails: tuple[str, ...]
+    max_infer_iters: int
+    max_tool_calls: int | None
+
+
+@dataclass
+class ResponseState:
+    """One running response: the response as it grows, and the conversation for the model."""
+
+    owner: str
+    response: rt.Response
+    plan: Plan
+    messages: list[ChatMessage]
+    # Every item before this response's input (previous responses' or the conversation's).
+    history: list[it.ResponseItem]
+    input: list[it.ResponseItem]
+    deadline: float | None = None
+    usage: rt.ResponseUsage = field(default_factory=rt.ResponseUsage)
+    tool_calls_run: int = 0  # server-side tool calls run so far (max_tool_calls)
+
+    def timeout_s(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(self.deadline - asyncio.get_running_loop().time(), 0.0)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A create that passed its checks: the response as stored, and its events (the owner
+    stream of a new run: iterate it under contextlib.aclosing; a retried create's stream
+    follows the first call's run instead)."""
+
+    response: rt.Response
+    events: Callable[[], AsyncIterator[ev.ResponseStreamEvent]]
+
+
+def _event(**member: Any) -> ev.ResponseStreamEvent:
+    return ev.ResponseStreamEvent(**member)
+
+
+def _snapshot(response: rt.Response) -> ev.ResponseLifecycleEvent:
+    # Emitted events are shared and serialized later: the response goes on changing.
+    copy = rt.Response()
+    copy.CopyFrom(response)
+    return ev.ResponseLifecycleEvent(response=copy)
+
+
+def _copy(item: it.ResponseItem) -> it.ResponseItem:
+    copy = it.ResponseItem()
+    copy.CopyFrom(item)
+    return copy
+
+
+def status_name(status: int) -> str:
+    return rt.ResponseStatus.Name(status).removeprefix("RESPONSE_STATUS_").lower()
+
+
+class ResponseEngine:
+    def __init__(self, store: ResponseStore, conversations: ConversationStore, runs: Runs,
+                 registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Collection[str] = ()):
+        self.store = store
+        self.conversations = conversations
+        self.runs = runs
+        self.registry = registry
+        self.tools = tools
+        self.shields = frozenset(shields)
+        # (owner, response id) -> every item up to and including that response's output.
+        self._transcripts: OrderedDict[tuple[str, str], tuple[it.ResponseItem, ...]] = OrderedDict()
+        # Tasks that delete store=false responses once their run ended.
+        self._forgetting: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ start-up
+
+    async def recover(self) -> int:
+        """Responses left queued or in progress by a previous process (which ran them) are
+        stored failed, with a server_error saying so."""
+        left = await self.store.running()
+        for owner, response in left:
+            _fail(response, "server_error", "The server stopped while the response ran; create it again.")
+            await self.store.update(owner, response)
+        if left:
+            log.warning("%d response(s) left running by a previous process marked failed", len(left))
+        return len(left)
+
+    # ------------------------------------------------------------------ create
+
+    async def start(self, owner: str, request: CreateRequest, timeout_s: float | None = None) -> Started:
+        """Checks the request, stores the response and starts its run (see the module
+        docstring). Every bad request fails here, before any event. A retry with a known
+        request_id follows the first call's response instead. `timeout_s`: the caller's
+        time left (ignored when background)."""
+        background = request.HasField("background") and request.background
+        store = not request.HasField("store") or request.store
+        if background and not store:
+            raise InvalidArgument("background", "a background response must be stored (store: true)")
+        plan = self._plan(request)
+        previous = (id_param(request.previous_response_id, "previous_response_id")
+                    if request.HasField("previous_response_id") else None)
+        conversation_id = self._conversation_id(request)
+        if previous is not None and conversation_id is not None:
+            raise InvalidArgument("conversation", "Mutually exclusive parameters: 'previous_response_id' and "
+                                                  "'conversation'. Provide only one of them.")
+        given = response_items.input_items(request.input)
+        if previous is not None:
+            history = await self._transcript(owner, previous)
+        elif conversation_id is not None:
+            history = await self._conversation_items(owner, conversation_id)
+        else:
+            history = []
+        response_items.check_outputs_paired(history, given)
+        messages = response_items.chat_messages([*history, *given])
+        if request.HasField("instructions") and request.instructions:
+            messages.insert(0, ChatMessage(role="system", content=request.instructions))
+        response = _echo(request, plan, background=background, store=store)
+        if conversation_id is not None:
+            response.conversation.id = conversation_id
+        request_id = request.request_id if request.HasField("request_id") and request.request_id else None
+        stored = await self.store.create(owner, response, given, request_id)
+        if stored.id != response.id:  # a retry: the first call's response
+            return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
+        deadline = None
+        if timeout_s is not None and not background:
+            deadline = asyncio.get_running_loop().time() + timeout_s
+        state = ResponseState(owner, response, plan, messages, history, given, deadline)
+        run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
+                              background=background, on_stop=self._on_stop(state))
+        if not store:
+            task = asyncio.get_running_loop().create_task(self._forget_when_ended(run))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
+        return Started(_snapshot(response).response, run.events)
+
+    def _plan(self, request: CreateRequest) -> Plan:
+        try:
+            provider = self.registry.provider_for(request.model)
+        except NotFound:
+            raise _not_found("model", request.model, "model") from None
+        specs: list[ToolSpec] = []
+        server_tools: dict[str, ResolvedTool] = {}
+        for index, tool in enumerate(request.tools):
+            where = f"tools[{index}]"
+            if tool.WhichOneof("tool") in WEB_SEARCH_TOOLS:
+                for resolved in self._web_search(where):
+                    if resolved.tool.name not in server_tools:
+                        server_tools[resolved.tool.name] = resolved
+                        specs.append(ToolSpec(name=resolved.tool.name, description=resolved.tool.description,
+                                              parameters=resolved.tool.parameters))
+                continue
+            spec = _function_spec(tool, where)
+            if spec.name in server_tools or any(s.name == spec.name for s in specs):
+                raise InvalidArgument(where, f"a tool named '{spec.name}' is given twice")
+            specs.append(spec)
+        tool_choice = _tool_choice(request, {spec.name for spec in specs})
+        temperature = request.temperature if request.HasField("temperature") else None
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise InvalidArgument("temperature", "must be between 0 and 2")
+        top_p = request.top_p if request.HasField("top_p") else None
+        if top_p is not None and not 0 < top_p <= 1:
+            raise InvalidArgument("top_p", "must be greater than 0 and at most 1")
+        max_output = request.max_output_tokens if request.HasField("max_output_tokens") else None
+        if max_output is not None and max_output < MIN_OUTPUT_TOKENS:
+            raise InvalidArgument("max_output_tokens", f"must be at least {MIN_OUTPUT_TOKENS}")
+        if request.HasField("max_tool_calls") and request.max_tool_calls < 0:
+            raise InvalidArgument("max_tool_calls", "must be >= 0")
+        if request.HasField("max_infer_iters") and request.max_infer_iters < 1:
+            raise InvalidArgument("max_infer_iters", "must be at least 1")
+        if request.HasField("top_logprobs") and not 0 <= request.top_logprobs <= 20:
+            raise InvalidArgument("top_logprobs", "must be between 0 and 20")
+        _check_metadata(request.metadata)
+        for name in ("user", "safety_identifier"):
+            if request.HasField(name) and len(getattr(request, name)) > MAX_USER_ID:
+                raise InvalidArgument(name, f"at most {MAX_USER_ID} characters")
+        check_includes(request.include)
+        return Plan(
+            provider=provider, specs=tuple(specs), server_tools=server_tools, tool_choice=tool_choice,
+            parallel_tool_calls=(request.parallel_tool_calls if request.HasField("parallel_tool_calls")
+                                 else None),
+            temperature=temperature, top_p=top_p, max_output_tokens=max_output,
+            response_format=_response_format(request.text),
+            guardrails=self._guardrails(request.guardrails),
+            max_infer_iters=(request.max_infer_iters if request.HasField("max_infer_iters")
+                             else DEFAULT_MAX_INFER_ITERS),
+            max_tool_calls=request.max_tool_calls if request.HasField("max_tool_calls") else None)
+
+    def _web_search(self, where: str) -> list[ResolvedTool]:
+        """The web search tool(s) of builtin::websearch; INVALID_ARGUMENT naming the tool
+        when no search provider is configured."""
+        try:
+            if self.tools is None:
+                raise NotFound("toolgroup", WEBSEARCH_GROUP)
+            return self.tools.resolve([(WEBSEARCH_GROUP, {})])
+        except (NotFound, FailedPrecondition) as e:
+            raise InvalidArgument(where, f"web_search is not configured on this server: "
+                                         f"{e.message}") from None
+
+    def _guardrails(self, guardrails: Sequence[rt.ResponseGuardrail]) -> tuple[str, ...]:
+        """The shield ids the request names, each a configured shield (else NOT_FOUND
+        SHIELD_NOT_FOUND)."""
+        named = []
+        for guardrail in guardrails:
+            shield_id = guardrail.id if guardrail.WhichOneof("guardrail") == "id" else guardrail.spec.type
+            if shield_id not in self.shields:
+                raise _not_found("shield", shield_id, "guardrails")
+            named.append(shield_id)
+        return tuple(named)
+
+    @staticmethod
+    def _conversation_id(request: CreateRequest) -> str | None:
+        if not request.HasField("conversation"):
+            return None
+        param = request.conversation
+        conversation_id = id_param(param.id if param.WhichOneof("conversation") == "id" else param.ref.id,
+                                    "conversation")
+        if not conversation_id.startswith(f"{ids.CONVERSATION}_"):
+            raise InvalidArgument("conversation", f"Invalid conversation ID '{conversation_id}'. "
+                                                  "Expected an ID that begins with 'conv_'.")
+        return conversation_id
+
+    async def _transcript(self, owner: str, response_id: str) -> list[it.ResponseItem]:
+        """Every item up to and including a stored response's output, its chain of previous
+        responses first. NOT_FOUND if it is not stored; an ancestor deleted since is skipped
+        (with its own ancestors: the chain is broken there)."""
+        head = await self.store.get(owner, response_id)
+        if head is None or not head.store:
+            raise _not_found("response", response_id, "previous_response_id")
+        parts: list[Sequence[it.ResponseItem]] = []
+        current: rt.Response | None = head
+        while current is not None:
+            cached = self._transcripts.get((owner, current.id))
+            if cached is not None:
+                parts.append(cached)
+                break
+            parts.append([*(await self.store.input_items(owner, current.id) or []), *current.output])
+            if not current.HasField("previous_response_id"):
+                break
+            current = await self.store.get(owner, current.previous_response_id)
+        return [item for part in reversed(parts) for item in part]
+
+    def _remember(self, state: ResponseState) -> None:
+        key = (state.owner, state.response.id)
+        self._transcripts[key] = (*state.history, *state.input, *state.response.output)
+        while len(self._transcripts) > TRANSCRIPT_CACHE:
+            self._transcripts.popitem(last=False)
+
+    async def _conversation_items(self, owner: str, conversation_id: str) -> list[it.ResponseItem]:
+        """All the conversation's items, oldest first (no cap)."""
+        loaded: list[it.ResponseItem] = []
+        cursor = Cursor()
+        while True:
+            found = await self.conversations.list_items(owner, conversation_id, cursor, CONVERSATION_PAGE,
+                                                        descending=False)
+            if found is None:
+                raise _not_found("conversation", conversation_id, "conversation")
+            page_items, page = found
+            loaded.extend(page_items)
+            if not page.has_more or page.next_cursor is None:
+                return loaded
+            cursor = page.next_cursor
+
+    async def _forget_when_ended(self, run: Run) -> None:
+        await run.ended.wait()
+        try:
+            await self.store.delete(run.owner, run.run_id)
+        except Exception:  # left behind: not retrievable anyway (store=false), only its space
+            log.exception("response %s (store=false) could not be deleted", run.run_id)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _produce(self, state: ResponseState, run: Run) -> None:
+        response = state.response
+        await run.emit(_event(created=_snapshot(response)))
+        queued = response.status == QUEUED
+        if queued:
+            response.status = IN_PROGRESS
+        await run.emit(_event(in_progress=_snapshot(response)))
+        if queued:  # pollers see it start
+            await run.flush(also=self.store.update_work(state.owner, response))
+        await self.check_guardrails(state, state.messages)
+        rounds = 0
+        while True:
+            completion, server_calls, client_calls = await self._infer(state, run)
+            if completion.finish_reason == "length":
+                return await self._finish(state, run, rt.RESPONSE_INCOMPLETE_REASON_MAX_OUTPUT_TOKENS)
+            for call in server_calls:
+                await self._run_web_search(state, run, call)
+            if not server_calls or client_calls:
+                return await self._finish(state, run)
+            rounds += 1
+            if rounds >= state.plan.max_infer_iters:
+                return await self._finish(state, run, rt.RESPONSE_INCOMPLETE_REASON_MAX_INFER_ITERS)
+            # An item boundary: the response so far is kept before the next model call.
+            await run.flush(also=self.store.update_work(state.owner, response))
+
+    async def check_guardrails(self, state: ResponseState, messages: Sequence[ChatMessage]) -> None:
+        """The one call point of the `guardrails` shields over the model's input: a no-op
+        until the shields hook is wired in (the shield ids were checked at create)."""
+
+    async def _infer(self, state: ResponseState, run: Run) -> tuple[Completion, list[ToolCall], bool]:
+        """One model call, streamed as output items (see the module docstring). Returns the
+        completion, the calls of tools agentd runs, and whether the model called client
+        functions."""
+        plan, response = state.plan, state.response
+        max_tokens = None
+        if plan.max_output_tokens is not None:  # over the whole response
+            max_tokens = max(plan.max_output_tokens - state.usage.output_tokens, 1)
+        request = ChatRequest(
+            model=response.model, messages=state.messages, tools=plan.specs,
+            tool_choice=plan.tool_choice if plan.specs else None,
+            parallel_tool_calls=plan.parallel_tool_calls if plan.specs else None,
+            temperature=plan.temperature, top_p=plan.top_p, max_tokens=max_tokens,
+            response_format=plan.response_format, timeout_s=state.timeout_s())
+        completion = Completion()
+        message: _OpenMessage | None = None
+        calls: dict[int, tuple[str, int]] = {}  # chunk index -> (item id, output_index)
+        async with contextlib.aclosing(plan.provider.stream_chat(request)) as chunks:
+            async for chunk in chunks:
+                for piece in completion.feed(chunk):
+                    if isinstance(piece, str):
+                        if message is None:
+                            message = await self._open_message(response, run)
+                        await message.add(run, piece)
+                        continue
+                    if piece.call.name in plan.server_tools:  # no events until it runs
+                        continue
+                    if piece.started:
+                        if message is not None:  # the answer text ends where the calls begin
+                            await message.close(response, run, ITEM_COMPLETED)
+                            message = None
+                        calls[piece.call.index] = await self._open_call(response, run, piece)
+                    if piece.fragment:
+                        item_id, index = calls[piece.call.index]
+                        await run.emit(_event(function_call_arguments_delta=ev.ResponseArgumentsDeltaEvent(
+                            item_id=item_id, output_index=index, delta=piece.fragment)))
+        cut = completion.finish_reason == "length"
+        status = ITEM_INCOMPLETE if cut else ITEM_COMPLETED
+        if message is not None:
+            await message.close(response, run, status)
+        tool_calls, server_calls = [], []
+        for call in completion.calls_in_order():
+            if call.name in plan.server_tools:
+                server_calls.append(ToolCall(id=call.id or ids.new_id("call"), name=call.name,
+                                             arguments=call.arguments or "{}"))
+                tool_calls.append(server_calls[-1])
+                continue
+            item_id, index = calls[call.index]
+            item = response.output[index]
+            item.function_call.arguments = call.arguments or "{}"
+            item.function_call.status = status
+            await run.emit(_event(function_call_arguments_done=ev.ResponseArgumentsDoneEvent(
+                item_id=item_id, output_index=index, arguments=item.function_call.arguments)))
+            await run.emit(_event(output_item_done=ev.ResponseOutputItemEvent(
+                output_index=index, item=_copy(item))))
+            tool_calls.append(ToolCall(id=item.function_call.call_id, name=call.name,
+                                       arguments=item.function_call.arguments))
+        if completion.usage is not None:
+            usage = state.usage
+            usage.input_tokens += completion.usage.input_tokens
+            usage.output_tokens += completion.usage.output_tokens
+            usage.total_tokens += completion.usage.total_tokens
+            response.usage.CopyFrom(usage)
+        state.messages.append(ChatMessage(role="assistant", content=completion.text or None,
+                                          tool_calls=tuple(tool_calls)))
+        return completion, server_calls, bool(calls)
+
+    async def _run_web_search(self, state: ResponseState, run: Run, call: ToolCall) -> None:
+        """One web search the model asked for, as a web_search_call item; its result goes to
+        the model. Beyond max_tool_calls it is not run (the model is told so)."""
+        limit = state.plan.max_tool_calls
+        if limit is not None and state.tool_calls_run >= limit:
+            state.messages.append(ChatMessage(role="tool", tool_call_id=call.id, content=(
+                "Not run: this response reached its max_tool_calls; answer with what you have.")))
+            return
+        state.tool_calls_run += 1
+        response = state.response
+        arguments = arguments_object(call.arguments)
+        query = arguments.get("query") if arguments is not None else None
+        item_id, index = ids.new_id("ws"), len(response.output)
+        item = it.ResponseItem(web_search_call=it.ResponseWebSearchCall(
+            id=item_id, status=ITEM_IN_PROGRESS, action=it.ResponseWebSearchAction(
+                search=it.ResponseWebSearchActionSearch(query=query) if isinstance(query, str)
+                else it.ResponseWebSearchActionSearch())))
+        response.output.append(item)
+        item = response.output[index]  # (append copied it)
+        progress = ev.ResponseItemProgressEvent(item_id=item_id, output_index=index)
+        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(output_index=index,
+                                                                           item=_copy(item))))
+        await run.emit(_event(web_search_call_in_progress=progress))
+        await run.emit(_event(web_search_call_searching=progress))
+        if arguments is None:
+            content, failed = f"The arguments are not a JSON object: {call.arguments}", True
+        else:
+            result = await state.plan.server_tools[call.name].invoke(arguments, session_id=response.id)
+            content, failed = result.content, result.error_message is not None
+        item.web_search_call.status = it.RESPONSE_ITEM_STATUS_FAILED if failed else ITEM_COMPLETED
+        await run.emit(_event(web_search_call_completed=progress))
+        await run.emit(_event(output_item_done=ev.ResponseOutputItemEvent(output_index=index,
+                                                                          item=_copy(item))))
+        state.messages.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))
+
+    @staticmethod
+    async def _open_message(response: rt.Response, run: Run) -> _OpenMessage:
+        message = _OpenMessage(ids.new_id("msg"), len(response.output))
+        item = it.ResponseItem(message=it.ResponseMessage(
+            id=message.item_id, role=it.RESPONSE_MESSAGE_ROLE_ASSISTANT, status=ITEM_IN_PROGRESS,
+            content=it.ResponseMessageContent(parts=it.ResponseContentPartList())))
+        response.output.append(item)
+        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(
+            output_index=message.output_index, item=_copy(item))))
+        await run.emit(_event(content_part_added=ev.ResponseContentPartEvent(
+            item_id=message.item_id, output_index=message.output_index, content_index=0,
+            part=it.ResponseContentPart(output_text=it.ResponseOutputText()))))
+        return message
+
+    @staticmethod
+    async def _open_call(response: rt.Response, run: Run, piece: CallPiece) -> tuple[str, int]:
+        item_id, index = ids.new_id("fc"), len(response.output)
+        item = it.ResponseItem(function_call=it.ResponseFunctionCall(
+            id=item_id, call_id=piece.call.id or ids.new_id("call"), name=piece.call.name, arguments="",
+            status=ITEM_IN_PROGRESS))
+        response.output.append(item)
+        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(output_index=index,
+                                                                           item=_copy(item))))
+        return item_id, index
+
+    async def _finish(self, state: ResponseState, run: Run, incomplete: int | None = None) -> None:
+        """The terminal event (response.completed, or response.incomplete for the reason
+        given), after the conversation is synced; the response stored with it."""
+        response = state.response
+        if incomplete is None:
+            response.status = COMPLETED
+            response.completed_at = int(time.time())
+        else:
+            response.status = INCOMPLETE
+            response.incomplete_details.reason = incomplete
+        if response.HasField("conversation"):
+            added = [*state.input, *response.output]
+            if await self.conversations.append_items(state.owner, response.conversation.id, added) is None:
+                raise NotFound("conversation", response.conversation.id)  # deleted while it ran
+        self._remember(state)
+        terminal = (_event(completed=_snapshot(response)) if response.status == COMPLETED
+                    else _event(incomplete=_snapshot(response)))
+        await run.emit(terminal, also=self.store.update_work(state.owner, response))
+
+    def _on_stop(self, state: ResponseState):
+        """What ends a run that stopped without its terminal event (runs.py: on_stop)."""
+
+        async def on_stop(run: Run, reason: StopReason, error: BaseException | None) -> None:
+            response = state.response
+            if reason == "cancelled":
+                response.status = CANCELLED
+            elif reason == "interrupted":
+                _fail(response, "server_error", "The server stopped while the response ran; create it again.")
+            else:
+                code, message = "server_error", "The response failed: internal server error."
+                if isinstance(error, AgentdError):
+                    code, message = _ERROR_CODES.get(error.reason, "server_error"), error.message
+                _fail(response, code, message)
+            for item in response.output:  # what was still streaming stays unfinished
+                body = getattr(item, item.WhichOneof("item"))
+                if body.status == ITEM_IN_PROGRESS:
+                    body.status = ITEM_INCOMPLETE
+            await run.emit(_event(failed=_snapshot(response)),
+                           also=self.store.update_work(state.owner, response))
+
+        return on_stop
+
+    # ------------------------------------------------------------------ the other RPCs
+
+    async def get(self, owner: str, response_id: str) -> rt.Response:
+        """A stored response (also one still running). NOT_FOUND if none (or store=false)."""
+        response = await self.store.get(owner, response_id)
+        if response is None or not response.store:
+            raise NotFound("response", response_id)
+        return response
+
+    async def follow(self, owner: str, response_id: str,
+                     starting_after: int | None) -> AsyncIterator[ev.ResponseStreamEvent]:
+        """StreamResponseEvents: the kept events after `starting_after`, then the live ones,
+        to the terminal event. Never cancels the response."""
+        await self.get(owner, response_id)
+        return self._follow_checked(owner, response_id, starting_after)
+
+    def _follow_checked(self, owner: str, response_id: str,
+                        starting_after: int | None) -> AsyncIterator[ev.ResponseStreamEvent]:
+        async def still_running() -> bool:
+            return await self.store.status(owner, response_id) in RUNNING
+
+        return self.runs.attach(owner, response_id, kind=RESPONSES, starting_after=starting_after,
+                                still_running=still_running)
+
+    async def cancel(self, owner: str, response_id: str) -> rt.Response:
+        """CancelResponse: a running response is stopped (its on_stop stores it cancelled and
+        emits response.failed). One stored as running but not running here (left by a
+        crash) is ended directly. A cancelled one is answered as it is; one that ended
+        otherwise: FAILED_PRECONDITION (RESPONSE_NOT_CANCELLABLE)."""
+        response = await self.get(owner, response_id)
+        run = self.runs.get(owner, response_id)
+        if run is not None and run.terminal is None:
+            await self.runs.cancel(owner, response_id)
+            return await self.get(owner, response_id)
+        if response.status == CANCELLED:
+            return response
+        if status_name(response.status) not in RUNNING:
+            raise FailedPrecondition(f"Cannot cancel a response that has {status_name(response.status)}: "
+                                     f"only queued or in-progress responses can be cancelled.",
+                                     reason="RESPONSE_NOT_CANCELLABLE")
+        last = await self.runs.store.last_sequence(owner, response_id)
+        response.status = CANCELLED
+
+        async def produce(run: Run) -> None:
+            await run.emit(_event(failed=_snapshot(response)), also=self.store.update_work(owner, response))
+
+        await self.runs.start(owner, response_id, produce, kind=RESPONSES, background=True,
+                              first_sequence=last + 1).wait()
+        return response
+
+    async def delete(self, owner: str, response_id: str) -> None:
+        """Deletes a stored response (a running one is cancelled first). NOT_FOUND if none."""
+        await self.get(owner, response_id)
+        await self.runs.cancel(owner, response_id)
+        if not await self.store.delete(owner, response_id):
+            raise NotFound("response", response_id)
+        self._transcripts.pop((owner, response_id), None)
+
+    async def input_items(self, owner: str, response_id: str) -> list[it.ResponseItem]:
+        """A stored response's own input items, in order. NOT_FOUND if none."""
+        await self.get(owner, response_id)
+        found = await self.store.input_items(owner, response_id)
+        if found is None:
+            raise NotFound("response", response_id)
+        return found
+
+
+class _OpenMessage:
+    """The assistant message being streamed: its item and the text so far."""
+
+    def __init__(self, item_id: str, output_index: int):
+        self.item_id = item_id
+        self.output_index = output_index
+        self.parts: list[str] = []
+
+    async def add(self, run: Run, text: str) -> None:
+        self.parts.append(text)
+        await run.emit(_event(output_text_delta=ev.ResponseOutputTextDeltaEvent(
+            item_id=self.item_id, output_index=self.output_index, delta=text)))
+
+    async def close(self, response: rt.Response, run: Run, status: int) -> None:
+        text = "".join(self.parts)
+        where = {"item_id": self.item_id, "output_index": self.output_index, "content_index": 0}
+        part = it.ResponseContentPart(output_text=it.ResponseOutputText(text=text))
+        await run.emit(_event(output_text_done=ev.ResponseOutputTextDoneEvent(text=text, **where)))
+        await run.emit(_event(content_part_done=ev.ResponseContentPartEvent(part=part, **where)))
+        item = response.output[self.output_index]
+        item.message.status = status
+        item.message.content.parts.parts.append(part)
+        await run.emit(_event(output_item_done=ev.ResponseOutputItemEvent(
+            output_index=self.output_index, item=_copy(item))))
+
+
+def _not_found(resource: str, resource_id: str, field: str) -> NotFound:
+    """NOT_FOUND for an id the request names in `field`, which OpenAI's error calls `param`."""
+    error = NotFound(resource, resource_id)
+    error.field_violations = [(field, error.message)]
+    return error
+
+
+def id_param(value: str, field: str) -> str:
+    """An id the request names: NUL, which PostgreSQL cannot store or compare, is refused."""
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return value
+
+
+def _fail(response: rt.Response, code: str, message: str) -> None:
+    response.status = FAILED
+    response.error.CopyFrom(rt.ResponseError(code=code, message=message))
+
+
+def check_includes(include: Sequence[str], field: str = "include") -> None:
+    for index, value in enumerate(include):
+        if value not in INCLUDES:
+            raise InvalidArgument(f"{field}[{index}]", f"unknown include value '{value}'; one of: "
+                                                       + ", ".join(sorted(INCLUDES)))
+
+
+def _check_metadata(metadata: Any) -> None:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidArgument("metadata", f"at most {MAX_METADATA_KEYS} keys")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidArgument("metadata", f"key '{key[:MAX_METADATA_KEY]}...' is longer than "
+                                              f"{MAX_METADATA_KEY} characters")
+        if len(value) > MAX_METADATA_VALUE:
+            raise InvalidArgument("metadata", f"the value of '{key}' is longer than "
+                                              f"{MAX_METADATA_VALUE} characters")
+
+
+def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
+    """A function tool as the model sees it; the server-side tools agentd does not run yet
+    (file_search, mcp) are INVALID_ARGUMENT naming the tool."""
+    kind = tool.WhichOneof("tool")
+    if kind != "function":
+        raise InvalidArgument(where, f"{kind} tools are not available on this server yet; "
+                                     f"only function tools can be used")
+    function = tool.function
+    parameters = (json_format.MessageToDict(function.parameters) if function.HasField("parameters")
+                  else {"type": "object", "properties": {}})
+    return ToolSpec(name=function.name,
+                    description=function.description if function.HasField("description") else "",
+                    parameters=parameters,
+                    strict=function.strict if function.HasField("strict") else None)
+
+
+def _tool_choice(request: CreateRequest, names: set[str]) -> str | None:
+    """The provider-neutral tool_choice ("auto", "none", "required" or a function's name)."""
+    if not request.HasField("tool_choice"):
+        return None
+    choice = request.tool_choice
+    if choice.WhichOneof("tool_choice") == "mode":
+        mode = choice.mode
+        return {tools_pb.RESPONSE_TOOL_CHOICE_MODE_NONE: "none",
+                tools_pb.RESPONSE_TOOL_CHOICE_MODE_AUTO: "auto",
+                tools_pb.RESPONSE_TOOL_CHOICE_MODE_REQUIRED: "required"}.get(mode)
+    kind = choice.choice.WhichOneof("choice")
+    if kind != "function":
+        raise InvalidArgument("tool_choice", f"{kind} tool choices are not supported yet")
+    name = choice.choice.function.name
+    if name not in names:
+        raise InvalidArgument("tool_choice", f"names the function '{name}', which is not in tools")
+    return name
+
+
+def _response_format(text: text_pb.ResponseTextConfig) -> dict[str, Any] | None:
+    """The chat response_format of `text.format` (None: free text, and nothing is sent,
+    since some providers refuse response_format next to tools)."""
+    kind = text.format.WhichOneof("format")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        return None
+    fmt = text.format.json_schema
+    schema: dict[str, Any] = {"name": fmt.name, "schema": json_format.MessageToDict(fmt.schema)}
+    if fmt.HasField("description"):
+        schema["description"] = fmt.description
+    if fmt.HasField("strict"):
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _echo(request: CreateRequest, plan: Plan, *, background: bool, store: bool) -> rt.Response:
+    """The new response: the request's settings echoed as OpenAI does, with the defaults
+    written out."""
+    response = rt.Response(
+        id=ids.new_id(ids.RESPONSE), created_at=int(time.time()),
+        status=QUEUED if background else IN_PROGRESS, model=request.model, tools=request.tools,
+        metadata=request.metadata, store=store, background=background, service_tier="default",
+        parallel_tool_calls=not request.HasField("parallel_tool_calls") or request.parallel_tool_calls,
+        truncation=request.truncation or rt.RESPONSE_TRUNCATION_DISABLED,
+        max_infer_iters=plan.max_infer_iters)
+    for name in ("instructions", "previous_response_id", "temperature", "top_p", "max_output_tokens",
+                 "max_tool_calls", "user", "top_logprobs", "safety_identifier", "prompt_cache_key"):
+        if request.HasField(name):
+            setattr(response, name, getattr(request, name))
+    if request.HasField("tool_choice"):
+        response.tool_choice.CopyFrom(request.tool_choice)
+    else:
+        response.tool_choice.mode = tools_pb.RESPONSE_TOOL_CHOICE_MODE_AUTO
+    response.text.CopyFrom(request.text)
+    if not response.text.HasField("format"):
+        response.text.format.text.SetInParent()
+    response.reasoning.CopyFrom(request.reasoning)
+    return response

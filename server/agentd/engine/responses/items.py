@@ -1,0 +1,146 @@
+"""Response items: the request's input made ready to store (every item with an id, string
+content as parts), checked (a function_call_output answers a call it can see), and any list
+of items (a transcript, a conversation) turned into the chat messages sent to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from agentd import ids
+from agentd.errors import InvalidArgument
+from agentd.inference import ChatMessage, ToolCall
+from agentd.v1 import response_items_pb2 as it
+from agentd.v1 import response_resource_pb2 as rt
+
+USER = it.RESPONSE_MESSAGE_ROLE_USER
+ASSISTANT = it.RESPONSE_MESSAGE_ROLE_ASSISTANT
+_CHAT_ROLES = {it.RESPONSE_MESSAGE_ROLE_USER: "user", it.RESPONSE_MESSAGE_ROLE_ASSISTANT: "assistant",
+               it.RESPONSE_MESSAGE_ROLE_SYSTEM: "system",
+               # OpenAI's developer messages are system messages to chat-completions models.
+               it.RESPONSE_MESSAGE_ROLE_DEVELOPER: "system"}
+# Id prefixes of the input items a client may send without an id.
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
+                "mcp_approval_response": "mcpa"}
+# Items that are context the model already saw summarized in the messages that follow them
+# (tool runs of agentd's, reasoning): kept in transcripts, not sent as chat messages.
+_NOT_SENT = {"file_search_call", "web_search_call", "mcp_call", "mcp_list_tools",
+             "mcp_approval_request", "mcp_approval_response", "reasoning"}
+
+
+def user_message(text: str) -> it.ResponseItem:
+    """A string input as the stored user message: one input_text part."""
+    return it.ResponseItem(message=it.ResponseMessage(
+        id=ids.new_id("msg"), role=USER, status=it.RESPONSE_ITEM_STATUS_COMPLETED,
+        content=it.ResponseMessageContent(parts=it.ResponseContentPartList(
+            parts=[it.ResponseContentPart(input_text=it.ResponseInputText(text=text))]))))
+
+
+def input_items(given: rt.ResponseInput) -> list[it.ResponseItem]:
+    """The request's input as it is stored: a string becomes a user message; listed items
+    get an id when they have none, message content given as a string becomes one part
+    (input_text, or output_text for the assistant). INVALID_ARGUMENT (param `input`) for what
+    agentd cannot send to a model yet."""
+    if given.WhichOneof("input") == "text":
+        return [user_message(given.text)]
+    items = []
+    for position, original in enumerate(given.items.items):
+        item = it.ResponseItem()
+        item.CopyFrom(original)
+        kind = item.WhichOneof("item")
+        where = f"input[{position}]"
+        if kind is None:
+            raise InvalidArgument(where, "an item needs a type")
+        if kind == "item_reference":
+            raise InvalidArgument(where, "item_reference inputs are not supported yet; send the item itself")
+        body = getattr(item, kind)
+        if kind in _ID_PREFIXES and not body.HasField("id"):
+            body.id = ids.new_id(_ID_PREFIXES[kind])
+        if kind == "message":
+            _check_content(body, where)
+            if body.content.WhichOneof("content") == "text":
+                text = body.content.text
+                part = (it.ResponseContentPart(output_text=it.ResponseOutputText(text=text))
+                        if body.role == ASSISTANT else
+                        it.ResponseContentPart(input_text=it.ResponseInputText(text=text)))
+                body.content.parts.parts.append(part)
+        items.append(item)
+    return items
+
+
+def _check_content(message: it.ResponseMessage, where: str) -> None:
+    if message.content.WhichOneof("content") != "parts":
+        return
+    for index, part in enumerate(message.content.parts.parts):
+        kind = part.WhichOneof("part")
+        if kind in ("input_image", "input_file"):
+            raise InvalidArgument(f"{where}.content[{index}]",
+                                  f"{kind} is not supported yet: the models agentd serves take text")
+
+
+def check_outputs_paired(history: Sequence[it.ResponseItem], given: Sequence[it.ResponseItem]) -> None:
+    """Every function_call_output of the input must answer a function_call seen before it
+    (in the replayed transcript or earlier in the input): INVALID_ARGUMENT (param `input`)."""
+    calls = {item.function_call.call_id for item in history if item.HasField("function_call")}
+    for item in given:
+        if item.HasField("function_call"):
+            calls.add(item.function_call.call_id)
+        elif item.HasField("function_call_output") and item.function_call_output.call_id not in calls:
+            raise InvalidArgument(
+                "input", f"No tool call found for function call output with call_id "
+                         f"{item.function_call_output.call_id}.")
+
+
+def chat_messages(items: Iterable[it.ResponseItem]) -> list[ChatMessage]:
+    """The chat messages of a list of items, in order. Consecutive function calls (and the
+    assistant text just before them) become one assistant message with tool calls, as the
+    model produced them."""
+    messages: list[ChatMessage] = []
+    calls: list[ToolCall] = []
+
+    def end_calls() -> None:
+        if not calls:
+            return
+        text = None
+        if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
+            text = messages.pop().content
+        messages.append(ChatMessage(role="assistant", content=text, tool_calls=tuple(calls)))
+        calls.clear()
+
+    for item in items:
+        kind = item.WhichOneof("item")
+        if kind == "function_call":
+            call = item.function_call
+            calls.append(ToolCall(id=call.call_id, name=call.name, arguments=call.arguments or "{}"))
+            continue
+        end_calls()
+        if kind == "message":
+            message = item.message
+            messages.append(ChatMessage(role=_CHAT_ROLES.get(message.role, "user"),
+                                        content=text_of(message.content)))
+        elif kind == "function_call_output":
+            output = item.function_call_output
+            content = (output.output.text if output.output.WhichOneof("output") == "text"
+                       else _parts_text(output.output.parts.parts))
+            messages.append(ChatMessage(role="tool", content=content, tool_call_id=output.call_id))
+        elif kind not in _NOT_SENT:
+            raise InvalidArgument("input", f"{kind} items cannot be sent to a model")
+    end_calls()
+    return messages
+
+
+def text_of(content: it.ResponseMessageContent) -> str:
+    if content.WhichOneof("content") == "text":
+        return content.text
+    return _parts_text(content.parts.parts)
+
+
+def _parts_text(parts: Iterable[it.ResponseContentPart]) -> str:
+    texts = []
+    for part in parts:
+        kind = part.WhichOneof("part")
+        if kind in ("input_text", "output_text", "reasoning_text"):
+            texts.append(getattr(part, kind).text)
+        elif kind == "refusal":
+            texts.append(part.refusal.refusal)
+    return "\n".join(texts)

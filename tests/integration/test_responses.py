@@ -1,0 +1,613 @@
+"""Responses over gRPC against a real agentd on SQLite and PostgreSQL, with the scripted fake
+model server as the only fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+
+from agentd import codec, paging
+from agentd.app import Agentd
+from agentd.context import LOCAL_PRINCIPAL
+from agentd.v1 import common_pb2, responses_pb2_grpc
+from agentd.v1 import conversations_pb2 as cv
+from agentd.v1 import response_events_pb2 as ev
+from agentd.v1 import response_items_pb2 as it
+from agentd.v1 import response_resource_pb2 as rt
+from agentd.v1 import responses_pb2 as pb
+from tests.conftest import error_of, fake_model, make_settings, running
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
+
+PLAIN_TEXT = ["response.created", "response.in_progress", "response.output_item.added",
+              "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
+              "response.output_text.done", "response.content_part.done", "response.output_item.done",
+              "response.completed"]
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def server(database_url, tmp_path, fake):
+    settings = make_settings(database_url, tmp_path, providers=fake_model(fake),
+                             shields=[{"id": "llama-guard", "provider_id": "llama-guard"}])
+    async with running(settings) as agentd:
+        yield agentd
+
+
+@pytest_asyncio.fixture
+async def responses(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield responses_pb2_grpc.ResponsesServiceStub(channel)
+
+
+def create(**fields) -> pb.CreateResponseRequest:
+    """A create request from the OpenAI JSON (what the SDK sends)."""
+    request = pb.CreateResponseRequest()
+    codec.from_json({"model": "test-model", "input": "hi", **fields}, request)
+    return request
+
+
+def stream(**fields) -> pb.StreamResponseRequest:
+    request = pb.StreamResponseRequest()
+    codec.from_json({"model": "test-model", "input": "hi", **fields}, request)
+    return request
+
+
+def tags(events) -> list[str]:
+    return [codec.to_json(e)["type"] for e in events]
+
+
+def output_text(response: rt.Response) -> str:
+    return "".join(part.output_text.text for item in response.output if item.HasField("message")
+                   for part in item.message.content.parts.parts)
+
+
+async def collect(call) -> list[ev.ResponseStreamEvent]:
+    return [r.event async for r in call]
+
+
+async def test_a_streamed_response_has_the_openai_event_sequence(responses, fake):
+    fake.script(Reply(text="Hello there", chunk_size=6, usage={"prompt_tokens": 5, "completion_tokens": 2}))
+    events = await collect(responses.StreamResponse(stream(instructions="Be brief.")))
+    assert tags(events) == PLAIN_TEXT
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    created, completed = events[0].created.response, events[-1].completed.response
+    assert created.status == rt.RESPONSE_STATUS_IN_PROGRESS and not created.output
+    assert "".join(e.output_text_delta.delta for e in events[4:6]) == "Hello there"
+    delta = codec.to_json(events[4])
+    assert delta["logprobs"] == [] and delta["item_id"].startswith("msg_") and delta["output_index"] == 0
+    assert events[6].output_text_done.text == "Hello there"
+    assert completed.status == rt.RESPONSE_STATUS_COMPLETED and output_text(completed) == "Hello there"
+    assert completed.usage.input_tokens == 5 and completed.usage.output_tokens == 2
+    assert completed.usage.total_tokens == 7
+    assert completed.instructions == "Be brief." and completed.completed_at > 0
+    echoed = codec.to_json(completed)
+    assert echoed["tool_choice"] == "auto" and echoed["parallel_tool_calls"] is True
+    assert echoed["text"] == {"format": {"type": "text"}, "verbosity": None}
+    assert echoed["truncation"] == "disabled" and echoed["store"] is True
+    sent = fake.chat_requests[0].body
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert "response_format" not in sent
+    stored = (await responses.GetResponse(pb.GetResponseRequest(response_id=completed.id))).response
+    assert stored == completed
+
+
+async def test_a_unary_response_is_stored_with_its_input(responses, fake):
+    fake.script(Reply(text="Unary answer"))
+    response = (await responses.CreateResponse(create(
+        input=[{"role": "user", "content": "first"}, {"type": "message", "role": "user",
+                                                      "content": [{"type": "input_text", "text": "second"}]}],
+        temperature=0.5, top_p=0.9, metadata={"k": "v"}))).response
+    assert response.status == rt.RESPONSE_STATUS_COMPLETED and output_text(response) == "Unary answer"
+    assert response.temperature == 0.5 and response.top_p == 0.9 and dict(response.metadata) == {"k": "v"}
+    sent = fake.chat_requests[0].body
+    assert sent["temperature"] == 0.5 and sent["top_p"] == 0.9
+    assert [m["content"] for m in sent["messages"]] == ["first", "second"]
+    items = await responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(
+        response_id=response.id, order=common_pb2.SORT_ORDER_ASC))
+    assert [i.message.content.parts.parts[0].input_text.text for i in items.data] == ["first", "second"]
+    assert all(i.message.id.startswith("msg_") for i in items.data)
+    assert items.first_id == items.data[0].message.id and items.last_id == items.data[1].message.id
+    assert not items.has_more
+
+
+async def test_input_items_page_both_ways(responses, fake):
+    texts = [f"m{i}" for i in range(5)]
+    request = create(input=[{"role": "user", "content": t} for t in texts])
+    response = (await responses.CreateResponse(request)).response
+
+    async def page(**fields):
+        return await responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(
+            response_id=response.id, **fields))
+
+    def text_of(page_):
+        return [i.message.content.parts.parts[0].input_text.text for i in page_.data]
+
+    first = await page(page_size=2)  # newest first by default
+    assert text_of(first) == ["m4", "m3"] and first.has_more
+    second = await page(page_size=2, page_token=first.next_page_token)
+    assert text_of(second) == ["m2", "m1"] and second.has_more
+    third = await page(page_size=2, page_token=second.next_page_token)
+    assert text_of(third) == ["m0"] and not third.has_more and third.next_page_token == ""
+    ids = [i.message.id for i in (await page(order=common_pb2.SORT_ORDER_ASC)).data]
+    before = await page(order=common_pb2.SORT_ORDER_ASC, page_size=2,
+                        page_token=paging.encode(paging.Cursor(before=ids[3])))
+    assert text_of(before) == ["m1", "m2"] and before.has_more
+    code, _, fields = await error_of(page(page_token=paging.encode(paging.Cursor(after="msg_nope"))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_token"]
+
+
+async def test_list_and_delete_responses(responses, fake):
+    first = (await responses.CreateResponse(create())).response
+    second = (await responses.CreateResponse(create(model="test-model", input="again"))).response
+    listed = await responses.ListResponses(pb.ListResponsesRequest())
+    assert [r.response.id for r in listed.data] == [second.id, first.id]
+    assert listed.first_id == second.id and listed.last_id == first.id and not listed.has_more
+    assert listed.data[0].input[0].message.content.parts.parts[0].input_text.text == "again"
+    one = await responses.ListResponses(pb.ListResponsesRequest(page_size=1, order=common_pb2.SORT_ORDER_ASC))
+    assert [r.response.id for r in one.data] == [first.id] and one.has_more
+    rest = await responses.ListResponses(pb.ListResponsesRequest(page_size=1, order=common_pb2.SORT_ORDER_ASC,
+                                                                  page_token=one.next_page_token))
+    assert [r.response.id for r in rest.data] == [second.id] and not rest.has_more
+    assert not (await responses.ListResponses(pb.ListResponsesRequest(model="other"))).data
+    deleted = await responses.DeleteResponse(pb.DeleteResponseRequest(response_id=first.id))
+    assert deleted.id == first.id and deleted.deleted
+    for call in (responses.GetResponse(pb.GetResponseRequest(response_id=first.id)),
+                 responses.DeleteResponse(pb.DeleteResponseRequest(response_id=first.id)),
+                 responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(response_id=first.id)),
+                 responses.CancelResponse(pb.CancelResponseRequest(response_id=first.id))):
+        assert (await error_of(call))[:2] == (grpc.StatusCode.NOT_FOUND, "RESPONSE_NOT_FOUND")
+
+
+# ------------------------------------------------------------------ function tools
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+async def test_parallel_function_calls_are_items_of_their_own_and_end_the_response(responses, fake):
+    fake.script(Reply(text="Let me check.", tool_calls=[
+        ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1"),
+        ToolCallSpec("get_weather", {"city": "Rome"}, id="call_2")],
+        interleave_tool_calls=True, chunk_size=5))
+    events = await collect(responses.StreamResponse(stream(tools=[WEATHER])))
+    done = [e.output_item_done for e in events if e.HasField("output_item_done")]
+    assert [d.output_index for d in done] == [0, 1, 2]
+    assert done[0].item.message.content.parts.parts[0].output_text.text == "Let me check."
+    calls = [d.item.function_call for d in done[1:]]
+    assert [(c.call_id, c.name, json.loads(c.arguments)) for c in calls] == [
+        ("call_1", "get_weather", {"city": "Paris"}), ("call_2", "get_weather", {"city": "Rome"})]
+    assert all(c.id.startswith("fc_") and c.status == it.RESPONSE_ITEM_STATUS_COMPLETED for c in calls)
+    for call, index in zip(calls, (1, 2), strict=True):
+        deltas = [e.function_call_arguments_delta for e in events
+                  if e.HasField("function_call_arguments_delta")
+                  and e.function_call_arguments_delta.item_id == call.id]
+        assert {d.output_index for d in deltas} == {index}
+        assert "".join(d.delta for d in deltas) == call.arguments
+        (arguments_done,) = [e.function_call_arguments_done for e in events
+                             if e.HasField("function_call_arguments_done")
+                             and e.function_call_arguments_done.item_id == call.id]
+        assert arguments_done.arguments == call.arguments and arguments_done.output_index == index
+    added = [e.output_item_added for e in events if e.HasField("output_item_added")]
+    assert [a.item.WhichOneof("item") for a in added] == ["message", "function_call", "function_call"]
+    assert added[1].item.function_call.arguments == "" and added[1].item.function_call.status == \
+        it.RESPONSE_ITEM_STATUS_IN_PROGRESS
+    assert events[-1].completed.response.status == rt.RESPONSE_STATUS_COMPLETED
+    assert len(fake.chat_requests) == 1
+    sent = fake.chat_requests[0].body
+    assert sent["tools"][0]["function"]["name"] == "get_weather" and "parallel_tool_calls" not in sent
+
+
+async def test_function_call_outputs_continue_with_previous_response_id(responses, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1"),
+                                  ToolCallSpec("get_weather", {"city": "Rome"}, id="call_2")]),
+                Reply(text="Sunny in both."))
+    first = (await responses.CreateResponse(create(tools=[WEATHER], parallel_tool_calls=True))).response
+    assert [o.function_call.call_id for o in first.output] == ["call_1", "call_2"]
+    second = (await responses.CreateResponse(create(
+        previous_response_id=first.id, tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+               {"type": "function_call_output", "call_id": "call_2", "output": "sunny too"}]))).response
+    assert output_text(second) == "Sunny in both." and second.previous_response_id == first.id
+    messages = fake.chat_requests[1].body["messages"]
+    assert messages[0] == {"role": "user", "content": "hi"}
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_1", "call_2"]
+    assert messages[2:] == [{"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+                            {"role": "tool", "content": "sunny too", "tool_call_id": "call_2"}]
+    assert fake.chat_requests[0].body["parallel_tool_calls"] is True
+    # The chain goes on: the third response sees the whole transcript.
+    fake.script(Reply(text="You asked about the weather."))
+    third = (await responses.CreateResponse(create(previous_response_id=second.id, input="what?"))).response
+    assert [m["role"] for m in fake.chat_requests[2].body["messages"]] == [
+        "user", "assistant", "tool", "tool", "assistant", "user"]
+    own = await responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(response_id=third.id))
+    assert len(own.data) == 1  # its own input only
+
+
+async def test_function_call_outputs_continue_with_the_calls_resent(responses, fake):
+    fake.script(Reply(text="It is sunny."))
+    response = (await responses.CreateResponse(create(tools=[WEATHER], input=[
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        {"type": "function_call_output", "call_id": "call_9", "output": "sunny"}]))).response
+    assert output_text(response) == "It is sunny."
+    messages = fake.chat_requests[0].body["messages"]
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Oslo"}'}
+    assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_9"}
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "input"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0]"),
+    ({"tools": [WEATHER, {"type": "mcp", "server_label": "s", "server_url": "http://127.0.0.1:9/mcp"}]},
+     "tools[1]"),
+    ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
+    ({"temperature": 3}, "temperature"),
+    ({"max_output_tokens": 3}, "max_output_tokens"),
+    ({"include": ["nonsense"]}, "include[0]"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"previous_response_id": "resp_1", "conversation": "conv_1"}, "conversation"),
+    ({"conversation": "chat_1"}, "conversation"),
+    ({"background": True, "store": False}, "background"),
+    ({"previous_response_id": "resp_\u0000"}, "previous_response_id"),
+    ({"conversation": {"id": "conv_\u0000"}}, "conversation"),
+])
+async def test_bad_requests_fail_before_any_event(responses, fake, fields, param):
+    for call in (responses.CreateResponse(create(**fields)),
+                 collect(responses.StreamResponse(stream(**fields)))):
+        code, reason, violations = await error_of(call)
+        assert (code, reason, violations) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", [param])
+    assert not fake.chat_requests
+    assert not (await responses.ListResponses(pb.ListResponsesRequest())).data
+
+
+@pytest.mark.parametrize("fields, reason, param", [
+    ({"model": "nope"}, "MODEL_NOT_FOUND", "model"),
+    ({"previous_response_id": "resp_nope"}, "RESPONSE_NOT_FOUND", "previous_response_id"),
+    ({"conversation": "conv_nope"}, "CONVERSATION_NOT_FOUND", "conversation"),
+    ({"guardrails": ["llama-guard", {"type": "no-such-shield"}]}, "SHIELD_NOT_FOUND", "guardrails"),
+])
+async def test_unknown_references_are_not_found_before_any_event(responses, fake, fields, reason, param):
+    for call in (responses.CreateResponse(create(**fields)),
+                 collect(responses.StreamResponse(stream(**fields)))):
+        assert await error_of(call) == (grpc.StatusCode.NOT_FOUND, reason, [param])
+    assert not fake.chat_requests
+
+
+async def test_configured_guardrails_are_accepted(responses, fake):
+    fake.script(Reply(text="Safe."))
+    response = (await responses.CreateResponse(create(guardrails=["llama-guard"]))).response
+    assert output_text(response) == "Safe."
+
+
+# ------------------------------------------------------------------ conversations, store
+
+
+async def test_a_conversation_gives_its_items_and_gets_the_new_ones(server, responses, fake):
+    conversations = server.responses.conversations
+    conversation = await conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_test1"), [
+        codec.parse({"type": "message", "id": f"msg_{i}", "role": "user", "content": f"old {i}"},
+                    it.ResponseItem)
+        for i in range(25)])  # more than Llama Stack's 20-item cap
+    fake.script(Reply(text="Noted."), Reply(text="Streamed."))
+    response = (await responses.CreateResponse(create(conversation=conversation.id, input="new"))).response
+    assert response.conversation.id == conversation.id and output_text(response) == "Noted."
+    sent = [m["content"] for m in fake.chat_requests[0].body["messages"]]
+    assert sent == [f"old {i}" for i in range(25)] + ["new"]
+    events = await collect(responses.StreamResponse(stream(conversation={"id": conversation.id}, input="more",
+                                                           store=False)))
+    assert events[-1].completed.response.conversation.id == conversation.id
+    assert [m["content"] for m in fake.chat_requests[1].body["messages"]][-3:] == ["new", "Noted.", "more"]
+    items, _ = await conversations.list_items(LOCAL_PRINCIPAL, conversation.id, paging.Cursor(), 100,
+                                              descending=False)
+    texts = [codec.to_json(i)["content"][0]["text"] for i in items[25:]]
+    assert texts == ["new", "Noted.", "more", "Streamed."]
+    # store=false: synced to the conversation, never retrievable.
+    unstored = events[-1].completed.response.id
+    assert (await error_of(responses.GetResponse(pb.GetResponseRequest(response_id=unstored))))[1] == \
+        "RESPONSE_NOT_FOUND"
+    _, reason, _ = await error_of(responses.CreateResponse(create(previous_response_id=unstored)))
+    assert reason == "RESPONSE_NOT_FOUND"
+    listed = await responses.ListResponses(pb.ListResponsesRequest())
+    assert [r.response.id for r in listed.data] == [response.id]
+
+
+async def test_store_false_leaves_nothing_behind(server, responses, fake):
+    response = (await responses.CreateResponse(create(store=False))).response
+    assert response.status == rt.RESPONSE_STATUS_COMPLETED and not response.store
+    for _ in range(100):  # its row goes when its run has ended
+        if await server.responses.store.get(LOCAL_PRINCIPAL, response.id) is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await server.responses.store.get(LOCAL_PRINCIPAL, response.id) is None
+
+
+# ------------------------------------------------------------------ background, cancel, limits
+
+
+async def follow(responses, response_id: str) -> list[ev.ResponseStreamEvent]:
+    request = pb.StreamResponseEventsRequest(response_id=response_id)
+    return await collect(responses.StreamResponseEvents(request))
+
+
+async def wait_for_status(responses, response_id: str, *statuses) -> rt.Response:
+    for _ in range(500):
+        response = (await responses.GetResponse(pb.GetResponseRequest(response_id=response_id))).response
+        if response.status in statuses:
+            return response
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{response_id} never reached {statuses}: {response.status}")
+
+
+async def test_background_returns_at_once_and_can_be_polled_and_followed(responses, fake):
+    fake.script(Reply(text="one two three four", chunk_size=4, chunk_delay=0.02))
+    created = (await responses.CreateResponse(create(background=True))).response
+    assert created.status == rt.RESPONSE_STATUS_QUEUED and created.background
+    done = await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_COMPLETED)
+    assert output_text(done) == "one two three four"
+    events = await follow(responses, created.id)
+    assert events[0].created.response.status == rt.RESPONSE_STATUS_QUEUED
+    assert events[1].in_progress.response.status == rt.RESPONSE_STATUS_IN_PROGRESS
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].completed.response == done
+    later = await collect(responses.StreamResponseEvents(pb.StreamResponseEventsRequest(
+        response_id=created.id, starting_after=events[-3].sequence_number)))
+    assert later == events[-2:]
+
+
+async def test_a_background_stream_dropped_midway_is_re_attached_without_gaps(responses, fake):
+    fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.02))
+    call = responses.StreamResponse(stream(background=True))
+    seen = []
+    async for reply in call:
+        seen.append(reply.event)
+        if len(seen) == 5:
+            break
+    call.cancel()
+    rest = await collect(responses.StreamResponseEvents(pb.StreamResponseEventsRequest(
+        response_id=seen[0].created.response.id, starting_after=seen[-1].sequence_number)))
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].completed.response.status == rt.RESPONSE_STATUS_COMPLETED
+    assert "".join(e.output_text_delta.delta for e in events) == "abcdefghij"
+
+
+async def test_cancel_stops_a_background_response(responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    created = (await responses.CreateResponse(create(background=True))).response
+    await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_IN_PROGRESS)
+    # The model has the request (and its hanging reply), so the next request gets the next reply.
+    await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+    cancelled = (await responses.CancelResponse(pb.CancelResponseRequest(response_id=created.id))).response
+    assert cancelled.status == rt.RESPONSE_STATUS_CANCELLED and not cancelled.HasField("error")
+    assert (await responses.GetResponse(pb.GetResponseRequest(response_id=created.id))).response == cancelled
+    events = await follow(responses, created.id)
+    assert events[-1].failed.response.status == rt.RESPONSE_STATUS_CANCELLED
+    again = await responses.CancelResponse(pb.CancelResponseRequest(response_id=created.id))
+    assert again.response.status == rt.RESPONSE_STATUS_CANCELLED
+    fake.script(Reply(text="done"))
+    finished = (await responses.CreateResponse(create())).response
+    code, reason, _ = await error_of(responses.CancelResponse(
+        pb.CancelResponseRequest(response_id=finished.id)))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RESPONSE_NOT_CANCELLABLE")
+
+
+async def test_deleting_a_running_response_cancels_it_first(server, responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    created = (await responses.CreateResponse(create(background=True))).response
+    await wait_for_status(responses, created.id, rt.RESPONSE_STATUS_IN_PROGRESS)
+    await responses.DeleteResponse(pb.DeleteResponseRequest(response_id=created.id))
+    assert server.runs.get(LOCAL_PRINCIPAL, created.id) is None
+    code, reason, _ = await error_of(responses.GetResponse(pb.GetResponseRequest(response_id=created.id)))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RESPONSE_NOT_FOUND")
+
+
+async def test_a_dropped_stream_stops_its_response(responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    call = responses.StreamResponse(stream())
+    async for reply in call:
+        response_id = reply.event.created.response.id
+        break
+    call.cancel()
+    stopped = await wait_for_status(responses, response_id, rt.RESPONSE_STATUS_CANCELLED)
+    assert not stopped.HasField("error")
+
+
+async def test_max_output_tokens_makes_the_response_incomplete(responses, fake):
+    fake.script(Reply(text="cut short", finish_reason="length"))
+    events = await collect(responses.StreamResponse(stream(max_output_tokens=16)))
+    assert tags(events)[-1] == "response.incomplete"
+    response = events[-1].incomplete.response
+    assert response.status == rt.RESPONSE_STATUS_INCOMPLETE and response.max_output_tokens == 16
+    assert codec.to_json(response)["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response.output[0].message.status == it.RESPONSE_ITEM_STATUS_INCOMPLETE
+    assert fake.chat_requests[0].body["max_tokens"] == 16
+    stored = (await responses.GetResponse(pb.GetResponseRequest(response_id=response.id))).response
+    assert stored == response
+
+
+# ------------------------------------------------------------------ formats, echoes, failures
+
+
+async def test_text_formats_are_forwarded_and_echoed(responses, fake):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fake.script(Reply(text='{"city": "Paris"}'), Reply(text="{}"))
+    text = {"format": {"type": "json_schema", "name": "City", "schema": schema, "strict": True}}
+    request = create(text=text, max_infer_iters=3, user="u1", tool_choice="none", parallel_tool_calls=False)
+    response = (await responses.CreateResponse(request)).response
+    assert fake.chat_requests[0].body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "City", "schema": schema, "strict": True}}
+    echoed = codec.to_json(response)
+    assert echoed["text"]["format"] == {"type": "json_schema", "name": "City", "schema": schema,
+                                        "description": None, "strict": True}
+    assert echoed["max_infer_iters"] == 3 and echoed["user"] == "u1" and echoed["tool_choice"] == "none"
+    assert echoed["parallel_tool_calls"] is False
+    await responses.CreateResponse(create(text={"format": {"type": "json_object"}}))
+    assert fake.chat_requests[1].body["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize("status, code", [(500, "server_error"), (400, "invalid_prompt")])
+async def test_a_model_failure_ends_with_response_failed_and_is_stored(responses, fake, status, code):
+    fake.script(Reply(error_status=status, error_message="upstream says no"))
+    events = await collect(responses.StreamResponse(stream()))
+    assert tags(events) == ["response.created", "response.in_progress", "response.failed"]
+    failed = events[-1].failed.response
+    assert failed.status == rt.RESPONSE_STATUS_FAILED and failed.error.code == code
+    assert "upstream says no" in failed.error.message
+    stored = (await responses.GetResponse(pb.GetResponseRequest(response_id=failed.id))).response
+    assert stored == failed
+    fake.script(Reply(error_status=status, error_message="again"))
+    unary = (await responses.CreateResponse(create())).response
+    assert unary.status == rt.RESPONSE_STATUS_FAILED and unary.error.code == code
+
+
+async def test_a_retried_create_with_the_same_request_id_runs_once(responses, fake):
+    fake.script(Reply(text="once"))
+    first = (await responses.CreateResponse(create(request_id="key-1"))).response
+    again = (await responses.CreateResponse(create(request_id="key-1"))).response
+    assert again == first and len(fake.chat_requests) == 1
+    replayed = await collect(responses.StreamResponse(stream(request_id="key-1")))
+    assert replayed[-1].completed.response == first and len(fake.chat_requests) == 1
+
+
+# ------------------------------------------------------------------ web search (server-side)
+
+
+@pytest.fixture
+def search():
+    with FakeSearchServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def searching(database_url, tmp_path, fake, search):
+    """ResponsesService of an agentd with web search configured (the fake search API)."""
+    settings = make_settings(database_url, tmp_path, providers=fake_model(fake),
+                             websearch={"api_key": "sk-search", "base_url": search.base_url})
+    async with running(settings) as agentd, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as channel:
+        yield responses_pb2_grpc.ResponsesServiceStub(channel)
+
+
+def searches(*queries: str, **reply) -> Reply:
+    calls = [ToolCallSpec("web_search", {"query": q}, id=f"call_{q}") for q in queries]
+    return Reply(tool_calls=calls, **reply)
+
+
+async def test_web_search_runs_here_and_the_model_answers(searching, fake, search):
+    search.script(SearchReply(results=[Hit("agentd", "https://agentd.example", "agentd runs agents")]))
+    fake.script(searches("agentd", usage={"prompt_tokens": 10, "completion_tokens": 3}),
+                Reply(text="agentd runs agents.", usage={"prompt_tokens": 20, "completion_tokens": 5}))
+    events = await collect(searching.StreamResponse(stream(tools=[{"type": "web_search_preview"}])))
+    assert tags(events) == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.web_search_call.in_progress", "response.web_search_call.searching",
+        "response.web_search_call.completed", "response.output_item.done",
+        *PLAIN_TEXT[2:4], *["response.output_text.delta"] * 5, *PLAIN_TEXT[6:]]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    response = events[-1].completed.response
+    call = response.output[0].web_search_call
+    assert call.id.startswith("ws_") and call.status == it.RESPONSE_ITEM_STATUS_COMPLETED
+    assert call.action.search.query == "agentd"
+    assert output_text(response) == "agentd runs agents." and response.output[1].HasField("message")
+    usage = response.usage  # summed over both model calls
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (30, 8, 38)
+    assert search.requests[0].body["query"] == "agentd"
+    assert fake.chat_requests[0].body["tools"][0]["function"]["name"] == "web_search"
+    second = fake.chat_requests[1].body["messages"]
+    assert second[-2]["tool_calls"][0]["id"] == "call_agentd"
+    assert second[-1]["role"] == "tool" and "agentd runs agents" in second[-1]["content"]
+
+
+async def test_max_infer_iters_ends_a_searching_response_incomplete(searching, fake, search):
+    fake.script(searches("a"), searches("b"), Reply(text="never asked"))
+    response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}],
+                                                      max_infer_iters=2))).response
+    assert response.status == rt.RESPONSE_STATUS_INCOMPLETE
+    assert codec.to_json(response)["incomplete_details"] == {"reason": "max_infer_iters"}
+    assert [o.web_search_call.action.search.query for o in response.output] == ["a", "b"]
+    assert len(fake.chat_requests) == 2
+
+
+async def test_max_tool_calls_stops_running_searches(searching, fake, search):
+    fake.script(searches("a", "b"), Reply(text="with one result"))
+    response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}],
+                                                      max_tool_calls=1))).response
+    assert output_text(response) == "with one result" and response.max_tool_calls == 1
+    assert [o.WhichOneof("item") for o in response.output] == ["web_search_call", "message"]
+    assert len(search.requests) == 1
+    tool_messages = [m for m in fake.chat_requests[1].body["messages"] if m["role"] == "tool"]
+    assert "max_tool_calls" in tool_messages[1]["content"]
+
+
+async def test_a_failed_search_is_a_failed_item_and_the_model_goes_on(searching, fake, search):
+    search.script(SearchReply(status=500))
+    fake.script(searches("x"), Reply(text="The search failed."))
+    response = (await searching.CreateResponse(create(tools=[{"type": "web_search"}, WEATHER]))).response
+    assert response.output[0].web_search_call.status == it.RESPONSE_ITEM_STATUS_FAILED
+    assert output_text(response) == "The search failed."
+
+
+async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(database_url, tmp_path):
+    from agentd.storage import Database, Repository
+    from agentd.storage.responses import ResponseStore
+
+    db = Database(database_url)
+    await db.migrate()
+    store = ResponseStore(Repository(db))
+    left = rt.Response(id="resp_left", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS, store=True)
+    queued = rt.Response(id="resp_queued", model="test-model", status=rt.RESPONSE_STATUS_QUEUED, store=True)
+    done = rt.Response(id="resp_done", model="test-model", status=rt.RESPONSE_STATUS_COMPLETED, store=True)
+    for response in (left, queued, done):
+        await store.create(LOCAL_PRINCIPAL, response, [])
+    await db.close()
+    agentd = Agentd(make_settings(database_url, tmp_path))
+    await agentd.start()
+    try:
+        for response_id in ("resp_left", "resp_queued"):
+            failed = await agentd.responses.get(LOCAL_PRINCIPAL, response_id)
+            assert failed.status == rt.RESPONSE_STATUS_FAILED and failed.error.code == "server_error"
+            assert await agentd.responses.store.status(LOCAL_PRINCIPAL, response_id) == "failed"
+        still = await agentd.responses.get(LOCAL_PRINCIPAL, "resp_done")
+        assert still.status == rt.RESPONSE_STATUS_COMPLETED
+    finally:
+        await agentd.stop(0)
+
+
+async def test_an_id_with_nul_is_invalid_not_a_database_error(responses):
+    code, _, fields = await error_of(responses.GetResponse(pb.GetResponseRequest(response_id="resp_\x00")))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["response_id"])
+
+
+async def test_rest_streams_are_framed_as_openai_frames_them(server, fake):
+    fake.script(Reply(text="framed", chunk_size=3), Reply(text="plain"))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+        async with http.stream("POST", "/v1/openai/v1/responses",
+                               json={"model": "test-model", "input": "hi", "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            frames = (await streamed.aread()).decode().split("\n\n")
+        first = frames[0].split("\n")
+        assert first[:2] == ["id: 0", "event: response.created"]
+        data = json.loads(first[2].removeprefix("data: "))
+        assert data["type"] == "response.created" and data["sequence_number"] == 0
+        assert data["response"]["status"] == "in_progress" and data["response"]["object"] == "response"
+        last = [f for f in frames if f][-1].split("\n")
+        assert last[1] == "event: response.completed"
+        plain = await http.post("/v1/responses", json={"model": "test-model", "input": "hi"})
+        assert plain.status_code == 200 and plain.json()["output"][0]["content"][0]["text"] == "plain"
+        missing = await http.post("/v1/responses", json={"model": "test-model", "input": "hi", "stream": True,
+                                                         "previous_response_id": "resp_nope"})
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "previous_response_id"
+        assert missing.json()["error"]["code"] == "response_not_found"
