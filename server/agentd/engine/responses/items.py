@@ -8,20 +8,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from agentd import ids
+from agentd.engine.items import stored_item
 from agentd.errors import InvalidArgument
 from agentd.inference import ChatMessage, ToolCall
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 
 USER = it.RESPONSE_MESSAGE_ROLE_USER
-ASSISTANT = it.RESPONSE_MESSAGE_ROLE_ASSISTANT
 _CHAT_ROLES = {it.RESPONSE_MESSAGE_ROLE_USER: "user", it.RESPONSE_MESSAGE_ROLE_ASSISTANT: "assistant",
                it.RESPONSE_MESSAGE_ROLE_SYSTEM: "system",
                # OpenAI's developer messages are system messages to chat-completions models.
                it.RESPONSE_MESSAGE_ROLE_DEVELOPER: "system"}
-# Id prefixes of the input items a client may send without an id.
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
-                "mcp_approval_response": "mcpa"}
 # Items that are context the model already saw summarized in the messages that follow them
 # (tool runs of agentd's, reasoning): kept in transcripts, not sent as chat messages.
 _NOT_SENT = {"file_search_call", "web_search_call", "mcp_call", "mcp_list_tools",
@@ -38,32 +35,17 @@ def user_message(text: str) -> it.ResponseItem:
 
 def input_items(given: rt.ResponseInput) -> list[it.ResponseItem]:
     """The request's input as it is stored: a string becomes a user message; listed items
-    get an id when they have none, message content given as a string becomes one part
-    (input_text, or output_text for the assistant). INVALID_ARGUMENT (param `input`) for what
+    take the stored form conversations give them too (engine/items.py: an id when they have
+    none, a status, string content as one part). INVALID_ARGUMENT (param `input`) for what
     agentd cannot send to a model yet."""
     if given.WhichOneof("input") == "text":
         return [user_message(given.text)]
     items = []
     for position, original in enumerate(given.items.items):
-        item = it.ResponseItem()
-        item.CopyFrom(original)
-        kind = item.WhichOneof("item")
         where = f"input[{position}]"
-        if kind is None:
-            raise InvalidArgument(where, "an item needs a type")
-        if kind == "item_reference":
-            raise InvalidArgument(where, "item_reference inputs are not supported yet; send the item itself")
-        body = getattr(item, kind)
-        if kind in _ID_PREFIXES and not body.HasField("id"):
-            body.id = ids.new_id(_ID_PREFIXES[kind])
-        if kind == "message":
-            _check_content(body, where)
-            if body.content.WhichOneof("content") == "text":
-                text = body.content.text
-                part = (it.ResponseContentPart(output_text=it.ResponseOutputText(text=text))
-                        if body.role == ASSISTANT else
-                        it.ResponseContentPart(input_text=it.ResponseInputText(text=text)))
-                body.content.parts.parts.append(part)
+        item = stored_item(original, where)
+        if item.WhichOneof("item") == "message":
+            _check_content(item.message, where)
         items.append(item)
     return items
 
