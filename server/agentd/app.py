@@ -19,6 +19,7 @@ from agentd.api.tool_groups import ToolGroupsServicer
 from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.engine.runs import Runs
+from agentd.engine.shields import DeclaredShields
 from agentd.engine.turns import TurnEngine
 from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
@@ -103,7 +104,10 @@ class Agentd:
         # The server-side tools configuration declares (web search with a key; others listed,
         # not run yet).
         self.tools = ConfiguredToolRuntime(settings)
-        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools)
+        # The shields configuration declares; none is run yet (the shields issue), so no check
+        # finds a violation, but agents naming an undeclared one are refused.
+        self.shields = DeclaredShields(shield.id for shield in settings.shields)
+        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()

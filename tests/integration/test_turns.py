@@ -97,7 +97,7 @@ def kinds(events) -> list[str]:
         kind = e.payload.WhichOneof("payload")
         body = getattr(e.payload, kind)
         if kind in ("step_start", "step_progress", "step_complete"):
-            step = "inference" if body.step_type == t.AGENT_STEP_TYPE_INFERENCE else "tool_execution"
+            step = t.AgentStepType.Name(body.step_type).removeprefix("AGENT_STEP_TYPE_").lower()
             kind = f"{kind}:{step}"
             if kind.startswith("step_progress"):
                 kind += ":" + body.delta.WhichOneof("delta")

@@ -44,8 +44,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentd import ids
 from agentd.clock import now_micros
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
+from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
-from agentd.engine.turns.history import assistant_message, input_message, turn_messages
+from agentd.engine.turns.history import assistant_message, input_message, refusal_text, turn_messages
 from agentd.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -70,7 +71,7 @@ from agentd.storage.agents import AWAITING_INPUT, IN_PROGRESS, OPEN_STATUSES, Ag
 from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
-from agentd.v1 import agents_pb2, common_pb2
+from agentd.v1 import agents_pb2, common_pb2, safety_pb2
 from agentd.v1 import turn_events_pb2 as te
 
 log = logging.getLogger("agentd.turns")
@@ -80,6 +81,16 @@ DEFAULT_MAX_INFER_ITERS = 10
 HISTORY_CACHE_SESSIONS = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
+SHIELD_CALL = types.AGENT_STEP_TYPE_SHIELD_CALL
+USER_INPUT = types.SHIELD_TOUCHPOINT_USER_INPUT
+ASSISTANT_OUTPUT = types.SHIELD_TOUCHPOINT_ASSISTANT_OUTPUT
+# A shield step's step_start metadata names its touchpoint as Llama Stack does.
+TOUCHPOINT_NAMES = {USER_INPUT: "user-input", ASSISTANT_OUTPUT: "assistant-output"}
+VIOLATION_LEVELS = {
+    "info": safety_pb2.VIOLATION_LEVEL_INFO,
+    "warn": safety_pb2.VIOLATION_LEVEL_WARN,
+    "error": safety_pb2.VIOLATION_LEVEL_ERROR,
+}
 IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
 # A model call ends this long before the caller's deadline, so the turn fails with its own
 # error (and is stored failed) before the call itself is cut.
@@ -146,6 +157,8 @@ class Plan:
     sampling: Sampling
     response_format: dict[str, Any] | None
     max_infer_iters: int
+    input_shields: tuple[str, ...] = ()
+    output_shields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -176,12 +189,18 @@ class TurnState:
 
 class TurnEngine:
     def __init__(
-        self, store: AgentStore, runs: Runs, registry: ModelRegistry, tools: ToolRuntime | None = None
+        self,
+        store: AgentStore,
+        runs: Runs,
+        registry: ModelRegistry,
+        tools: ToolRuntime | None = None,
+        shields: Shields | None = None,
     ):
         self.store = store
         self.runs = runs
         self.registry = registry
         self.tools = tools
+        self.shields = shields or DeclaredShields()
         # Sessions whose turn is being started or resumed right now in this process: a second
         # start in the same session meanwhile is SESSION_BUSY (the status check alone could
         # let both through). Across replicas the status check is what guards.
@@ -231,6 +250,9 @@ class TurnEngine:
     ) -> Plan:
         cfg = agent.agent_config
         provider = self.registry.provider_for(cfg.model)  # NOT_FOUND (MODEL_NOT_FOUND)
+        # Shield ids are checked here, at every turn and resume, not at CreateAgent: as in
+        # Llama Stack an agent names shields lazily, so configuration may change between.
+        require_declared(self.shields, [*cfg.input_shields, *cfg.output_shields])
         references: list[tuple[str, dict[str, Any]]] = []
         for group in [*cfg.toolgroups, *toolgroups]:  # the turn's add to the agent's
             if group.HasField("with_args"):
@@ -283,6 +305,8 @@ class TurnEngine:
             max_infer_iters=cfg.max_infer_iters
             if cfg.HasField("max_infer_iters")
             else DEFAULT_MAX_INFER_ITERS,
+            input_shields=tuple(cfg.input_shields),
+            output_shields=tuple(cfg.output_shields),
         )
 
     async def _history(
@@ -399,7 +423,8 @@ class TurnEngine:
 
             async def produce(run: Run) -> None:
                 await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
-                await self._loop(state, run)
+                if not await self._shield_step(state, run, USER_INPUT):
+                    await self._loop(state, run)
 
             run = self.runs.start(
                 owner, turn.turn_id, produce, kind=TURNS, background=background, on_stop=self._on_stop(state)
@@ -480,7 +505,9 @@ class TurnEngine:
                 await self._complete_step(state, run, step, TOOL_EXECUTION)
                 # Now that every call of the paused message is answered, the turn so far:
                 state.messages = history + turn_messages(turn)
-                await self._loop(state, run)
+                # As in Llama Stack, the input shields run again, now over the tool results too.
+                if not await self._shield_step(state, run, USER_INPUT):
+                    await self._loop(state, run)
 
             run = self.runs.start(
                 owner,
@@ -744,7 +771,49 @@ class TurnEngine:
         await run.flush(also=self.store.append_step_work(state.owner, state.turn.turn_id, step))
         state.turn.steps.append(step)
 
+    async def _shield_step(self, state: TurnState, run: Run, touchpoint: int) -> bool:
+        """The shields of `touchpoint` over the conversation so far, as one shield_call step
+        (none when the agent names no shield there). A blocking violation completes the turn
+        with the violation's message as its answer (stop_reason shield_violation; not an
+        error, as in Llama Stack): returns True then. A non-blocking one is logged and the
+        step records no violation."""
+        shield_ids = state.plan.input_shields if touchpoint == USER_INPUT else state.plan.output_shields
+        if not shield_ids:
+            return False
+        turn_id = state.turn.turn_id
+        step_id, started = ids.new_id(ids.STEP), _timestamp()
+        start = te.StepStartPayload(step_type=SHIELD_CALL, step_id=step_id)
+        start.metadata.update({"touchpoint": TOUCHPOINT_NAMES[touchpoint]})
+        await run.emit(_event(turn_id, step_start=start))
+        found = await self.shields.check(shield_ids, state.messages)
+        step = types.ShieldCallStep(
+            turn_id=turn_id, step_id=step_id, started_at=started, completed_at=_timestamp(),
+            touchpoint=touchpoint, shield_id=found.shield_id if found is not None else shield_ids[0],
+        )
+        blocking = found is not None and found.blocking
+        if found is not None and not blocking:
+            log.info("turn %s: shield %s found a %s-level violation (not blocking)",
+                     turn_id, found.shield_id, found.level)
+        if blocking:
+            step.violation.violation_level = VIOLATION_LEVELS[found.level]
+            if found.user_message is not None:
+                step.violation.user_message = found.user_message
+            step.violation.metadata.update(found.metadata)
+        await self._complete_step(state, run, types.AgentStep(shield_call=step), SHIELD_CALL)
+        if not blocking:
+            return False
+        refusal = msg.CompletionMessage(
+            content=msg.InterleavedContent(text=refusal_text(step.violation, step.shield_id)),
+            stop_reason=msg.STOP_REASON_END_OF_TURN,
+        )
+        await self._complete(state, run, refusal, types.TURN_STOP_REASON_SHIELD_VIOLATION)
+        return True
+
     async def _pause(self, state: TurnState, run: Run, pending: msg.CompletionMessage) -> None:
+        """Client calls pending: the output shields see the message that makes them (a
+        violation completes the turn instead), then the turn pauses."""
+        if await self._shield_step(state, run, ASSISTANT_OUTPUT):
+            return
         turn = state.turn
         turn.output_message.CopyFrom(pending)
         turn.status = types.TURN_STATUS_AWAITING_INPUT
@@ -754,6 +823,12 @@ class TurnEngine:
         await run.emit(_event(turn.turn_id, turn_awaiting_input=te.TurnAwaitingInputPayload(turn=turn)))
 
     async def _finish(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
+        """The final answer: the output shields see it (a violation replaces it), then the
+        turn completes."""
+        if not await self._shield_step(state, run, ASSISTANT_OUTPUT):
+            await self._complete(state, run, answer, reason)
+
+    async def _complete(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
         turn = state.turn
         turn.output_message.CopyFrom(answer)
         turn.status = types.TURN_STATUS_COMPLETED
