@@ -107,7 +107,8 @@ class Agentd:
         # The shields configuration declares; none is run yet (the shields issue), so no check
         # finds a violation, but agents naming an undeclared one are refused.
         self.shields = DeclaredShields(shield.id for shield in settings.shields)
-        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields)
+        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields,
+                                settings.documents)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()

@@ -125,3 +125,15 @@ def test_bad_shields_and_toolgroups_are_named(environ, needle):
     with pytest.raises(ConfigError) as caught:
         load_settings(environ=environ)
     assert needle in str(caught.value)
+
+
+def test_document_fetching_is_safe_by_default_and_each_field_has_a_variable(tmp_path: Path):
+    defaults = load_settings(environ={}).documents
+    assert (defaults.allow_private_urls, defaults.fetch_timeout_s) == (False, 10.0)
+    assert defaults.max_bytes == 1048576
+    config = tmp_path / "agentd.yaml"
+    config.write_text("documents: {max_bytes: 2048, fetch_timeout_s: 3}\n")
+    loaded = load_settings(config, environ={"AGENTD_DOCUMENTS_ALLOW_PRIVATE_URLS": "true"}).documents
+    assert (loaded.allow_private_urls, loaded.fetch_timeout_s, loaded.max_bytes) == (True, 3.0, 2048)
+    with pytest.raises(ConfigError, match=r"documents\.max_bytes"):
+        load_settings(environ={"AGENTD_DOCUMENTS_MAX_BYTES": "0"})

@@ -43,6 +43,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
 from agentd.clock import now_micros
+from agentd.config import DocumentsConfig
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
@@ -195,12 +196,14 @@ class TurnEngine:
         registry: ModelRegistry,
         tools: ToolRuntime | None = None,
         shields: Shields | None = None,
+        documents: DocumentsConfig | None = None,
     ):
         self.store = store
         self.runs = runs
         self.registry = registry
         self.tools = tools
         self.shields = shields or DeclaredShields()
+        self.documents = documents or DocumentsConfig()
         # Sessions whose turn is being started or resumed right now in this process: a second
         # start in the same session meanwhile is SESSION_BUSY (the status check alone could
         # let both through). Across replicas the status check is what guards.
@@ -395,7 +398,7 @@ class TurnEngine:
             if existing is not None:
                 return self.follow_checked(owner, session_id, existing, None)
         plan = self._plan(agent, toolgroups=toolgroups, tool_config=tool_config, instructions=instructions)
-        inputs = await with_documents(messages, documents) if documents else list(messages)
+        inputs = await with_documents(messages, documents, self.documents) if documents else list(messages)
         key = (owner, session_id)
         if key in self._starting:
             raise _busy(session_id)
