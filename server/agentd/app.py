@@ -108,7 +108,7 @@ class Agentd:
         # finds a violation, but agents naming an undeclared one are refused.
         self.shields = DeclaredShields(shield.id for shield in settings.shields)
         self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields,
-                                settings.documents)
+                                settings.documents, settings.tool_timeout_s)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()

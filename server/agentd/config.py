@@ -167,6 +167,10 @@ class Settings(_Strict):
     toolgroups: list[ToolGroupConfig] = Field(default_factory=list)
     websearch: WebSearchConfig = Field(default_factory=WebSearchConfig)
     documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
+    tool_timeout_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="A server-side tool call's time limit; one that does not answer in time is an error "
+                    "result the model is told of, and the turn goes on.")
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod

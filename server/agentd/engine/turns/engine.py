@@ -43,7 +43,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
 from agentd.clock import now_micros
-from agentd.config import DocumentsConfig
+from agentd.config import DocumentsConfig, Settings
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
@@ -78,6 +78,7 @@ from agentd.v1 import turn_events_pb2 as te
 log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
+DEFAULT_TOOL_TIMEOUT_S = Settings.model_fields["tool_timeout_s"].default
 # Sessions whose ended turns' history messages are kept in memory (least recently used out).
 HISTORY_CACHE_SESSIONS = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
@@ -183,6 +184,14 @@ class TurnState:
                                    reason="MODEL_TIMEOUT")
         return left
 
+    def tool_time_limit(self, configured_s: float) -> float:
+        """The time a server tool call may take: the configured limit, or what is left of the
+        caller's deadline if that is sooner (the next model call then fails with it)."""
+        if self.deadline is None:
+            return configured_s
+        left = self.deadline - asyncio.get_running_loop().time() - DEADLINE_MARGIN_S
+        return max(0.0, min(configured_s, left))
+
     @property
     def inference_count(self) -> int:
         return sum(1 for step in self.turn.steps if step.HasField("inference"))
@@ -197,6 +206,7 @@ class TurnEngine:
         tools: ToolRuntime | None = None,
         shields: Shields | None = None,
         documents: DocumentsConfig | None = None,
+        tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
     ):
         self.store = store
         self.runs = runs
@@ -204,6 +214,7 @@ class TurnEngine:
         self.tools = tools
         self.shields = shields or DeclaredShields()
         self.documents = documents or DocumentsConfig()
+        self.tool_timeout_s = tool_timeout_s
         # Sessions whose turn is being started or resumed right now in this process: a second
         # start in the same session meanwhile is SESSION_BUSY (the status check alone could
         # let both through). Across replicas the status check is what guards.
@@ -746,8 +757,18 @@ class TurnEngine:
             )
         else:
             arguments = _json_object(call.arguments or "{}") or {}
-            # ResolvedTool merges the group's args over the model's (the group's win).
-            result = await resolved.invoke(arguments, session_id=state.turn.session_id)
+            limit = state.tool_time_limit(self.tool_timeout_s)
+            try:
+                async with asyncio.timeout(limit):
+                    # ResolvedTool merges the group's args over the model's (the group's win).
+                    result = await resolved.invoke(arguments, session_id=state.turn.session_id)
+            except TimeoutError:
+                # Like any failed tool: the step says so, the model is told, the turn goes on.
+                log.warning("turn %s: tool %s did not answer within %.3g s", turn_id, call.tool_name, limit)
+                result = ToolResult(
+                    content=f"Tool '{call.tool_name}' did not answer within {limit:.3g} s.",
+                    error_message=f"timed out after {limit:.3g} s",
+                )
         response = msg.AgentToolResponse(
             call_id=call.call_id,
             tool_name=call.tool_name,
