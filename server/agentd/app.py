@@ -108,7 +108,7 @@ class Agentd:
         # finds a violation, but agents naming an undeclared one are refused.
         self.shields = DeclaredShields(shield.id for shield in settings.shields)
         self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields,
-                                settings.documents, settings.tool_timeout_s)
+                                settings.documents, settings.tool_timeout_s, settings.run_lease_s)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -172,7 +172,7 @@ class Agentd:
 
     async def _start(self) -> None:
         await self.db.migrate()
-        await self.turns.recover()
+        await self.turns.start()
         await self.registry.start()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")
@@ -211,6 +211,7 @@ class Agentd:
             stopping.append(self.server.stop(grace))
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
+        await self.turns.close()
         await self.registry.close()
         await self.tools.aclose()
         await self.db.close()

@@ -26,16 +26,17 @@ OWNER, TURN = "alice", "turn_1"
 
 
 async def make_turn(repo: Repository, turn_id: str = TURN) -> None:
-    """A turn row for the events to hang on (events need their run to exist)."""
+    """A turn row for the events to hang on (events need their run to exist), in a session of
+    its own (a session holds one open turn)."""
     store = AgentStore(repo)
-    if await store.get_session(OWNER, "agent_1", "sess_1") is None:
+    if not await store.agent_exists(OWNER, "agent_1"):
         agent = t.Agent(agent_id="agent_1")
         agent.created_at.FromMicroseconds(1)
         await store.create_agent(OWNER, agent)
-        session = t.AgentSession(session_id="sess_1", session_name="s")
-        session.started_at.FromMicroseconds(1)
-        assert await store.create_session(OWNER, "agent_1", session)
-    turn = t.Turn(turn_id=turn_id, session_id="sess_1")
+    session = t.AgentSession(session_id=f"sess_{turn_id}", session_name="s")
+    session.started_at.FromMicroseconds(1)
+    assert await store.create_session(OWNER, "agent_1", session)
+    turn = t.Turn(turn_id=turn_id, session_id=session.session_id)
     turn.started_at.FromMicroseconds(1)
     assert await store.insert_turn(OWNER, turn)
 

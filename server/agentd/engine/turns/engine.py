@@ -68,7 +68,14 @@ from agentd.inference import (
     sampling_from,
 )
 from agentd.sensitive import redact
-from agentd.storage.agents import AWAITING_INPUT, IN_PROGRESS, OPEN_STATUSES, AgentStore
+from agentd.storage.agents import (
+    AWAITING_INPUT,
+    IN_PROGRESS,
+    INTERRUPTED,
+    OPEN_STATUSES,
+    AgentStore,
+    OpenTurnExists,
+)
 from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
@@ -79,6 +86,7 @@ log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
 DEFAULT_TOOL_TIMEOUT_S = Settings.model_fields["tool_timeout_s"].default
+DEFAULT_LEASE_S = Settings.model_fields["run_lease_s"].default
 # Sessions whose ended turns' history messages are kept in memory (least recently used out).
 HISTORY_CACHE_SESSIONS = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
@@ -207,6 +215,7 @@ class TurnEngine:
         shields: Shields | None = None,
         documents: DocumentsConfig | None = None,
         tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        lease_s: float = DEFAULT_LEASE_S,
     ):
         self.store = store
         self.runs = runs
@@ -215,6 +224,8 @@ class TurnEngine:
         self.shields = shields or DeclaredShields()
         self.documents = documents or DocumentsConfig()
         self.tool_timeout_s = tool_timeout_s
+        self.lease_s = lease_s
+        self._leases: asyncio.Task | None = None
         # Sessions whose turn is being started or resumed right now in this process: a second
         # start in the same session meanwhile is SESSION_BUSY (the status check alone could
         # let both through). Across replicas the status check is what guards.
@@ -225,13 +236,52 @@ class TurnEngine:
 
     # ------------------------------------------------------------------ start-up
 
+    async def start(self) -> None:
+        """Recovery at start, then the lease keeper (see _keep_leases) until close()."""
+        await self.recover()
+        self._leases = asyncio.get_running_loop().create_task(self._keep_leases(), name="turn leases")
+
+    async def close(self) -> None:
+        if self._leases is not None:
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
+            self._leases = None
+
     async def recover(self) -> int:
-        """Turns left in_progress by a crash become interrupted (see
-        AgentStore.interrupt_running_turns for the multi-replica caveat)."""
+        """Turns left in_progress whose lease expired (the replica that ran them died)
+        become interrupted; those live replicas run are left alone."""
         count = await self.store.interrupt_running_turns(now_micros())
         if count:
-            log.warning("%d turn(s) left running by a previous process marked interrupted", count)
+            log.warning("%d turn(s) left running by a stopped replica marked interrupted", count)
         return count
+
+    def _lease_end(self) -> int:
+        return now_micros() + int(self.lease_s * 1_000_000)
+
+    async def _keep_leases(self) -> None:
+        """Every third of the lease: renew the leases of the turns running here, then recover
+        the turns of replicas that stopped renewing theirs (a crash while this one runs)."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                running = {run.run_id: run for run in self.runs.running(TURNS)}
+                if running:
+                    ended = await self.store.renew_leases(list(running), self._lease_end())
+                    for turn_id, status in ended.items():
+                        await self._stop_ended_elsewhere(running[turn_id], status)
+                await self.recover()
+            except Exception:  # the database may be away for a while: try again next time
+                log.warning("turn leases: renewal or recovery failed; retrying", exc_info=True)
+
+    async def _stop_ended_elsewhere(self, run: Run, status: str) -> None:
+        """Another replica cancelled (CancelTurn) or interrupted (recovery, after a pause
+        here longer than the lease) a turn that runs here: its run stops, and its on_stop
+        writes that end and emits turn_failed."""
+        if run.terminal is not None or run.stop_reason is not None:
+            return  # it ended (or is ending) by itself meanwhile
+        log.info("turn %s was %s by another replica; stopping its run here", run.run_id, status)
+        await self.runs.cancel(run.owner, run.run_id, "interrupted" if status == INTERRUPTED else "cancelled")
 
     # ------------------------------------------------------------------ lookups
 
@@ -428,7 +478,10 @@ class TurnEngine:
                 background=background,
             )
             settings = _settings(toolgroups, tool_config, instructions)
-            stored = await self.store.insert_turn(owner, turn, request_id, settings)
+            try:
+                stored = await self.store.insert_turn(owner, turn, request_id, settings, self._lease_end())
+            except OpenTurnExists:  # another replica started one meanwhile
+                raise _busy(session_id) from None
             if stored is None:
                 raise NotFound("session", session_id)
             if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
@@ -500,7 +553,13 @@ class TurnEngine:
             turn.ClearField("stop_reason")
             turn.ClearField("output_message")
             turn.background = background
-            await self.store.update_turn(owner, turn, IN_PROGRESS, resume=(request_id, last + 1))
+            resumed = await self.store.update_turn(
+                owner, turn, IN_PROGRESS, resume=(request_id, last + 1), lease_until=self._lease_end()
+            )
+            if not resumed:  # another replica resumed (or cancelled) it meanwhile
+                raise FailedPrecondition(
+                    f"Turn '{turn_id}' is not awaiting input.", reason="TURN_NOT_AWAITING_INPUT"
+                )
             state = TurnState(owner, turn, plan, deadline=deadline)
             by_id = {r.call_id: r for r in tool_responses}
 
@@ -576,7 +635,12 @@ class TurnEngine:
                 return turn
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
             raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
-        # Paused (or left in_progress by a run that is not live here): end it now.
+        if turn.status == types.TURN_STATUS_IN_PROGRESS and await self.store.runs_elsewhere(
+            owner, session_id, turn_id, now_micros()
+        ):
+            if await self._cancelled_elsewhere(owner, turn_id):
+                return await self._turn(owner, agent_id, session_id, turn_id)
+        # Paused, or left in_progress by a run no live replica renews: end it now.
         last = await self.runs.store.last_sequence(owner, turn_id)
         error = _cancelled()
 
@@ -589,6 +653,21 @@ class TurnEngine:
             owner, turn_id, produce, kind=TURNS, background=True, first_sequence=last + 1
         ).wait()
         return turn
+
+    async def _cancelled_elsewhere(self, owner: str, turn_id: str) -> bool:
+        """A turn another live replica runs: ask it to cancel (through the turn's status, which
+        it reads at its next lease renewal) and wait for the terminal event its run then keeps.
+        False if none came within two leases (that replica died meanwhile)."""
+        last = await self.runs.store.last_sequence(owner, turn_id)
+        if not await self.store.request_cancel(owner, turn_id):
+            return True  # it ended meanwhile, by itself
+        events = self.runs.attach(owner, turn_id, kind=TURNS, starting_after=last)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.lease_s * 2), contextlib.aclosing(events):
+                async for event in events:
+                    if TURNS.is_terminal(event):
+                        return True
+        return False
 
     # ------------------------------------------------------------------ the loop
 
