@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import uuid
 
@@ -92,6 +93,23 @@ def make_settings(database_url: str, tmp_path, **overrides) -> Settings:
                                    "metadata": {"embedding_dimension": 384}}]}])
     values.update(overrides)
     return Settings.model_validate(values)
+
+
+def fake_model_providers(fake) -> list[dict]:
+    """The `providers` setting of an agentd whose one model, test-model, is the fake server."""
+    return [{"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings):
+    """A started agentd and an AgentsService stub on its gRPC port; stopped at exit."""
+    server = Agentd(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            yield server, agents_pb2_grpc.AgentsServiceStub(channel)
+    finally:
+        await server.stop(0)
 
 
 @pytest_asyncio.fixture

@@ -19,7 +19,7 @@ from agentd.testing import start_agentd
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
-from tests.conftest import error_of, make_settings
+from tests.conftest import error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tests.integration.test_turns import new_session, stream_turn, user
 
@@ -32,20 +32,14 @@ def fake():
         yield server
 
 
-def providers(fake) -> list[dict]:
-    return [{"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}]
-
-
 @contextlib.asynccontextmanager
 async def replica(database_url, tmp_path, fake):
     """One in-process replica with a short lease, and a stub to call it."""
-    server = Agentd(make_settings(database_url, tmp_path, providers=providers(fake), run_lease_s=LEASE_S))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            yield server, agents_pb2_grpc.AgentsServiceStub(channel)
-    finally:
-        await server.stop(0)
+    settings = make_settings(
+        database_url, tmp_path, providers=fake_model_providers(fake), run_lease_s=LEASE_S
+    )
+    async with running(settings) as pair:
+        yield pair
 
 
 async def started(stub, agent_id: str, session_id: str) -> tuple[grpc.aio.UnaryStreamCall, str]:
@@ -107,7 +101,7 @@ async def test_the_turn_of_a_replica_that_died_is_interrupted_by_a_live_one(data
     hanging.script(Reply(text="never", hang=True))
     env = {
         "AGENTD_DATABASE_URL": database_url,
-        "AGENTD_PROVIDERS": json.dumps(providers(hanging)),
+        "AGENTD_PROVIDERS": json.dumps(fake_model_providers(hanging)),
         "AGENTD_RUN_LEASE_S": str(LEASE_S),
     }
     (tmp_path / "dying").mkdir()

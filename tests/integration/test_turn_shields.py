@@ -13,13 +13,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from agentd.v1 import agents_pb2_grpc
-from tests.conftest import error_of, make_settings
+from tests.conftest import error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
 from tests.integration.test_turns import (
     collect,
@@ -44,27 +42,20 @@ async def fake():
 
 
 @pytest_asyncio.fixture
-async def server(database_url, tmp_path, fake):
-    settings = make_settings(
-        database_url,
-        tmp_path,
-        providers=[
-            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
-        ],
-        shields=SHIELDS,
-    )
-    agentd = Agentd(settings)
-    await agentd.start()
-    try:
-        yield agentd
-    finally:
-        await agentd.stop(0)
+async def served(database_url, tmp_path, fake):
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake), shields=SHIELDS)
+    async with running(settings) as (server, agents):
+        yield server, agents
 
 
-@pytest_asyncio.fixture
-async def agents(server):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        yield agents_pb2_grpc.AgentsServiceStub(channel)
+@pytest.fixture
+def server(served):
+    return served[0]
+
+
+@pytest.fixture
+def agents(served):
+    return served[1]
 
 
 def shield_steps(turn: t.Turn) -> list[t.ShieldCallStep]:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
 import pytest
 import pytest_asyncio
 
-from agentd.app import Agentd
 from agentd.engine.shields import DeclaredShields, ShieldViolation, require_declared
 from agentd.errors import NotFound
 from agentd.inference import ChatMessage
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
-from agentd.v1 import agents_pb2_grpc, safety_pb2
-from tests.conftest import make_settings
+from agentd.v1 import safety_pb2
+from tests.conftest import fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.integration.test_turns import (
     collect,
@@ -54,32 +52,23 @@ class KeywordShields:
 
 
 @pytest_asyncio.fixture
-async def server(tmp_path, fake_openai):
+async def served(tmp_path, fake_openai):
     settings = make_settings(
-        f"sqlite:///{tmp_path / 'agentd.db'}",
-        tmp_path,
-        providers=[
-            {
-                "id": "fake",
-                "type": "openai",
-                "base_url": fake_openai.base_url,
-                "models": [{"id": "test-model"}],
-            }
-        ],
+        f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, providers=fake_model_providers(fake_openai)
     )
-    agentd = Agentd(settings)
-    agentd.turns.shields = KeywordShields()
-    await agentd.start()
-    try:
-        yield agentd
-    finally:
-        await agentd.stop(0)
+    async with running(settings) as (server, agents):
+        server.turns.shields = KeywordShields()
+        yield server, agents
 
 
-@pytest_asyncio.fixture
-async def agents(server):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        yield agents_pb2_grpc.AgentsServiceStub(channel)
+@pytest.fixture
+def server(served):
+    return served[0]
+
+
+@pytest.fixture
+def agents(served):
+    return served[1]
 
 
 def model_saw(fake, n: int) -> list[tuple[str, str]]:
