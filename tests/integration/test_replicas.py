@@ -169,3 +169,20 @@ async def test_a_session_is_busy_across_replicas(database_url, tmp_path, fake):
                     await stub.CancelTurn(
                         pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id)
                     )
+
+
+async def test_a_delete_on_one_replica_stops_the_turn_another_runs_first(database_url, tmp_path, fake):
+    fake.script(Reply(text="never", hang=True))
+    async with (
+        replica(database_url, tmp_path, fake) as (first, a),
+        replica(database_url, tmp_path, fake) as (_, b),
+    ):
+        agent_id, session_id = await new_session(a)
+        call, turn_id = await started(a, agent_id, session_id)
+        await b.DeleteSession(pb.DeleteSessionRequest(agent_id=agent_id, session_id=session_id))
+        # The run on the first replica ended (cancelled, its end kept) before the rows went.
+        assert first.runs.get(LOCAL_PRINCIPAL, turn_id) is None
+        events = [r.event async for r in call]
+        assert events[-1].payload.HasField("turn_failed")
+        assert events[-1].payload.turn_failed.turn.status == t.TURN_STATUS_CANCELLED
+        assert await first.agent_store.turn_status(LOCAL_PRINCIPAL, session_id, turn_id) is None

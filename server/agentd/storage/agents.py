@@ -177,13 +177,12 @@ class AgentStore:
             return {row.id: row.status for row in conn.execute(ended, {"ids": turn_ids})}
         return await self.db.write(work)
 
-    async def runs_elsewhere(self, owner: str, session_id: str, turn_id: str, now: int) -> bool:
+    async def runs_elsewhere(self, owner: str, turn_id: str, now: int) -> bool:
         """Whether the turn is in progress under a lease that has not expired: a live
         replica runs it (when it does not run here)."""
         turns = schema.turns
-        query = select(turns.c.id).where(turns.c.owner == owner, turns.c.session_id == session_id,
-                                         turns.c.id == turn_id, turns.c.status == IN_PROGRESS,
-                                         turns.c.lease_until >= now)
+        query = select(turns.c.id).where(turns.c.owner == owner, turns.c.id == turn_id,
+                                         turns.c.status == IN_PROGRESS, turns.c.lease_until >= now)
         return await self.db.read(lambda conn: conn.execute(query).first() is not None)
 
     async def request_cancel(self, owner: str, turn_id: str) -> bool:

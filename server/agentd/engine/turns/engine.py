@@ -617,10 +617,12 @@ class TurnEngine:
         )
 
     async def stop_runs(self, owner: str, agent_id: str, session_id: str | None = None) -> None:
-        """Before a delete: the turns of the agent's sessions (or of that session) running
-        here are cancelled, each waited for to its end, so none writes after the delete."""
+        """Before a delete: the running turns of the agent's sessions (or of that session) are
+        cancelled, here or by the live replica that runs them, each waited for to its end,
+        so none writes after the delete."""
         for turn_id in await self.store.running_turns(owner, agent_id, session_id):
-            await self.runs.cancel(owner, turn_id)
+            if await self.runs.cancel(owner, turn_id) is None:
+                await self._cancelled_elsewhere(owner, turn_id)
 
     async def cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
         """CancelTurn: a running turn is stopped (its on_stop stores it cancelled and emits
@@ -635,11 +637,8 @@ class TurnEngine:
                 return turn
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
             raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
-        if turn.status == types.TURN_STATUS_IN_PROGRESS and await self.store.runs_elsewhere(
-            owner, session_id, turn_id, now_micros()
-        ):
-            if await self._cancelled_elsewhere(owner, turn_id):
-                return await self._turn(owner, agent_id, session_id, turn_id)
+        if turn.status == types.TURN_STATUS_IN_PROGRESS and await self._cancelled_elsewhere(owner, turn_id):
+            return await self._turn(owner, agent_id, session_id, turn_id)
         # Paused, or left in_progress by a run no live replica renews: end it now.
         last = await self.runs.store.last_sequence(owner, turn_id)
         error = _cancelled()
@@ -655,9 +654,12 @@ class TurnEngine:
         return turn
 
     async def _cancelled_elsewhere(self, owner: str, turn_id: str) -> bool:
-        """A turn another live replica runs: ask it to cancel (through the turn's status, which
-        it reads at its next lease renewal) and wait for the terminal event its run then keeps.
-        False if none came within two leases (that replica died meanwhile)."""
+        """A turn another live replica runs (its lease holds): ask it to cancel (through the
+        turn's status, which it reads at its next lease renewal) and wait for the terminal
+        event its run then keeps. False if no live replica runs it, or if no terminal event
+        came within two leases (that replica died meanwhile): the caller ends it itself."""
+        if not await self.store.runs_elsewhere(owner, turn_id, now_micros()):
+            return False
         last = await self.runs.store.last_sequence(owner, turn_id)
         if not await self.store.request_cancel(owner, turn_id):
             return True  # it ended meanwhile, by itself
