@@ -4,6 +4,7 @@ below. No grpc here: the owner is passed explicitly, errors are agentd errors.
 One run of a turn (a create, or a resume after a pause on client tools):
 
     turn_start (create only; sequence 0)       | tool_execution step of the client results (resume)
+    input shields (if the agent names any): one shield_call step over the whole conversation
     loop:
         inference step: step_start, step_progress (text; tool_call "name(", fragments, ")",
                         then the parsed call: succeeded, or failed for arguments that are not
@@ -15,6 +16,15 @@ One run of a turn (a create, or a resume after a pause on client tools):
             turn_awaiting_input with output_message = those calls (all of them, batched);
             else the next inference
         no tool calls -> turn_complete (stop_reason end_of_turn, or out_of_tokens)
+    output shields (if any): one shield_call step before the turn completes or pauses
+A blocking shield violation ends the turn at its step: turn_complete with the violation's
+message as output_message (stop_reason shield_violation), as Llama Stack does. Server tool
+calls end by `tool_timeout_s` (or the caller's deadline): a late one is a failed result.
+
+Replicas: a running turn carries the lease of the replica that runs it, renewed while the
+run lives; recovery (at start and on each renewal tick) interrupts only turns whose lease
+expired. A session has one open turn at most (the database holds it), and a turn another
+replica cancelled or interrupted is stopped here at the next renewal.
 
 Persistence as it runs: the turn row (in_progress) exists before turn_start; each step is
 appended when it completes and the run's events are flushed at every step boundary; the
@@ -227,8 +237,8 @@ class TurnEngine:
         self.lease_s = lease_s
         self._leases: asyncio.Task | None = None
         # Sessions whose turn is being started or resumed right now in this process: a second
-        # start in the same session meanwhile is SESSION_BUSY (the status check alone could
-        # let both through). Across replicas the status check is what guards.
+        # start in the same session meanwhile is SESSION_BUSY at once. Across replicas the
+        # database's one-open-turn index is what guards (OpenTurnExists).
         self._starting: set[tuple[str, str]] = set()
         # (owner, session id) -> {turn id: its history messages}, for ended turns only
         # (see _history), the least recently used session first.
@@ -893,13 +903,14 @@ class TurnEngine:
         found = await self.shields.check(shield_ids, state.messages)
         step = types.ShieldCallStep(
             turn_id=turn_id, step_id=step_id, started_at=started, completed_at=_timestamp(),
-            touchpoint=touchpoint, shield_id=found.shield_id if found is not None else shield_ids[0],
+            touchpoint=touchpoint, shield_id=shield_ids[0],
         )
         blocking = found is not None and found.blocking
         if found is not None and not blocking:
             log.info("turn %s: shield %s found a %s-level violation (not blocking)",
                      turn_id, found.shield_id, found.level)
         if blocking:
+            step.shield_id = found.shield_id
             step.violation.violation_level = VIOLATION_LEVELS[found.level]
             if found.user_message is not None:
                 step.violation.user_message = found.user_message
