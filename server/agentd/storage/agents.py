@@ -185,13 +185,17 @@ class AgentStore:
                                          turns.c.status == IN_PROGRESS, turns.c.lease_until >= now)
         return await self.db.read(lambda conn: conn.execute(query).first() is not None)
 
-    async def request_cancel(self, owner: str, turn_id: str) -> bool:
+    async def request_cancel(self, owner: str, turn_id: str, cancelled: types.Turn | None = None) -> bool:
         """Asks the replica running the turn to cancel it: the status becomes cancelled, which
         that replica sees at its next lease renewal; its run then ends and writes the turn's
-        end. False if the turn is no longer in progress."""
+        end. `cancelled`: the turn as cancelled, stored now in case that replica dies first.
+        False if the turn is no longer in progress."""
         turns = schema.turns
+        values: dict = {"status": CANCELLED}
+        if cancelled is not None:
+            values["body"] = body_of(_without_steps(cancelled))
         statement = (update(turns).where(turns.c.owner == owner, turns.c.id == turn_id,
-                                         turns.c.status == IN_PROGRESS).values(status=CANCELLED))
+                                         turns.c.status == IN_PROGRESS).values(**values))
         return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
 
     async def turn_resume_state(self, owner: str, session_id: str,

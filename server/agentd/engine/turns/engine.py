@@ -647,7 +647,8 @@ class TurnEngine:
                 return turn
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
             raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
-        if turn.status == types.TURN_STATUS_IN_PROGRESS and await self._cancelled_elsewhere(owner, turn_id):
+        in_progress = turn.status == types.TURN_STATUS_IN_PROGRESS  # and not running here
+        if in_progress and await self._cancelled_elsewhere(owner, turn_id, turn):
             return await self._turn(owner, agent_id, session_id, turn_id)
         # Paused, or left in_progress by a run no live replica renews: end it now.
         last = await self.runs.store.last_sequence(owner, turn_id)
@@ -663,15 +664,21 @@ class TurnEngine:
         ).wait()
         return turn
 
-    async def _cancelled_elsewhere(self, owner: str, turn_id: str) -> bool:
+    async def _cancelled_elsewhere(self, owner: str, turn_id: str, turn: types.Turn | None = None) -> bool:
         """A turn another live replica runs (its lease holds): ask it to cancel (through the
-        turn's status, which it reads at its next lease renewal) and wait for the terminal
-        event its run then keeps. False if no live replica runs it, or if no terminal event
-        came within two leases (that replica died meanwhile): the caller ends it itself."""
+        turn's status, which it reads at its next lease renewal; with `turn`, stored as
+        cancelled at once) and wait for the terminal event its run then keeps. False if no
+        live replica runs it, or if no terminal event came within two leases (that replica
+        died meanwhile): the caller ends it itself."""
         if not await self.store.runs_elsewhere(owner, turn_id, now_micros()):
             return False
         last = await self.runs.store.last_sequence(owner, turn_id)
-        if not await self.store.request_cancel(owner, turn_id):
+        cancelled = None
+        if turn is not None:
+            cancelled = types.Turn()
+            cancelled.CopyFrom(turn)
+            self._end_turn(cancelled, types.TURN_STATUS_CANCELLED, _cancelled())
+        if not await self.store.request_cancel(owner, turn_id, cancelled):
             return True  # it ended meanwhile, by itself
         events = self.runs.attach(owner, turn_id, kind=TURNS, starting_after=last)
         with contextlib.suppress(TimeoutError):
