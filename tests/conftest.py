@@ -54,17 +54,37 @@ async def _admin(sql: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database for this test run, dropped at the end."""
+@contextlib.contextmanager
+def _new_postgres_database():
+    """The URL of a new, empty PostgreSQL database, dropped at exit."""
     name = f"agentd_test_{uuid.uuid4().hex[:12]}"
     try:
         _run(_admin(f'CREATE DATABASE "{name}"'))
     except Exception as e:  # noqa: BLE001 - reported as a failure with the reason
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {e}. "
                     "Set TEST_POSTGRES_URL or start the server.")
-    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    with _new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request, tmp_path):
+    """A database with no schema at all (database_url's PostgreSQL one is migrated by the
+    first test that uses it): for tests of migrations from an older revision."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with _new_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -96,8 +116,8 @@ def make_settings(database_url: str, tmp_path, **overrides) -> Settings:
     return Settings.model_validate(values)
 
 
-def fake_model(fake) -> list[dict]:
-    """The `providers` setting of an agentd whose model "test-model" is the fake model server."""
+def fake_model_providers(fake) -> list[dict]:
+    """The `providers` setting of an agentd whose one model, test-model, is the fake server."""
     return [{"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}]
 
 
@@ -110,6 +130,14 @@ async def running(settings: Settings):
         yield server
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def running_with_agents(settings: Settings):
+    """A started agentd and an AgentsService stub on its gRPC port; stopped at exit."""
+    async with running(settings) as server, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield server, agents_pb2_grpc.AgentsServiceStub(channel)
 
 
 @pytest_asyncio.fixture

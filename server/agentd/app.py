@@ -22,6 +22,7 @@ from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.engine.responses import ResponseEngine
 from agentd.engine.runs import Runs
+from agentd.engine.shields import DeclaredShields
 from agentd.engine.turns import TurnEngine
 from agentd.inference import ModelRegistry
 from agentd.storage import Database, Repository
@@ -109,7 +110,11 @@ class Agentd:
         # The server-side tools configuration declares (web search with a key; others listed,
         # not run yet).
         self.tools = ConfiguredToolRuntime(settings)
-        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools)
+        # The shields configuration declares; none is run yet (the shields issue), so no check
+        # finds a violation, but agents naming an undeclared one are refused.
+        self.shields = DeclaredShields(shield.id for shield in settings.shields)
+        self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields,
+                                settings.documents, settings.tool_timeout_s, settings.run_lease_s)
         self.responses = ResponseEngine(ResponseStore(self.repo), self.conversation_store, self.runs,
                                         self.registry, self.tools, shields=[s.id for s in settings.shields])
         self.health: health.aio.HealthServicer | None = None
@@ -172,7 +177,7 @@ class Agentd:
 
     async def _start(self) -> None:
         await self.db.migrate()
-        await self.turns.recover()
+        await self.turns.start()
         await self.responses.recover()
         await self.registry.start()
         self.server = self._build_server()
@@ -212,6 +217,7 @@ class Agentd:
             stopping.append(self.server.stop(grace))
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
+        await self.turns.close()
         await self.registry.close()
         await self.tools.aclose()
         await self.db.close()

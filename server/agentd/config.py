@@ -3,9 +3,10 @@
 Precedence: built-in defaults < the YAML file named by AGENTD_CONFIG (or --config) < AGENTD_*
 variables. Every top-level setting has an environment variable: AGENTD_<NAME> in upper case
 (AGENTD_GRPC_ADDR, AGENTD_DATABASE_URL, ...); structured settings (providers, models) take
-JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS, AGENTD_WEBSEARCH), and each field
-of `websearch` has its own variable too (AGENTD_WEBSEARCH_API_KEY, AGENTD_WEBSEARCH_PROVIDER, ...,
-winning over the file and AGENTD_WEBSEARCH). An unknown key or variable,
+JSON there (AGENTD_PROVIDERS, AGENTD_SHIELDS, AGENTD_TOOLGROUPS, AGENTD_WEBSEARCH,
+AGENTD_DOCUMENTS), and each field of `websearch` and `documents` has its own variable too
+(AGENTD_WEBSEARCH_API_KEY, AGENTD_DOCUMENTS_MAX_BYTES, ..., winning over the file and the
+setting's JSON variable). An unknown key or variable,
 or an invalid value, stops the start with a message
 that names it: a typo must never silently fall back to a default.
 """
@@ -154,6 +155,17 @@ class WebSearchConfig(_Strict):
         return self.api_key is not None
 
 
+class DocumentsConfig(_Strict):
+    """How a turn's http(s) document URLs are fetched (engine/turns/documents.py)."""
+
+    allow_private_urls: bool = Field(
+        False, description="Fetch URLs whose host is loopback, private, link-local, multicast or "
+                           "unspecified; off: such a document is INVALID_ARGUMENT.")
+    fetch_timeout_s: float = Field(10.0, gt=0, le=300,
+                                   description="One document's fetch, redirects included.")
+    max_bytes: int = Field(1024 * 1024, gt=0, le=64 * 1024 * 1024, description="One document's size limit.")
+
+
 class Settings(_Strict):
     grpc_addr: str = Field("127.0.0.1:50051", description="host:port of the gRPC server.")
     http_addr: str = Field("127.0.0.1:8321", description="host:port of the HTTP gateway; '' disables it.")
@@ -186,6 +198,16 @@ class Settings(_Strict):
     shields: list[ShieldConfig] = Field(default_factory=list)
     toolgroups: list[ToolGroupConfig] = Field(default_factory=list)
     websearch: WebSearchConfig = Field(default_factory=WebSearchConfig)
+    documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
+    run_lease_s: float = Field(
+        30.0, gt=0, le=600,
+        description="A replica renews the lease of the turns it runs every third of this; a turn "
+                    "left in_progress whose lease expired (its replica died) is marked interrupted by "
+                    "any replica, at start and while it runs. Longer than any pause of a replica.")
+    tool_timeout_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="A server-side tool call's time limit; one that does not answer in time is an error "
+                    "result the model is told of, and the turn goes on.")
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod
@@ -328,9 +350,10 @@ def _no_duplicates(what: str, values: list[str]) -> None:
 
 # Structured settings: their environment variables hold JSON.
 _JSON_SETTINGS = {"providers": "a list of providers", "shields": "a list of shields",
-                  "toolgroups": "a list of tool groups", "websearch": "a web search object"}
+                  "toolgroups": "a list of tool groups", "websearch": "a web search object",
+                  "documents": "a documents object"}
 # Nested settings whose fields have variables of their own: AGENTD_WEBSEARCH_API_KEY, ...
-_NESTED_SETTINGS: dict[str, type[BaseModel]] = {"websearch": WebSearchConfig}
+_NESTED_SETTINGS: dict[str, type[BaseModel]] = {"websearch": WebSearchConfig, "documents": DocumentsConfig}
 
 
 def _nested_field(key: str) -> tuple[str, str] | None:

@@ -216,6 +216,8 @@ async def _stored_turns(agentd, agent_id: str, session_id: str, count: int) -> l
         assert await store.insert_turn("local", turn)
         assert await store.append_step("local", turn.turn_id, t.AgentStep(
             inference=t.InferenceStep(turn_id=turn.turn_id, step_id=f"step_{i}")))
+        turn.status = t.TURN_STATUS_COMPLETED  # ended: a session holds one open turn at a time
+        assert await store.update_turn("local", turn, "completed")
         turn_ids.append(turn.turn_id)
     return turn_ids
 

@@ -20,7 +20,7 @@ from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
-from tests.conftest import error_of, fake_model, make_settings, running
+from tests.conftest import error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -38,7 +38,7 @@ def fake():
 
 @pytest_asyncio.fixture
 async def server(database_url, tmp_path, fake):
-    settings = make_settings(database_url, tmp_path, providers=fake_model(fake),
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake),
                              shields=[{"id": "llama-guard", "provider_id": "llama-guard"}])
     async with running(settings) as agentd:
         yield agentd
@@ -493,7 +493,7 @@ def search():
 @pytest_asyncio.fixture
 async def searching(database_url, tmp_path, fake, search):
     """ResponsesService of an agentd with web search configured (the fake search API)."""
-    settings = make_settings(database_url, tmp_path, providers=fake_model(fake),
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake),
                              websearch={"api_key": "sk-search", "base_url": search.base_url})
     async with running(settings) as agentd, \
             grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as channel:

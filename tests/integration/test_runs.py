@@ -28,16 +28,17 @@ OWNER, TURN = "alice", "turn_1"
 
 
 async def make_turn(repo: Repository, turn_id: str = TURN) -> None:
-    """A turn row for the events to hang on (events need their run to exist)."""
+    """A turn row for the events to hang on (events need their run to exist), in a session of
+    its own (a session holds one open turn)."""
     store = AgentStore(repo)
-    if await store.get_session(OWNER, "agent_1", "sess_1") is None:
+    if not await store.agent_exists(OWNER, "agent_1"):
         agent = t.Agent(agent_id="agent_1")
         agent.created_at.FromMicroseconds(1)
         await store.create_agent(OWNER, agent)
-        session = t.AgentSession(session_id="sess_1", session_name="s")
-        session.started_at.FromMicroseconds(1)
-        assert await store.create_session(OWNER, "agent_1", session)
-    turn = t.Turn(turn_id=turn_id, session_id="sess_1")
+    session = t.AgentSession(session_id=f"sess_{turn_id}", session_name="s")
+    session.started_at.FromMicroseconds(1)
+    assert await store.create_session(OWNER, "agent_1", session)
+    turn = t.Turn(turn_id=turn_id, session_id=session.session_id)
     turn.started_at.FromMicroseconds(1)
     assert await store.insert_turn(OWNER, turn)
 
@@ -516,7 +517,7 @@ async def test_on_stop_writes_the_failure_of_a_producer_that_raised_or_just_retu
 
 async def test_a_terminal_event_and_the_producers_own_write_are_kept_in_one_commit(store, repo):
     runs = runs_of(store)
-    turn = t.Turn(turn_id=TURN, session_id="sess_1")
+    turn = t.Turn(turn_id=TURN, session_id=f"sess_{TURN}")
 
     async def producer(run):
         await run.emit(started())
@@ -525,7 +526,7 @@ async def test_a_terminal_event_and_the_producers_own_write_are_kept_in_one_comm
     run = runs.start(OWNER, TURN, producer, kind=TURNS)
     assert [kind_of(e) for e in await collect(run.events())] == ["turn_start", "turn_complete"]
     assert runs.appends == 1
-    assert await AgentStore(repo).turn_status(OWNER, "sess_1", TURN) == "completed"
+    assert await AgentStore(repo).turn_status(OWNER, f"sess_{TURN}", TURN) == "completed"
     assert numbers(await kept(store)) == [0, 1]
 
 
@@ -545,12 +546,12 @@ async def test_a_terminal_event_whose_own_write_fails_is_not_emitted_and_on_stop
     assert [(kind_of(e), e.sequence_number) for e in events] == [("turn_start", 0), ("turn_failed", 1)]
     assert run.stop_reason == "failed"
     assert [kind_of(e) for e in await kept(store)] == ["turn_start", "turn_failed"]
-    assert await AgentStore(repo).turn_status(OWNER, "sess_1", TURN) == "in_progress"
+    assert await AgentStore(repo).turn_status(OWNER, f"sess_{TURN}", TURN) == "in_progress"
 
 
 async def test_a_write_for_the_next_flush_goes_with_it_and_waits_for_the_next_if_it_fails(store, repo):
     runs = runs_of(store)
-    turn = t.Turn(turn_id=TURN, session_id="sess_1")
+    turn = t.Turn(turn_id=TURN, session_id=f"sess_{TURN}")
     agents = AgentStore(repo)
 
     def failing_write(conn):
@@ -561,13 +562,13 @@ async def test_a_write_for_the_next_flush_goes_with_it_and_waits_for_the_next_if
         run.write_with_next_flush(agents.update_turn_work(OWNER, turn, "awaiting_input"))
         with pytest.raises((Unavailable, DBAPIError)):  # SQLite's error is "unavailable"
             await run.flush(also=failing_write)
-        assert await agents.turn_status(OWNER, "sess_1", TURN) == "in_progress"  # nothing committed
+        assert await agents.turn_status(OWNER, f"sess_{TURN}", TURN) == "in_progress"  # nothing committed
         await run.emit(complete())  # the terminal event's flush commits the pending write
 
     run = runs.start(OWNER, TURN, producer, kind=TURNS)
     assert [kind_of(e) for e in await collect(run.events())] == ["turn_start", "turn_complete"]
     assert runs.appends == 1
-    assert await agents.turn_status(OWNER, "sess_1", TURN) == "awaiting_input"
+    assert await agents.turn_status(OWNER, f"sess_{TURN}", TURN) == "awaiting_input"
     assert numbers(await kept(store)) == [0, 1]
 
 

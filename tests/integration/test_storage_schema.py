@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from agentd.storage import Database
+from agentd.storage.database import MIGRATIONS
 from agentd.storage.schema import metadata
 
 
@@ -29,7 +32,39 @@ async def test_replicas_starting_together_migrate_once(database_url):
         await asyncio.gather(*(db.migrate() for db in databases))
         version = await databases[0].read(
             lambda conn: conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
-        assert version == "0003"
+        assert version == "0004"
     finally:
         for db in databases:
             await db.close()
+
+
+async def test_migrating_to_one_open_turn_per_session_closes_older_duplicates(empty_database_url):
+    """Before 0004, replicas racing could leave two open turns in a session; the migration
+    keeps the newest open and marks the others interrupted, so its unique index can be built."""
+    db = Database(empty_database_url)
+
+    def upgrade_to_0003(conn):
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+
+    def fill(conn):
+        conn.exec_driver_sql("INSERT INTO agents (id, owner, created_at, body) VALUES ('a', 'o', 1, '')")
+        conn.exec_driver_sql(
+            "INSERT INTO sessions (id, owner, created_at, agent_id, body) VALUES ('s', 'o', 1, 'a', '')")
+        for turn_id, created, status in (("t1", 1, "in_progress"), ("t2", 2, "awaiting_input"),
+                                         ("t3", 3, "in_progress"), ("t0", 0, "completed")):
+            conn.exec_driver_sql(
+                "INSERT INTO turns (id, owner, created_at, session_id, status, body) "
+                f"VALUES ('{turn_id}', 'o', {created}, 's', '{status}', '')")
+
+    try:
+        await db.write(upgrade_to_0003)
+        await db.write(fill)
+        await db.migrate()
+        statuses = await db.read(lambda conn: dict(
+            conn.exec_driver_sql("SELECT id, status FROM turns").all()))
+        assert statuses == {"t0": "completed", "t1": "interrupted", "t2": "interrupted", "t3": "in_progress"}
+    finally:
+        await db.close()

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from agentd import paging
 from agentd.errors import NotFound
 from agentd.storage import schema
-from agentd.storage.agents import AgentStore
+from agentd.storage.agents import AgentStore, OpenTurnExists
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.events import EventStore
 from agentd.storage.responses import ResponseStore
@@ -86,6 +86,7 @@ async def test_a_sessions_turns_come_oldest_first_each_with_its_steps(repo):
     for i in (2, 1, 3):
         await store.insert_turn("alice", turn(f"turn_{i}", at=i))
         await store.append_step("alice", f"turn_{i}", inference(f"turn_{i}", f"step_{i}"))
+        await store.update_turn("alice", turn(f"turn_{i}", at=i), "completed")  # one open turn at a time
     turns = await store.session_turns("alice", session_id)
     assert [(x.turn_id, x.steps[0].inference.step_id) for x in turns] == [
         ("turn_1", "step_1"), ("turn_2", "step_2"), ("turn_3", "step_3")]
@@ -108,6 +109,50 @@ async def test_a_retried_turn_insert_returns_the_first_turn(repo):
                                          store.insert_turn("alice", turn("turn_2"), "key"))
     assert first.turn_id == second.turn_id
     assert await count(repo, schema.turns) == 1
+
+
+async def test_a_session_holds_one_open_turn_whoever_inserts_it(repo):
+    # Two replicas starting a turn in one session at once: the database lets one in.
+    store = AgentStore(repo)
+    await session_of(store)
+    results = await asyncio.gather(store.insert_turn("alice", turn("turn_1")),
+                                   store.insert_turn("alice", turn("turn_2")), return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["OpenTurnExists", "Turn"]
+    assert await count(repo, schema.turns) == 1
+    (opened,) = [r for r in results if isinstance(r, t.Turn)]
+    await store.update_turn("alice", opened, "awaiting_input")  # paused: still open
+    with pytest.raises(OpenTurnExists):
+        await store.insert_turn("alice", turn("turn_3", at=3))
+    await store.update_turn("alice", opened, "completed")
+    assert await store.insert_turn("alice", turn("turn_3", at=3))
+
+
+async def test_of_two_resumes_of_a_paused_turn_one_wins(repo):
+    store = AgentStore(repo)
+    await session_of(store)
+    await store.insert_turn("alice", turn("turn_1"))
+    await store.update_turn("alice", turn("turn_1"), "awaiting_input")
+    won = await asyncio.gather(*(store.update_turn("alice", turn("turn_1"), "in_progress", resume=(None, 5),
+                                                   lease_until=10) for _ in range(2)))
+    assert sorted(won) == [False, True]
+
+
+async def test_recovery_interrupts_only_running_turns_whose_lease_expired(repo):
+    store = AgentStore(repo)
+    await session_of(store)
+    leases = {"turn_1": None, "turn_2": 100, "turn_3": 300}  # None: a row from before leases
+    for n, (turn_id, lease) in enumerate(leases.items(), start=1):
+        session = t.AgentSession(session_id=f"sess_l{n}", session_name="s")  # one open turn each
+        await store.create_session("alice", "agent_1", session)
+        running = t.Turn(turn_id=turn_id, session_id=session.session_id)
+        await store.insert_turn("alice", running, lease_until=lease)
+    await store.renew_leases(["turn_3"], 400)
+    assert await store.interrupt_running_turns(now=200) == 2  # no lease, and the one of 100
+    assert await store.turn_status("alice", "sess_l1", "turn_1") == "interrupted"
+    assert await store.turn_status("alice", "sess_l3", "turn_3") == "in_progress"
+    await store.renew_leases(["turn_3"], 150)
+    assert await store.interrupt_running_turns(now=200) == 1
+    assert (await store.get_turn("alice", "sess_l3", "turn_3")).status == t.TURN_STATUS_INTERRUPTED
 
 
 # ---------------------------------------------------------------------- run events

@@ -21,7 +21,7 @@ from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
 from tests.conftest import error_of, make_settings
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
-from tests.fakes.search_server import FakeSearchServer
+from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def kinds(events) -> list[str]:
         kind = e.payload.WhichOneof("payload")
         body = getattr(e.payload, kind)
         if kind in ("step_start", "step_progress", "step_complete"):
-            step = "inference" if body.step_type == t.AGENT_STEP_TYPE_INFERENCE else "tool_execution"
+            step = t.AgentStepType.Name(body.step_type).removeprefix("AGENT_STEP_TYPE_").lower()
             kind = f"{kind}:{step}"
             if kind.startswith("step_progress"):
                 kind += ":" + body.delta.WhichOneof("delta")
@@ -433,6 +433,45 @@ async def test_a_server_tool_call_runs_in_its_own_step(database_url, tmp_path, f
     assert fake.chat_requests[0].body["tools"][0]["function"]["name"] == "web_search"
     assert fake.chat_requests[1].body["messages"][-1]["tool_call_id"] == "s1"
     assert turn.output_message.content.text == "Found it."
+
+
+async def test_a_tool_that_does_not_answer_in_time_is_an_error_step_and_the_turn_goes_on(
+    database_url, tmp_path, fake, search
+):
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        providers=[
+            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
+        ],
+        # The search's own HTTP timeout is far away: the tool deadline is what ends the call.
+        websearch={"api_key": "sk-search", "base_url": search.base_url, "timeout_s": 300},
+        tool_timeout_s=0.5,
+    )
+    search.script(SearchReply(results=[Hit("late", "https://late.example", "too late")], delay=60))
+    fake.script(
+        Reply(tool_calls=[ToolCallSpec("web_search", {"query": "slow"}, id="s1")]),
+        Reply(text="The search timed out."),
+    )
+    server = Agentd(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = agents_pb2_grpc.AgentsServiceStub(channel)
+            websearch = t.AgentToolGroup(name="builtin::websearch")
+            agent_id, session_id = await new_session(stub, toolgroups=[websearch])
+            events = await collect(stream_turn(stub, agent_id, session_id, user("search")))
+    finally:
+        await server.stop(0)
+    turn = terminal_turn(events)
+    assert turn.status == t.TURN_STATUS_COMPLETED
+    assert turn.output_message.content.text == "The search timed out."
+    (response,) = turn.steps[1].tool_execution.tool_responses
+    assert response.call_id == "s1" and response.error_message == "timed out after 0.5 s"
+    assert response.content.text == "Tool 'web_search' did not answer within 0.5 s."
+    told = fake.chat_requests[1].body["messages"][-1]
+    assert told == {"role": "tool", "tool_call_id": "s1", "content": response.content.text}
+    assert len(search.requests) == 1
 
 
 async def test_unknown_model_agent_and_session(agents, fake):

@@ -162,3 +162,25 @@ def test_the_embedded_model_is_on_by_default_and_off_when_asked(tmp_path: Path):
 def test_embedded_model_settings_that_could_not_work_are_refused(environ, needle):
     with pytest.raises(ConfigError, match=needle):
         load_settings(environ=environ)
+
+
+def test_document_fetching_is_safe_by_default_and_each_field_has_a_variable(tmp_path: Path):
+    defaults = load_settings(environ={}).documents
+    assert (defaults.allow_private_urls, defaults.fetch_timeout_s) == (False, 10.0)
+    assert defaults.max_bytes == 1048576
+    config = tmp_path / "agentd.yaml"
+    config.write_text("documents: {max_bytes: 2048, fetch_timeout_s: 3}\n")
+    loaded = load_settings(config, environ={"AGENTD_DOCUMENTS_ALLOW_PRIVATE_URLS": "true"}).documents
+    assert (loaded.allow_private_urls, loaded.fetch_timeout_s, loaded.max_bytes) == (True, 3.0, 2048)
+    with pytest.raises(ConfigError, match=r"documents\.max_bytes"):
+        load_settings(environ={"AGENTD_DOCUMENTS_MAX_BYTES": "0"})
+
+
+def test_tool_deadline_and_run_lease_settings():
+    defaults = load_settings(environ={})
+    assert (defaults.tool_timeout_s, defaults.run_lease_s) == (60.0, 30.0)
+    loaded = load_settings(environ={"AGENTD_TOOL_TIMEOUT_S": "5", "AGENTD_RUN_LEASE_S": "12"})
+    assert (loaded.tool_timeout_s, loaded.run_lease_s) == (5.0, 12.0)
+    for name in ("AGENTD_TOOL_TIMEOUT_S", "AGENTD_RUN_LEASE_S"):
+        with pytest.raises(ConfigError, match=name.removeprefix("AGENTD_").lower()):
+            load_settings(environ={name: "0"})

@@ -297,6 +297,11 @@ class Runs:
                                                           name=f"run {run_id}")
         return run
 
+    def running(self, kind: RunKind) -> list[Run]:
+        """This process's runs of `kind` that run on: not ended, not being stopped."""
+        return [run for run in self._live.values()
+                if run.kind is kind and run.terminal is None and run.stop_reason is None]
+
     def get(self, owner: str, run_id: str) -> Run | None:
         """The run if it is live in this process."""
         return self._live.get((owner, run_id))
@@ -345,13 +350,14 @@ class Runs:
             run.stop_reason = reason
         run.task.cancel()
 
-    async def cancel(self, owner: str, run_id: str) -> Run | None:
+    async def cancel(self, owner: str, run_id: str, reason: StopReason = "cancelled") -> Run | None:
         """Cancels the run if it is live here and waits for its end (its terminal event is
-        then kept: `run.terminal`). None if no such run runs here."""
+        then kept: `run.terminal`); `reason` is what on_stop gets. None if no such run runs
+        here."""
         run = self._live.get((owner, run_id))
         if run is None:
             return None
-        self._request_stop(run, "cancelled")
+        self._request_stop(run, reason)
         await run.ended.wait()
         return run
 

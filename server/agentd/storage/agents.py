@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -23,7 +24,15 @@ from agentd.v1 import agent_resources_pb2 as types
 IN_PROGRESS = "in_progress"  # the status of a turn the engine has started
 AWAITING_INPUT = "awaiting_input"
 INTERRUPTED = "interrupted"
+CANCELLED = "cancelled"
+# What another replica may set on a turn that runs here (CancelTurn, recovery).
+ENDED_ELSEWHERE = (CANCELLED, INTERRUPTED)
 OPEN_STATUSES = (IN_PROGRESS, AWAITING_INPUT)  # a session with such a turn is busy
+
+
+class OpenTurnExists(Exception):
+    """The session already has an open (in_progress or awaiting_input) turn: the database
+    holds at most one per session, whichever replica started it."""
 
 
 def step_id_of(step: types.AgentStep) -> str:
@@ -103,38 +112,97 @@ class AgentStore:
     # ------------------------------------------------------------ turns, steps
 
     async def insert_turn(self, owner: str, turn: types.Turn, request_id: str | None = None,
-                          settings: bytes | None = None) -> types.Turn | None:
-        """Stores a turn the engine starts (status in_progress) in its session (None: the
-        owner has no such session), with its own settings (see `turn_resume_state`). With a
-        request_id already used in this session, stores nothing and returns the turn the
-        first call created (without steps)."""
-        body = await self.repo.create(schema.turns, key=("session_id", "request_id"),
-                                      parent=schema.sessions, parent_id=turn.session_id,
-                                      id=turn.turn_id, owner=owner, session_id=turn.session_id,
-                                      request_id=request_id, status=IN_PROGRESS,
-                                      created_at=turn.started_at.ToMicroseconds(),
-                                      settings=settings, body=body_of(_without_steps(turn)))
+                          settings: bytes | None = None, lease_until: int | None = None) -> types.Turn | None:
+        """Stores a turn the engine starts (status in_progress, leased until `lease_until`) in
+        its session (None: the owner has no such session), with its own settings (see
+        `turn_resume_state`). With a request_id already used in this session, stores nothing
+        and returns the turn the first call created (without steps). OpenTurnExists when the
+        session has an open turn (checked by the database: also across replicas)."""
+        try:
+            body = await self.repo.create(schema.turns, key=("session_id", "request_id"),
+                                          parent=schema.sessions, parent_id=turn.session_id,
+                                          id=turn.turn_id, owner=owner, session_id=turn.session_id,
+                                          request_id=request_id, status=IN_PROGRESS,
+                                          created_at=turn.started_at.ToMicroseconds(),
+                                          settings=settings, lease_until=lease_until,
+                                          body=body_of(_without_steps(turn)))
+        except IntegrityError:
+            # The one-open-turn index. A concurrent retry with the same request_id may be what
+            # holds it (the index can be checked before the key): then that turn is the answer.
+            first = await self.turn_by_request_id(owner, turn.session_id, request_id) if request_id else None
+            if first is not None:
+                return types.Turn(turn_id=first, session_id=turn.session_id)
+            if await self.open_turn(owner, turn.session_id) is not None:
+                raise OpenTurnExists(turn.session_id) from None
+            raise
         return types.Turn.FromString(body) if body is not None else None
 
     async def update_turn(self, owner: str, turn: types.Turn, status: str, *,
-                          resume: tuple[str | None, int] | None = None) -> bool:
-        """Replaces a turn's body (its steps are not part of it) and status; with `resume`,
-        also the last resume's (request_id, first sequence number). False if the owner has
-        no such turn."""
-        return await self.db.write(self.update_turn_work(owner, turn, status, resume=resume))
+                          resume: tuple[str | None, int] | None = None,
+                          lease_until: int | None = None) -> bool:
+        """Replaces a turn's body (its steps are not part of it) and status. With `resume`,
+        the last resume's (request_id, first sequence number) too, the lease, and only if the
+        turn is still awaiting input (so of two replicas resuming it at once, one does). False
+        if the owner has no such turn (or, with `resume`, it is no longer awaiting input)."""
+        return await self.db.write(self.update_turn_work(owner, turn, status, resume=resume,
+                                                         lease_until=lease_until))
 
     def update_turn_work(self, owner: str, turn: types.Turn, status: str, *,
-                         resume: tuple[str | None, int] | None = None):
+                         resume: tuple[str | None, int] | None = None, lease_until: int | None = None):
         """update_turn as a function of a connection, for a caller's own transaction."""
         values: dict = dict(status=status, body=body_of(_without_steps(turn)))
         if resume is not None:
-            values.update(resume_request_id=resume[0], resume_sequence=resume[1])
-        statement = _statement(f"update_turn_{resume is not None}", lambda: (
-            update(schema.turns)
-            .where(schema.turns.c.owner == bindparam("match_owner"),
-                   schema.turns.c.id == bindparam("match_id"))))
+            values.update(resume_request_id=resume[0], resume_sequence=resume[1], lease_until=lease_until)
+
+        def build():
+            statement = update(schema.turns).where(schema.turns.c.owner == bindparam("match_owner"),
+                                                   schema.turns.c.id == bindparam("match_id"))
+            if resume is not None:
+                statement = statement.where(schema.turns.c.status == AWAITING_INPUT)
+            return statement
+
+        statement = _statement(f"update_turn_{resume is not None}", build)
         params = {"match_owner": owner, "match_id": turn.turn_id, **values}
         return lambda conn: conn.execute(statement, params).rowcount > 0
+
+    async def renew_leases(self, turn_ids: list[str], lease_until: int) -> dict[str, str]:
+        """The replica running these turns vouches for them until `lease_until` (those still
+        in_progress). Returns the status of those another replica ended meanwhile (cancelled
+        by a CancelTurn it served, or interrupted by its recovery): their runs must stop."""
+        turns = schema.turns
+        renew = _statement("renew_leases", lambda: (
+            update(turns)
+            .where(turns.c.id.in_(bindparam("ids", expanding=True)), turns.c.status == IN_PROGRESS)
+            .values(lease_until=bindparam("until"))))
+        ended = _statement("ended_elsewhere", lambda: (
+            select(turns.c.id, turns.c.status)
+            .where(turns.c.id.in_(bindparam("ids", expanding=True)), turns.c.status.in_(ENDED_ELSEWHERE))))
+
+        def work(conn) -> dict[str, str]:
+            conn.execute(renew, {"ids": turn_ids, "until": lease_until})
+            return {row.id: row.status for row in conn.execute(ended, {"ids": turn_ids})}
+        return await self.db.write(work)
+
+    async def runs_elsewhere(self, owner: str, turn_id: str, now: int) -> bool:
+        """Whether the turn is in progress under a lease that has not expired: a live
+        replica runs it (when it does not run here)."""
+        turns = schema.turns
+        query = select(turns.c.id).where(turns.c.owner == owner, turns.c.id == turn_id,
+                                         turns.c.status == IN_PROGRESS, turns.c.lease_until >= now)
+        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
+
+    async def request_cancel(self, owner: str, turn_id: str, cancelled: types.Turn | None = None) -> bool:
+        """Asks the replica running the turn to cancel it: the status becomes cancelled, which
+        that replica sees at its next lease renewal; its run then ends and writes the turn's
+        end. `cancelled`: the turn as cancelled, stored now in case that replica dies first.
+        False if the turn is no longer in progress."""
+        turns = schema.turns
+        values: dict = {"status": CANCELLED}
+        if cancelled is not None:
+            values["body"] = body_of(_without_steps(cancelled))
+        statement = (update(turns).where(turns.c.owner == owner, turns.c.id == turn_id,
+                                         turns.c.status == IN_PROGRESS).values(**values))
+        return await self.db.write(lambda conn: conn.execute(statement).rowcount > 0)
 
     async def turn_resume_state(self, owner: str, session_id: str,
                                 turn_id: str) -> tuple[bytes | None, str | None, int | None]:
@@ -278,14 +346,16 @@ class AgentStore:
                                          turns.c.request_id == request_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
-    async def interrupt_running_turns(self, ended_at_micros: int) -> int:
-        """At start-up: every turn still in progress (its process died) becomes interrupted,
-        in its status column and its body. Returns how many. Every owner's, every replica's:
-        with several replicas on one database, a replica starting while another runs turns
-        would mark those too, so multi-replica deployments must run this only when no other
-        replica is up (or not at all until runs carry their replica's lease)."""
+    async def interrupt_running_turns(self, now: int) -> int:
+        """Recovery: every turn still in progress whose lease expired before `now` (its
+        replica died, or stopped renewing) becomes interrupted, in its status column and its
+        body. Turns that live replicas run keep renewed leases and are left alone. Rows
+        without a lease (written before leases) count as expired. Returns how many."""
         turns = schema.turns
-        query = select(turns.c.id, turns.c.body).where(turns.c.status == IN_PROGRESS).with_for_update()
+        query = (select(turns.c.id, turns.c.body)
+                 .where(turns.c.status == IN_PROGRESS,
+                        or_(turns.c.lease_until.is_(None), turns.c.lease_until < now))
+                 .with_for_update())
 
         def work(conn) -> int:
             rows = conn.execute(query).all()
@@ -293,7 +363,7 @@ class AgentStore:
                 turn = types.Turn.FromString(row.body)
                 turn.status = types.TURN_STATUS_INTERRUPTED
                 turn.stop_reason = types.TURN_STOP_REASON_ERROR
-                turn.completed_at.FromMicroseconds(ended_at_micros)
+                turn.completed_at.FromMicroseconds(now)
                 turn.error.code = 14  # UNAVAILABLE
                 turn.error.message = "The server stopped while the turn ran; start a new turn."
                 conn.execute(update(turns).where(turns.c.id == row.id, turns.c.status == IN_PROGRESS)

@@ -21,9 +21,14 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
+
+# The turn statuses partial indexes select (storage/agents.py names the statuses).
+TURN_OPEN = "status IN ('in_progress', 'awaiting_input')"
+TURN_RUNNING = "status = 'in_progress'"
 
 ID = String(64)
 OWNER = String(255)
@@ -72,9 +77,19 @@ turns = _owned(
     Column("settings", LargeBinary),
     Column("resume_request_id", String(255)),
     Column("resume_sequence", Integer),
+    # While in_progress: until when (microseconds since the epoch) the replica running it
+    # vouches for it; it renews the lease while the run lives. Recovery interrupts only
+    # in_progress turns whose lease expired (NULL: a row from before leases).
+    Column("lease_until", BigInteger),
     indexes=[
         Index("ix_turns_session_created", "session_id", "created_at", "id"),
         UniqueConstraint("session_id", "request_id", name="uq_turns_session_request"),
+        # At most one open turn per session, whichever replica starts it (SESSION_BUSY).
+        Index("uq_turns_session_open", "session_id", unique=True,
+              sqlite_where=text(TURN_OPEN), postgresql_where=text(TURN_OPEN)),
+        # What recovery scans: the running turns, by lease.
+        Index("ix_turns_running_lease", "lease_until",
+              sqlite_where=text(TURN_RUNNING), postgresql_where=text(TURN_RUNNING)),
     ],
 )
 

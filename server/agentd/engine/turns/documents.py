@@ -11,13 +11,18 @@ INVALID_ARGUMENT naming `documents[i].mime_type`. Its content (AgentDocumentCont
             plain or base64; any other scheme (file:, ftp:, ...) or a non-text data: URL
             is INVALID_ARGUMENT naming `documents[i].content.url`
 
-An http(s) URL is fetched with a GET (redirects followed) within FETCH_TIMEOUT_S in all and
-at most MAX_DOCUMENT_BYTES of body. Every failure is INVALID_ARGUMENT naming the document's
+An http(s) URL is fetched with a GET (redirects followed) within `fetch_timeout_s` in all and
+at most `max_bytes` of body (settings `documents`, config.DocumentsConfig: 10 s and 1 MiB by
+default). Unless `allow_private_urls`, only public addresses are fetched: a host
+that is, or resolves to, a loopback, private, link-local, multicast or unspecified address
+is refused, for every redirect too, and the connection goes to the very address checked
+(tools/public_http.py), so the caller cannot reach agentd's own network through a document.
+Every failure is INVALID_ARGUMENT naming the document's
 field, with the URL in the message (reason INVALID_ARGUMENT: the errors.proto catalogue has no
 finer one yet): the request names a document the service cannot read, which the caller
 fixes by changing the request, not the service's state, so not FAILED_PRECONDITION. That
-covers a body (or a data: URL's text) over MAX_DOCUMENT_BYTES, a non-2xx status, an
-unreachable host, a timeout and a bad redirect.
+covers a refused address, a body (or a data: URL's text) over the size limit, a non-2xx
+status, an unreachable host, a timeout and a bad redirect.
 
 All documents are read (concurrently) before the turn is stored or started, so a failure
 ends the call before its first event. Their texts are joined with newlines and appended,
@@ -35,13 +40,14 @@ from collections.abc import Sequence
 
 import httpx
 
+from agentd.config import DocumentsConfig
 from agentd.engine.turns.history import text_of
 from agentd.errors import InvalidArgument
+from agentd.tools.public_http import RefusedAddress, http_client
 from agentd.v1 import agent_messages_pb2 as msg
 
 TEXT_MIME_TYPES = ("application/json", "application/yaml", "application/x-yaml")
-FETCH_TIMEOUT_S = 10.0
-MAX_DOCUMENT_BYTES = 1024 * 1024
+DEFAULT_FETCHING = DocumentsConfig()
 
 
 def is_text_type(mime: str) -> bool:
@@ -50,7 +56,9 @@ def is_text_type(mime: str) -> bool:
 
 
 async def with_documents(
-    messages: Sequence[msg.TurnInputMessage], documents: Sequence[msg.AgentDocument]
+    messages: Sequence[msg.TurnInputMessage],
+    documents: Sequence[msg.AgentDocument],
+    fetching: DocumentsConfig = DEFAULT_FETCHING,
 ) -> list[msg.TurnInputMessage]:
     """Copies of `messages` with the documents' texts appended to the last user message."""
     result = [msg.TurnInputMessage() for _ in messages]
@@ -68,7 +76,8 @@ async def with_documents(
     users = [m.user for m in result if m.HasField("user")]
     if not users:
         raise InvalidArgument("documents", "documents need a user message to be added to")
-    texts = await asyncio.gather(*(_text(i, d) for i, d in enumerate(documents)), return_exceptions=True)
+    reads = (_text(i, d, fetching) for i, d in enumerate(documents))
+    texts = await asyncio.gather(*reads, return_exceptions=True)
     for text in texts:  # the first failing document, by index
         if isinstance(text, BaseException):
             raise text
@@ -81,7 +90,7 @@ async def with_documents(
     return result
 
 
-async def _text(i: int, document: msg.AgentDocument) -> str:
+async def _text(i: int, document: msg.AgentDocument, fetching: DocumentsConfig) -> str:
     where = f"documents[{i}].content"
     content = document.content
     kind = content.WhichOneof("content")
@@ -92,7 +101,7 @@ async def _text(i: int, document: msg.AgentDocument) -> str:
     if kind == "items":
         return "".join(_item_text(f"{where}.items[{j}]", it) for j, it in enumerate(content.items.items))
     if kind == "url":
-        return await _read_url(f"{where}.url", content.url.uri)
+        return await _read_url(f"{where}.url", content.url.uri, fetching)
     raise InvalidArgument(where, "required: text, item, items or url")
 
 
@@ -102,44 +111,46 @@ def _item_text(where: str, item: msg.InterleavedContentItem) -> str:
     return item.text.text
 
 
-async def _read_url(where: str, uri: str) -> str:
+async def _read_url(where: str, uri: str, fetching: DocumentsConfig) -> str:
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme == "data":
-        return _data_url(where, uri)
+        return _data_url(where, uri, fetching.max_bytes)
     if scheme not in ("http", "https"):
         raise InvalidArgument(where, f"unsupported URL {uri!r}: http(s) or a text data: URL")
     try:
-        async with asyncio.timeout(FETCH_TIMEOUT_S):
-            return await _fetch(where, uri)
+        async with asyncio.timeout(fetching.fetch_timeout_s):
+            return await _fetch(where, uri, fetching)
     except TimeoutError:
+        raise InvalidArgument(where, f"fetching {uri!r} took over {fetching.fetch_timeout_s:g} s") from None
+    except RefusedAddress as e:
         raise InvalidArgument(
-            where, f"fetching {uri!r} took over {FETCH_TIMEOUT_S:g} s"
+            where,
+            f"{uri!r} is not fetched: {e}; documents are fetched from public addresses only "
+            "(setting documents.allow_private_urls)",
         ) from None
     except httpx.HTTPError as e:
-        raise InvalidArgument(
-            where, f"fetching {uri!r} failed: {type(e).__name__}: {e}"
-        ) from None
+        raise InvalidArgument(where, f"fetching {uri!r} failed: {type(e).__name__}: {e}") from None
 
 
-async def _fetch(where: str, uri: str) -> str:
-    async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client:
-        async with client.stream("GET", uri) as response:
-            if not response.is_success:
-                raise InvalidArgument(
-                    where, f"fetching {uri!r} failed: HTTP {response.status_code}"
-                )
-            length = response.headers.get("content-length", "")
-            if length.isdigit() and int(length) > MAX_DOCUMENT_BYTES:
-                raise _too_large(where, uri)
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise _too_large(where, uri)
-            return bytes(body).decode(response.charset_encoding or "utf-8", errors="replace")
+async def _fetch(where: str, uri: str, fetching: DocumentsConfig) -> str:
+    client = http_client(
+        allow_private=fetching.allow_private_urls, timeout=fetching.fetch_timeout_s, follow_redirects=True
+    )
+    async with client, client.stream("GET", uri) as response:
+        if not response.is_success:
+            raise InvalidArgument(where, f"fetching {uri!r} failed: HTTP {response.status_code}")
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > fetching.max_bytes:
+            raise _too_large(where, uri, fetching.max_bytes)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > fetching.max_bytes:
+                raise _too_large(where, uri, fetching.max_bytes)
+        return bytes(body).decode(response.charset_encoding or "utf-8", errors="replace")
 
 
-def _data_url(where: str, uri: str) -> str:
+def _data_url(where: str, uri: str, max_bytes: int) -> str:
     header, comma, data = uri[len("data:"):].partition(",")
     if not comma:
         raise InvalidArgument(where, "malformed data: URL")
@@ -154,12 +165,10 @@ def _data_url(where: str, uri: str) -> str:
         raw = base64.b64decode(data, validate=True) if encoded else urllib.parse.unquote_to_bytes(data)
     except (binascii.Error, ValueError):
         raise InvalidArgument(where, "malformed base64 in data: URL") from None
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        raise _too_large(where, "data: URL")
+    if len(raw) > max_bytes:
+        raise _too_large(where, "data: URL", max_bytes)
     return raw.decode("utf-8", errors="replace")
 
 
-def _too_large(where: str, what: str) -> InvalidArgument:
-    return InvalidArgument(
-        where, f"{what!r} is over {MAX_DOCUMENT_BYTES} bytes (the documents limit)"
-    )
+def _too_large(where: str, what: str, max_bytes: int) -> InvalidArgument:
+    return InvalidArgument(where, f"{what!r} is over {max_bytes} bytes (setting documents.max_bytes)")

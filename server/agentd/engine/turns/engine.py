@@ -4,6 +4,7 @@ below. No grpc here: the owner is passed explicitly, errors are agentd errors.
 One run of a turn (a create, or a resume after a pause on client tools):
 
     turn_start (create only; sequence 0)       | tool_execution step of the client results (resume)
+    input shields (if the agent names any): one shield_call step over the whole conversation
     loop:
         inference step: step_start, step_progress (text; tool_call "name(", fragments, ")",
                         then the parsed call: succeeded, or failed for arguments that are not
@@ -15,6 +16,15 @@ One run of a turn (a create, or a resume after a pause on client tools):
             turn_awaiting_input with output_message = those calls (all of them, batched);
             else the next inference
         no tool calls -> turn_complete (stop_reason end_of_turn, or out_of_tokens)
+    output shields (if any): one shield_call step before the turn completes or pauses
+A blocking shield violation ends the turn at its step: turn_complete with the violation's
+message as output_message (stop_reason shield_violation), as Llama Stack does. Server tool
+calls end by `tool_timeout_s` (or the caller's deadline): a late one is a failed result.
+
+Replicas: a running turn carries the lease of the replica that runs it, renewed while the
+run lives; recovery (at start and on each renewal tick) interrupts only turns whose lease
+expired. A session has one open turn at most (the database holds it), and a turn another
+replica cancelled or interrupted is stopped here at the next renewal.
 
 Persistence as it runs: the turn row (in_progress) exists before turn_start; each step is
 appended when it completes and the run's events are flushed at every step boundary, except
@@ -44,10 +54,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
 from agentd.clock import now_micros
+from agentd.config import DocumentsConfig, Settings
 from agentd.engine.completion import Completion, arguments_object
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
+from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
-from agentd.engine.turns.history import assistant_message, input_message, turn_messages
+from agentd.engine.turns.history import assistant_message, input_message, refusal_text, turn_messages
 from agentd.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -68,20 +80,39 @@ from agentd.inference import (
     sampling_from,
 )
 from agentd.sensitive import redact
-from agentd.storage.agents import AWAITING_INPUT, IN_PROGRESS, OPEN_STATUSES, AgentStore
+from agentd.storage.agents import (
+    AWAITING_INPUT,
+    IN_PROGRESS,
+    INTERRUPTED,
+    OPEN_STATUSES,
+    AgentStore,
+    OpenTurnExists,
+)
 from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
-from agentd.v1 import agents_pb2, common_pb2
+from agentd.v1 import agents_pb2, common_pb2, safety_pb2
 from agentd.v1 import turn_events_pb2 as te
 
 log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
+DEFAULT_TOOL_TIMEOUT_S = Settings.model_fields["tool_timeout_s"].default
+DEFAULT_LEASE_S = Settings.model_fields["run_lease_s"].default
 # Sessions whose ended turns' history messages are kept in memory (least recently used out).
 HISTORY_CACHE_SESSIONS = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
+SHIELD_CALL = types.AGENT_STEP_TYPE_SHIELD_CALL
+USER_INPUT = types.SHIELD_TOUCHPOINT_USER_INPUT
+ASSISTANT_OUTPUT = types.SHIELD_TOUCHPOINT_ASSISTANT_OUTPUT
+# A shield step's step_start metadata names its touchpoint as Llama Stack does.
+TOUCHPOINT_NAMES = {USER_INPUT: "user-input", ASSISTANT_OUTPUT: "assistant-output"}
+VIOLATION_LEVELS = {
+    "info": safety_pb2.VIOLATION_LEVEL_INFO,
+    "warn": safety_pb2.VIOLATION_LEVEL_WARN,
+    "error": safety_pb2.VIOLATION_LEVEL_ERROR,
+}
 IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
 # A model call ends this long before the caller's deadline, so the turn fails with its own
 # error (and is stored failed) before the call itself is cut.
@@ -148,6 +179,8 @@ class Plan:
     sampling: Sampling
     response_format: dict[str, Any] | None
     max_infer_iters: int
+    input_shields: tuple[str, ...] = ()
+    output_shields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -171,6 +204,14 @@ class TurnState:
                                    reason="MODEL_TIMEOUT")
         return left
 
+    def tool_time_limit(self, configured_s: float) -> float:
+        """The time a server tool call may take: the configured limit, or what is left of the
+        caller's deadline if that is sooner (the next model call then fails with it)."""
+        if self.deadline is None:
+            return configured_s
+        left = self.deadline - asyncio.get_running_loop().time() - DEADLINE_MARGIN_S
+        return max(0.0, min(configured_s, left))
+
     @property
     def inference_count(self) -> int:
         return sum(1 for step in self.turn.steps if step.HasField("inference"))
@@ -178,15 +219,28 @@ class TurnState:
 
 class TurnEngine:
     def __init__(
-        self, store: AgentStore, runs: Runs, registry: ModelRegistry, tools: ToolRuntime | None = None
+        self,
+        store: AgentStore,
+        runs: Runs,
+        registry: ModelRegistry,
+        tools: ToolRuntime | None = None,
+        shields: Shields | None = None,
+        documents: DocumentsConfig | None = None,
+        tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        lease_s: float = DEFAULT_LEASE_S,
     ):
         self.store = store
         self.runs = runs
         self.registry = registry
         self.tools = tools
+        self.shields = shields or DeclaredShields()
+        self.documents = documents or DocumentsConfig()
+        self.tool_timeout_s = tool_timeout_s
+        self.lease_s = lease_s
+        self._leases: asyncio.Task | None = None
         # Sessions whose turn is being started or resumed right now in this process: a second
-        # start in the same session meanwhile is SESSION_BUSY (the status check alone could
-        # let both through). Across replicas the status check is what guards.
+        # start in the same session meanwhile is SESSION_BUSY at once. Across replicas the
+        # database's one-open-turn index is what guards (OpenTurnExists).
         self._starting: set[tuple[str, str]] = set()
         # (owner, session id) -> {turn id: its history messages}, for ended turns only
         # (see _history), the least recently used session first.
@@ -194,13 +248,52 @@ class TurnEngine:
 
     # ------------------------------------------------------------------ start-up
 
+    async def start(self) -> None:
+        """Recovery at start, then the lease keeper (see _keep_leases) until close()."""
+        await self.recover()
+        self._leases = asyncio.get_running_loop().create_task(self._keep_leases(), name="turn leases")
+
+    async def close(self) -> None:
+        if self._leases is not None:
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
+            self._leases = None
+
     async def recover(self) -> int:
-        """Turns left in_progress by a crash become interrupted (see
-        AgentStore.interrupt_running_turns for the multi-replica caveat)."""
+        """Turns left in_progress whose lease expired (the replica that ran them died)
+        become interrupted; those live replicas run are left alone."""
         count = await self.store.interrupt_running_turns(now_micros())
         if count:
-            log.warning("%d turn(s) left running by a previous process marked interrupted", count)
+            log.warning("%d turn(s) left running by a stopped replica marked interrupted", count)
         return count
+
+    def _lease_end(self) -> int:
+        return now_micros() + int(self.lease_s * 1_000_000)
+
+    async def _keep_leases(self) -> None:
+        """Every third of the lease: renew the leases of the turns running here, then recover
+        the turns of replicas that stopped renewing theirs (a crash while this one runs)."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                running = {run.run_id: run for run in self.runs.running(TURNS)}
+                if running:
+                    ended = await self.store.renew_leases(list(running), self._lease_end())
+                    for turn_id, status in ended.items():
+                        await self._stop_ended_elsewhere(running[turn_id], status)
+                await self.recover()
+            except Exception:  # the database may be away for a while: try again next time
+                log.warning("turn leases: renewal or recovery failed; retrying", exc_info=True)
+
+    async def _stop_ended_elsewhere(self, run: Run, status: str) -> None:
+        """Another replica cancelled (CancelTurn) or interrupted (recovery, after a pause
+        here longer than the lease) a turn that runs here: its run stops, and its on_stop
+        writes that end and emits turn_failed."""
+        if run.terminal is not None or run.stop_reason is not None:
+            return  # it ended (or is ending) by itself meanwhile
+        log.info("turn %s was %s by another replica; stopping its run here", run.run_id, status)
+        await self.runs.cancel(run.owner, run.run_id, "interrupted" if status == INTERRUPTED else "cancelled")
 
     # ------------------------------------------------------------------ lookups
 
@@ -233,6 +326,9 @@ class TurnEngine:
     ) -> Plan:
         cfg = agent.agent_config
         provider = self.registry.provider_for(cfg.model)  # NOT_FOUND (MODEL_NOT_FOUND)
+        # Shield ids are checked here, at every turn and resume, not at CreateAgent: as in
+        # Llama Stack an agent names shields lazily, so configuration may change between.
+        require_declared(self.shields, [*cfg.input_shields, *cfg.output_shields])
         references: list[tuple[str, dict[str, Any]]] = []
         for group in [*cfg.toolgroups, *toolgroups]:  # the turn's add to the agent's
             if group.HasField("with_args"):
@@ -285,6 +381,8 @@ class TurnEngine:
             max_infer_iters=cfg.max_infer_iters
             if cfg.HasField("max_infer_iters")
             else DEFAULT_MAX_INFER_ITERS,
+            input_shields=tuple(cfg.input_shields),
+            output_shields=tuple(cfg.output_shields),
         )
 
     async def _history(
@@ -373,7 +471,7 @@ class TurnEngine:
             if existing is not None:
                 return self.follow_checked(owner, session_id, existing, None)
         plan = self._plan(agent, toolgroups=toolgroups, tool_config=tool_config, instructions=instructions)
-        inputs = await with_documents(messages, documents) if documents else list(messages)
+        inputs = await with_documents(messages, documents, self.documents) if documents else list(messages)
         key = (owner, session_id)
         if key in self._starting:
             raise _busy(session_id)
@@ -392,7 +490,10 @@ class TurnEngine:
                 background=background,
             )
             settings = _settings(toolgroups, tool_config, instructions)
-            stored = await self.store.insert_turn(owner, turn, request_id, settings)
+            try:
+                stored = await self.store.insert_turn(owner, turn, request_id, settings, self._lease_end())
+            except OpenTurnExists:  # another replica started one meanwhile
+                raise _busy(session_id) from None
             if stored is None:
                 raise NotFound("session", session_id)
             if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
@@ -401,7 +502,8 @@ class TurnEngine:
 
             async def produce(run: Run) -> None:
                 await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
-                await self._loop(state, run)
+                if not await self._shield_step(state, run, USER_INPUT):
+                    await self._loop(state, run)
 
             run = self.runs.start(
                 owner, turn.turn_id, produce, kind=TURNS, background=background, on_stop=self._on_stop(state)
@@ -463,7 +565,13 @@ class TurnEngine:
             turn.ClearField("stop_reason")
             turn.ClearField("output_message")
             turn.background = background
-            await self.store.update_turn(owner, turn, IN_PROGRESS, resume=(request_id, last + 1))
+            resumed = await self.store.update_turn(
+                owner, turn, IN_PROGRESS, resume=(request_id, last + 1), lease_until=self._lease_end()
+            )
+            if not resumed:  # another replica resumed (or cancelled) it meanwhile
+                raise FailedPrecondition(
+                    f"Turn '{turn_id}' is not awaiting input.", reason="TURN_NOT_AWAITING_INPUT"
+                )
             state = TurnState(owner, turn, plan, deadline=deadline)
             by_id = {r.call_id: r for r in tool_responses}
 
@@ -482,7 +590,9 @@ class TurnEngine:
                 await self._complete_step(state, run, step, TOOL_EXECUTION)
                 # Now that every call of the paused message is answered, the turn so far:
                 state.messages = history + turn_messages(turn)
-                await self._loop(state, run)
+                # As in Llama Stack, the input shields run again, now over the tool results too.
+                if not await self._shield_step(state, run, USER_INPUT):
+                    await self._loop(state, run)
 
             run = self.runs.start(
                 owner,
@@ -519,10 +629,12 @@ class TurnEngine:
         )
 
     async def stop_runs(self, owner: str, agent_id: str, session_id: str | None = None) -> None:
-        """Before a delete: the turns of the agent's sessions (or of that session) running
-        here are cancelled, each waited for to its end, so none writes after the delete."""
+        """Before a delete: the running turns of the agent's sessions (or of that session) are
+        cancelled, here or by the live replica that runs them, each waited for to its end,
+        so none writes after the delete."""
         for turn_id in await self.store.running_turns(owner, agent_id, session_id):
-            await self.runs.cancel(owner, turn_id)
+            if await self.runs.cancel(owner, turn_id) is None:
+                await self._cancelled_elsewhere(owner, turn_id)
 
     async def cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
         """CancelTurn: a running turn is stopped (its on_stop stores it cancelled and emits
@@ -537,7 +649,10 @@ class TurnEngine:
                 return turn
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
             raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
-        # Paused (or left in_progress by a run that is not live here): end it now.
+        in_progress = turn.status == types.TURN_STATUS_IN_PROGRESS  # and not running here
+        if in_progress and await self._cancelled_elsewhere(owner, turn_id, turn):
+            return await self._turn(owner, agent_id, session_id, turn_id)
+        # Paused, or left in_progress by a run no live replica renews: end it now.
         last = await self.runs.store.last_sequence(owner, turn_id)
         error = _cancelled()
 
@@ -550,6 +665,30 @@ class TurnEngine:
             owner, turn_id, produce, kind=TURNS, background=True, first_sequence=last + 1
         ).wait()
         return turn
+
+    async def _cancelled_elsewhere(self, owner: str, turn_id: str, turn: types.Turn | None = None) -> bool:
+        """A turn another live replica runs (its lease holds): ask it to cancel (through the
+        turn's status, which it reads at its next lease renewal; with `turn`, stored as
+        cancelled at once) and wait for the terminal event its run then keeps. False if no
+        live replica runs it, or if no terminal event came within two leases (that replica
+        died meanwhile): the caller ends it itself."""
+        if not await self.store.runs_elsewhere(owner, turn_id, now_micros()):
+            return False
+        last = await self.runs.store.last_sequence(owner, turn_id)
+        cancelled = None
+        if turn is not None:
+            cancelled = types.Turn()
+            cancelled.CopyFrom(turn)
+            self._end_turn(cancelled, types.TURN_STATUS_CANCELLED, _cancelled())
+        if not await self.store.request_cancel(owner, turn_id, cancelled):
+            return True  # it ended meanwhile, by itself
+        events = self.runs.attach(owner, turn_id, kind=TURNS, starting_after=last)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.lease_s * 2), contextlib.aclosing(events):
+                async for event in events:
+                    if TURNS.is_terminal(event):
+                        return True
+        return False
 
     # ------------------------------------------------------------------ the loop
 
@@ -709,8 +848,18 @@ class TurnEngine:
             )
         else:
             arguments = arguments_object(call.arguments or "{}") or {}
-            # ResolvedTool merges the group's args over the model's (the group's win).
-            result = await resolved.invoke(arguments, session_id=state.turn.session_id)
+            limit = state.tool_time_limit(self.tool_timeout_s)
+            try:
+                async with asyncio.timeout(limit):
+                    # ResolvedTool merges the group's args over the model's (the group's win).
+                    result = await resolved.invoke(arguments, session_id=state.turn.session_id)
+            except TimeoutError:
+                # Like any failed tool: the step says so, the model is told, the turn goes on.
+                log.warning("turn %s: tool %s did not answer within %.3g s", turn_id, call.tool_name, limit)
+                result = ToolResult(
+                    content=f"Tool '{call.tool_name}' did not answer within {limit:.3g} s.",
+                    error_message=f"timed out after {limit:.3g} s",
+                )
         response = msg.AgentToolResponse(
             call_id=call.call_id,
             tool_name=call.tool_name,
@@ -744,7 +893,50 @@ class TurnEngine:
             run.write_with_next_flush(work)
         state.turn.steps.append(step)
 
+    async def _shield_step(self, state: TurnState, run: Run, touchpoint: int) -> bool:
+        """The shields of `touchpoint` over the conversation so far, as one shield_call step
+        (none when the agent names no shield there). A blocking violation completes the turn
+        with the violation's message as its answer (stop_reason shield_violation; not an
+        error, as in Llama Stack): returns True then. A non-blocking one is logged and the
+        step records no violation."""
+        shield_ids = state.plan.input_shields if touchpoint == USER_INPUT else state.plan.output_shields
+        if not shield_ids:
+            return False
+        turn_id = state.turn.turn_id
+        step_id, started = ids.new_id(ids.STEP), _timestamp()
+        start = te.StepStartPayload(step_type=SHIELD_CALL, step_id=step_id)
+        start.metadata.update({"touchpoint": TOUCHPOINT_NAMES[touchpoint]})
+        await run.emit(_event(turn_id, step_start=start))
+        found = await self.shields.check(shield_ids, state.messages)
+        step = types.ShieldCallStep(
+            turn_id=turn_id, step_id=step_id, started_at=started, completed_at=_timestamp(),
+            touchpoint=touchpoint, shield_id=shield_ids[0],
+        )
+        blocking = found is not None and found.blocking
+        if found is not None and not blocking:
+            log.info("turn %s: shield %s found a %s-level violation (not blocking)",
+                     turn_id, found.shield_id, found.level)
+        if blocking:
+            step.shield_id = found.shield_id
+            step.violation.violation_level = VIOLATION_LEVELS[found.level]
+            if found.user_message is not None:
+                step.violation.user_message = found.user_message
+            step.violation.metadata.update(found.metadata)
+        await self._complete_step(state, run, types.AgentStep(shield_call=step), SHIELD_CALL)
+        if not blocking:
+            return False
+        refusal = msg.CompletionMessage(
+            content=msg.InterleavedContent(text=refusal_text(step.violation, step.shield_id)),
+            stop_reason=msg.STOP_REASON_END_OF_TURN,
+        )
+        await self._complete(state, run, refusal, types.TURN_STOP_REASON_SHIELD_VIOLATION)
+        return True
+
     async def _pause(self, state: TurnState, run: Run, pending: msg.CompletionMessage) -> None:
+        """Client calls pending: the output shields see the message that makes them (a
+        violation completes the turn instead), then the turn pauses."""
+        if await self._shield_step(state, run, ASSISTANT_OUTPUT):
+            return
         turn = state.turn
         turn.output_message.CopyFrom(pending)
         turn.status = types.TURN_STATUS_AWAITING_INPUT
@@ -755,6 +947,12 @@ class TurnEngine:
                        also=self.store.update_turn_work(state.owner, turn, AWAITING_INPUT))
 
     async def _finish(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
+        """The final answer: the output shields see it (a violation replaces it), then the
+        turn completes."""
+        if not await self._shield_step(state, run, ASSISTANT_OUTPUT):
+            await self._complete(state, run, answer, reason)
+
+    async def _complete(self, state: TurnState, run: Run, answer: msg.CompletionMessage, reason: int) -> None:
         turn = state.turn
         turn.output_message.CopyFrom(answer)
         turn.status = types.TURN_STATUS_COMPLETED

@@ -5,6 +5,10 @@ then each inference step's answer, each tool_execution step's results and each s
 violation's refusal. Unlike the reference, an answer's tool calls that never got a result
 (a turn stopped at max_infer_iters, cancelled or failed) are left out, so the conversation
 stays valid for OpenAI-compatible endpoints, which refuse unanswered calls.
+
+Unlike the reference, a shield violation does not poison the session: a turn whose input was
+refused gives later turns nothing (neither the flagged input nor the refusal), and an answer
+refused by an output shield is replaced by the refusal (the flagged text is not sent again).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from agentd.inference import ChatMessage, ToolCall
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
+from agentd.v1 import safety_pb2
 
 
 def text_of(content: msg.InterleavedContent) -> str:
@@ -47,8 +52,22 @@ def assistant_message(message: msg.CompletionMessage, answered: set[str] | None 
     return ChatMessage(role="assistant", content=content or None, tool_calls=calls)
 
 
+def refusal_text(violation: safety_pb2.SafetyViolation, shield_id: str) -> str:
+    """What a turn refused by a shield answers: the violation's message, else a plain one."""
+    if violation.HasField("user_message"):
+        return violation.user_message
+    return f"I can't help with that: shield '{shield_id}' blocked it."
+
+
 def turn_messages(turn: types.Turn) -> list[ChatMessage]:
     """One turn (finished, paused or running) as the messages the model saw and said."""
+    refused = [
+        step.shield_call
+        for step in turn.steps
+        if step.HasField("shield_call") and step.shield_call.HasField("violation")
+    ]
+    if any(shield.touchpoint == types.SHIELD_TOUCHPOINT_USER_INPUT for shield in refused):
+        return []
     answered = {
         r.call_id
         for step in turn.steps
@@ -56,6 +75,7 @@ def turn_messages(turn: types.Turn) -> list[ChatMessage]:
         for r in step.tool_execution.tool_responses
     }
     messages: list[ChatMessage] = []
+    last_answer: int | None = None  # where the latest model answer is in `messages`
     for message in turn.input_messages:
         if message.HasField("tool") and message.tool.call_id in answered:
             continue  # its result is in a step
@@ -64,14 +84,20 @@ def turn_messages(turn: types.Turn) -> list[ChatMessage]:
         kind = step.WhichOneof("step")
         if kind == "inference":
             answer = assistant_message(step.inference.model_response, answered)
+            last_answer = None
             if answer is not None:
+                last_answer = len(messages)
                 messages.append(answer)
         elif kind == "tool_execution":
+            last_answer = None
             for response in step.tool_execution.tool_responses:
                 messages.append(
                     ChatMessage(role="tool", content=text_of(response.content), tool_call_id=response.call_id)
                 )
         elif kind == "shield_call" and step.shield_call.HasField("violation"):
-            violation = step.shield_call.violation
-            messages.append(ChatMessage(role="assistant", content=violation.user_message or ""))
+            shield = step.shield_call
+            if last_answer is not None:  # the refused answer: the refusal takes its place
+                del messages[last_answer]
+            refusal = refusal_text(shield.violation, shield.shield_id)
+            messages.append(ChatMessage(role="assistant", content=refusal))
     return messages
