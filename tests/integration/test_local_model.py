@@ -8,6 +8,7 @@ import json
 import logging
 
 import httpx
+import openai
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
@@ -117,3 +118,35 @@ async def test_without_the_packaged_model_agentd_starts_without_it(tmp_path, mon
         assert "provider 'local': the packaged model is not installed" in caplog.text
     finally:
         await server.stop(0)
+
+
+def openai_client(agentd) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{agentd.http_port}/v1", api_key="none")
+
+
+async def test_the_packaged_model_streams_a_greedy_answer_through_the_responses_api(agentd):
+    async with openai_client(agentd) as client, client.responses.stream(
+            model=LOCAL_MODEL, input="What is the capital of France?", temperature=0,
+            max_output_tokens=48) as stream:
+        deltas = [event.delta async for event in stream if event.type == "response.output_text.delta"]
+        final = await stream.get_final_response()
+    assert len(deltas) > 3  # streamed token by token, not in one piece
+    assert final.status == "completed" and final.output_text == "".join(deltas)
+    assert "Paris" in final.output_text
+    assert 0 < final.usage.output_tokens <= 48
+
+
+async def test_a_function_call_comes_from_the_model_through_the_responses_api(agentd):
+    tools = [{"type": "function", "name": "get_weather", "description": "Get the current weather for a city.",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]}, "strict": False}]
+    async with openai_client(agentd) as client:
+        asked = await client.responses.create(model=LOCAL_MODEL, input="What is the weather in Paris?",
+                                              tools=tools, temperature=0)
+        [call] = [item for item in asked.output if item.type == "function_call"]
+        assert call.name == "get_weather" and set(json.loads(call.arguments)) == {"city"}
+        answered = await client.responses.create(
+            model=LOCAL_MODEL, previous_response_id=asked.id, tools=tools, temperature=0,
+            input=[{"type": "function_call_output", "call_id": call.call_id,
+                    "output": "Sunny, 21 degrees C."}])
+    assert answered.status == "completed" and answered.output_text
