@@ -24,6 +24,7 @@ from agentd.errors import details_of
 from agentd.storage import Database, Repository
 from agentd.storage.schema import metadata
 from agentd.v1 import agents_pb2_grpc, models_pb2_grpc
+from tests.fakes.openai_server import FakeOpenAIServer
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
                               "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -114,6 +115,13 @@ def make_settings(database_url: str, tmp_path, **overrides) -> Settings:
                                    "metadata": {"embedding_dimension": 384}}]}])
     values.update(overrides)
     return Settings.model_validate(values)
+
+
+@pytest.fixture
+def fake():
+    """The scripted fake model server (a real HTTP server speaking chat completions)."""
+    with FakeOpenAIServer() as server:
+        yield server
 
 
 def fake_model_providers(fake) -> list[dict]:

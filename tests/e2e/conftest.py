@@ -9,6 +9,7 @@ import pytest
 
 from agentd.testing import AGENTD, AgentdProcess, free_port
 from agentd.testing import start_agentd as _start
+from tests.fakes.openai_server import FakeOpenAIServer
 
 __all__ = ["AGENTD", "free_port", "start_agentd"]
 
@@ -33,6 +34,13 @@ def start_agentd_with_fake_model(tmp_path: Path, fake) -> AgentdProcess:
     providers = [{"id": "fake", "type": "openai", "base_url": fake.base_url,
                   "models": [{"id": "test-model"}]}]
     return start_agentd(tmp_path, AGENTD_PROVIDERS=json.dumps(providers))
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """One fake model server per module: the e2e modules share one `agentd serve` each."""
+    with FakeOpenAIServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,10 @@ from agentd_client import Client
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.e2e.conftest import start_agentd
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.openai_server import Reply, ToolCallSpec
 
 AGENTD_COMMAND = [str(Path(sys.executable).parent / "agentd")]
 
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

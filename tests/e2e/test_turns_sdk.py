@@ -10,13 +10,7 @@ from llama_stack_client import Agent, LlamaStackClient
 from llama_stack_client.lib.agents.client_tool import client_tool
 
 from tests.e2e.conftest import start_agentd
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
+from tests.fakes.openai_server import Reply, ToolCallSpec
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,10 @@ import pytest
 
 from tests.e2e.conftest import start_agentd
 from tests.e2e.test_llama_stack_client_0_3 import python312  # noqa: F401 (fixture)
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.openai_server import Reply, ToolCallSpec
 
 SCENARIO = Path(__file__).parent / "scenarios" / "turns_0_3.py"
 
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from tests.conftest import details_of, make_settings
-from tests.fakes.openai_server import FakeOpenAIServer, Reply
+from tests.fakes.openai_server import Reply
 
 IMAGE_ITEM = m.InterleavedContentItem(image=m.ImageContentItem())
 BIG = b"x" * (DocumentsConfig().max_bytes + 1)
@@ -88,11 +88,6 @@ def pages() -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
 
-
-@pytest.fixture
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture

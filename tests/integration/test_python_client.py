@@ -24,13 +24,7 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import models_pb2, responses_pb2, shields_pb2
 from tests.conftest import make_settings
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
-
-
-@pytest.fixture
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
+from tests.fakes.openai_server import Reply, ToolCallSpec
 
 
 @pytest_asyncio.fixture

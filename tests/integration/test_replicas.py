@@ -10,7 +10,6 @@ import contextlib
 import json
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentd.app import Agentd
@@ -25,11 +24,6 @@ from tests.integration.test_turns import new_session, stream_turn, user
 
 LEASE_S = 2.0  # short for the tests, long enough for a loaded machine to renew in time
 
-
-@pytest.fixture
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @contextlib.asynccontextmanager

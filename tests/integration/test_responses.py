@@ -21,7 +21,7 @@ from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
 from tests.conftest import error_of, fake_model_providers, make_settings, running
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
 PLAIN_TEXT = ["response.created", "response.in_progress", "response.output_item.added",
@@ -29,11 +29,6 @@ PLAIN_TEXT = ["response.created", "response.in_progress", "response.output_item.
               "response.output_text.done", "response.content_part.done", "response.output_item.done",
               "response.completed"]
 
-
-@pytest.fixture
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest_asyncio.fixture

@@ -18,7 +18,7 @@ from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from tests.conftest import error_of, fake_model_providers, make_settings, running_with_agents
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.integration.test_turns import (
     collect,
     kinds,
@@ -34,11 +34,6 @@ SHIELDS = [
     {"id": "guard-out", "provider_id": "llama-guard"},
 ]
 
-
-@pytest_asyncio.fixture
-async def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest_asyncio.fixture

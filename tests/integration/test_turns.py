@@ -20,7 +20,7 @@ from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
 from tests.conftest import error_of, make_settings
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
 
@@ -29,11 +29,6 @@ def search():
     with FakeSearchServer() as server:
         yield server
 
-
-@pytest.fixture
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest_asyncio.fixture
