@@ -2,7 +2,8 @@
 
 The command itself is installed by agentd-client (clients/python, agentd_client.cli), which
 has the commands for people (`agentd chat`, `agentd agents list`, ...) and hands `serve` to
-`main` here; `python -m agentd.cli` hands everything else to it the other way round."""
+`main` here. The dependency runs one way: the server never calls back into the client's
+command (`python -m agentd.cli`, which the test kit runs, is `serve` only)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,6 @@ def setup_logging(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] not in (["serve"], ["--version"], [], ["-h"], ["--help"]):
-        from agentd_client.cli import main as client_main
-
-        return client_main(argv)
     parser = argparse.ArgumentParser(prog="agentd", description="Runs LLM agents over gRPC.")
     parser.add_argument("--version", action="version", version=f"agentd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
