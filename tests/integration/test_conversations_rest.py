@@ -130,7 +130,7 @@ async def test_unknown_ids_are_404_not_found(http):
                          ("GET", f"/v1/conversations/{cid}/items/msg_nope"),
                          ("DELETE", f"/v1/conversations/{cid}/items/msg_nope")):
         error = openai_error(await http.request(method, path), 404)
-        assert error["type"] == "not_found_error" and error["code"].endswith("_not_found")
+        assert error["type"] == "invalid_request_error" and error["code"].endswith("_not_found")
         assert "not found" in error["message"]
 
 
