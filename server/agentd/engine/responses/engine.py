@@ -138,7 +138,7 @@ class ResponseState:
     history: list[it.ResponseItem]
     input: list[it.ResponseItem]
     deadline: float | None = None
-    usage: rt.ResponseUsage = field(default_factory=rt.ResponseUsage)
+    usage: rt.ResponseUsage = field(default_factory=lambda: _zero_usage())
     tool_calls_run: int = 0  # server-side tool calls run so far (max_tool_calls)
 
     def timeout_s(self) -> float | None:
@@ -680,6 +680,15 @@ class _OpenMessage:
             output_index=self.output_index, item=_copy(item))))
 
 
+def _zero_usage() -> rt.ResponseUsage:
+    """No tokens yet, with both breakdowns present: OpenAI always sends them (the SDK's
+    ResponseUsage requires them), with zeros where the provider reports nothing."""
+    usage = rt.ResponseUsage()
+    usage.input_tokens_details.SetInParent()
+    usage.output_tokens_details.SetInParent()
+    return usage
+
+
 def _not_found(resource: str, resource_id: str, field: str) -> NotFound:
     """NOT_FOUND for an id the request names in `field`, which OpenAI's error calls `param`."""
     error = NotFound(resource, resource_id)
@@ -778,10 +787,12 @@ def _echo(request: CreateRequest, plan: Plan, *, background: bool, store: bool) 
         status=QUEUED if background else IN_PROGRESS, model=request.model, tools=request.tools,
         metadata=request.metadata, store=store, background=background, service_tier="default",
         parallel_tool_calls=not request.HasField("parallel_tool_calls") or request.parallel_tool_calls,
-        truncation=request.truncation or rt.RESPONSE_TRUNCATION_DISABLED,
-        max_infer_iters=plan.max_infer_iters)
+        truncation=request.truncation or rt.RESPONSE_TRUNCATION_DISABLED)
+    # max_infer_iters (Llama Stack's extension, unknown to OpenAI) is echoed only when the
+    # request set it, so a plain OpenAI request gets no key the SDK does not declare.
     for name in ("instructions", "previous_response_id", "temperature", "top_p", "max_output_tokens",
-                 "max_tool_calls", "user", "top_logprobs", "safety_identifier", "prompt_cache_key"):
+                 "max_tool_calls", "user", "top_logprobs", "safety_identifier", "prompt_cache_key",
+                 "max_infer_iters"):
         if request.HasField(name):
             setattr(response, name, getattr(request, name))
     if request.HasField("tool_choice"):
