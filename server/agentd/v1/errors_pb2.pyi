@@ -102,6 +102,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 37
     """UNAVAILABLE: the server is shutting down and starts no new run; retry on another replica."""
+    ERROR_REASON_PREVIOUS_RESPONSE_NOT_FOUND: _ErrorReason.ValueType  # 38
+    """INVALID_ARGUMENT: CreateResponse / StreamResponse: previous_response_id names no stored
+    response of this caller (OpenAI's 400 "previous_response_not_found", param
+    previous_response_id).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -193,4 +198,9 @@ search without an API key).
 """
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 37
 """UNAVAILABLE: the server is shutting down and starts no new run; retry on another replica."""
+ERROR_REASON_PREVIOUS_RESPONSE_NOT_FOUND: ErrorReason.ValueType  # 38
+"""INVALID_ARGUMENT: CreateResponse / StreamResponse: previous_response_id names no stored
+response of this caller (OpenAI's 400 "previous_response_not_found", param
+previous_response_id).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

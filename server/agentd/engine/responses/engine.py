@@ -341,11 +341,14 @@ class ResponseEngine:
 
     async def _transcript(self, owner: str, response_id: str) -> list[it.ResponseItem]:
         """Every item up to and including a stored response's output, its chain of previous
-        responses first. NOT_FOUND if it is not stored; an ancestor deleted since is skipped
-        (with its own ancestors: the chain is broken there)."""
+        responses first. An id of no stored response is a bad argument, as OpenAI has it (400
+        previous_response_not_found); an ancestor deleted since is skipped (with its own
+        ancestors: the chain is broken there)."""
         head = await self.store.get(owner, response_id)
         if head is None or not head.store:
-            raise _not_found("response", response_id, "previous_response_id")
+            raise InvalidArgument("previous_response_id",
+                                  f"Previous response with id '{response_id}' not found.",
+                                  reason="PREVIOUS_RESPONSE_NOT_FOUND")
         parts: list[Sequence[it.ResponseItem]] = []
         current: rt.Response | None = head
         while current is not None:
