@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 import httpx
-import pydantic
 import pytest
 from openai.types.conversations import (
     Conversation,
@@ -27,6 +26,7 @@ from openai.types.responses import Response, ResponseItemList, ResponseStreamEve
 from tests.e2e.conftest import PROVIDERS, start_agentd
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
+from tests.openai_conformance import conforms
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -37,35 +37,6 @@ OPENAI_ERROR_TYPES = {"invalid_request_error", "server_error", "requests", "toke
 
 
 # ------------------------------------------------------------------ strict validation
-
-
-# Keys OpenAI sends that the SDK's types leave out: a Response's `store` (in every response
-# OpenAI streams or returns, e.g. {"store": true, ...}), which agentd echoes too.
-SENT_BY_OPENAI_UNDECLARED = {Response: {"store"}}
-
-
-def undeclared_keys(value: Any, path: str = "$") -> list[str]:
-    """Paths of the keys the SDK's models kept as extras (they allow extras, so a plain
-    validation would accept a key OpenAI never sends)."""
-    if isinstance(value, pydantic.BaseModel):
-        known = SENT_BY_OPENAI_UNDECLARED.get(type(value), set())
-        found = [f"{path}.{key}" for key in (value.model_extra or {}) if key not in known]
-        for name in type(value).model_fields:
-            found += undeclared_keys(getattr(value, name), f"{path}.{name}")
-        return found
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in undeclared_keys(v, f"{path}[{i}]")]
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in undeclared_keys(v, f"{path}.{k}")]
-    return []
-
-
-def conforms(sdk_type: Any, body: Any) -> Any:
-    """`body` as the SDK's `sdk_type`, validated strictly (pydantic's strict mode: no
-    coercion; required fields present) and with no undeclared key anywhere in it."""
-    value = pydantic.TypeAdapter(sdk_type).validate_python(body, strict=True)
-    assert undeclared_keys(value) == [], f"undeclared keys in {body}"
-    return value
 
 
 def ok(response: httpx.Response, sdk_type: Any) -> dict:
