@@ -300,7 +300,7 @@ def test_unknown_ids_are_404_as_openai_sends_them(http, method, path):
     ({"model": "test-model", "input": "hi", "temperature": "hot"}, 400, "temperature"),
     ({"model": "test-model", "input": "hi", "previous_response_id": "resp_nope"}, 400,
      "previous_response_id"),
-    ({"model": "nope", "input": "hi"}, 404, "model"),
+    ({"model": "nope", "input": "hi"}, 400, "model"),
 ])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_bad_creates_are_openai_errors_before_any_event(http, body, status, param, streamed):

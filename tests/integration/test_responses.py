@@ -273,7 +273,6 @@ async def test_bad_requests_fail_before_any_event(responses, fake, fields, param
 
 
 @pytest.mark.parametrize("fields, reason, param", [
-    ({"model": "nope"}, "MODEL_NOT_FOUND", "model"),
     ({"conversation": "conv_nope"}, "CONVERSATION_NOT_FOUND", "conversation"),
     ({"guardrails": ["llama-guard", {"type": "no-such-shield"}]}, "SHIELD_NOT_FOUND", "guardrails"),
 ])
@@ -284,12 +283,15 @@ async def test_unknown_references_are_not_found_before_any_event(responses, fake
     assert not fake.chat_requests
 
 
-async def test_an_unknown_previous_response_is_invalid_as_openai_has_it(responses, fake):
-    for call in (responses.CreateResponse(create(previous_response_id="resp_nope")),
-                 collect(responses.StreamResponse(stream(previous_response_id="resp_nope")))):
-        code, reason, violations = await error_of(call)
-        assert (code, reason, violations) == (grpc.StatusCode.INVALID_ARGUMENT, "PREVIOUS_RESPONSE_NOT_FOUND",
-                                              ["previous_response_id"])
+@pytest.mark.parametrize("fields, reason, param", [
+    ({"model": "nope"}, "MODEL_NOT_FOUND", "model"),
+    ({"previous_response_id": "resp_nope"}, "PREVIOUS_RESPONSE_NOT_FOUND", "previous_response_id"),
+])
+async def test_an_unknown_model_or_previous_response_is_invalid_as_openai_has_it(responses, fake, fields,
+                                                                                 reason, param):
+    for call in (responses.CreateResponse(create(**fields)),
+                 collect(responses.StreamResponse(stream(**fields)))):
+        assert await error_of(call) == (grpc.StatusCode.INVALID_ARGUMENT, reason, [param])
     assert not fake.chat_requests
 
 

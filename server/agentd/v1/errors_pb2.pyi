@@ -39,7 +39,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_STEP_NOT_FOUND: _ErrorReason.ValueType  # 7
     """NOT_FOUND: No such step in this turn."""
     ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 8
-    """NOT_FOUND: No configured model has this id."""
+    """NOT_FOUND: No configured model has this id. INVALID_ARGUMENT where a Responses create names
+    it (OpenAI's 400 model_not_found, param model).
+    """
     ERROR_REASON_SHIELD_NOT_FOUND: _ErrorReason.ValueType  # 9
     """NOT_FOUND: No configured shield has this id."""
     ERROR_REASON_TOOLGROUP_NOT_FOUND: _ErrorReason.ValueType  # 10
@@ -135,7 +137,9 @@ ERROR_REASON_TURN_NOT_FOUND: ErrorReason.ValueType  # 6
 ERROR_REASON_STEP_NOT_FOUND: ErrorReason.ValueType  # 7
 """NOT_FOUND: No such step in this turn."""
 ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 8
-"""NOT_FOUND: No configured model has this id."""
+"""NOT_FOUND: No configured model has this id. INVALID_ARGUMENT where a Responses create names
+it (OpenAI's 400 model_not_found, param model).
+"""
 ERROR_REASON_SHIELD_NOT_FOUND: ErrorReason.ValueType  # 9
 """NOT_FOUND: No configured shield has this id."""
 ERROR_REASON_TOOLGROUP_NOT_FOUND: ErrorReason.ValueType  # 10

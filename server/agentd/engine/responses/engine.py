@@ -257,7 +257,9 @@ class ResponseEngine:
         try:
             provider = self.registry.provider_for(request.model)
         except NotFound:
-            raise _not_found("model", request.model, "model") from None
+            # OpenAI's create answers an unknown model with 400 model_not_found, param model.
+            raise InvalidArgument("model", f"The requested model '{request.model}' does not exist.",
+                                  reason="MODEL_NOT_FOUND") from None
         specs: list[ToolSpec] = []
         server_tools: dict[str, ResolvedTool] = {}
         for index, tool in enumerate(request.tools):
