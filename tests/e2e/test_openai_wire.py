@@ -265,6 +265,21 @@ def test_a_response_in_a_conversation(http, fake):
     assert [i["type"] for i in items["data"]] == ["message"] * 3
 
 
+def test_a_conversation_keeps_tool_items_in_the_sdk_shape(http, fake, search):
+    conversation = ok(http.post("/conversations", json={}), Conversation)
+    assert ok(http.get(f"/conversations/{conversation['id']}/items"), ConversationItemList)["data"] == []
+    fake.script(Reply(tool_calls=[ToolCallSpec("web_search", {"query": "q"}, id="call_s")]),
+                Reply(text="Found.", tool_calls=[ToolCallSpec("get_weather", {"city": "Oslo"}, id="call_w")]))
+    stream(http, conversation={"id": conversation["id"]}, tools=[{"type": "web_search"}, WEATHER])
+    fake.script(Reply(text="Cold."))
+    create(http, conversation=conversation["id"], tools=[WEATHER],
+           input=[{"type": "function_call_output", "call_id": "call_w", "output": "-5"}])
+    items = ok(http.get(f"/conversations/{conversation['id']}/items", params={"order": "asc"}),
+               ConversationItemList)
+    assert [i["type"] for i in items["data"]] == [
+        "message", "web_search_call", "message", "function_call", "function_call_output", "message"]
+
+
 def test_conversations_and_their_items(http):
     created = ok(http.post("/conversations", json={"metadata": {"a": "b"}, "items": [
         {"role": "user", "content": "hi"},
