@@ -203,6 +203,19 @@ def test_an_incomplete_response(http, fake):
     assert create(http, max_output_tokens=16)["status"] == "incomplete"
 
 
+def test_max_infer_iters_is_the_one_incomplete_reason_openai_lacks(http, fake):
+    """Llama Stack's extension: the reason is a value the SDK's literal lacks (the SDK builds
+    its models without validating, so `reason` reads "max_infer_iters"); the rest conforms."""
+    fake.script(Reply(tool_calls=[ToolCallSpec("web_search", {"query": "q"}, id="call_s")]))
+    answer = http.post("/responses", json={"model": "test-model", "input": "hi", "max_infer_iters": 1,
+                                           "tools": [{"type": "web_search"}]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body.pop("incomplete_details") == {"reason": "max_infer_iters"}
+    assert body.pop("max_infer_iters") == 1 and body["status"] == "incomplete"
+    conforms(Response, body)
+
+
 def test_a_failed_response(http, fake):
     fake.script(Reply(error_status=500, error_message="model down"))
     events = stream(http)
