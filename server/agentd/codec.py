@@ -86,6 +86,7 @@ class _Field:
     nullable: bool  # unset is written as null
     enum: _Enum | None = None
     sensitive: bool = False  # never written (null on output)
+    omit_when_unset: bool = False  # unset: no key at all (a foreign format's extension)
 
 
 @dataclass(slots=True)
@@ -141,6 +142,7 @@ def _field_plan(fd: _d.FieldDescriptor) -> _Field:
         nullable=not fd.is_repeated and fd.has_presence,
         enum=_enum_plan(fd.enum_type) if fd.enum_type is not None else None,
         sensitive=fd.GetOptions().Extensions[options_pb2.sensitive],
+        omit_when_unset=fd.GetOptions().Extensions[options_pb2.omit_when_unset],
     )
 
 
@@ -214,7 +216,7 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
             out[f.name] = None
         elif f.repeated or not f.nullable or msg.HasField(f.name):
             out[f.name] = _write_field(getattr(msg, f.name), f)
-        else:
+        elif not f.omit_when_unset:
             out[f.name] = None
     return out
 

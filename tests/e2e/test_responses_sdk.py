@@ -182,12 +182,13 @@ def test_re_attach_with_starting_after_after_a_dropped_stream(client, fake, agen
 def test_error_classes(client, fake):
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
-    with pytest.raises(openai.NotFoundError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:  # OpenAI's 400 for an unknown model
         client.responses.create(model="no-such-model", input="hi")
     assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as caught:  # OpenAI's 400, not a 404
         client.responses.create(model="test-model", input="hi", previous_response_id="resp_missing",
                                 stream=True)
+    assert caught.value.code == "previous_response_not_found"
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="test-model", input="hi", temperature=5, stream=True)
     assert caught.value.body["param"] == "temperature"

@@ -151,7 +151,7 @@ async def test_models_in_both_sdk_shapes(http):
     missing = await http.get("/v1/models/nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
-    assert missing.json()["error"]["type"] == "not_found_error"
+    assert missing.json()["error"]["type"] == "invalid_request_error"
 
 
 async def test_request_id_is_forwarded_and_echoed(http):
@@ -172,7 +172,7 @@ async def test_an_unknown_response_is_404_in_the_openai_shape(http, method, path
     response = await http.request(method, path)
     assert response.status_code == 404, response.text
     error = response.json()["error"]
-    assert error["type"] == "not_found_error" and error["code"] == "response_not_found"
+    assert error["type"] == "invalid_request_error" and error["code"] == "response_not_found"
 
 
 async def test_openai_routes_reject_bad_input_before_calling(http):

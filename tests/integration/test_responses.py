@@ -268,8 +268,6 @@ async def test_bad_requests_fail_before_any_event(responses, fake, fields, param
 
 
 @pytest.mark.parametrize("fields, reason, param", [
-    ({"model": "nope"}, "MODEL_NOT_FOUND", "model"),
-    ({"previous_response_id": "resp_nope"}, "RESPONSE_NOT_FOUND", "previous_response_id"),
     ({"conversation": "conv_nope"}, "CONVERSATION_NOT_FOUND", "conversation"),
     ({"guardrails": ["llama-guard", {"type": "no-such-shield"}]}, "SHIELD_NOT_FOUND", "guardrails"),
 ])
@@ -277,6 +275,18 @@ async def test_unknown_references_are_not_found_before_any_event(responses, fake
     for call in (responses.CreateResponse(create(**fields)),
                  collect(responses.StreamResponse(stream(**fields)))):
         assert await error_of(call) == (grpc.StatusCode.NOT_FOUND, reason, [param])
+    assert not fake.chat_requests
+
+
+@pytest.mark.parametrize("fields, reason, param", [
+    ({"model": "nope"}, "MODEL_NOT_FOUND", "model"),
+    ({"previous_response_id": "resp_nope"}, "PREVIOUS_RESPONSE_NOT_FOUND", "previous_response_id"),
+])
+async def test_an_unknown_model_or_previous_response_is_invalid_as_openai_has_it(responses, fake, fields,
+                                                                                 reason, param):
+    for call in (responses.CreateResponse(create(**fields)),
+                 collect(responses.StreamResponse(stream(**fields)))):
+        assert await error_of(call) == (grpc.StatusCode.INVALID_ARGUMENT, reason, [param])
     assert not fake.chat_requests
 
 
@@ -313,7 +323,7 @@ async def test_a_conversation_gives_its_items_and_gets_the_new_ones(server, resp
     assert (await error_of(responses.GetResponse(pb.GetResponseRequest(response_id=unstored))))[1] == \
         "RESPONSE_NOT_FOUND"
     _, reason, _ = await error_of(responses.CreateResponse(create(previous_response_id=unstored)))
-    assert reason == "RESPONSE_NOT_FOUND"
+    assert reason == "PREVIOUS_RESPONSE_NOT_FOUND"
     listed = await responses.ListResponses(pb.ListResponsesRequest())
     assert [r.response.id for r in listed.data] == [response.id]
 
@@ -604,5 +614,5 @@ async def test_rest_streams_are_framed_as_openai_frames_them(server, fake):
         assert plain.status_code == 200 and plain.json()["output"][0]["content"][0]["text"] == "plain"
         missing = await http.post("/v1/responses", json={"model": "test-model", "input": "hi", "stream": True,
                                                          "previous_response_id": "resp_nope"})
-        assert missing.status_code == 404 and missing.json()["error"]["param"] == "previous_response_id"
-        assert missing.json()["error"]["code"] == "response_not_found"
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "previous_response_id"
+        assert missing.json()["error"]["code"] == "previous_response_not_found"

@@ -572,9 +572,9 @@ def _error_response(style: int, error: BaseException, headers: dict,
 def _error_body(style: int, http: int, message: str, reason: str, param: str | None) -> dict:
     if style == _LEGACY_STYLE:
         return {"detail": message}
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 409: "conflict_error", 429: "rate_limit_error"}.get(
-        http, "invalid_request_error" if http < 500 else "server_error")
+    # OpenAI's types: every client error (404 too) is "invalid_request_error", a rate limit
+    # "requests", a server fault "server_error" ("not_found_error" and the like are Anthropic's).
+    kind = "requests" if http == 429 else "invalid_request_error" if http < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": reason.lower()}}
 
 

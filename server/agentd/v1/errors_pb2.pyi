@@ -39,7 +39,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_STEP_NOT_FOUND: _ErrorReason.ValueType  # 7
     """NOT_FOUND: No such step in this turn."""
     ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 8
-    """NOT_FOUND: No configured model has this id."""
+    """NOT_FOUND: No configured model has this id. INVALID_ARGUMENT where a Responses create names
+    it (OpenAI's 400 model_not_found, param model).
+    """
     ERROR_REASON_SHIELD_NOT_FOUND: _ErrorReason.ValueType  # 9
     """NOT_FOUND: No configured shield has this id."""
     ERROR_REASON_TOOLGROUP_NOT_FOUND: _ErrorReason.ValueType  # 10
@@ -102,6 +104,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 37
     """UNAVAILABLE: the server is shutting down and starts no new run; retry on another replica."""
+    ERROR_REASON_PREVIOUS_RESPONSE_NOT_FOUND: _ErrorReason.ValueType  # 38
+    """INVALID_ARGUMENT: CreateResponse / StreamResponse: previous_response_id names no stored
+    response of this caller (OpenAI's 400 "previous_response_not_found", param
+    previous_response_id).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -130,7 +137,9 @@ ERROR_REASON_TURN_NOT_FOUND: ErrorReason.ValueType  # 6
 ERROR_REASON_STEP_NOT_FOUND: ErrorReason.ValueType  # 7
 """NOT_FOUND: No such step in this turn."""
 ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 8
-"""NOT_FOUND: No configured model has this id."""
+"""NOT_FOUND: No configured model has this id. INVALID_ARGUMENT where a Responses create names
+it (OpenAI's 400 model_not_found, param model).
+"""
 ERROR_REASON_SHIELD_NOT_FOUND: ErrorReason.ValueType  # 9
 """NOT_FOUND: No configured shield has this id."""
 ERROR_REASON_TOOLGROUP_NOT_FOUND: ErrorReason.ValueType  # 10
@@ -193,4 +202,9 @@ search without an API key).
 """
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 37
 """UNAVAILABLE: the server is shutting down and starts no new run; retry on another replica."""
+ERROR_REASON_PREVIOUS_RESPONSE_NOT_FOUND: ErrorReason.ValueType  # 38
+"""INVALID_ARGUMENT: CreateResponse / StreamResponse: previous_response_id names no stored
+response of this caller (OpenAI's 400 "previous_response_not_found", param
+previous_response_id).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

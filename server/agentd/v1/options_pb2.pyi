@@ -86,6 +86,7 @@ FROM_LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
 SSE_KEEPALIVE_FIELD_NUMBER: _builtins.int
 SSE_ERROR_FIELD_NUMBER: _builtins.int
 FROM_HEADER_FIELD_NUMBER: _builtins.int
+OMIT_WHEN_UNSET_FIELD_NUMBER: _builtins.int
 ENUM_JSON_FIELD_NUMBER: _builtins.int
 ERROR_STYLE_FIELD_NUMBER: _builtins.int
 SSE_FRAMING_FIELD_NUMBER: _builtins.int
@@ -143,6 +144,11 @@ made from the member's `error` field (google.rpc.Status).
 from_header: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.str]
 """The gateway reads this request field from the named HTTP header, whose value is JSON
 (e.g. Llama Stack's "X-LlamaStack-Provider-Data").
+"""
+omit_when_unset: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""On an `optional` field that extends a foreign wire format (e.g. Llama Stack's
+max_infer_iters on an OpenAI Response): unset, the JSON leaves the key out instead of
+writing null, so a client of that format sees no key its types do not declare.
 """
 enum_json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
 """JSON text of this enum value when it is not the lower-cased suffix."""

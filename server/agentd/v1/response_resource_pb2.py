@@ -29,7 +29,7 @@ from agentd.v1 import response_tools_pb2 as agentd_dot_v1_dot_response__tools__p
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!agentd/v1/response_resource.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1e\x61gentd/v1/response_items.proto\x1a\x1d\x61gentd/v1/response_text.proto\x1a\x1e\x61gentd/v1/response_tools.proto\x1a\x1fgoogle/api/field_behavior.proto\"\x8a\x0b\n\x08Response\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ncreated_at\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x19.agentd.v1.ResponseStatusB\x04\xe2\x41\x01\x03\x12-\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.agentd.v1.ResponseErrorB\x04\xe2\x41\x01\x03\x12\x46\n\x12incomplete_details\x18\x05 \x01(\x0b\x32$.agentd.v1.ResponseIncompleteDetailsB\x04\xe2\x41\x01\x03\x12\x19\n\x0cinstructions\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\'\n\x06output\x18\x08 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x1b\n\x13parallel_tool_calls\x18\t \x01(\x08\x12!\n\x14previous_response_id\x18\n \x01(\tH\x01\x88\x01\x01\x12\x35\n\x0c\x63onversation\x18\x0b \x01(\x0b\x32\x1f.agentd.v1.ResponseConversation\x12\x18\n\x0btemperature\x18\x0c \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\r \x01(\x01H\x03\x88\x01\x01\x12\x32\n\x0btool_choice\x18\x0e \x01(\x0b\x32\x1d.agentd.v1.ResponseToolChoice\x12&\n\x05tools\x18\x0f \x03(\x0b\x32\x17.agentd.v1.ResponseTool\x12+\n\x04text\x18\x10 \x01(\x0b\x32\x1d.agentd.v1.ResponseTextConfig\x12\x31\n\ntruncation\x18\x11 \x01(\x0e\x32\x1d.agentd.v1.ResponseTruncation\x12\'\n\x05usage\x18\x12 \x01(\x0b\x32\x18.agentd.v1.ResponseUsage\x12\x33\n\x08metadata\x18\x13 \x03(\x0b\x32!.agentd.v1.Response.MetadataEntry\x12\x1e\n\x11max_output_tokens\x18\x14 \x01(\x03H\x04\x88\x01\x01\x12\x1b\n\x0emax_tool_calls\x18\x15 \x01(\x03H\x05\x88\x01\x01\x12\r\n\x05store\x18\x16 \x01(\x08\x12\x11\n\x04user\x18\x17 \x01(\tH\x06\x88\x01\x01\x12\x17\n\nbackground\x18\x18 \x01(\x08H\x07\x88\x01\x01\x12\x19\n\x0cservice_tier\x18\x19 \x01(\tH\x08\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x1a \x01(\x03H\t\x88\x01\x01\x12\x35\n\treasoning\x18\x1b \x01(\x0b\x32\".agentd.v1.ResponseReasoningConfig\x12\x19\n\x0ctop_logprobs\x18\x1c \x01(\x05H\n\x88\x01\x01\x12\x1e\n\x11safety_identifier\x18\x1d \x01(\tH\x0b\x88\x01\x01\x12\x1d\n\x10prompt_cache_key\x18\x1e \x01(\tH\x0c\x88\x01\x01\x12\x1c\n\x0fmax_infer_iters\x18\x1f \x01(\x05H\r\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x13\xe2\xf3\x18\x0fobject=responseB\x0f\n\r_instructionsB\x17\n\x15_previous_response_idB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x14\n\x12_max_output_tokensB\x11\n\x0f_max_tool_callsB\x07\n\x05_userB\r\n\x0b_backgroundB\x0f\n\r_service_tierB\x0f\n\r_completed_atB\x0f\n\r_top_logprobsB\x14\n\x12_safety_identifierB\x13\n\x11_prompt_cache_keyB\x12\n\x10_max_infer_iters\":\n\rResponseError\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x19ResponseIncompleteDetails\x12\x33\n\x06reason\x18\x01 \x01(\x0e\x32#.agentd.v1.ResponseIncompleteReason\"(\n\x14ResponseConversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xde\x01\n\rResponseUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x43\n\x14input_tokens_details\x18\x02 \x01(\x0b\x32%.agentd.v1.ResponseInputTokensDetails\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x45\n\x15output_tokens_details\x18\x04 \x01(\x0b\x32&.agentd.v1.ResponseOutputTokensDetails\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\"O\n\x1aResponseInputTokensDetails\x12\x15\n\rcached_tokens\x18\x01 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x02 \x01(\x03\"7\n\x1bResponseOutputTokensDetails\x12\x18\n\x10reasoning_tokens\x18\x01 \x01(\x03\"\x87\x01\n\x17ResponseReasoningConfig\x12\x32\n\x06\x65\x66\x66ort\x18\x01 \x01(\x0e\x32\".agentd.v1.ResponseReasoningEffort\x12\x38\n\x07summary\x18\x02 \x01(\x0e\x32\'.agentd.v1.ResponseReasoningSummaryMode\"\\\n\rResponseInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\x05items\x18\x02 \x01(\x0b\x32\x1b.agentd.v1.ResponseItemListH\x00:\x04\xd0\xf3\x18\x01\x42\x07\n\x05input\":\n\x10ResponseItemList\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\"o\n\x19ResponseConversationParam\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12.\n\x03ref\x18\x02 \x01(\x0b\x32\x1f.agentd.v1.ResponseConversationH\x00:\x04\xd0\xf3\x18\x01\x42\x0e\n\x0c\x63onversation\"f\n\x11ResponseGuardrail\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x30\n\x04spec\x18\x02 \x01(\x0b\x32 .agentd.v1.ResponseGuardrailSpecH\x00:\x04\xd0\xf3\x18\x01\x42\x0b\n\tguardrail\"+\n\x15ResponseGuardrailSpec\x12\x12\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x15ResponseStreamOptions\x12 \n\x13include_obfuscation\x18\x01 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_include_obfuscation*\xe8\x01\n\x0eResponseStatus\x12\x1f\n\x1bRESPONSE_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_STATUS_COMPLETED\x10\x01\x12\x1a\n\x16RESPONSE_STATUS_FAILED\x10\x02\x12\x1f\n\x1bRESPONSE_STATUS_IN_PROGRESS\x10\x03\x12\x1d\n\x19RESPONSE_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16RESPONSE_STATUS_QUEUED\x10\x05\x12\x1e\n\x1aRESPONSE_STATUS_INCOMPLETE\x10\x06*\xd7\x01\n\x18ResponseIncompleteReason\x12*\n&RESPONSE_INCOMPLETE_REASON_UNSPECIFIED\x10\x00\x12\x30\n,RESPONSE_INCOMPLETE_REASON_MAX_OUTPUT_TOKENS\x10\x01\x12-\n)RESPONSE_INCOMPLETE_REASON_CONTENT_FILTER\x10\x02\x12.\n*RESPONSE_INCOMPLETE_REASON_MAX_INFER_ITERS\x10\x03*y\n\x12ResponseTruncation\x12#\n\x1fRESPONSE_TRUNCATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18RESPONSE_TRUNCATION_AUTO\x10\x01\x12 \n\x1cRESPONSE_TRUNCATION_DISABLED\x10\x02*\xa1\x02\n\x17ResponseReasoningEffort\x12)\n%RESPONSE_REASONING_EFFORT_UNSPECIFIED\x10\x00\x12\"\n\x1eRESPONSE_REASONING_EFFORT_NONE\x10\x01\x12%\n!RESPONSE_REASONING_EFFORT_MINIMAL\x10\x02\x12!\n\x1dRESPONSE_REASONING_EFFORT_LOW\x10\x03\x12$\n RESPONSE_REASONING_EFFORT_MEDIUM\x10\x04\x12\"\n\x1eRESPONSE_REASONING_EFFORT_HIGH\x10\x05\x12#\n\x1fRESPONSE_REASONING_EFFORT_XHIGH\x10\x06*\xd4\x01\n\x1cResponseReasoningSummaryMode\x12/\n+RESPONSE_REASONING_SUMMARY_MODE_UNSPECIFIED\x10\x00\x12(\n$RESPONSE_REASONING_SUMMARY_MODE_AUTO\x10\x01\x12+\n\'RESPONSE_REASONING_SUMMARY_MODE_CONCISE\x10\x02\x12,\n(RESPONSE_REASONING_SUMMARY_MODE_DETAILED\x10\x03\x42\x8b\x01\n\rdev.agentd.v1B\x15ResponseResourceProtoP\x01Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\xa2\x02\x03\x41\x44X\xaa\x02\tAgentd.V1\xca\x02\tAgentd\\V1\xea\x02\nAgentd::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!agentd/v1/response_resource.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1e\x61gentd/v1/response_items.proto\x1a\x1d\x61gentd/v1/response_text.proto\x1a\x1e\x61gentd/v1/response_tools.proto\x1a\x1fgoogle/api/field_behavior.proto\"\x90\x0b\n\x08Response\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ncreated_at\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x19.agentd.v1.ResponseStatusB\x04\xe2\x41\x01\x03\x12-\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.agentd.v1.ResponseErrorB\x04\xe2\x41\x01\x03\x12\x46\n\x12incomplete_details\x18\x05 \x01(\x0b\x32$.agentd.v1.ResponseIncompleteDetailsB\x04\xe2\x41\x01\x03\x12\x19\n\x0cinstructions\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\'\n\x06output\x18\x08 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\x12\x1b\n\x13parallel_tool_calls\x18\t \x01(\x08\x12!\n\x14previous_response_id\x18\n \x01(\tH\x01\x88\x01\x01\x12\x35\n\x0c\x63onversation\x18\x0b \x01(\x0b\x32\x1f.agentd.v1.ResponseConversation\x12\x18\n\x0btemperature\x18\x0c \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\r \x01(\x01H\x03\x88\x01\x01\x12\x32\n\x0btool_choice\x18\x0e \x01(\x0b\x32\x1d.agentd.v1.ResponseToolChoice\x12&\n\x05tools\x18\x0f \x03(\x0b\x32\x17.agentd.v1.ResponseTool\x12+\n\x04text\x18\x10 \x01(\x0b\x32\x1d.agentd.v1.ResponseTextConfig\x12\x31\n\ntruncation\x18\x11 \x01(\x0e\x32\x1d.agentd.v1.ResponseTruncation\x12\'\n\x05usage\x18\x12 \x01(\x0b\x32\x18.agentd.v1.ResponseUsage\x12\x33\n\x08metadata\x18\x13 \x03(\x0b\x32!.agentd.v1.Response.MetadataEntry\x12\x1e\n\x11max_output_tokens\x18\x14 \x01(\x03H\x04\x88\x01\x01\x12\x1b\n\x0emax_tool_calls\x18\x15 \x01(\x03H\x05\x88\x01\x01\x12\r\n\x05store\x18\x16 \x01(\x08\x12\x11\n\x04user\x18\x17 \x01(\tH\x06\x88\x01\x01\x12\x17\n\nbackground\x18\x18 \x01(\x08H\x07\x88\x01\x01\x12\x19\n\x0cservice_tier\x18\x19 \x01(\tH\x08\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x1a \x01(\x03H\t\x88\x01\x01\x12\x35\n\treasoning\x18\x1b \x01(\x0b\x32\".agentd.v1.ResponseReasoningConfig\x12\x19\n\x0ctop_logprobs\x18\x1c \x01(\x05H\n\x88\x01\x01\x12\x1e\n\x11safety_identifier\x18\x1d \x01(\tH\x0b\x88\x01\x01\x12\x1d\n\x10prompt_cache_key\x18\x1e \x01(\tH\x0c\x88\x01\x01\x12\"\n\x0fmax_infer_iters\x18\x1f \x01(\x05\x42\x04\xf0\xf4\x18\x01H\r\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x13\xe2\xf3\x18\x0fobject=responseB\x0f\n\r_instructionsB\x17\n\x15_previous_response_idB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x14\n\x12_max_output_tokensB\x11\n\x0f_max_tool_callsB\x07\n\x05_userB\r\n\x0b_backgroundB\x0f\n\r_service_tierB\x0f\n\r_completed_atB\x0f\n\r_top_logprobsB\x14\n\x12_safety_identifierB\x13\n\x11_prompt_cache_keyB\x12\n\x10_max_infer_iters\":\n\rResponseError\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x19ResponseIncompleteDetails\x12\x33\n\x06reason\x18\x01 \x01(\x0e\x32#.agentd.v1.ResponseIncompleteReason\"(\n\x14ResponseConversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xde\x01\n\rResponseUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x43\n\x14input_tokens_details\x18\x02 \x01(\x0b\x32%.agentd.v1.ResponseInputTokensDetails\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x45\n\x15output_tokens_details\x18\x04 \x01(\x0b\x32&.agentd.v1.ResponseOutputTokensDetails\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\"O\n\x1aResponseInputTokensDetails\x12\x15\n\rcached_tokens\x18\x01 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x02 \x01(\x03\"7\n\x1bResponseOutputTokensDetails\x12\x18\n\x10reasoning_tokens\x18\x01 \x01(\x03\"\x87\x01\n\x17ResponseReasoningConfig\x12\x32\n\x06\x65\x66\x66ort\x18\x01 \x01(\x0e\x32\".agentd.v1.ResponseReasoningEffort\x12\x38\n\x07summary\x18\x02 \x01(\x0e\x32\'.agentd.v1.ResponseReasoningSummaryMode\"\\\n\rResponseInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\x05items\x18\x02 \x01(\x0b\x32\x1b.agentd.v1.ResponseItemListH\x00:\x04\xd0\xf3\x18\x01\x42\x07\n\x05input\":\n\x10ResponseItemList\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.agentd.v1.ResponseItem\"o\n\x19ResponseConversationParam\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12.\n\x03ref\x18\x02 \x01(\x0b\x32\x1f.agentd.v1.ResponseConversationH\x00:\x04\xd0\xf3\x18\x01\x42\x0e\n\x0c\x63onversation\"f\n\x11ResponseGuardrail\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x30\n\x04spec\x18\x02 \x01(\x0b\x32 .agentd.v1.ResponseGuardrailSpecH\x00:\x04\xd0\xf3\x18\x01\x42\x0b\n\tguardrail\"+\n\x15ResponseGuardrailSpec\x12\x12\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x15ResponseStreamOptions\x12 \n\x13include_obfuscation\x18\x01 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_include_obfuscation*\xe8\x01\n\x0eResponseStatus\x12\x1f\n\x1bRESPONSE_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_STATUS_COMPLETED\x10\x01\x12\x1a\n\x16RESPONSE_STATUS_FAILED\x10\x02\x12\x1f\n\x1bRESPONSE_STATUS_IN_PROGRESS\x10\x03\x12\x1d\n\x19RESPONSE_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16RESPONSE_STATUS_QUEUED\x10\x05\x12\x1e\n\x1aRESPONSE_STATUS_INCOMPLETE\x10\x06*\xd7\x01\n\x18ResponseIncompleteReason\x12*\n&RESPONSE_INCOMPLETE_REASON_UNSPECIFIED\x10\x00\x12\x30\n,RESPONSE_INCOMPLETE_REASON_MAX_OUTPUT_TOKENS\x10\x01\x12-\n)RESPONSE_INCOMPLETE_REASON_CONTENT_FILTER\x10\x02\x12.\n*RESPONSE_INCOMPLETE_REASON_MAX_INFER_ITERS\x10\x03*y\n\x12ResponseTruncation\x12#\n\x1fRESPONSE_TRUNCATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18RESPONSE_TRUNCATION_AUTO\x10\x01\x12 \n\x1cRESPONSE_TRUNCATION_DISABLED\x10\x02*\xa1\x02\n\x17ResponseReasoningEffort\x12)\n%RESPONSE_REASONING_EFFORT_UNSPECIFIED\x10\x00\x12\"\n\x1eRESPONSE_REASONING_EFFORT_NONE\x10\x01\x12%\n!RESPONSE_REASONING_EFFORT_MINIMAL\x10\x02\x12!\n\x1dRESPONSE_REASONING_EFFORT_LOW\x10\x03\x12$\n RESPONSE_REASONING_EFFORT_MEDIUM\x10\x04\x12\"\n\x1eRESPONSE_REASONING_EFFORT_HIGH\x10\x05\x12#\n\x1fRESPONSE_REASONING_EFFORT_XHIGH\x10\x06*\xd4\x01\n\x1cResponseReasoningSummaryMode\x12/\n+RESPONSE_REASONING_SUMMARY_MODE_UNSPECIFIED\x10\x00\x12(\n$RESPONSE_REASONING_SUMMARY_MODE_AUTO\x10\x01\x12+\n\'RESPONSE_REASONING_SUMMARY_MODE_CONCISE\x10\x02\x12,\n(RESPONSE_REASONING_SUMMARY_MODE_DETAILED\x10\x03\x42\x8b\x01\n\rdev.agentd.v1B\x15ResponseResourceProtoP\x01Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\xa2\x02\x03\x41\x44X\xaa\x02\tAgentd.V1\xca\x02\tAgentd\\V1\xea\x02\nAgentd::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSE'].fields_by_name['error']._serialized_options = b'\342A\001\003'
   _globals['_RESPONSE'].fields_by_name['incomplete_details']._loaded_options = None
   _globals['_RESPONSE'].fields_by_name['incomplete_details']._serialized_options = b'\342A\001\003'
+  _globals['_RESPONSE'].fields_by_name['max_infer_iters']._loaded_options = None
+  _globals['_RESPONSE'].fields_by_name['max_infer_iters']._serialized_options = b'\360\364\030\001'
   _globals['_RESPONSE']._loaded_options = None
   _globals['_RESPONSE']._serialized_options = b'\342\363\030\017object=response'
   _globals['_RESPONSEERROR'].fields_by_name['code']._loaded_options = None
@@ -65,44 +67,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSEGUARDRAIL']._serialized_options = b'\320\363\030\001'
   _globals['_RESPONSEGUARDRAILSPEC'].fields_by_name['type']._loaded_options = None
   _globals['_RESPONSEGUARDRAILSPEC'].fields_by_name['type']._serialized_options = b'\342A\001\002'
-  _globals['_RESPONSESTATUS']._serialized_start=2807
-  _globals['_RESPONSESTATUS']._serialized_end=3039
-  _globals['_RESPONSEINCOMPLETEREASON']._serialized_start=3042
-  _globals['_RESPONSEINCOMPLETEREASON']._serialized_end=3257
-  _globals['_RESPONSETRUNCATION']._serialized_start=3259
-  _globals['_RESPONSETRUNCATION']._serialized_end=3380
-  _globals['_RESPONSEREASONINGEFFORT']._serialized_start=3383
-  _globals['_RESPONSEREASONINGEFFORT']._serialized_end=3672
-  _globals['_RESPONSEREASONINGSUMMARYMODE']._serialized_start=3675
-  _globals['_RESPONSEREASONINGSUMMARYMODE']._serialized_end=3887
+  _globals['_RESPONSESTATUS']._serialized_start=2813
+  _globals['_RESPONSESTATUS']._serialized_end=3045
+  _globals['_RESPONSEINCOMPLETEREASON']._serialized_start=3048
+  _globals['_RESPONSEINCOMPLETEREASON']._serialized_end=3263
+  _globals['_RESPONSETRUNCATION']._serialized_start=3265
+  _globals['_RESPONSETRUNCATION']._serialized_end=3386
+  _globals['_RESPONSEREASONINGEFFORT']._serialized_start=3389
+  _globals['_RESPONSEREASONINGEFFORT']._serialized_end=3678
+  _globals['_RESPONSEREASONINGSUMMARYMODE']._serialized_start=3681
+  _globals['_RESPONSEREASONINGSUMMARYMODE']._serialized_end=3893
   _globals['_RESPONSE']._serialized_start=202
-  _globals['_RESPONSE']._serialized_end=1620
-  _globals['_RESPONSE_METADATAENTRY']._serialized_start=1305
-  _globals['_RESPONSE_METADATAENTRY']._serialized_end=1352
-  _globals['_RESPONSEERROR']._serialized_start=1622
-  _globals['_RESPONSEERROR']._serialized_end=1680
-  _globals['_RESPONSEINCOMPLETEDETAILS']._serialized_start=1682
-  _globals['_RESPONSEINCOMPLETEDETAILS']._serialized_end=1762
-  _globals['_RESPONSECONVERSATION']._serialized_start=1764
-  _globals['_RESPONSECONVERSATION']._serialized_end=1804
-  _globals['_RESPONSEUSAGE']._serialized_start=1807
-  _globals['_RESPONSEUSAGE']._serialized_end=2029
-  _globals['_RESPONSEINPUTTOKENSDETAILS']._serialized_start=2031
-  _globals['_RESPONSEINPUTTOKENSDETAILS']._serialized_end=2110
-  _globals['_RESPONSEOUTPUTTOKENSDETAILS']._serialized_start=2112
-  _globals['_RESPONSEOUTPUTTOKENSDETAILS']._serialized_end=2167
-  _globals['_RESPONSEREASONINGCONFIG']._serialized_start=2170
-  _globals['_RESPONSEREASONINGCONFIG']._serialized_end=2305
-  _globals['_RESPONSEINPUT']._serialized_start=2307
-  _globals['_RESPONSEINPUT']._serialized_end=2399
-  _globals['_RESPONSEITEMLIST']._serialized_start=2401
-  _globals['_RESPONSEITEMLIST']._serialized_end=2459
-  _globals['_RESPONSECONVERSATIONPARAM']._serialized_start=2461
-  _globals['_RESPONSECONVERSATIONPARAM']._serialized_end=2572
-  _globals['_RESPONSEGUARDRAIL']._serialized_start=2574
-  _globals['_RESPONSEGUARDRAIL']._serialized_end=2676
-  _globals['_RESPONSEGUARDRAILSPEC']._serialized_start=2678
-  _globals['_RESPONSEGUARDRAILSPEC']._serialized_end=2721
-  _globals['_RESPONSESTREAMOPTIONS']._serialized_start=2723
-  _globals['_RESPONSESTREAMOPTIONS']._serialized_end=2804
+  _globals['_RESPONSE']._serialized_end=1626
+  _globals['_RESPONSE_METADATAENTRY']._serialized_start=1311
+  _globals['_RESPONSE_METADATAENTRY']._serialized_end=1358
+  _globals['_RESPONSEERROR']._serialized_start=1628
+  _globals['_RESPONSEERROR']._serialized_end=1686
+  _globals['_RESPONSEINCOMPLETEDETAILS']._serialized_start=1688
+  _globals['_RESPONSEINCOMPLETEDETAILS']._serialized_end=1768
+  _globals['_RESPONSECONVERSATION']._serialized_start=1770
+  _globals['_RESPONSECONVERSATION']._serialized_end=1810
+  _globals['_RESPONSEUSAGE']._serialized_start=1813
+  _globals['_RESPONSEUSAGE']._serialized_end=2035
+  _globals['_RESPONSEINPUTTOKENSDETAILS']._serialized_start=2037
+  _globals['_RESPONSEINPUTTOKENSDETAILS']._serialized_end=2116
+  _globals['_RESPONSEOUTPUTTOKENSDETAILS']._serialized_start=2118
+  _globals['_RESPONSEOUTPUTTOKENSDETAILS']._serialized_end=2173
+  _globals['_RESPONSEREASONINGCONFIG']._serialized_start=2176
+  _globals['_RESPONSEREASONINGCONFIG']._serialized_end=2311
+  _globals['_RESPONSEINPUT']._serialized_start=2313
+  _globals['_RESPONSEINPUT']._serialized_end=2405
+  _globals['_RESPONSEITEMLIST']._serialized_start=2407
+  _globals['_RESPONSEITEMLIST']._serialized_end=2465
+  _globals['_RESPONSECONVERSATIONPARAM']._serialized_start=2467
+  _globals['_RESPONSECONVERSATIONPARAM']._serialized_end=2578
+  _globals['_RESPONSEGUARDRAIL']._serialized_start=2580
+  _globals['_RESPONSEGUARDRAIL']._serialized_end=2682
+  _globals['_RESPONSEGUARDRAILSPEC']._serialized_start=2684
+  _globals['_RESPONSEGUARDRAILSPEC']._serialized_end=2727
+  _globals['_RESPONSESTREAMOPTIONS']._serialized_start=2729
+  _globals['_RESPONSESTREAMOPTIONS']._serialized_end=2810
 # @@protoc_insertion_point(module_scope)

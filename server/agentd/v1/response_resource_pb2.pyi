@@ -292,8 +292,9 @@ class Response(_message.Message):
     prompt_cache_key: _builtins.str
     """Echo of the request's prompt_cache_key; null when not given."""
     max_infer_iters: _builtins.int
-    """Llama Stack extension: the effective limit on model calls that ran server-side tools
-    (the request's value, default 10). Unknown to the openai SDK, which ignores it.
+    """Llama Stack extension: the request's limit on model calls that ran server-side tools,
+    echoed only when the request set it (the limit is 10 otherwise); unknown to the openai
+    SDK, so its JSON key is absent when unset.
     """
     @_builtins.property
     def error(self) -> Global___ResponseError:

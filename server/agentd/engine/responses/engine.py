@@ -138,7 +138,7 @@ class ResponseState:
     history: list[it.ResponseItem]
     input: list[it.ResponseItem]
     deadline: float | None = None
-    usage: rt.ResponseUsage = field(default_factory=rt.ResponseUsage)
+    usage: rt.ResponseUsage = field(default_factory=lambda: _zero_usage())
     tool_calls_run: int = 0  # server-side tool calls run so far (max_tool_calls)
 
     def timeout_s(self) -> float | None:
@@ -257,7 +257,9 @@ class ResponseEngine:
         try:
             provider = self.registry.provider_for(request.model)
         except NotFound:
-            raise _not_found("model", request.model, "model") from None
+            # OpenAI's create answers an unknown model with 400 model_not_found, param model.
+            raise InvalidArgument("model", f"The requested model '{request.model}' does not exist.",
+                                  reason="MODEL_NOT_FOUND") from None
         specs: list[ToolSpec] = []
         server_tools: dict[str, ResolvedTool] = {}
         for index, tool in enumerate(request.tools):
@@ -341,11 +343,14 @@ class ResponseEngine:
 
     async def _transcript(self, owner: str, response_id: str) -> list[it.ResponseItem]:
         """Every item up to and including a stored response's output, its chain of previous
-        responses first. NOT_FOUND if it is not stored; an ancestor deleted since is skipped
-        (with its own ancestors: the chain is broken there)."""
+        responses first. An id of no stored response is a bad argument, as OpenAI has it (400
+        previous_response_not_found); an ancestor deleted since is skipped (with its own
+        ancestors: the chain is broken there)."""
         head = await self.store.get(owner, response_id)
         if head is None or not head.store:
-            raise _not_found("response", response_id, "previous_response_id")
+            raise InvalidArgument("previous_response_id",
+                                  f"Previous response with id '{response_id}' not found.",
+                                  reason="PREVIOUS_RESPONSE_NOT_FOUND")
         parts: list[Sequence[it.ResponseItem]] = []
         current: rt.Response | None = head
         while current is not None:
@@ -680,6 +685,15 @@ class _OpenMessage:
             output_index=self.output_index, item=_copy(item))))
 
 
+def _zero_usage() -> rt.ResponseUsage:
+    """No tokens yet, with both breakdowns present: OpenAI always sends them (the SDK's
+    ResponseUsage requires them), with zeros where the provider reports nothing."""
+    usage = rt.ResponseUsage()
+    usage.input_tokens_details.SetInParent()
+    usage.output_tokens_details.SetInParent()
+    return usage
+
+
 def _not_found(resource: str, resource_id: str, field: str) -> NotFound:
     """NOT_FOUND for an id the request names in `field`, which OpenAI's error calls `param`."""
     error = NotFound(resource, resource_id)
@@ -778,10 +792,12 @@ def _echo(request: CreateRequest, plan: Plan, *, background: bool, store: bool) 
         status=QUEUED if background else IN_PROGRESS, model=request.model, tools=request.tools,
         metadata=request.metadata, store=store, background=background, service_tier="default",
         parallel_tool_calls=not request.HasField("parallel_tool_calls") or request.parallel_tool_calls,
-        truncation=request.truncation or rt.RESPONSE_TRUNCATION_DISABLED,
-        max_infer_iters=plan.max_infer_iters)
+        truncation=request.truncation or rt.RESPONSE_TRUNCATION_DISABLED)
+    # max_infer_iters (Llama Stack's extension, unknown to OpenAI) is echoed only when the
+    # request set it, so a plain OpenAI request gets no key the SDK does not declare.
     for name in ("instructions", "previous_response_id", "temperature", "top_p", "max_output_tokens",
-                 "max_tool_calls", "user", "top_logprobs", "safety_identifier", "prompt_cache_key"):
+                 "max_tool_calls", "user", "top_logprobs", "safety_identifier", "prompt_cache_key",
+                 "max_infer_iters"):
         if request.HasField(name):
             setattr(response, name, getattr(request, name))
     if request.HasField("tool_choice"):
