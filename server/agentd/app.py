@@ -217,6 +217,7 @@ class Agentd:
             stopping.append(self.server.stop(grace))
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
+        await self.responses.close()
         await self.turns.close()
         await self.registry.close()
         await self.tools.aclose()

@@ -34,7 +34,10 @@ cancelled or failed with its `error`, and response.failed ends the stream. With
 `conversation`, the input and output items are appended to it before the terminal event (a
 client that stops reading at response.completed sees the conversation up to date).
 `store: false`: the row exists while the response runs (it holds the events a stream
-replays) and is deleted when it ends; it is never retrievable or listed.
+replays) and is deleted when it ends (at shutdown, `close` waits for those deletes before
+the database closes; after a crash, `recover` deletes it); it is never retrievable or
+listed. A create that arrives while the server drains fails with UNAVAILABLE
+(SHUTTING_DOWN) before it writes anything (Runs.admission).
 """
 
 from __future__ import annotations
@@ -196,14 +199,24 @@ class ResponseEngine:
 
     async def recover(self) -> int:
         """Responses left queued or in progress by a previous process (which ran them) are
-        stored failed, with a server_error saying so."""
+        stored failed, with a server_error saying so; store=false ones (never retrievable)
+        are deleted."""
         left = await self.store.running()
         for owner, response in left:
+            if not response.store:
+                await self.store.delete(owner, response.id)
+                continue
             _fail(response, "server_error", "The server stopped while the response ran; create it again.")
             await self.store.update(owner, response)
         if left:
             log.warning("%d response(s) left running by a previous process marked failed", len(left))
         return len(left)
+
+    async def close(self) -> None:
+        """After the runs drained, before the database closes: the store=false responses
+        that ended are deleted."""
+        if self._forgetting:
+            await asyncio.wait(set(self._forgetting))
 
     # ------------------------------------------------------------------ create
 
@@ -238,15 +251,16 @@ class ResponseEngine:
         if conversation_id is not None:
             response.conversation.id = conversation_id
         request_id = request.request_id if request.HasField("request_id") and request.request_id else None
-        stored = await self.store.create(owner, response, given, request_id)
-        if stored.id != response.id:  # a retry: the first call's response
-            return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
         deadline = None
         if timeout_s is not None and not background:
             deadline = asyncio.get_running_loop().time() + timeout_s
         state = ResponseState(owner, response, plan, messages, history, given, deadline)
-        run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
-                              background=background, on_stop=self._on_stop(state))
+        with self.runs.admission():  # SHUTTING_DOWN before the response is written
+            stored = await self.store.create(owner, response, given, request_id)
+            if stored.id != response.id:  # a retry: the first call's response
+                return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
+            run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
+                                  background=background, on_stop=self._on_stop(state))
         if not store:
             task = asyncio.get_running_loop().create_task(self._forget_when_ended(run))
             self._forgetting.add(task)
