@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentd.app import Agentd
 from agentd.config import Settings
+from agentd.engine.runs import RESPONSES
 from agentd.errors import details_of
 from agentd.storage import Database, Repository
 from agentd.storage.schema import metadata
@@ -138,6 +139,26 @@ async def running(settings: Settings):
         yield server
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def draining(server: Agentd):
+    """The server in the midst of its shutdown (SIGTERM's stop()): it accepts no new run, its
+    database is still open, and the drain waits for one run held open here until the
+    block ends; then the stop finishes."""
+    async def held(run) -> None:
+        await asyncio.Event().wait()
+
+    holder = ("drain-holder", "resp_drain_holder")
+    server.runs.start(*holder, held, kind=RESPONSES)
+    stopping = asyncio.create_task(server.stop(60))
+    while server.runs.accepting:  # noqa: ASYNC110 - nothing signals that the drain began
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        await server.runs.cancel(*holder, "interrupted")
+        await stopping
 
 
 @contextlib.asynccontextmanager

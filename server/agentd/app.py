@@ -116,7 +116,7 @@ class Agentd:
         self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields,
                                 settings.documents, settings.tool_timeout_s, settings.run_lease_s)
         self.responses = ResponseEngine(ResponseStore(self.repo), self.conversation_store, self.runs,
-                                        self.registry, self.tools, shields=[s.id for s in settings.shields])
+                                        self.registry, self.tools, self.shields)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -217,6 +217,7 @@ class Agentd:
             stopping.append(self.server.stop(grace))
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
+        await self.responses.close()
         await self.turns.close()
         await self.registry.close()
         await self.tools.aclose()

@@ -24,7 +24,7 @@ from openai.types.conversations import (
 from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
 
 from tests.e2e.conftest import PROVIDERS, start_agentd
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, ToolCallSpec
+from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 from tests.openai_conformance import conforms
 
@@ -86,12 +86,6 @@ def openai_error(response: httpx.Response, status: int) -> dict:
 
 
 # ------------------------------------------------------------------ the server
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

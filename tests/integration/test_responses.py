@@ -4,6 +4,7 @@ model server as the only fake."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import grpc
@@ -14,13 +15,16 @@ import pytest_asyncio
 from agentd import codec, paging
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.errors import Unavailable, status_of
+from agentd.storage import Database, Repository
+from agentd.storage.responses import ResponseStore
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import conversations_pb2 as cv
 from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
-from tests.conftest import error_of, fake_model_providers, make_settings, running
+from tests.conftest import draining, error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -565,16 +569,15 @@ async def test_a_failed_search_is_a_failed_item_and_the_model_goes_on(searching,
 
 
 async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(database_url, tmp_path):
-    from agentd.storage import Database, Repository
-    from agentd.storage.responses import ResponseStore
-
     db = Database(database_url)
     await db.migrate()
     store = ResponseStore(Repository(db))
     left = rt.Response(id="resp_left", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS, store=True)
     queued = rt.Response(id="resp_queued", model="test-model", status=rt.RESPONSE_STATUS_QUEUED, store=True)
     done = rt.Response(id="resp_done", model="test-model", status=rt.RESPONSE_STATUS_COMPLETED, store=True)
-    for response in (left, queued, done):
+    unstored = rt.Response(id="resp_unstored", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS,
+                           store=False)
+    for response in (left, queued, done, unstored):
         await store.create(LOCAL_PRINCIPAL, response, [])
     await db.close()
     agentd = Agentd(make_settings(database_url, tmp_path))
@@ -586,8 +589,49 @@ async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(da
             assert await agentd.responses.store.status(LOCAL_PRINCIPAL, response_id) == "failed"
         still = await agentd.responses.get(LOCAL_PRINCIPAL, "resp_done")
         assert still.status == rt.RESPONSE_STATUS_COMPLETED
+        # A store=false one was never retrievable: it is deleted.
+        assert await agentd.responses.store.get(LOCAL_PRINCIPAL, "resp_unstored") is None
     finally:
         await agentd.stop(0)
+
+
+async def test_a_create_while_the_server_drains_fails_before_writing_anything(database_url, tmp_path, fake):
+    server = Agentd(make_settings(database_url, tmp_path, providers=fake_model_providers(fake)))
+    await server.start()
+    async with draining(server):
+        for request in (create(), stream(), create(store=False), create(background=True)):
+            with pytest.raises(Unavailable) as refused:
+                await server.responses.start(LOCAL_PRINCIPAL, request)
+            assert refused.value.reason == "SHUTTING_DOWN"
+            assert status_of(refused.value).code == grpc.StatusCode.UNAVAILABLE.value[0]
+        listed, _ = await server.responses.store.list(LOCAL_PRINCIPAL, paging.Cursor(), 10)
+        assert listed == []  # not even a store=false row
+    assert not fake.chat_requests
+
+
+async def test_a_store_false_response_interrupted_by_shutdown_leaves_no_row(database_url, tmp_path, fake):
+    fake.script(Reply(text="never", hang=True))
+    server = Agentd(make_settings(database_url, tmp_path, providers=fake_model_providers(fake)))
+    await server.start()
+    try:
+        started = await server.responses.start(LOCAL_PRINCIPAL, stream(store=False))
+        owner_stream = asyncio.create_task(collect_events(started.events()))
+        await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+        assert await server.responses.store.get(LOCAL_PRINCIPAL, started.response.id) is not None
+    finally:
+        await server.stop(0.1)
+    events = await owner_stream
+    assert events[-1].failed.response.error.code == "server_error"  # interrupted
+    db = Database(database_url)
+    try:
+        assert await ResponseStore(Repository(db)).get(LOCAL_PRINCIPAL, started.response.id) is None
+    finally:
+        await db.close()
+
+
+async def collect_events(events) -> list[ev.ResponseStreamEvent]:
+    async with contextlib.aclosing(events):
+        return [event async for event in events]
 
 
 async def test_an_id_with_nul_is_invalid_not_a_database_error(responses):

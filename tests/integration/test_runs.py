@@ -450,8 +450,38 @@ async def test_drain_lets_runs_finish_within_grace_and_interrupts_the_rest(store
     assert reasons == {"turn_2": "interrupted"}
     assert [kind_of(e) for e in await kept(store, "turn_2")] == ["turn_start", "turn_failed"]
     assert [kind_of(e) for e in await owner] == ["turn_start", "turn_failed"]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(Unavailable) as refused:
         runs.start(OWNER, "turn_3", quick, kind=TURNS)
+    assert refused.value.reason == "SHUTTING_DOWN"
+
+
+async def test_drain_refuses_new_calls_before_they_write_and_waits_for_those_admitted(store, repo):
+    """A call admitted before the drain stores and starts its run (then drained like the
+    others); one that comes after is UNAVAILABLE (SHUTTING_DOWN) before its first write."""
+    await make_turn(repo, "turn_2")
+    runs = runs_of(store)
+    written = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def admitted_call() -> Run:
+        with runs.admission():
+            written.set()  # stands for the call's row insert, still under way
+            await go_on.wait()
+            return runs.start(OWNER, "turn_2", forever, kind=TURNS, on_stop=stop_writes_failed)
+
+    call = asyncio.create_task(admitted_call())
+    await written.wait()
+    draining = asyncio.create_task(runs.drain(0))
+    await asyncio.sleep(0.05)
+    assert not runs.accepting and not draining.done()  # it waits for the admitted call
+    with pytest.raises(Unavailable) as refused, runs.admission():
+        pytest.fail("a call admitted during the drain")
+    assert refused.value.reason == "SHUTTING_DOWN"
+    go_on.set()
+    run = await call
+    await draining
+    assert run.stop_reason == "interrupted"
+    assert [kind_of(e) for e in await kept(store, "turn_2")][-1] == "turn_failed"
 
 
 async def test_agentd_stop_interrupts_its_runs_before_the_database_closes(database_url, tmp_path):

@@ -14,12 +14,13 @@ from google.protobuf import json_format
 
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.errors import Unavailable, status_of
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
-from tests.conftest import error_of, make_settings
+from tests.conftest import draining, error_of, make_settings
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -987,3 +988,45 @@ async def test_history_sees_turns_another_replica_added_to_the_session(
         {"role": "assistant", "content": "b1"},
         {"role": "user", "content": "three"},
     ]
+
+
+# ---------------------------------------------------------------------------- shutdown
+
+
+async def test_a_turn_or_a_resume_while_the_server_drains_fails_before_writing_anything(
+    database_url, tmp_path, fake
+):
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        providers=[
+            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
+        ],
+    )
+    server = Agentd(settings)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agents = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(agents, client_tools=[tool_def("get_weather")])
+        fake.script(Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="c1")]))
+        paused = terminal_turn(await collect(stream_turn(agents, agent_id, session_id, user("weather?"))))
+        assert paused.status == t.TURN_STATUS_AWAITING_INPUT
+        idle_agent, idle_session = await new_session(agents)
+    store = server.agent_store
+    async with draining(server):
+        with pytest.raises(Unavailable) as refused:
+            await server.turns.start_turn(LOCAL_PRINCIPAL, idle_agent, idle_session, messages=[user("hi")])
+        assert refused.value.reason == "SHUTTING_DOWN"
+        assert status_of(refused.value).code == grpc.StatusCode.UNAVAILABLE.value[0]
+        answer = m.AgentToolResponse(
+            call_id="c1", tool_name="get_weather", content=m.InterleavedContent(text="sun")
+        )
+        with pytest.raises(Unavailable) as refused:
+            await server.turns.resume_turn(
+                LOCAL_PRINCIPAL, agent_id, session_id, paused.turn_id, tool_responses=[answer]
+            )
+        assert refused.value.reason == "SHUTTING_DOWN"
+        # Nothing was written: no turn in the idle session, the paused turn still paused.
+        assert await store.session_turn_statuses(LOCAL_PRINCIPAL, idle_session) == []
+        assert await store.turn_status(LOCAL_PRINCIPAL, session_id, paused.turn_id) == "awaiting_input"
+    assert len(fake.chat_requests) == 1

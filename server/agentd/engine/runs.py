@@ -55,7 +55,11 @@ TURN_CANCELLED / TURN_INTERRUPTED, response.failed, ...). Whatever `on_stop` doe
 buffer is flushed and the run ends.
 
 Drain. `Runs.drain(grace_s)` on SIGTERM: no new runs; running ones get `grace_s` to finish;
-the rest are stopped with reason "interrupted". An owner stream cut by the server's own
+the rest are stopped with reason "interrupted". A call that would start a run writes its
+row (the turn, the response) inside `Runs.admission()`: once the drain began, admission
+fails with UNAVAILABLE (SHUTTING_DOWN) before anything is written, and the drain lets the
+calls admitted before it store and start their runs (which it then drains like the
+others), so none is left half-written. An owner stream cut by the server's own
 shutdown also counts as "interrupted", not "cancelled": the client did not leave.
 
 Unary RPCs consume the same stream: `await run_to_end(run.events(), kind)` returns the
@@ -70,12 +74,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from google.protobuf.message import Message
 
+from agentd.errors import Unavailable
 from agentd.storage.events import EventStore
 from agentd.v1 import response_events_pb2, turn_events_pb2
 
@@ -274,9 +279,34 @@ class Runs:
         self.stop_timeout_s = stop_timeout_s
         self.appends = 0  # batches written (a metric; tests count them)
         self._live: dict[tuple[str, str], Run] = {}
-        self._draining = False
+        self._accepting = True  # new calls may start runs (false once a drain began)
+        self._draining = False  # no run starts at all (the admitted calls have started theirs)
+        self._admitted = 0  # calls inside admission() now
+        self._none_admitted = asyncio.Event()
+        self._none_admitted.set()
 
     # ------------------------------------------------------------------ running
+
+    @property
+    def accepting(self) -> bool:
+        """False once a drain began: calls that would start a run are refused."""
+        return self._accepting
+
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Around a call's first write up to its `start`: UNAVAILABLE (SHUTTING_DOWN) if a
+        drain began, before anything is written; else the drain waits for the call to have
+        started its run (see the module docstring)."""
+        if not self._accepting:
+            raise shutting_down()
+        self._admitted += 1
+        self._none_admitted.clear()
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            if not self._admitted:
+                self._none_admitted.set()
 
     def start(self, owner: str, run_id: str, producer: Producer, *, kind: RunKind,
               background: bool = False, first_sequence: int = 0,
@@ -285,7 +315,7 @@ class Runs:
         (the owner stream) unless the run is background and nobody waits."""
         key = (owner, run_id)
         if self._draining:
-            raise RuntimeError("agentd is shutting down: no new runs")
+            raise shutting_down()
         if key in self._live and self._live[key].terminal is None:
             # (One that emitted its terminal event is over for everyone: a resume may follow
             # before its task has returned.)
@@ -363,7 +393,13 @@ class Runs:
 
     async def drain(self, grace_s: float) -> None:
         """At shutdown: no new runs; running ones get grace_s to finish, the rest are stopped
-        as interrupted (their on_stop writes the terminal event) before the database closes."""
+        as interrupted (their on_stop writes the terminal event) before the database closes.
+        The calls admitted before it first store and start their runs: a few writes, waited
+        for up to stop_timeout_s even with no grace."""
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.stop_timeout_s):
+                await self._none_admitted.wait()
         self._draining = True
         runs = list(self._live.values())
         tasks = {run.task for run in runs if run.task is not None}
@@ -487,6 +523,11 @@ class Runs:
             return []
         rows = await self.store.read_after(run.owner, run.run_id, last, self.page_size)
         return [run.kind.event_type.FromString(body) for _, body in rows]
+
+
+def shutting_down() -> Unavailable:
+    return Unavailable("agentd is shutting down and starts no new run; retry on another replica.",
+                       reason="SHUTTING_DOWN")
 
 
 def _in_order(writes: list[Callable[[Any], object]]) -> Callable[[Any], None]:

@@ -52,6 +52,14 @@ class Shields(Protocol):
         ...
 
 
+def refusal_text(user_message: str | None, shield_id: str) -> str:
+    """What a loop answers in place of what a shield blocked: the violation's message, else
+    a plain one naming the shield."""
+    if user_message is not None:
+        return user_message
+    return f"I can't help with that: shield '{shield_id}' blocked it."
+
+
 def require_declared(shields: Shields, shield_ids: Iterable[str]) -> None:
     """NOT_FOUND (SHIELD_NOT_FOUND) for the first id configuration does not declare."""
     for shield_id in shield_ids:

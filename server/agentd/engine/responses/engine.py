@@ -18,6 +18,16 @@ The events of a response, exactly as OpenAI emits them (sequence numbers dense f
         response.output_item.done; then the next model call
     response.completed | response.incomplete | response.failed
 
+Guardrails (the request's `guardrails`, run through the shields hook, engine/shields.py):
+the input check runs after response.in_progress, before the first model call, over the
+messages sent to the model; the output check over each model call's text once it is
+complete, before its output_text.done (the text of a guarded response is held until then:
+see _OpenMessage). A blocking violation completes the response (status completed, as
+OpenAI and Llama Stack present it) with one more output item: an assistant message whose
+only part is a refusal (output_item.added, content_part.added, response.refusal.delta,
+response.refusal.done, content_part.done, output_item.done, numbered on without gaps); it
+is stored and synced like any output. A non-blocking violation is only logged.
+
 The loop: a model call; its web_search calls run here (at most max_tool_calls over the
 response; later ones are answered "not run" to the model) and the model is called again;
 function calls are the client's: they end the response (the client sends function_call_output
@@ -34,7 +44,10 @@ cancelled or failed with its `error`, and response.failed ends the stream. With
 `conversation`, the input and output items are appended to it before the terminal event (a
 client that stops reading at response.completed sees the conversation up to date).
 `store: false`: the row exists while the response runs (it holds the events a stream
-replays) and is deleted when it ends; it is never retrievable or listed.
+replays) and is deleted when it ends (at shutdown, `close` waits for those deletes before
+the database closes; after a crash, `recover` deletes it); it is never retrievable or
+listed. A create that arrives while the server drains fails with UNAVAILABLE
+(SHUTTING_DOWN) before it writes anything (Runs.admission).
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +68,7 @@ from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
+from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text
 from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound
 from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
 from agentd.paging import Cursor
@@ -180,13 +194,13 @@ def status_name(status: int) -> str:
 
 class ResponseEngine:
     def __init__(self, store: ResponseStore, conversations: ConversationStore, runs: Runs,
-                 registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Collection[str] = ()):
+                 registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Shields | None = None):
         self.store = store
         self.conversations = conversations
         self.runs = runs
         self.registry = registry
         self.tools = tools
-        self.shields = frozenset(shields)
+        self.shields = shields or DeclaredShields()
         # (owner, response id) -> every item up to and including that response's output.
         self._transcripts: OrderedDict[tuple[str, str], tuple[it.ResponseItem, ...]] = OrderedDict()
         # Tasks that delete store=false responses once their run ended.
@@ -196,14 +210,24 @@ class ResponseEngine:
 
     async def recover(self) -> int:
         """Responses left queued or in progress by a previous process (which ran them) are
-        stored failed, with a server_error saying so."""
+        stored failed, with a server_error saying so; store=false ones (never retrievable)
+        are deleted."""
         left = await self.store.running()
         for owner, response in left:
+            if not response.store:
+                await self.store.delete(owner, response.id)
+                continue
             _fail(response, "server_error", "The server stopped while the response ran; create it again.")
             await self.store.update(owner, response)
         if left:
             log.warning("%d response(s) left running by a previous process marked failed", len(left))
         return len(left)
+
+    async def close(self) -> None:
+        """After the runs drained, before the database closes: the store=false responses
+        that ended are deleted."""
+        if self._forgetting:
+            await asyncio.wait(set(self._forgetting))
 
     # ------------------------------------------------------------------ create
 
@@ -238,15 +262,16 @@ class ResponseEngine:
         if conversation_id is not None:
             response.conversation.id = conversation_id
         request_id = request.request_id if request.HasField("request_id") and request.request_id else None
-        stored = await self.store.create(owner, response, given, request_id)
-        if stored.id != response.id:  # a retry: the first call's response
-            return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
         deadline = None
         if timeout_s is not None and not background:
             deadline = asyncio.get_running_loop().time() + timeout_s
         state = ResponseState(owner, response, plan, messages, history, given, deadline)
-        run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
-                              background=background, on_stop=self._on_stop(state))
+        with self.runs.admission():  # SHUTTING_DOWN before the response is written
+            stored = await self.store.create(owner, response, given, request_id)
+            if stored.id != response.id:  # a retry: the first call's response
+                return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
+            run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
+                                  background=background, on_stop=self._on_stop(state))
         if not store:
             task = asyncio.get_running_loop().create_task(self._forget_when_ended(run))
             self._forgetting.add(task)
@@ -324,7 +349,7 @@ class ResponseEngine:
         named = []
         for guardrail in guardrails:
             shield_id = guardrail.id if guardrail.WhichOneof("guardrail") == "id" else guardrail.spec.type
-            if shield_id not in self.shields:
+            if shield_id not in self.shields.declared:
                 raise _not_found("shield", shield_id, "guardrails")
             named.append(shield_id)
         return tuple(named)
@@ -403,10 +428,13 @@ class ResponseEngine:
         await run.emit(_event(in_progress=_snapshot(response)))
         if queued:  # pollers see it start
             await run.flush(also=self.store.update_work(state.owner, response))
-        await self.check_guardrails(state, state.messages)
+        if violation := await self._guard(state, state.messages, "input"):
+            return await self._refuse(state, run, violation)
         rounds = 0
         while True:
             completion, server_calls, client_calls = await self._infer(state, run)
+            if isinstance(completion, ShieldViolation):
+                return await self._refuse(state, run, completion)
             if completion.finish_reason == "length":
                 return await self._finish(state, run, rt.RESPONSE_INCOMPLETE_REASON_MAX_OUTPUT_TOKENS)
             for call in server_calls:
@@ -419,14 +447,54 @@ class ResponseEngine:
             # An item boundary: the response so far is kept before the next model call.
             await run.flush(also=self.store.update_work(state.owner, response))
 
-    async def check_guardrails(self, state: ResponseState, messages: Sequence[ChatMessage]) -> None:
-        """The one call point of the `guardrails` shields over the model's input: a no-op
-        until the shields hook is wired in (the shield ids were checked at create)."""
+    async def _guard(self, state: ResponseState, messages: Sequence[ChatMessage],
+                     what: str) -> ShieldViolation | None:
+        """The request's guardrails over `messages` (the shield ids were checked at create):
+        the violation that blocks, else None; a non-blocking one is only logged."""
+        if not state.plan.guardrails:
+            return None
+        found = await self.shields.check(state.plan.guardrails, messages)
+        if found is not None and not found.blocking:
+            log.info("response %s: guardrail %s found a %s-level violation in the %s (not blocking)",
+                     state.response.id, found.shield_id, found.level, what)
+            return None
+        return found
 
-    async def _infer(self, state: ResponseState, run: Run) -> tuple[Completion, list[ToolCall], bool]:
+    async def _refuse(self, state: ResponseState, run: Run, violation: ShieldViolation) -> None:
+        """A guardrail blocked: the response completes with one more output item, an assistant
+        message whose only part is the refusal, streamed as OpenAI streams a refusal. Items
+        finished before the blocked model call (earlier rounds' checked text, web searches)
+        stay: the client has them, and output_index stays the position in output."""
+        response = state.response
+        log.info("response %s: guardrail %s blocked it", response.id, violation.shield_id)
+        _end_unfinished(response)  # function calls the blocked model call had begun
+        text = refusal_text(violation.user_message, violation.shield_id)
+        item_id, index = ids.new_id("msg"), len(response.output)
+        where = {"item_id": item_id, "output_index": index, "content_index": 0}
+        item = it.ResponseItem(message=it.ResponseMessage(
+            id=item_id, role=it.RESPONSE_MESSAGE_ROLE_ASSISTANT, status=ITEM_IN_PROGRESS,
+            content=it.ResponseMessageContent(parts=it.ResponseContentPartList())))
+        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(output_index=index,
+                                                                           item=_copy(item))))
+        await run.emit(_event(content_part_added=ev.ResponseContentPartEvent(
+            part=it.ResponseContentPart(refusal=it.ResponseRefusal()), **where)))
+        await run.emit(_event(refusal_delta=ev.ResponseContentDeltaEvent(delta=text, **where)))
+        await run.emit(_event(refusal_done=ev.ResponseRefusalDoneEvent(refusal=text, **where)))
+        part = it.ResponseContentPart(refusal=it.ResponseRefusal(refusal=text))
+        await run.emit(_event(content_part_done=ev.ResponseContentPartEvent(part=part, **where)))
+        item.message.status = ITEM_COMPLETED
+        item.message.content.parts.parts.append(part)
+        response.output.append(item)
+        await run.emit(_event(output_item_done=ev.ResponseOutputItemEvent(output_index=index,
+                                                                          item=_copy(item))))
+        await self._finish(state, run)
+
+    async def _infer(self, state: ResponseState,
+                     run: Run) -> tuple[Completion | ShieldViolation, list[ToolCall], bool]:
         """One model call, streamed as output items (see the module docstring). Returns the
         completion, the calls of tools agentd runs, and whether the model called client
-        functions."""
+        functions; or the guardrail violation that blocked the call's text (nothing of it
+        emitted; the model's stream is closed)."""
         plan, response = state.plan, state.response
         max_tokens = None
         if plan.max_output_tokens is not None:  # over the whole response
@@ -445,14 +513,15 @@ class ResponseEngine:
                 for piece in completion.feed(chunk):
                     if isinstance(piece, str):
                         if message is None:
-                            message = await self._open_message(response, run)
-                        await message.add(run, piece)
+                            message = _OpenMessage(response, held=bool(plan.guardrails))
+                        await message.add(response, run, piece)
                         continue
                     if piece.call.name in plan.server_tools:  # no events until it runs
                         continue
                     if piece.started:
                         if message is not None:  # the answer text ends where the calls begin
-                            await message.close(response, run, ITEM_COMPLETED)
+                            if violation := await self._end_text(state, run, message, ITEM_COMPLETED):
+                                return violation, [], False
                             message = None
                         calls[piece.call.index] = await self._open_call(response, run, piece)
                     if piece.fragment:
@@ -461,8 +530,14 @@ class ResponseEngine:
                             item_id=item_id, output_index=index, delta=piece.fragment)))
         cut = completion.finish_reason == "length"
         status = ITEM_INCOMPLETE if cut else ITEM_COMPLETED
-        if message is not None:
-            await message.close(response, run, status)
+        if completion.usage is not None:
+            usage = state.usage
+            usage.input_tokens += completion.usage.input_tokens
+            usage.output_tokens += completion.usage.output_tokens
+            usage.total_tokens += completion.usage.total_tokens
+            response.usage.CopyFrom(usage)
+        if message is not None and (violation := await self._end_text(state, run, message, status)):
+            return violation, [], False
         tool_calls, server_calls = [], []
         for call in completion.calls_in_order():
             if call.name in plan.server_tools:
@@ -480,12 +555,6 @@ class ResponseEngine:
                 output_index=index, item=_copy(item))))
             tool_calls.append(ToolCall(id=item.function_call.call_id, name=call.name,
                                        arguments=item.function_call.arguments))
-        if completion.usage is not None:
-            usage = state.usage
-            usage.input_tokens += completion.usage.input_tokens
-            usage.output_tokens += completion.usage.output_tokens
-            usage.total_tokens += completion.usage.total_tokens
-            response.usage.CopyFrom(usage)
         state.messages.append(ChatMessage(role="assistant", content=completion.text or None,
                                           tool_calls=tuple(tool_calls)))
         return completion, server_calls, bool(calls)
@@ -525,19 +594,18 @@ class ResponseEngine:
                                                                           item=_copy(item))))
         state.messages.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))
 
-    @staticmethod
-    async def _open_message(response: rt.Response, run: Run) -> _OpenMessage:
-        message = _OpenMessage(ids.new_id("msg"), len(response.output))
-        item = it.ResponseItem(message=it.ResponseMessage(
-            id=message.item_id, role=it.RESPONSE_MESSAGE_ROLE_ASSISTANT, status=ITEM_IN_PROGRESS,
-            content=it.ResponseMessageContent(parts=it.ResponseContentPartList())))
-        response.output.append(item)
-        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(
-            output_index=message.output_index, item=_copy(item))))
-        await run.emit(_event(content_part_added=ev.ResponseContentPartEvent(
-            item_id=message.item_id, output_index=message.output_index, content_index=0,
-            part=it.ResponseContentPart(output_text=it.ResponseOutputText()))))
-        return message
+    async def _end_text(self, state: ResponseState, run: Run, message: _OpenMessage,
+                        status: int) -> ShieldViolation | None:
+        """The model call's text is complete: the guardrails check it (with the conversation
+        it answers, as the turn's output shields do) before its output_text.done, so a held
+        message is released (or refused) whole. Returns the blocking violation, else closes
+        the message."""
+        if state.plan.guardrails:
+            answer = ChatMessage(role="assistant", content=message.text)
+            if violation := await self._guard(state, [*state.messages, answer], "output"):
+                return violation
+        await message.close(state.response, run, status)
+        return None
 
     @staticmethod
     async def _open_call(response: rt.Response, run: Run, piece: CallPiece) -> tuple[str, int]:
@@ -583,10 +651,7 @@ class ResponseEngine:
                 if isinstance(error, AgentdError):
                     code, message = _ERROR_CODES.get(error.reason, "server_error"), error.message
                 _fail(response, code, message)
-            for item in response.output:  # what was still streaming stays unfinished
-                body = getattr(item, item.WhichOneof("item"))
-                if body.status == ITEM_IN_PROGRESS:
-                    body.status = ITEM_INCOMPLETE
+            _end_unfinished(response)
             await run.emit(_event(failed=_snapshot(response)),
                            also=self.store.update_work(state.owner, response))
 
@@ -660,20 +725,55 @@ class ResponseEngine:
 
 
 class _OpenMessage:
-    """The assistant message being streamed: its item and the text so far."""
+    """The assistant message being streamed: its item and the text so far.
 
-    def __init__(self, item_id: str, output_index: int):
-        self.item_id = item_id
-        self.output_index = output_index
+    A held message (the response names guardrails) emits nothing, not even its
+    output_item.added, until `close`, once the guardrails passed its whole text: a client
+    never sees text a guardrail then refuses, and one check per model call suffices (Llama
+    Stack checks after every chunk and still shows what came before the flagged chunk). The
+    price: a guarded response's text arrives when the model call's text is complete, in the
+    same events, not token by token."""
+
+    def __init__(self, response: rt.Response, *, held: bool):
+        self.item_id = ids.new_id("msg")
+        self.output_index = len(response.output)
+        self.held = held
+        self.opened = False
         self.parts: list[str] = []
 
-    async def add(self, run: Run, text: str) -> None:
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    async def add(self, response: rt.Response, run: Run, text: str) -> None:
         self.parts.append(text)
+        if not self.held:
+            if not self.opened:
+                await self._open(response, run)
+            await self._delta(run, text)
+
+    async def _open(self, response: rt.Response, run: Run) -> None:
+        self.opened = True
+        item = it.ResponseItem(message=it.ResponseMessage(
+            id=self.item_id, role=it.RESPONSE_MESSAGE_ROLE_ASSISTANT, status=ITEM_IN_PROGRESS,
+            content=it.ResponseMessageContent(parts=it.ResponseContentPartList())))
+        response.output.append(item)
+        await run.emit(_event(output_item_added=ev.ResponseOutputItemEvent(
+            output_index=self.output_index, item=_copy(item))))
+        await run.emit(_event(content_part_added=ev.ResponseContentPartEvent(
+            item_id=self.item_id, output_index=self.output_index, content_index=0,
+            part=it.ResponseContentPart(output_text=it.ResponseOutputText()))))
+
+    async def _delta(self, run: Run, text: str) -> None:
         await run.emit(_event(output_text_delta=ev.ResponseOutputTextDeltaEvent(
             item_id=self.item_id, output_index=self.output_index, delta=text)))
 
     async def close(self, response: rt.Response, run: Run, status: int) -> None:
-        text = "".join(self.parts)
+        if not self.opened:  # held until now: what it held, as it came
+            await self._open(response, run)
+            for text in self.parts:
+                await self._delta(run, text)
+        text = self.text
         where = {"item_id": self.item_id, "output_index": self.output_index, "content_index": 0}
         part = it.ResponseContentPart(output_text=it.ResponseOutputText(text=text))
         await run.emit(_event(output_text_done=ev.ResponseOutputTextDoneEvent(text=text, **where)))
@@ -706,6 +806,14 @@ def id_param(value: str, field: str) -> str:
     if "\x00" in value:
         raise InvalidArgument(field, "must not contain NUL characters")
     return value
+
+
+def _end_unfinished(response: rt.Response) -> None:
+    """What was still streaming when the response ended stays unfinished."""
+    for item in response.output:
+        body = getattr(item, item.WhichOneof("item"))
+        if body.status == ITEM_IN_PROGRESS:
+            body.status = ITEM_INCOMPLETE
 
 
 def _fail(response: rt.Response, code: str, message: str) -> None:

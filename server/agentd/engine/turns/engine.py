@@ -490,14 +490,6 @@ class TurnEngine:
                 background=background,
             )
             settings = _settings(toolgroups, tool_config, instructions)
-            try:
-                stored = await self.store.insert_turn(owner, turn, request_id, settings, self._lease_end())
-            except OpenTurnExists:  # another replica started one meanwhile
-                raise _busy(session_id) from None
-            if stored is None:
-                raise NotFound("session", session_id)
-            if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
-                return self.follow_checked(owner, session_id, stored.turn_id, None)
             state = TurnState(owner, turn, plan, history + [input_message(m) for m in inputs], deadline)
 
             async def produce(run: Run) -> None:
@@ -505,9 +497,25 @@ class TurnEngine:
                 if not await self._shield_step(state, run, USER_INPUT):
                     await self._loop(state, run)
 
-            run = self.runs.start(
-                owner, turn.turn_id, produce, kind=TURNS, background=background, on_stop=self._on_stop(state)
-            )
+            with self.runs.admission():  # SHUTTING_DOWN before the turn is written
+                try:
+                    stored = await self.store.insert_turn(
+                        owner, turn, request_id, settings, self._lease_end()
+                    )
+                except OpenTurnExists:  # another replica started one meanwhile
+                    raise _busy(session_id) from None
+                if stored is None:
+                    raise NotFound("session", session_id)
+                if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
+                    return self.follow_checked(owner, session_id, stored.turn_id, None)
+                run = self.runs.start(
+                    owner,
+                    turn.turn_id,
+                    produce,
+                    kind=TURNS,
+                    background=background,
+                    on_stop=self._on_stop(state),
+                )
         finally:
             self._starting.discard(key)
         return run.events()
@@ -565,13 +573,6 @@ class TurnEngine:
             turn.ClearField("stop_reason")
             turn.ClearField("output_message")
             turn.background = background
-            resumed = await self.store.update_turn(
-                owner, turn, IN_PROGRESS, resume=(request_id, last + 1), lease_until=self._lease_end()
-            )
-            if not resumed:  # another replica resumed (or cancelled) it meanwhile
-                raise FailedPrecondition(
-                    f"Turn '{turn_id}' is not awaiting input.", reason="TURN_NOT_AWAITING_INPUT"
-                )
             state = TurnState(owner, turn, plan, deadline=deadline)
             by_id = {r.call_id: r for r in tool_responses}
 
@@ -594,15 +595,23 @@ class TurnEngine:
                 if not await self._shield_step(state, run, USER_INPUT):
                     await self._loop(state, run)
 
-            run = self.runs.start(
-                owner,
-                turn_id,
-                produce,
-                kind=TURNS,
-                background=background,
-                first_sequence=last + 1,
-                on_stop=self._on_stop(state),
-            )
+            with self.runs.admission():  # SHUTTING_DOWN before the turn is written
+                resumed = await self.store.update_turn(
+                    owner, turn, IN_PROGRESS, resume=(request_id, last + 1), lease_until=self._lease_end()
+                )
+                if not resumed:  # another replica resumed (or cancelled) it meanwhile
+                    raise FailedPrecondition(
+                        f"Turn '{turn_id}' is not awaiting input.", reason="TURN_NOT_AWAITING_INPUT"
+                    )
+                run = self.runs.start(
+                    owner,
+                    turn_id,
+                    produce,
+                    kind=TURNS,
+                    background=background,
+                    first_sequence=last + 1,
+                    on_stop=self._on_stop(state),
+                )
         finally:
             self._starting.discard(key)
         return run.events()

@@ -13,6 +13,7 @@ refused by an output shield is replaced by the refusal (the flagged text is not 
 
 from __future__ import annotations
 
+from agentd.engine.shields import refusal_text as shield_refusal
 from agentd.inference import ChatMessage, ToolCall
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
@@ -54,9 +55,7 @@ def assistant_message(message: msg.CompletionMessage, answered: set[str] | None 
 
 def refusal_text(violation: safety_pb2.SafetyViolation, shield_id: str) -> str:
     """What a turn refused by a shield answers: the violation's message, else a plain one."""
-    if violation.HasField("user_message"):
-        return violation.user_message
-    return f"I can't help with that: shield '{shield_id}' blocked it."
+    return shield_refusal(violation.user_message if violation.HasField("user_message") else None, shield_id)
 
 
 def turn_messages(turn: types.Turn) -> list[ChatMessage]:
