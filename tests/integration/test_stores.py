@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from agentd import paging
 from agentd.errors import NotFound
 from agentd.storage import schema
-from agentd.storage.agents import AgentStore, OpenTurnExists
+from agentd.storage.agents import AgentStore, KnownTurns, OpenTurnExists
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.events import EventStore
 from agentd.storage.responses import ResponseStore
@@ -91,6 +91,32 @@ async def test_a_sessions_turns_come_oldest_first_each_with_its_steps(repo):
     assert [(x.turn_id, x.steps[0].inference.step_id) for x in turns] == [
         ("turn_1", "step_1"), ("turn_2", "step_2"), ("turn_3", "step_3")]
     assert await store.session_turns("bob", session_id) == []
+
+
+async def test_a_sessions_turns_after_the_known_ones_are_read_and_all_when_one_came_between(repo):
+    store = AgentStore(repo)
+    agent_id, session_id = await session_of(store)
+    assert await store.turns_after("alice", agent_id, session_id) == ([], False)
+    # A session holds one open turn at most: each ends before the next starts, the last runs.
+    for i in (1, 3, 4):
+        await store.insert_turn("alice", turn(f"turn_{i}", at=i * 10))
+        if i != 4:
+            await store.update_turn("alice", turn(f"turn_{i}", at=i * 10), "completed")
+    everything = [("turn_1", "completed", 10), ("turn_3", "completed", 30), ("turn_4", "in_progress", 40)]
+    assert await store.turns_after("alice", agent_id, session_id) == (everything, False)
+    known = KnownTurns(2, 30, "turn_3")
+    assert await store.turns_after("alice", agent_id, session_id, known) == (everything[2:], False)
+    # Another replica adds a turn among the known ones: they are no longer what the caller
+    # knows, so every turn comes back.
+    await store.update_turn("alice", turn("turn_4", at=40), "completed")
+    await store.insert_turn("alice", turn("turn_2", at=20))
+    everything[2] = ("turn_4", "completed", 40)
+    assert await store.turns_after("alice", agent_id, session_id, known) == (
+        [*everything[:1], ("turn_2", "in_progress", 20), *everything[1:]], True)
+    # No such session of that agent, or not the owner's: None.
+    assert await store.turns_after("alice", agent_id, "sess_x") is None
+    assert await store.turns_after("alice", "agent_x", session_id) is None
+    assert await store.turns_after("bob", agent_id, session_id) is None
 
 
 async def test_turns_and_steps_of_missing_or_foreign_parents_are_refused(repo):

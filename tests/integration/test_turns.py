@@ -195,6 +195,35 @@ async def test_the_second_turn_sees_the_first_and_instructions_can_be_overridden
     ]
 
 
+async def test_later_turns_see_every_earlier_one_and_a_gone_session_or_agent_is_not_found(agents, fake):
+    fake.script(*(Reply(text=f"answer {i}") for i in range(3)))
+    agent_id, session_id = await new_session(agents)
+    for i in range(3):
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user(f"q {i}")])
+        )
+    assert fake.chat_requests[2].body["messages"][1:] == [
+        {"role": "user", "content": "q 0"},
+        {"role": "assistant", "content": "answer 0"},
+        {"role": "user", "content": "q 1"},
+        {"role": "assistant", "content": "answer 1"},
+        {"role": "user", "content": "q 2"},
+    ]
+    # The agent is known to the engine now; its sessions are still checked on every start.
+    _, other_session = await new_session(agents)
+    for agent, session, reason in ((agent_id, other_session, "SESSION_NOT_FOUND"),
+                                   (agent_id, "sess_nope", "SESSION_NOT_FOUND")):
+        request = pb.CreateTurnRequest(agent_id=agent, session_id=session, messages=[user("x")])
+        assert (await error_of(agents.CreateTurn(request)))[:2] == (grpc.StatusCode.NOT_FOUND, reason)
+    await agents.DeleteSession(pb.DeleteSessionRequest(agent_id=agent_id, session_id=session_id))
+    request = pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])
+    not_found = grpc.StatusCode.NOT_FOUND
+    assert (await error_of(agents.CreateTurn(request)))[:2] == (not_found, "SESSION_NOT_FOUND")
+    await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
+    assert (await error_of(agents.CreateTurn(request)))[:2] == (not_found, "AGENT_NOT_FOUND")
+    assert len(fake.chat_requests) == 3
+
+
 async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model(agents, fake):
     schema = {"title": "Answer", "type": "object", "properties": {"a": {"type": "string"}}}
     fmt = t.AgentResponseFormat(

@@ -11,8 +11,9 @@ turns' run events.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from agentd.clock import now_micros
@@ -28,6 +29,19 @@ CANCELLED = "cancelled"
 # What another replica may set on a turn that runs here (CancelTurn, recovery).
 ENDED_ELSEWHERE = (CANCELLED, INTERRUPTED)
 OPEN_STATUSES = (IN_PROGRESS, AWAITING_INPUT)  # a session with such a turn is busy
+
+TurnRow = tuple[str, str, int]  # a turn's id, status column and created_at (microseconds)
+
+
+class KnownTurns(NamedTuple):
+    """The first `count` turns of a session, the last of them (created_at, turn_id)."""
+
+    count: int
+    created_at: int
+    turn_id: str
+
+
+NO_TURNS = KnownTurns(0, -1, "")
 
 
 class OpenTurnExists(Exception):
@@ -260,6 +274,45 @@ class AgentStore:
             .order_by(schema.turns.c.created_at, schema.turns.c.id)))
         params = {"owner": owner, "session_id": session_id}
         return await self.db.read(lambda conn: [tuple(r) for r in conn.execute(statement, params)])
+
+    async def turns_after(self, owner: str, agent_id: str, session_id: str,
+                          known: KnownTurns = NO_TURNS) -> tuple[list[TurnRow], bool] | None:
+        """The session's turns after the first `known.count` of them, the last of which is
+        (`known.created_at`, `known.turn_id`) in (created_at, id) order: their (id, status
+        column, created_at), oldest first, and False. A caller that knows a session's first
+        turns (e.g. ended ones, which never change) reads only the rest, since a session's
+        turns are only ever added (or deleted with it). When the session no longer has
+        exactly that many turns up to that one (another replica added one in between), all
+        of its turns, and True. None: the owner has no such session of that agent. One read."""
+        sessions, turns = schema.sessions, schema.turns
+        position = tuple_(turns.c.created_at, turns.c.id)
+        last_known = tuple_(bindparam("created_at"), bindparam("turn_id"))
+        # One statement: the session's row, joined to its turns after the known ones (none:
+        # one row of NULLs), each row with the number of turns up to the last known one.
+        statement = _statement("turns_after", lambda: (
+            select(turns.c.id, turns.c.status, turns.c.created_at,
+                   select(func.count()).select_from(turns)
+                   .where(turns.c.owner == bindparam("owner"), turns.c.session_id == bindparam("session_id"),
+                          position <= last_known).scalar_subquery().label("known"))
+            .select_from(sessions.outerjoin(turns, and_(turns.c.session_id == sessions.c.id,
+                                                        turns.c.owner == sessions.c.owner,
+                                                        position > last_known)))
+            .where(sessions.c.owner == bindparam("owner"), sessions.c.id == bindparam("session_id"),
+                   sessions.c.agent_id == bindparam("agent_id"))
+            .order_by(turns.c.created_at, turns.c.id)))
+        params = {"owner": owner, "agent_id": agent_id, "session_id": session_id,
+                  "created_at": known.created_at, "turn_id": known.turn_id}
+
+        def work(conn) -> tuple[list[TurnRow], bool] | None:
+            rows = conn.execute(statement, params).all()
+            if not rows:
+                return None
+            from_start = rows[0].known != known.count
+            if from_start:
+                params.update(created_at=NO_TURNS.created_at, turn_id=NO_TURNS.turn_id)
+                rows = conn.execute(statement, params).all()
+            return [(row.id, row.status, row.created_at) for row in rows if row.id is not None], from_start
+        return await self.db.read(work)
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> types.Turn | None:
         """The turn of that session, with its steps."""

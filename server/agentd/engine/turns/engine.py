@@ -84,8 +84,10 @@ from agentd.storage.agents import (
     AWAITING_INPUT,
     IN_PROGRESS,
     INTERRUPTED,
+    NO_TURNS,
     OPEN_STATUSES,
     AgentStore,
+    KnownTurns,
     OpenTurnExists,
 )
 from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
@@ -101,6 +103,8 @@ DEFAULT_TOOL_TIMEOUT_S = Settings.model_fields["tool_timeout_s"].default
 DEFAULT_LEASE_S = Settings.model_fields["run_lease_s"].default
 # Sessions whose ended turns' history messages are kept in memory (least recently used out).
 HISTORY_CACHE_SESSIONS = 1024
+# Agents kept in memory by (owner, agent id): an agent never changes once created.
+AGENT_CACHE_SIZE = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
 TOOL_EXECUTION = types.AGENT_STEP_TYPE_TOOL_EXECUTION
 SHIELD_CALL = types.AGENT_STEP_TYPE_SHIELD_CALL
@@ -184,6 +188,17 @@ class Plan:
 
 
 @dataclass
+class _SessionHistory:
+    """What a session's history keeps in memory: the messages of its ended turns, and its
+    first turns (`settled`: (id, status), each ended with its messages kept), the last of
+    them `known`."""
+
+    messages: dict[str, tuple[ChatMessage, ...]] = field(default_factory=dict)
+    settled: list[tuple[str, str]] = field(default_factory=list)
+    known: KnownTurns = NO_TURNS
+
+
+@dataclass
 class TurnState:
     """One run of a turn: the turn as it grows (with its steps) and the conversation."""
 
@@ -242,9 +257,12 @@ class TurnEngine:
         # start in the same session meanwhile is SESSION_BUSY at once. Across replicas the
         # database's one-open-turn index is what guards (OpenTurnExists).
         self._starting: set[tuple[str, str]] = set()
-        # (owner, session id) -> {turn id: its history messages}, for ended turns only
-        # (see _history), the least recently used session first.
-        self._histories: dict[tuple[str, str], dict[str, tuple[ChatMessage, ...]]] = {}
+        # (owner, session id) -> what is kept of its history (see _history), the least
+        # recently used session first.
+        self._histories: dict[tuple[str, str], _SessionHistory] = {}
+        # (owner, agent id) -> an agent a turn was started with, oldest first. Only a start
+        # uses it, and it still checks the session (a deleted agent has none left).
+        self._agents: dict[tuple[str, str], types.Agent] = {}
 
     # ------------------------------------------------------------------ start-up
 
@@ -409,8 +427,9 @@ class TurnEngine:
                 break
             wanted.append((turn_id, status))
         key = (owner, session_id)
-        cached = self._histories.pop(key, None) or {}
-        self._histories[key] = cached  # most recently used last
+        kept = self._histories.pop(key, None) or _SessionHistory()
+        self._histories[key] = kept  # most recently used last
+        cached = kept.messages
         while len(self._histories) > HISTORY_CACHE_SESSIONS:
             del self._histories[next(iter(self._histories))]
         missing = [turn_id for turn_id, _ in wanted if turn_id not in cached]
@@ -433,9 +452,32 @@ class TurnEngine:
     def _remember(self, state: TurnState) -> None:
         """A turn that just ended, as stored (its steps too), goes into its session's cached
         history (if that session's is kept), so the next turn reads no turn bodies."""
-        cached = self._histories.get((state.owner, state.turn.session_id))
-        if cached is not None:
-            cached[state.turn.turn_id] = tuple(turn_messages(state.turn))
+        kept = self._histories.get((state.owner, state.turn.session_id))
+        if kept is not None:
+            kept.messages[state.turn.turn_id] = tuple(turn_messages(state.turn))
+
+    async def _turn_statuses(self, owner: str, agent_id: str,
+                             session_id: str) -> list[tuple[str, str]] | None:
+        """The (id, status) of the session's turns, oldest first; None when the owner has no
+        such session of that agent. Its first turns that ended and whose messages are kept
+        (`_SessionHistory.settled`) are not read again: a long session costs one short read."""
+        kept = self._histories.get((owner, session_id))
+        found = await self.store.turns_after(owner, agent_id, session_id, kept.known if kept else NO_TURNS)
+        if found is None:
+            return None
+        rows, from_start = found
+        if kept is None:
+            return [(turn_id, status) for turn_id, status, _ in rows]
+        if from_start:  # another replica added a turn among the settled ones
+            kept.settled, kept.known = [], NO_TURNS
+        settling = 0
+        for turn_id, status, created_at in rows:
+            if status in OPEN_STATUSES or turn_id not in kept.messages:
+                break
+            kept.settled.append((turn_id, status))
+            kept.known = KnownTurns(kept.known.count + 1, created_at, turn_id)
+            settling += 1
+        return [*kept.settled, *((turn_id, status) for turn_id, status, _ in rows[settling:])]
 
     def _still_running(self, owner: str, session_id: str, turn_id: str):
         async def still_running() -> bool:
@@ -465,7 +507,11 @@ class TurnEngine:
         A retry with a known request_id replays the first call's turn instead. `timeout_s`:
         the caller's time left; its model calls must end by then (ignored when background)."""
         deadline = _deadline(timeout_s, background)
-        agent = await self._agent_and_session(owner, agent_id, session_id)
+        # A known agent is not read again: its session is checked below, in the same read as
+        # the session's turns.
+        agent = self._agents.get((owner, agent_id)) if request_id is None else None
+        if agent is None:
+            agent = await self._agent_and_session(owner, agent_id, session_id)
         if request_id is not None:
             existing = await self.store.turn_by_request_id(owner, session_id, request_id)
             if existing is not None:
@@ -477,7 +523,10 @@ class TurnEngine:
             raise _busy(session_id)
         self._starting.add(key)
         try:
-            statuses = await self.store.session_turn_statuses(owner, session_id)
+            statuses = await self._turn_statuses(owner, agent_id, session_id)
+            if statuses is None:  # the agent's session is gone, or the agent: which one
+                await self._agent_and_session(owner, agent_id, session_id)
+                raise NotFound("session", session_id)
             if any(status in OPEN_STATUSES for _, status in statuses):
                 raise _busy(session_id)
             history = await self._history(owner, session_id, plan, statuses=statuses)
@@ -491,6 +540,9 @@ class TurnEngine:
             )
             settings = _settings(toolgroups, tool_config, instructions)
             state = TurnState(owner, turn, plan, history + [input_message(m) for m in inputs], deadline)
+            self._agents[(owner, agent_id)] = agent  # its own configuration resolved: it will again
+            while len(self._agents) > AGENT_CACHE_SIZE:
+                del self._agents[next(iter(self._agents))]
 
             async def produce(run: Run) -> None:
                 await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
