@@ -97,9 +97,10 @@ OPENAI_DEFAULT_LIMIT = 20
 OPENAI_MAX_LIMIT = 100
 
 
-def openai_limit(requested: int, field: str = "page_size") -> int:
-    """0 means the default (20); negative or above 100 is an error, as OpenAI answers it
-    (not capped as page_size is: an OpenAI client asking for 500 expects a 400)."""
+def openai_limit(requested: int, field: str = "page_size", default: int = OPENAI_DEFAULT_LIMIT) -> int:
+    """0 means the default (20 unless the list says otherwise); negative or above 100 is an
+    error, as OpenAI answers it (not capped as page_size is: an OpenAI client asking for 500
+    expects a 400)."""
     if not 0 <= requested <= OPENAI_MAX_LIMIT:
         raise InvalidArgument(field, f"must be between 1 and {OPENAI_MAX_LIMIT}")
-    return requested or OPENAI_DEFAULT_LIMIT
+    return requested or default

@@ -182,6 +182,10 @@ async def test_openai_routes_reject_bad_input_before_calling(http):
     assert error["type"] == "invalid_request_error" and error["param"] == "input"
     response = await http.get("/v1/responses/resp_1/input_items", params={"order": "sideways"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "order"
+    # Every OpenAI list takes 1..100 and refuses more (it does not cap).
+    for path in ("/v1/responses/resp_1/input_items", "/v1/responses"):
+        response = await http.get(path, params={"limit": 101})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "limit", response.text
 
 
 async def test_body_over_the_message_limit_is_413(database_url, tmp_path):

@@ -15,14 +15,9 @@ from agentd.storage.responses import item_id_of
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import responses_pb2 as pb
 
-# OpenAI's list sizes: ListResponses 50 by default, input items 20; both at most 100.
-RESPONSES_PAGE, INPUT_ITEMS_PAGE, MAX_PAGE = 50, 20, 100
-
-
-def _page_size(requested: int, default: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size", "must be >= 0")
-    return min(requested or default, MAX_PAGE)
+# ListResponses gives 50 by default (Llama Stack's list; OpenAI has none), input items
+# OpenAI's 20; both at most 100, as every OpenAI list.
+RESPONSES_PAGE = 50
 
 
 def _response_id(request) -> str:
@@ -72,8 +67,9 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
 
     async def ListResponses(self, request: pb.ListResponsesRequest, context) -> pb.ListResponsesResponse:
         owner = principal.get()
+        limit = paging.openai_limit(request.page_size, default=RESPONSES_PAGE)
         responses, page = await self.engine.store.list(
-            owner, paging.decode(request.page_token), _page_size(request.page_size, RESPONSES_PAGE),
+            owner, paging.decode(request.page_token), limit,
             descending=request.order != common_pb2.SORT_ORDER_ASC,
             model=request.model if request.HasField("model") else None)
         listed = [r for r in responses if r.store]  # store=false ones run, then go: never listed
@@ -91,7 +87,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
     async def ListResponseInputItems(self, request: pb.ListResponseInputItemsRequest,
                                      context) -> pb.ListResponseInputItemsResponse:
         check_includes(request.include)
-        limit = _page_size(request.page_size, INPUT_ITEMS_PAGE)
+        limit = paging.openai_limit(request.page_size)
         items = await self.engine.input_items(principal.get(), _response_id(request))
         if request.order != common_pb2.SORT_ORDER_ASC:
             items.reverse()
