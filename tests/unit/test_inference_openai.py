@@ -68,6 +68,15 @@ async def test_streams_text_with_finish_reason_and_usage(fake_openai, provider):
     assert sent.messages == [{"role": "user", "content": "hi there"}]
 
 
+async def test_sends_none_of_the_sdk_telemetry_headers(fake_openai, provider):
+    fake_openai.script(Reply(text="ok"))
+    await collect(provider, ChatRequest(model="m", messages=USER, timeout_s=5))
+    await collect(provider, ChatRequest(model="m", messages=USER))
+    for sent in fake_openai.chat_requests:
+        assert not [name for name in sent.headers if name.startswith("x-stainless")]
+        assert sent.headers["content-type"] == "application/json"
+
+
 async def test_finish_reason_length(fake_openai, provider):
     fake_openai.script(Reply(text="cut sho", finish_reason="length"))
     chunks = await collect(provider, ChatRequest(model="m", messages=USER))

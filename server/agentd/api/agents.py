@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentd import ids, paging
 from agentd.api.fields import no_nul as _no_nul
 from agentd.api.fields import request_id_of
+from agentd.api.stream_events import event_response
 from agentd.clock import now_micros
 from agentd.context import principal
 from agentd.engine import agent_config
@@ -183,7 +184,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         events = await self._start(request, context)
         async with contextlib.aclosing(events):
             async for event in events:
-                yield pb.StreamTurnResponse(event=event)
+                yield event_response(pb.StreamTurnResponse, event)
 
     async def ResumeTurn(self, request: pb.ResumeTurnRequest, context) -> pb.ResumeTurnResponse:
         events = await self._resume(request, context)
@@ -193,7 +194,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         events = await self._resume(request, context)
         async with contextlib.aclosing(events):
             async for event in events:
-                yield pb.StreamResumeTurnResponse(event=event)
+                yield event_response(pb.StreamResumeTurnResponse, event)
 
     async def StreamTurnEvents(self, request: pb.StreamTurnEventsRequest, context):
         events = await self._engine().follow(
@@ -202,7 +203,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
             request.starting_after if request.HasField("starting_after") else None)
         async with contextlib.aclosing(events):
             async for event in events:
-                yield pb.StreamTurnEventsResponse(event=event)
+                yield event_response(pb.StreamTurnEventsResponse, event)
 
     async def CancelTurn(self, request: pb.CancelTurnRequest, context) -> pb.CancelTurnResponse:
         turn = await self._engine().cancel(

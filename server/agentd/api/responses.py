@@ -6,6 +6,7 @@ import contextlib
 
 from agentd import paging
 from agentd.api.agents import request_id_of
+from agentd.api.stream_events import event_response
 from agentd.context import principal
 from agentd.engine.responses import ResponseEngine
 from agentd.engine.responses.engine import check_includes, id_param
@@ -46,7 +47,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
         events = started.events()
         async with contextlib.aclosing(events):
             async for event in events:
-                yield pb.StreamResponseResponse(event=event)
+                yield event_response(pb.StreamResponseResponse, event)
 
     async def GetResponse(self, request: pb.GetResponseRequest, context) -> pb.GetResponseResponse:
         check_includes(request.include)
@@ -59,7 +60,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
             request.starting_after if request.HasField("starting_after") else None)
         async with contextlib.aclosing(events):
             async for event in events:
-                yield pb.StreamResponseEventsResponse(event=event)
+                yield event_response(pb.StreamResponseEventsResponse, event)
 
     async def CancelResponse(self, request: pb.CancelResponseRequest, context) -> pb.CancelResponseResponse:
         response = await self.engine.cancel(principal.get(), _response_id(request))
