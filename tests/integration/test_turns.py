@@ -20,7 +20,7 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
-from tests.conftest import draining, error_of, make_settings
+from tests.conftest import draining, error_of, fake_model_providers, make_settings
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -37,9 +37,7 @@ async def server(database_url, tmp_path, fake):
     settings = make_settings(
         database_url,
         tmp_path,
-        providers=[
-            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
-        ],
+        providers=fake_model_providers(fake),
     )
     agentd = Agentd(settings)
     await agentd.start()
@@ -414,9 +412,7 @@ async def test_a_server_tool_call_runs_in_its_own_step(database_url, tmp_path, f
     settings = make_settings(
         database_url,
         tmp_path,
-        providers=[
-            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
-        ],
+        providers=fake_model_providers(fake),
         websearch={"api_key": "sk-search", "base_url": search.base_url},
     )
     server = Agentd(settings)
@@ -466,9 +462,7 @@ async def test_a_tool_that_does_not_answer_in_time_is_an_error_step_and_the_turn
     settings = make_settings(
         database_url,
         tmp_path,
-        providers=[
-            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
-        ],
+        providers=fake_model_providers(fake),
         # The search's own HTTP timeout is far away: the tool deadline is what ends the call.
         websearch={"api_key": "sk-search", "base_url": search.base_url, "timeout_s": 300},
         tool_timeout_s=0.5,
@@ -742,9 +736,7 @@ async def test_shutdown_interrupts_a_running_turn_and_a_crash_is_recovered_at_st
     settings = make_settings(
         database_url,
         tmp_path,
-        providers=[
-            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
-        ],
+        providers=fake_model_providers(fake),
     )
     fake.script(Reply(text="never", hang=True))
     first = Agentd(settings)
@@ -1028,9 +1020,7 @@ async def test_a_turn_or_a_resume_while_the_server_drains_fails_before_writing_a
     settings = make_settings(
         database_url,
         tmp_path,
-        providers=[
-            {"id": "fake", "type": "openai", "base_url": fake.base_url, "models": [{"id": "test-model"}]}
-        ],
+        providers=fake_model_providers(fake),
     )
     server = Agentd(settings)
     await server.start()
