@@ -66,6 +66,8 @@ from google.protobuf import json_format
 from agentd import ids
 from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
+from agentd.engine.items import INCLUDABLE
+from agentd.engine.metadata import check_metadata
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text
@@ -86,7 +88,6 @@ log = logging.getLogger("agentd.responses")
 
 DEFAULT_MAX_INFER_ITERS = 10
 MIN_OUTPUT_TOKENS = 16
-MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 MAX_USER_ID = 128
 # Responses whose transcript (every item up to their output) is kept in memory, so a chain
 # of previous_response_id reads one response, not the whole chain (least recently used out).
@@ -96,11 +97,6 @@ CONVERSATION_PAGE = 1000
 # OpenAI's `include` values. agentd always includes file_search results; the others name
 # data agentd does not produce yet (no logprobs, no encrypted reasoning from its providers),
 # so they are accepted and change nothing.
-INCLUDES = frozenset({
-    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
-    "message.input_image.image_url", "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs",
-})
 # The names OpenAI gives the web search tool (all run by builtin::websearch).
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
                               "web_search_2025_08_26"})
@@ -316,7 +312,7 @@ class ResponseEngine:
             raise InvalidArgument("max_infer_iters", "must be at least 1")
         if request.HasField("top_logprobs") and not 0 <= request.top_logprobs <= 20:
             raise InvalidArgument("top_logprobs", "must be between 0 and 20")
-        _check_metadata(request.metadata)
+        check_metadata(request.metadata)
         for name in ("user", "safety_identifier"):
             if request.HasField(name) and len(getattr(request, name)) > MAX_USER_ID:
                 raise InvalidArgument(name, f"at most {MAX_USER_ID} characters")
@@ -823,21 +819,9 @@ def _fail(response: rt.Response, code: str, message: str) -> None:
 
 def check_includes(include: Sequence[str], field: str = "include") -> None:
     for index, value in enumerate(include):
-        if value not in INCLUDES:
+        if value not in INCLUDABLE:
             raise InvalidArgument(f"{field}[{index}]", f"unknown include value '{value}'; one of: "
-                                                       + ", ".join(sorted(INCLUDES)))
-
-
-def _check_metadata(metadata: Any) -> None:
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidArgument("metadata", f"at most {MAX_METADATA_KEYS} keys")
-    for key, value in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise InvalidArgument("metadata", f"key '{key[:MAX_METADATA_KEY]}...' is longer than "
-                                              f"{MAX_METADATA_KEY} characters")
-        if len(value) > MAX_METADATA_VALUE:
-            raise InvalidArgument("metadata", f"the value of '{key}' is longer than "
-                                              f"{MAX_METADATA_VALUE} characters")
+                                                       + ", ".join(sorted(INCLUDABLE)))
 
 
 def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
