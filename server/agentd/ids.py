@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import uuid
 
+from agentd.errors import InvalidArgument
+
 AGENT, SESSION, TURN, STEP = "agent", "sess", "turn", "step"
 RESPONSE, CONVERSATION = "resp", "conv"
 
@@ -17,3 +19,11 @@ RESPONSE, CONVERSATION = "resp", "conv"
 def new_id(prefix: str) -> str:
     """A new `<prefix>_<32 hex>` id (random: ids say nothing about order or time)."""
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def no_nul(value: str, field: str) -> str:
+    """An id or name a request gives, refused (INVALID_ARGUMENT naming `field`) if it holds
+    NUL, which PostgreSQL can neither store nor compare."""
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return value

@@ -1,18 +1,13 @@
 """Checks of request fields that the contract's field_behavior cannot express, shared by the
-servicers (presence is the validator's: agentd.validation runs before every method)."""
+servicers: `no_nul` (from agentd.ids, re-exported here) and the idempotency key. Presence is
+the validator's: agentd.validation runs before every method."""
 
 from __future__ import annotations
 
 from agentd.errors import InvalidArgument
+from agentd.ids import no_nul
 
 MAX_REQUEST_ID = 255
-
-
-def no_nul(value: str, field: str) -> str:
-    """An id or name without NUL, which PostgreSQL cannot store or compare."""
-    if "\x00" in value:
-        raise InvalidArgument(field, "must not contain NUL characters")
-    return value
 
 
 def request_id_of(request) -> str | None:

@@ -9,9 +9,10 @@ from agentd.api.agents import request_id_of
 from agentd.api.stream_events import event_response
 from agentd.context import principal
 from agentd.engine.responses import ResponseEngine
-from agentd.engine.responses.engine import check_includes, id_param
+from agentd.engine.responses.engine import check_includes
 from agentd.engine.runs import RESPONSES, run_to_end
 from agentd.errors import InvalidArgument
+from agentd.ids import no_nul
 from agentd.storage.responses import item_id_of
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import responses_pb2 as pb
@@ -22,7 +23,7 @@ RESPONSES_PAGE = 50
 
 
 def _response_id(request) -> str:
-    return id_param(request.response_id, "response_id")
+    return no_nul(request.response_id, "response_id")
 
 
 class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):

@@ -44,8 +44,8 @@ def stored_item(item: pb.ResponseItem, field: str) -> pb.ResponseItem:
         body.id = ids.new_id(_ID_PREFIXES[member])
     elif len(body.id) > MAX_ITEM_ID:
         raise InvalidArgument(f"{field}.id", f"at most {MAX_ITEM_ID} characters")
-    elif "\x00" in body.id:
-        raise InvalidArgument(f"{field}.id", "must not contain NUL characters")
+    else:
+        ids.no_nul(body.id, f"{field}.id")
     if member == "message":
         _check_content(body.content, "content", f"{field}.content")
     elif member == "function_call_output":

@@ -237,7 +237,7 @@ class ResponseEngine:
         if background and not store:
             raise InvalidArgument("background", "a background response must be stored (store: true)")
         plan = self._plan(request)
-        previous = (id_param(request.previous_response_id, "previous_response_id")
+        previous = (ids.no_nul(request.previous_response_id, "previous_response_id")
                     if request.HasField("previous_response_id") else None)
         conversation_id = self._conversation_id(request)
         if previous is not None and conversation_id is not None:
@@ -355,7 +355,7 @@ class ResponseEngine:
         if not request.HasField("conversation"):
             return None
         param = request.conversation
-        conversation_id = id_param(param.id if param.WhichOneof("conversation") == "id" else param.ref.id,
+        conversation_id = ids.no_nul(param.id if param.WhichOneof("conversation") == "id" else param.ref.id,
                                     "conversation")
         if not conversation_id.startswith(f"{ids.CONVERSATION}_"):
             raise InvalidArgument("conversation", f"Invalid conversation ID '{conversation_id}'. "
@@ -795,13 +795,6 @@ def _not_found(resource: str, resource_id: str, field: str) -> NotFound:
     error = NotFound(resource, resource_id)
     error.field_violations = [(field, error.message)]
     return error
-
-
-def id_param(value: str, field: str) -> str:
-    """An id the request names: NUL, which PostgreSQL cannot store or compare, is refused."""
-    if "\x00" in value:
-        raise InvalidArgument(field, "must not contain NUL characters")
-    return value
 
 
 def _end_unfinished(response: rt.Response) -> None:
