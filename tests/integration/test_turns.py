@@ -20,7 +20,7 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
-from tests.conftest import draining, error_of, fake_model_providers, make_settings
+from tests.conftest import draining, error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -34,17 +34,8 @@ def search():
 
 @pytest_asyncio.fixture
 async def server(database_url, tmp_path, fake):
-    settings = make_settings(
-        database_url,
-        tmp_path,
-        providers=fake_model_providers(fake),
-    )
-    agentd = Agentd(settings)
-    await agentd.start()
-    try:
+    async with running(make_settings(database_url, tmp_path, providers=fake_model_providers(fake))) as agentd:
         yield agentd
-    finally:
-        await agentd.stop(0)
 
 
 @pytest_asyncio.fixture
