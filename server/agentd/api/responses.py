@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 
 from agentd import paging
-from agentd.api.agents import request_id_of
+from agentd.api.fields import no_nul, request_id_of
 from agentd.api.stream_events import event_response
 from agentd.context import principal
 from agentd.engine.responses import ResponseEngine
 from agentd.engine.responses.engine import check_includes
 from agentd.engine.runs import RESPONSES, run_to_end
 from agentd.errors import InvalidArgument
-from agentd.ids import no_nul
 from agentd.storage.responses import item_id_of
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import responses_pb2 as pb
@@ -31,8 +30,8 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
         self.engine = engine
 
     async def _start(self, request, context):
-        request_id_of(request)  # checks the idempotency key's length
-        return await self.engine.start(principal.get(), request, timeout_s=context.time_remaining())
+        return await self.engine.start(principal.get(), request, request_id=request_id_of(request),
+                                       timeout_s=context.time_remaining())
 
     async def CreateResponse(self, request: pb.CreateResponseRequest, context) -> pb.CreateResponseResponse:
         started = await self._start(request, context)

@@ -30,8 +30,9 @@ def item_id_of(item: item_types.ResponseItem) -> str:
     return getattr(item, item.WhichOneof("item")).id
 
 
-def _status(response: rt.Response) -> str:
-    return rt.ResponseStatus.Name(response.status).removeprefix("RESPONSE_STATUS_").lower()
+def status_name(status: int) -> str:
+    """A ResponseStatus as OpenAI and the status column spell it ("in_progress", ...)."""
+    return rt.ResponseStatus.Name(status).removeprefix("RESPONSE_STATUS_").lower()
 
 
 # Built once: building the statement cost more than running it on SQLite.
@@ -56,7 +57,7 @@ class ResponseStore:
         body = await self.repo.create(
             schema.responses, key=("owner", "request_id"), children=((schema.response_items, items),),
             id=response.id, owner=owner, created_at=now_micros(), model=response.model,
-            status=_status(response), request_id=request_id,
+            status=status_name(response.status), request_id=request_id,
             previous_response_id=response.previous_response_id or None,
             conversation_id=response.conversation.id or None, body=body_of(response))
         return rt.Response.FromString(body)
@@ -69,7 +70,7 @@ class ResponseStore:
     def update_work(self, owner: str, response: rt.Response) -> Callable[[Connection], bool]:
         """The update as work for a transaction of the caller's (Run.flush's `also`), with
         the response as it is now."""
-        values = {"row_owner": owner, "row_id": response.id, "new_status": _status(response),
+        values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
                   "new_body": body_of(response)}
         return lambda conn: conn.execute(_UPDATE, values).rowcount > 0
 

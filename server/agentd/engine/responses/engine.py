@@ -55,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from agentd import ids
+from agentd.clock import now_micros
 from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
 from agentd.engine.items import INCLUDABLE
@@ -75,7 +75,7 @@ from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotF
 from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
-from agentd.storage.responses import RUNNING, ResponseStore
+from agentd.storage.responses import RUNNING, ResponseStore, status_name
 from agentd.tools.base import ResolvedTool, ToolRuntime
 from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
@@ -184,10 +184,6 @@ def _copy(item: it.ResponseItem) -> it.ResponseItem:
     return copy
 
 
-def status_name(status: int) -> str:
-    return rt.ResponseStatus.Name(status).removeprefix("RESPONSE_STATUS_").lower()
-
-
 class ResponseEngine:
     def __init__(self, store: ResponseStore, conversations: ConversationStore, runs: Runs,
                  registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Shields | None = None):
@@ -227,10 +223,12 @@ class ResponseEngine:
 
     # ------------------------------------------------------------------ create
 
-    async def start(self, owner: str, request: CreateRequest, timeout_s: float | None = None) -> Started:
+    async def start(self, owner: str, request: CreateRequest, *, request_id: str | None = None,
+                    timeout_s: float | None = None) -> Started:
         """Checks the request, stores the response and starts its run (see the module
         docstring). Every bad request fails here, before any event. A retry with a known
-        request_id follows the first call's response instead. `timeout_s`: the caller's
+        `request_id` (the request's, checked by the caller) follows the first call's response
+        instead. `timeout_s`: the caller's
         time left (ignored when background)."""
         background = request.HasField("background") and request.background
         store = not request.HasField("store") or request.store
@@ -257,7 +255,6 @@ class ResponseEngine:
         response = _echo(request, plan, background=background, store=store)
         if conversation_id is not None:
             response.conversation.id = conversation_id
-        request_id = request.request_id if request.HasField("request_id") and request.request_id else None
         deadline = None
         if timeout_s is not None and not background:
             deadline = asyncio.get_running_loop().time() + timeout_s
@@ -620,7 +617,7 @@ class ResponseEngine:
         response = state.response
         if incomplete is None:
             response.status = COMPLETED
-            response.completed_at = int(time.time())
+            response.completed_at = now_micros() // 1_000_000
         else:
             response.status = INCOMPLETE
             response.incomplete_details.reason = incomplete
@@ -873,7 +870,7 @@ def _echo(request: CreateRequest, plan: Plan, *, background: bool, store: bool) 
     """The new response: the request's settings echoed as OpenAI does, with the defaults
     written out."""
     response = rt.Response(
-        id=ids.new_id(ids.RESPONSE), created_at=int(time.time()),
+        id=ids.new_id(ids.RESPONSE), created_at=now_micros() // 1_000_000,
         status=QUEUED if background else IN_PROGRESS, model=request.model, tools=request.tools,
         metadata=request.metadata, store=store, background=background, service_tier="default",
         parallel_tool_calls=not request.HasField("parallel_tool_calls") or request.parallel_tool_calls,
