@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from agentd import ids, paging
 from agentd.api.fields import no_nul as _no_nul
 from agentd.api.fields import request_id_of
 from agentd.api.stream_events import event_response
-from agentd.clock import now_micros
+from agentd.clock import timestamp
 from agentd.context import principal
 from agentd.engine import agent_config
 from agentd.engine.runs import TURNS, run_to_end
@@ -24,12 +22,6 @@ from agentd.v1 import agents_pb2_grpc
 MAX_SESSION_NAME = 1024
 
 
-def _timestamp(micros: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMicroseconds(micros)
-    return ts
-
-
 class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
     def __init__(self, store: AgentStore, engine: TurnEngine | None = None):
         self.store = store
@@ -39,7 +31,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
 
     async def CreateAgent(self, request: pb.CreateAgentRequest, context) -> pb.CreateAgentResponse:
         request_id = request_id_of(request)
-        agent = types.Agent(agent_id=ids.new_id(ids.AGENT), created_at=_timestamp(now_micros()),
+        agent = types.Agent(agent_id=ids.new_id(ids.AGENT), created_at=timestamp(),
                             agent_config=agent_config.normalize(request.agent_config))
         agent = await self.store.create_agent(principal.get(), agent, request_id)
         return pb.CreateAgentResponse(agent_id=agent.agent_id, agent=agent)
@@ -82,7 +74,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         agent_id = _no_nul(request.agent_id, "agent_id")
         request_id = request_id_of(request)
         session = types.AgentSession(session_id=ids.new_id(ids.SESSION), session_name=name,
-                                     started_at=_timestamp(now_micros()))
+                                     started_at=timestamp())
         session = await self.store.create_session(principal.get(), agent_id, session, request_id)
         if session is None:
             raise NotFound("agent", agent_id)

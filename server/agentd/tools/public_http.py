@@ -13,8 +13,10 @@ environment are ignored: a proxy would connect on agentd's behalf, past the chec
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -110,14 +112,20 @@ class _PublicOnlyBackend(httpcore.AsyncNetworkBackend):
         await self._sockets.sleep(seconds)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every fetch: building one reads the CA bundle from disk, which a
+    fetch (on the event loop) should not do each time."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _PublicOnlyTransport(httpx.AsyncHTTPTransport):
     def __init__(self) -> None:
-        super().__init__(trust_env=False)
+        super().__init__(verify=_ssl_context(), trust_env=False)
         # httpx builds its httpcore pool without a way to pass a network backend: the same
         # pool, with the backend that checks every address before it connects.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), network_backend=_PublicOnlyBackend()
-        )
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=_ssl_context(),
+                                                  network_backend=_PublicOnlyBackend())
 
 
 def http_client(*, allow_private: bool, **kwargs: Any) -> httpx.AsyncClient:

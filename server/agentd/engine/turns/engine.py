@@ -53,7 +53,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
-from agentd.clock import now_micros
+from agentd.clock import now_micros, timestamp
 from agentd.config import DocumentsConfig, Settings
 from agentd.engine.completion import Completion, arguments_object
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
@@ -142,18 +142,12 @@ def _interrupted() -> Unavailable:
     return Unavailable("The server stopped while the turn ran; start a new turn.", reason="TURN_INTERRUPTED")
 
 
-def _timestamp(micros: int | None = None) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMicroseconds(now_micros() if micros is None else micros)
-    return ts
-
-
 def _tool_execution_step(turn_id: str, step_id: str, started: Timestamp,
                          calls: Sequence[msg.AgentToolCall],
                          responses: Sequence[msg.AgentToolResponse]) -> types.AgentStep:
     """A completed tool_execution step: client tools answered on resume, or one server call."""
     return types.AgentStep(tool_execution=types.ToolExecutionStep(
-        turn_id=turn_id, step_id=step_id, started_at=started, completed_at=_timestamp(),
+        turn_id=turn_id, step_id=step_id, started_at=started, completed_at=timestamp(),
         tool_calls=calls, tool_responses=responses))
 
 
@@ -534,7 +528,7 @@ class TurnEngine:
                 turn_id=ids.new_id(ids.TURN),
                 session_id=session_id,
                 input_messages=inputs,
-                started_at=_timestamp(),
+                started_at=timestamp(),
                 status=types.TURN_STATUS_IN_PROGRESS,
                 background=background,
             )
@@ -629,7 +623,7 @@ class TurnEngine:
             by_id = {r.call_id: r for r in tool_responses}
 
             async def produce(run: Run) -> None:
-                step_id, started = ids.new_id(ids.STEP), _timestamp()
+                step_id, started = ids.new_id(ids.STEP), timestamp()
                 await run.emit(
                     _event(turn_id, step_start=te.StepStartPayload(step_type=TOOL_EXECUTION, step_id=step_id))
                 )
@@ -786,7 +780,7 @@ class TurnEngine:
 
     async def _infer(self, state: TurnState, run: Run) -> msg.CompletionMessage:
         plan, turn_id = state.plan, state.turn.turn_id
-        step_id, started = ids.new_id(ids.STEP), _timestamp()
+        step_id, started = ids.new_id(ids.STEP), timestamp()
 
         async def progress(delta: te.ContentDelta) -> None:
             await run.emit(
@@ -861,7 +855,7 @@ class TurnEngine:
             turn_id=turn_id,
             step_id=step_id,
             started_at=started,
-            completed_at=_timestamp(),
+            completed_at=timestamp(),
             model_response=answer,
             model=plan.agent.agent_config.model,
         )
@@ -884,7 +878,7 @@ class TurnEngine:
     async def _execute(self, state: TurnState, run: Run, call: msg.AgentToolCall) -> None:
         """One server tool call: its own tool_execution step."""
         turn_id = state.turn.turn_id
-        step_id, started = ids.new_id(ids.STEP), _timestamp()
+        step_id, started = ids.new_id(ids.STEP), timestamp()
         await run.emit(
             _event(turn_id, step_start=te.StepStartPayload(step_type=TOOL_EXECUTION, step_id=step_id))
         )
@@ -964,13 +958,13 @@ class TurnEngine:
         if not shield_ids:
             return False
         turn_id = state.turn.turn_id
-        step_id, started = ids.new_id(ids.STEP), _timestamp()
+        step_id, started = ids.new_id(ids.STEP), timestamp()
         start = te.StepStartPayload(step_type=SHIELD_CALL, step_id=step_id)
         start.metadata.update({"touchpoint": TOUCHPOINT_NAMES[touchpoint]})
         await run.emit(_event(turn_id, step_start=start))
         found = await self.shields.check(shield_ids, state.messages)
         step = types.ShieldCallStep(
-            turn_id=turn_id, step_id=step_id, started_at=started, completed_at=_timestamp(),
+            turn_id=turn_id, step_id=step_id, started_at=started, completed_at=timestamp(),
             touchpoint=touchpoint, shield_id=shield_ids[0],
         )
         blocking = found is not None and found.blocking
@@ -1018,7 +1012,7 @@ class TurnEngine:
         turn.output_message.CopyFrom(answer)
         turn.status = types.TURN_STATUS_COMPLETED
         turn.stop_reason = reason
-        turn.completed_at.CopyFrom(_timestamp())
+        turn.completed_at.CopyFrom(timestamp())
         # The turn's status and its terminal event in one commit.
         await run.emit(_event(turn.turn_id, turn_complete=te.TurnCompletePayload(turn=turn)),
                        also=self.store.update_turn_work(state.owner, turn, STATUS_NAMES[turn.status]))
@@ -1028,7 +1022,7 @@ class TurnEngine:
     def _end_turn(turn: types.Turn, status: int, error: BaseException) -> None:
         turn.status = status
         turn.stop_reason = types.TURN_STOP_REASON_ERROR
-        turn.completed_at.CopyFrom(_timestamp())
+        turn.completed_at.CopyFrom(timestamp())
         turn.error.CopyFrom(status_of(error))
 
     def _on_stop(self, state: TurnState):
