@@ -34,6 +34,8 @@ log = logging.getLogger("agentd.inference")
 # The transport errors of the HTTP client inside the openai SDK (recent versions ship their
 # own copy of httpx, httpx2): a stream cut while it is read raises one of these.
 _SDK_TRANSPORT_ERROR = getattr(openai_base_client, "httpx2", httpx).TransportError
+# What an endpoint that cannot be reached (or that drops the connection) raises.
+_CONNECTION_ERRORS = (openai.APIConnectionError, httpx.TransportError, _SDK_TRANSPORT_ERROR)
 
 # The SDK's telemetry headers (its platform, version, retry count, read timeout): no endpoint
 # needs them, and a waiting call holds each header several times over (the SDK's request,
@@ -128,7 +130,7 @@ class OpenAIProvider:
                                    reason="MODEL_TIMEOUT") from None
         except openai.APIStatusError as e:
             raise _status_error(e, request.model) from None
-        except (openai.APIConnectionError, httpx.TransportError, _SDK_TRANSPORT_ERROR) as e:
+        except _CONNECTION_ERRORS as e:
             raise self._unreachable(request.model, e) from None
         except openai.APIError as e:  # e.g. an error event inside the stream
             raise Unavailable(f"Model '{request.model}' failed: {e.message}",
@@ -153,8 +155,7 @@ class OpenAIProvider:
             return [m.id for m in page.data]
         except openai.APITimeoutError as e:
             if (refused := _refused(e)) is not None:
-                raise Unavailable(f"Provider '{self.provider_id}' at {self.base_url} cannot be reached: "
-                                  f"{_cause(refused)}", reason="MODEL_UNAVAILABLE") from None
+                raise self._cannot_reach(refused) from None
             raise DeadlineExceeded(f"Provider '{self.provider_id}' did not list its models in time.",
                                    reason="MODEL_TIMEOUT") from None
         except openai.APIStatusError as e:
@@ -162,9 +163,12 @@ class OpenAIProvider:
                 raise Unavailable(f"Provider '{self.provider_id}' cannot list its models: "
                                   f"{_upstream_message(e)}", reason="MODEL_UNAVAILABLE") from None
             raise InvalidArgument("", _upstream_message(e), reason="MODEL_REJECTED_REQUEST") from None
-        except (openai.APIConnectionError, httpx.TransportError) as e:
-            raise Unavailable(f"Provider '{self.provider_id}' at {self.base_url} cannot be reached: "
-                              f"{_cause(e)}", reason="MODEL_UNAVAILABLE") from None
+        except _CONNECTION_ERRORS as e:
+            raise self._cannot_reach(e) from None
+
+    def _cannot_reach(self, error: BaseException) -> Unavailable:
+        return Unavailable(f"Provider '{self.provider_id}' at {self.base_url} cannot be reached: "
+                           f"{_cause(error)}", reason="MODEL_UNAVAILABLE")
 
     async def close(self) -> None:
         await self._client.close()
