@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import NamedTuple
 
+from google.rpc import status_pb2
 from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
@@ -399,11 +400,12 @@ class AgentStore:
                                          turns.c.request_id == request_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
-    async def interrupt_running_turns(self, now: int) -> int:
+    async def interrupt_running_turns(self, now: int, error: status_pb2.Status | None = None) -> int:
         """Recovery: every turn still in progress whose lease expired before `now` (its
         replica died, or stopped renewing) becomes interrupted, in its status column and its
-        body. Turns that live replicas run keep renewed leases and are left alone. Rows
-        without a lease (written before leases) count as expired. Returns how many."""
+        body (with `error`, the engine's). Turns that live replicas run keep renewed leases
+        and are left alone. Rows without a lease (written before leases) count as expired.
+        Returns how many."""
         turns = schema.turns
         query = (select(turns.c.id, turns.c.body)
                  .where(turns.c.status == IN_PROGRESS,
@@ -417,8 +419,8 @@ class AgentStore:
                 turn.status = types.TURN_STATUS_INTERRUPTED
                 turn.stop_reason = types.TURN_STOP_REASON_ERROR
                 turn.completed_at.FromMicroseconds(now)
-                turn.error.code = 14  # UNAVAILABLE
-                turn.error.message = "The server stopped while the turn ran; start a new turn."
+                if error is not None:
+                    turn.error.CopyFrom(error)
                 conn.execute(update(turns).where(turns.c.id == row.id, turns.c.status == IN_PROGRESS)
                              .values(status=INTERRUPTED, body=body_of(turn)))
             return len(rows)

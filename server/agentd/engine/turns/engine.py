@@ -275,7 +275,7 @@ class TurnEngine:
     async def recover(self) -> int:
         """Turns left in_progress whose lease expired (the replica that ran them died)
         become interrupted; those live replicas run are left alone."""
-        count = await self.store.interrupt_running_turns(now_micros())
+        count = await self.store.interrupt_running_turns(now_micros(), status_of(_interrupted()))
         if count:
             log.warning("%d turn(s) left running by a stopped replica marked interrupted", count)
         return count
