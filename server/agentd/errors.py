@@ -36,11 +36,13 @@ class AgentdError(Exception):
 class NotFound(AgentdError):
     code = grpc.StatusCode.NOT_FOUND
 
-    def __init__(self, resource: str, resource_id: str):
+    def __init__(self, resource: str, resource_id: str, *, field: str | None = None):
         # e.g. NotFound("agent", "agent_x") -> AGENT_NOT_FOUND "Agent 'agent_x' not found."
-        super().__init__(f"{resource.capitalize()} '{resource_id}' not found.",
-                         reason=f"{resource.upper()}_NOT_FOUND",
-                         metadata={"resource": resource, "id": resource_id})
+        # `field`: the request field that named the id (OpenAI's error calls it `param`).
+        message = f"{resource.capitalize()} '{resource_id}' not found."
+        super().__init__(message, reason=f"{resource.upper()}_NOT_FOUND",
+                         metadata={"resource": resource, "id": resource_id},
+                         field_violations=[(field, message)] if field else None)
 
 
 class InvalidArgument(AgentdError):

@@ -60,11 +60,12 @@ def refusal_text(user_message: str | None, shield_id: str) -> str:
     return f"I can't help with that: shield '{shield_id}' blocked it."
 
 
-def require_declared(shields: Shields, shield_ids: Iterable[str]) -> None:
-    """NOT_FOUND (SHIELD_NOT_FOUND) for the first id configuration does not declare."""
+def require_declared(shields: Shields, shield_ids: Iterable[str], field: str | None = None) -> None:
+    """NOT_FOUND (SHIELD_NOT_FOUND) for the first id configuration does not declare;
+    `field`: the request field that named it."""
     for shield_id in shield_ids:
         if shield_id not in shields.declared:
-            raise NotFound("shield", shield_id)
+            raise NotFound("shield", shield_id, field=field)
 
 
 class DeclaredShields:

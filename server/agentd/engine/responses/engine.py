@@ -70,7 +70,7 @@ from agentd.engine.items import INCLUDABLE
 from agentd.engine.metadata import check_metadata
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
-from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text
+from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text, require_declared
 from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound
 from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
 from agentd.paging import Cursor
@@ -339,13 +339,10 @@ class ResponseEngine:
     def _guardrails(self, guardrails: Sequence[rt.ResponseGuardrail]) -> tuple[str, ...]:
         """The shield ids the request names, each a configured shield (else NOT_FOUND
         SHIELD_NOT_FOUND)."""
-        named = []
-        for guardrail in guardrails:
-            shield_id = guardrail.id if guardrail.WhichOneof("guardrail") == "id" else guardrail.spec.type
-            if shield_id not in self.shields.declared:
-                raise _not_found("shield", shield_id, "guardrails")
-            named.append(shield_id)
-        return tuple(named)
+        named = tuple(guardrail.id if guardrail.WhichOneof("guardrail") == "id" else guardrail.spec.type
+                      for guardrail in guardrails)
+        require_declared(self.shields, named, field="guardrails")
+        return named
 
     @staticmethod
     def _conversation_id(request: CreateRequest) -> str | None:
@@ -396,7 +393,7 @@ class ResponseEngine:
             found = await self.conversations.list_items(owner, conversation_id, cursor, CONVERSATION_PAGE,
                                                         descending=False)
             if found is None:
-                raise _not_found("conversation", conversation_id, "conversation")
+                raise NotFound("conversation", conversation_id, field="conversation")
             page_items, page = found
             loaded.extend(page_items)
             if not page.has_more or page.next_cursor is None:
@@ -785,13 +782,6 @@ def _zero_usage() -> rt.ResponseUsage:
     usage.input_tokens_details.SetInParent()
     usage.output_tokens_details.SetInParent()
     return usage
-
-
-def _not_found(resource: str, resource_id: str, field: str) -> NotFound:
-    """NOT_FOUND for an id the request names in `field`, which OpenAI's error calls `param`."""
-    error = NotFound(resource, resource_id)
-    error.field_violations = [(field, error.message)]
-    return error
 
 
 def _end_unfinished(response: rt.Response) -> None:
