@@ -155,6 +155,24 @@ async def test_the_buffer_is_flushed_when_full(store):
     assert numbers(await kept(store)) == list(range(26))
 
 
+async def test_the_buffer_is_flushed_when_its_oldest_event_is_old(store):
+    runs = runs_of(store, flush_after_s=0.5)
+    seen_kept = []
+
+    async def producer(run):
+        await run.emit(started())
+        await run.emit(delta("a"))  # young: stays buffered
+        seen_kept.append(numbers(await kept(store)))
+        await asyncio.sleep(0.6)
+        await run.emit(delta("b"))  # the buffer's oldest is now old: all three are kept
+        seen_kept.append(numbers(await kept(store)))
+        await run.emit(complete())
+
+    await collect(runs.start(OWNER, TURN, producer, kind=TURNS).events())
+    assert seen_kept == [[], [0, 1, 2]]
+    assert runs.appends == 2 and numbers(await kept(store)) == [0, 1, 2, 3]
+
+
 # ---------------------------------------------------------------- fan-out and re-attach
 
 async def test_every_consumer_gets_every_event(store):
