@@ -424,7 +424,7 @@ class AgentStore:
                 conn.execute(update(turns).where(turns.c.id == row.id, turns.c.status == IN_PROGRESS)
                              .values(status=INTERRUPTED, body=body_of(turn)))
             return len(rows)
-        return await self.db.write(work)
+        return await self.db.write(work, bulk=True)
 
     async def turn_exists(self, owner: str, session_id: str, turn_id: str) -> bool:
         return await self.repo.exists(schema.turns, owner, turn_id, session_id=session_id)

@@ -4,15 +4,25 @@ runs.
 Every repository operation is a plain function of a SQLAlchemy Connection, run in ONE hop:
 - PostgreSQL: on the asyncpg async engine, via `run_sync` (SQLAlchemy's greenlet bridge),
   so the event loop never blocks on the network.
-- SQLite (embedded), with the synchronous pysqlite driver:
-  - writes and scans (`write`, `scan`) run on a small thread pool: a writer may wait on
-    SQLite's lock, and a page of up to 1000 rows takes a while;
-  - point reads (`read`) run inline. In WAL mode a reader never waits on a writer, a
-    primary-key read is ~0.1 ms of CPU that a thread could not run in parallel anyway (the
-    GIL), and the hop to a thread and back costs more than the read: measured with
-    `make bench`, GetAgent p50 at concurrency 1 went from 2.0-2.4 ms to 1.3-1.8 ms.
+- SQLite (embedded), with the synchronous pysqlite driver, most work runs inline on the
+  event loop, since the hop to a thread and back costs more than the work:
+  - point reads (`read`): in WAL mode a reader never waits on a writer, a primary-key
+    read is ~0.1 ms of CPU that a thread could not run in parallel anyway (the GIL);
+    measured with `make bench`, GetAgent p50 at concurrency 1 went from 2.0-2.4 ms to
+    1.3-1.8 ms.
+  - writes (`write`) on a connection of their own that never waits for SQLite's write
+    lock: when another connection holds it (another process on the same file, or a bulk
+    write on a thread), SQLite answers "busy" at once and the write runs again on a
+    thread, where it waits its turn. Under WAL with synchronous=NORMAL a commit appends to
+    the WAL without an fsync; the checkpoints, which do sync, run on a thread every
+    CHECKPOINT_EVERY inline writes instead of inside a commit. A turn's two writes on a
+    thread cost ~0.5-1 ms of CPU more than inline (thread wake-ups and GIL hand-offs,
+    measured with `make bench`).
+  - scans and bulk writes (`scan`, `write(bulk=True)`: a page of up to 1000 rows, a
+    cascading delete, recovery, migrations) run on a small thread pool, since their time
+    has no bound.
   Through aiosqlite, which crosses to its thread once per statement, fetch and rollback,
-  the same read cost ~1.3 ms.
+  a point read cost ~1.3 ms.
 """
 
 from __future__ import annotations
@@ -41,10 +51,15 @@ T = TypeVar("T")
 
 # Readers run side by side under WAL; writers queue on SQLite's own lock (busy_timeout).
 SQLITE_THREADS = 4
+# Inline writes between two checkpoints of the WAL on a thread (a turn writes ~3 pages).
+CHECKPOINT_EVERY = 200
+# How long a write on a thread waits for another connection's write lock.
+BUSY_TIMEOUT_MS = 5000
+_SQLITE_BUSY = 5  # the primary result code of "database is locked" (extended codes add bits above)
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY):
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -53,7 +68,14 @@ class Database:
             self._sync_engine = create_engine(
                 self.url, connect_args={"check_same_thread": False}, pool_size=SQLITE_THREADS + 2)
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            # The inline writes' own connection (one: the loop runs one write at a time).
+            self._inline_engine = create_engine(
+                self.url, connect_args={"check_same_thread": False}, pool_size=1)
+            event.listen(self._inline_engine, "connect", _inline_write_pragmas)
             self._executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="agentd-sqlite")
+            self._checkpoint_every = checkpoint_every
+            self._writes_since_checkpoint = 0
+            self._checkpoint: asyncio.Future | None = None
         else:
             # No pre-ping: it costs a round trip per checkout (~1 ms per call, measured with
             # make bench). A connection found dead instead fails that one call with
@@ -78,9 +100,42 @@ class Database:
         """Runs `work`, a read that may touch many rows, without a write transaction."""
         return await self._run(work, write=False)
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
-        """Runs `work` in one transaction: all of it is committed, or none of it."""
+    async def write(self, work: Callable[[Connection], T], *, bulk: bool = False) -> T:
+        """Runs `work` in one transaction: all of it is committed, or none of it. `bulk`:
+        work whose size has no bound (a cascading delete, recovery), never run inline."""
+        if self.is_sqlite and not bulk:
+            try:
+                with self._inline_engine.begin() as conn:
+                    result = work(conn)
+            except DBAPIError as e:
+                if not _busy(e):
+                    if _unavailable(e):
+                        raise _database_unavailable() from e
+                    raise
+                # Rolled back; another connection holds the write lock: wait on a thread.
+            else:
+                self._wrote_inline()
+                return result
         return await self._run(work, write=True)
+
+    def _wrote_inline(self) -> None:
+        self._writes_since_checkpoint += 1
+        if self._writes_since_checkpoint < self._checkpoint_every or self._checkpoint is not None:
+            return
+        self._writes_since_checkpoint = 0
+        self._checkpoint = asyncio.get_running_loop().run_in_executor(self._executor, self._checkpoint_wal)
+        self._checkpoint.add_done_callback(self._checkpointed)
+
+    def _checkpoint_wal(self) -> None:
+        # PASSIVE: copies what it can without waiting for readers or blocking writers.
+        with self._sync_engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _checkpointed(self, done: asyncio.Future) -> None:
+        self._checkpoint = None
+        if not done.cancelled() and done.exception() is not None:
+            # The next one retries; the WAL only grows meanwhile.
+            log.warning("WAL checkpoint failed: %s", done.exception())
 
     async def _run(self, work: Callable[[Connection], T], write: bool) -> T:
         try:
@@ -103,7 +158,7 @@ class Database:
 
     async def migrate(self) -> None:
         """Brings the schema to the newest migration (idempotent)."""
-        await self.write(_upgrade)
+        await self.write(_upgrade, bulk=True)
         log.info("database schema is current (%s)", self.url.render_as_string(hide_password=True))
 
     async def close(self) -> None:
@@ -111,6 +166,7 @@ class Database:
             # Waiting for a write still running on a worker must not block the event loop.
             await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._sync_engine.dispose()
+            self._inline_engine.dispose()
         else:
             await self._async_engine.dispose()
 
@@ -121,6 +177,11 @@ def _unavailable(error: DBAPIError) -> bool:
     handle, bad SQL) propagates as it is: callers may catch it, and the call pipeline
     answers INTERNAL."""
     return isinstance(error, (OperationalError, InterfaceError)) or error.connection_invalidated
+
+
+def _busy(error: DBAPIError) -> bool:
+    """SQLite's "database is locked": another connection holds the write lock."""
+    return getattr(error.orig, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY
 
 
 def _database_unavailable() -> Unavailable:
@@ -147,11 +208,21 @@ def _upgrade(conn: Connection) -> None:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # Cascading deletes need foreign keys on; WAL lets readers run beside the writer.
     cur.execute("PRAGMA foreign_keys=ON")
     _use_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _inline_write_pragmas(dbapi_conn, record) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    cur = dbapi_conn.cursor()
+    # Never wait on the loop: a locked database answers "busy" at once (the write then runs
+    # on a thread), and checkpoints (fsync) are left to Database._checkpoint_wal.
+    cur.execute("PRAGMA busy_timeout=0")
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.close()
 
 

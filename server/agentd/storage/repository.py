@@ -127,10 +127,11 @@ class Repository:
         return await self.db.read(lambda conn: conn.execute(statement, params).first() is not None)
 
     async def delete(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
-        """Deletes a row (children go with it: ON DELETE CASCADE). False if there was none."""
+        """Deletes a row (children go with it: ON DELETE CASCADE, as many as there are, so a
+        bulk write). False if there was none."""
         statement = self._statement("delete", table, tuple(parents))
         params = {"owner": owner, "row_id": row_id, **parents}
-        return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0)
+        return await self.db.write(lambda conn: conn.execute(statement, params).rowcount > 0, bulk=True)
 
     async def page(self, table: Table, owner: str | None, cursor: Cursor, limit: int,
                    descending: bool = False, cursor_field: str = "page_token",
