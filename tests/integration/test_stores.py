@@ -119,6 +119,44 @@ async def test_a_sessions_turns_after_the_known_ones_are_read_and_all_when_one_c
     assert await store.turns_after("bob", agent_id, session_id) is None
 
 
+async def test_starting_a_turn_reads_the_turns_not_held_and_stores_it_in_one_transaction(repo):
+    store = AgentStore(repo)
+    agent_id, session_id = await session_of(store)
+    for i in (1, 2):
+        await store.insert_turn("alice", turn(f"turn_{i}", at=i * 10))
+        await store.append_step("alice", f"turn_{i}", inference(f"turn_{i}", f"step_{i}"))
+        await store.update_turn("alice", turn(f"turn_{i}", at=i * 10), "completed")
+    # turn_1 is held by the caller (known and cached): only turn_2 is read, with its steps.
+    started = await store.start_turn("alice", agent_id, turn("turn_3", at=30),
+                                     known=KnownTurns(1, 10, "turn_1"), cached={"turn_1"})
+    assert started.stored.turn_id == "turn_3"
+    assert (started.rows, started.from_start) == ([("turn_2", "completed", 20)], False)
+    assert [(b.turn_id, b.steps[0].inference.step_id) for b in started.bodies] == [("turn_2", "step_2")]
+    assert await store.open_turn("alice", session_id) == "turn_3"
+    # The session has an open turn now: refused, nothing stored.
+    with pytest.raises(OpenTurnExists):
+        await store.start_turn("alice", agent_id, turn("turn_4", at=40), known=KnownTurns(0, -1, ""),
+                               cached=set())
+    assert await count(repo, schema.turns, session_id=session_id) == 3
+    # No such session of that agent, or not the owner's: None, nothing stored.
+    for owner, agent in (("alice", "agent_x"), ("bob", agent_id)):
+        assert await store.start_turn(owner, agent, turn("turn_5", at=50), known=KnownTurns(0, -1, ""),
+                                      cached=set()) is None
+    assert await count(repo, schema.turns) == 3
+
+
+async def test_a_retried_turn_start_answers_the_turn_the_first_one_stored(repo):
+    store = AgentStore(repo)
+    agent_id, session_id = await session_of(store)
+    first = await store.start_turn("alice", agent_id, turn("turn_1"), known=KnownTurns(0, -1, ""),
+                                   cached=set(), request_id="req-1")
+    await store.update_turn("alice", turn("turn_1"), "completed")
+    again = await store.start_turn("alice", agent_id, turn("turn_2", at=2), known=KnownTurns(0, -1, ""),
+                                   cached=set(), request_id="req-1")
+    assert first.stored.turn_id == again.stored.turn_id == "turn_1"
+    assert await count(repo, schema.turns, session_id=session_id) == 1
+
+
 async def test_turns_and_steps_of_missing_or_foreign_parents_are_refused(repo):
     store = AgentStore(repo)
     await session_of(store)

@@ -11,6 +11,7 @@ turns' run events.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Set
 from typing import NamedTuple
 
 from google.rpc import status_pb2
@@ -43,6 +44,15 @@ class KnownTurns(NamedTuple):
 
 
 NO_TURNS = KnownTurns(0, -1, "")
+
+
+class StartedTurn(NamedTuple):
+    """What AgentStore.start_turn read and stored."""
+
+    stored: types.Turn  # the new turn, or the one a first call with the same request_id made
+    rows: list[TurnRow]  # the session's turns after the known ones, before this one
+    from_start: bool  # rows are all of the session's turns (see turns_after)
+    bodies: list[types.Turn]  # those of rows not cached, with their steps, oldest first
 
 
 class OpenTurnExists(Exception):
@@ -136,21 +146,32 @@ class AgentStore:
         try:
             body = await self.repo.create(schema.turns, key=("session_id", "request_id"),
                                           parent=schema.sessions, parent_id=turn.session_id,
-                                          id=turn.turn_id, owner=owner, session_id=turn.session_id,
-                                          request_id=request_id, status=IN_PROGRESS,
-                                          created_at=turn.started_at.ToMicroseconds(),
-                                          settings=settings, lease_until=lease_until,
-                                          body=body_of(_without_steps(turn)))
-        except IntegrityError:
-            # The one-open-turn index. A concurrent retry with the same request_id may be what
-            # holds it (the index can be checked before the key): then that turn is the answer.
-            first = await self.turn_by_request_id(owner, turn.session_id, request_id) if request_id else None
-            if first is not None:
-                return types.Turn(turn_id=first, session_id=turn.session_id)
-            if await self.open_turn(owner, turn.session_id) is not None:
-                raise OpenTurnExists(turn.session_id) from None
-            raise
+                                          **self._turn_row(owner, turn, request_id, settings, lease_until))
+        except IntegrityError as e:
+            return await self._conflict(owner, turn, request_id, e)
         return types.Turn.FromString(body) if body is not None else None
+
+    @staticmethod
+    def _turn_row(owner: str, turn: types.Turn, request_id: str | None, settings: bytes | None,
+                  lease_until: int | None) -> dict:
+        return dict(id=turn.turn_id, owner=owner, session_id=turn.session_id, request_id=request_id,
+                    status=IN_PROGRESS, created_at=turn.started_at.ToMicroseconds(), settings=settings,
+                    lease_until=lease_until, body=body_of(_without_steps(turn)))
+
+    async def _conflict(self, owner: str, turn: types.Turn, request_id: str | None,
+                        error: IntegrityError) -> types.Turn | None:
+        """Why a turn's insert failed its constraints. The one-open-turn index: a concurrent
+        retry with the same request_id may be what holds it (the index can be checked before
+        the key), then that turn is the answer; else OpenTurnExists. The session's foreign key
+        (deleted meanwhile): None."""
+        first = await self.turn_by_request_id(owner, turn.session_id, request_id) if request_id else None
+        if first is not None:
+            return types.Turn(turn_id=first, session_id=turn.session_id)
+        if await self.open_turn(owner, turn.session_id) is not None:
+            raise OpenTurnExists(turn.session_id) from None
+        if not await self.repo.exists(schema.sessions, owner, turn.session_id):
+            return None
+        raise error  # a bug
 
     async def update_turn(self, owner: str, turn: types.Turn, status: str, *,
                           resume: tuple[str | None, int] | None = None,
@@ -285,6 +306,9 @@ class AgentStore:
         turns are only ever added (or deleted with it). When the session no longer has
         exactly that many turns up to that one (another replica added one in between), all
         of its turns, and True. None: the owner has no such session of that agent. One read."""
+        return await self.db.read(self._turns_after_work(owner, agent_id, session_id, known))
+
+    def _turns_after_work(self, owner: str, agent_id: str, session_id: str, known: KnownTurns):
         sessions, turns = schema.sessions, schema.turns
         position = tuple_(turns.c.created_at, turns.c.id)
         last_known = tuple_(bindparam("created_at"), bindparam("turn_id"))
@@ -310,10 +334,40 @@ class AgentStore:
                 return None
             from_start = rows[0].known != known.count
             if from_start:
-                params.update(created_at=NO_TURNS.created_at, turn_id=NO_TURNS.turn_id)
-                rows = conn.execute(statement, params).all()
+                rows = conn.execute(statement, {**params, "created_at": NO_TURNS.created_at,
+                                                "turn_id": NO_TURNS.turn_id}).all()
             return [(row.id, row.status, row.created_at) for row in rows if row.id is not None], from_start
-        return await self.db.read(work)
+        return work
+
+    async def start_turn(self, owner: str, agent_id: str, turn: types.Turn, *, known: KnownTurns,
+                         cached: Set[str], request_id: str | None = None, settings: bytes | None = None,
+                         lease_until: int | None = None) -> StartedTurn | None:
+        """What starting a turn reads and writes, in one transaction: the session's turns
+        after `known` (turns_after), the bodies of those of them not in `cached`, with their
+        steps, and the new turn, stored as insert_turn does. None, and nothing stored: the
+        owner's agent has no such session. OpenTurnExists, and nothing stored: the session
+        has an open turn. With a request_id already used in the session, `stored` is the turn
+        the first call created (without steps)."""
+        after = self._turns_after_work(owner, agent_id, turn.session_id, known)
+        insert = self.repo.insert_work(schema.turns, key=("session_id", "request_id"), **self._turn_row(
+            owner, turn, request_id, settings, lease_until))
+
+        def work(conn) -> StartedTurn | None:
+            found = after(conn)
+            if found is None:
+                return None
+            rows, from_start = found
+            if any(status in OPEN_STATUSES for _, status, _ in rows):
+                raise OpenTurnExists(turn.session_id)
+            missing = [turn_id for turn_id, _, _ in rows if turn_id not in cached]
+            bodies = self._session_turns_work(owner, turn.session_id, missing)(conn) if missing else []
+            return StartedTurn(types.Turn.FromString(insert(conn)), rows, from_start, bodies)
+        try:
+            return await self.db.write(work)
+        except IntegrityError as e:
+            # The one-open-turn index (another replica started one since the read), or the
+            # session's foreign key (deleted since): as insert_turn.
+            return await self._conflict(owner, turn, request_id, e)
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> types.Turn | None:
         """The turn of that session, with its steps."""
@@ -323,6 +377,9 @@ class AgentStore:
     async def session_turns(self, owner: str, session_id: str,
                             turn_ids: list[str] | None = None) -> list[types.Turn]:
         """The session's turns (or those of them in turn_ids), oldest first, with their steps."""
+        return await self.db.scan(self._session_turns_work(owner, session_id, turn_ids))
+
+    def _session_turns_work(self, owner: str, session_id: str, turn_ids: list[str] | None):
         turns, steps = schema.turns, schema.steps
 
         def build(by_ids: bool):
@@ -355,7 +412,7 @@ class AgentStore:
                 turn.steps.extend(steps_of[row.id])
                 result.append(turn)
             return result
-        return await self.db.scan(work)
+        return work
 
     async def get_step(self, owner: str, session_id: str, turn_id: str,
                        step_id: str) -> types.AgentStep | None:

@@ -6,6 +6,7 @@ but belongs to someone else is indistinguishable from a missing one (NOT_FOUND).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,13 +79,32 @@ class Repository:
         both run at once. With `parent`: None, and nothing written, when the owner has no
         such parent row. `children` (table, rows) are inserted with a new row only."""
         check = self._statement("exists", parent, ()) if parent is not None else None
-        keyed = bool(key) and all(values[name] is not None for name in key)
-        statement = self._insert_or_nothing(table, key) if keyed else self._insert(table)
+        insert_row = self.insert_work(table, key=key, children=children, **values)
 
         def work(conn) -> bytes | None:
             parent_row = {"owner": values["owner"], "row_id": parent_id}
             if check is not None and conn.execute(check, parent_row).first() is None:
                 return None
+            return insert_row(conn)
+        try:
+            return await self.db.write(work)
+        except IntegrityError:
+            # Key conflicts never get here (ON CONFLICT). A parent that is gone now was deleted
+            # between the check and the insert (its foreign key failed); else it is a bug.
+            if parent is not None and not await self.exists(parent, values["owner"], parent_id):
+                return None
+            raise
+
+    def insert_work(self, table: Table, *, key: tuple[str, ...] = (),
+                    children: tuple[tuple[Table, list[dict]], ...] = (),
+                    **values: Any) -> Callable[[Any], bytes]:
+        """create's insert as a function of a connection, for a caller's own transaction
+        (which checks the parent itself): returns the new row's body, or the body of the row
+        that holds the key."""
+        keyed = bool(key) and all(values[name] is not None for name in key)
+        statement = self._insert_or_nothing(table, key) if keyed else self._insert(table)
+
+        def work(conn) -> bytes:
             result = conn.execute(statement, values)
             if keyed and result.first() is None:
                 # The key is taken. The conflicting row is committed (ON CONFLICT waits for
@@ -95,14 +115,7 @@ class Repository:
                 if rows:
                     conn.execute(self._insert(child_table), rows)
             return values["body"]
-        try:
-            return await self.db.write(work)
-        except IntegrityError:
-            # Key conflicts never get here (ON CONFLICT). A parent that is gone now was deleted
-            # between the check and the insert (its foreign key failed); else it is a bug.
-            if parent is not None and not await self.exists(parent, values["owner"], parent_id):
-                return None
-            raise
+        return work
 
     def _insert_or_nothing(self, table: Table, key: tuple[str, ...]):
         """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id: no row comes back on a

@@ -89,6 +89,7 @@ from agentd.storage.agents import (
     AgentStore,
     KnownTurns,
     OpenTurnExists,
+    TurnRow,
 )
 from agentd.tools.base import ResolvedTool, ToolResult, ToolRuntime
 from agentd.v1 import agent_messages_pb2 as msg
@@ -404,9 +405,11 @@ class TurnEngine:
         plan: Plan,
         until: str | None = None,
         statuses: list[tuple[str, str]] | None = None,
+        bodies: list[types.Turn] | None = None,
     ) -> list[ChatMessage]:
         """System message + the session's turns before `until` (all when None), rebuilt.
-        `statuses`: the session's (turn id, status) when the caller has read them.
+        `statuses`: the session's (turn id, status) when the caller has read them; `bodies`:
+        then also the turns among them not cached, with their steps.
 
         Ended turns never change, so their messages are cached per session in memory; only
         the turns not cached (new ones, or open ones, which may still grow) are read with
@@ -426,11 +429,10 @@ class TurnEngine:
         cached = kept.messages
         while len(self._histories) > HISTORY_CACHE_SESSIONS:
             del self._histories[next(iter(self._histories))]
-        missing = [turn_id for turn_id, _ in wanted if turn_id not in cached]
-        fresh: dict[str, list[ChatMessage]] = {}
-        if missing:
-            for turn in await self.store.session_turns(owner, session_id, missing):
-                fresh[turn.turn_id] = turn_messages(turn)
+        if bodies is None:
+            missing = [turn_id for turn_id, _ in wanted if turn_id not in cached]
+            bodies = await self.store.session_turns(owner, session_id, missing) if missing else []
+        fresh = {turn.turn_id: turn_messages(turn) for turn in bodies}
         for turn_id, status in wanted:
             found = cached.get(turn_id)
             if found is None:
@@ -450,16 +452,13 @@ class TurnEngine:
         if kept is not None:
             kept.messages[state.turn.turn_id] = tuple(turn_messages(state.turn))
 
-    async def _turn_statuses(self, owner: str, agent_id: str,
-                             session_id: str) -> list[tuple[str, str]] | None:
-        """The (id, status) of the session's turns, oldest first; None when the owner has no
-        such session of that agent. Its first turns that ended and whose messages are kept
-        (`_SessionHistory.settled`) are not read again: a long session costs one short read."""
+    def _settle(self, owner: str, session_id: str, rows: list[TurnRow],
+                from_start: bool) -> list[tuple[str, str]]:
+        """The (id, status) of the session's turns, oldest first, from its turns read after
+        the held ones (`rows`, AgentStore.turns_after). Its first turns that ended and whose
+        messages are kept (`_SessionHistory.settled`) are not read again: a long session
+        costs one short read."""
         kept = self._histories.get((owner, session_id))
-        found = await self.store.turns_after(owner, agent_id, session_id, kept.known if kept else NO_TURNS)
-        if found is None:
-            return None
-        rows, from_start = found
         if kept is None:
             return [(turn_id, status) for turn_id, status, _ in rows]
         if from_start:  # another replica added a turn among the settled ones
@@ -517,13 +516,6 @@ class TurnEngine:
             raise _busy(session_id)
         self._starting.add(key)
         try:
-            statuses = await self._turn_statuses(owner, agent_id, session_id)
-            if statuses is None:  # the agent's session is gone, or the agent: which one
-                await self._agent_and_session(owner, agent_id, session_id)
-                raise NotFound("session", session_id)
-            if any(status in OPEN_STATUSES for _, status in statuses):
-                raise _busy(session_id)
-            history = await self._history(owner, session_id, plan, statuses=statuses)
             turn = types.Turn(
                 turn_id=ids.new_id(ids.TURN),
                 session_id=session_id,
@@ -532,28 +524,39 @@ class TurnEngine:
                 status=types.TURN_STATUS_IN_PROGRESS,
                 background=background,
             )
-            settings = _settings(toolgroups, tool_config, instructions)
-            state = TurnState(owner, turn, plan, history + [input_message(m) for m in inputs], deadline)
-            self._agents[(owner, agent_id)] = agent  # its own configuration resolved: it will again
-            while len(self._agents) > AGENT_CACHE_SIZE:
-                del self._agents[next(iter(self._agents))]
-
-            async def produce(run: Run) -> None:
-                await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
-                if not await self._shield_step(state, run, USER_INPUT):
-                    await self._loop(state, run)
-
+            kept = self._histories.get(key)
             with self.runs.admission():  # SHUTTING_DOWN before the turn is written
+                # One transaction checks the session, reads its turns not yet held in memory
+                # and stores the turn (the one-open-turn check is the database's).
                 try:
-                    stored = await self.store.insert_turn(
-                        owner, turn, request_id, settings, self._lease_end()
-                    )
-                except OpenTurnExists:  # another replica started one meanwhile
+                    started = await self.store.start_turn(
+                        owner, agent_id, turn, known=kept.known if kept else NO_TURNS,
+                        cached=frozenset(kept.messages) if kept else frozenset(), request_id=request_id,
+                        settings=_settings(toolgroups, tool_config, instructions),
+                        lease_until=self._lease_end())
+                except OpenTurnExists:
                     raise _busy(session_id) from None
-                if stored is None:
+                if started is None:  # the agent's session is gone, or the agent: which one
+                    await self._agent_and_session(owner, agent_id, session_id)
                     raise NotFound("session", session_id)
-                if stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
-                    return self.follow_checked(owner, session_id, stored.turn_id, None)
+                if started.stored.turn_id != turn.turn_id:  # a concurrent retry with the same key won
+                    return self.follow_checked(owner, session_id, started.stored.turn_id, None)
+                self._agents[(owner, agent_id)] = agent  # its own configuration resolved: it will again
+                while len(self._agents) > AGENT_CACHE_SIZE:
+                    del self._agents[next(iter(self._agents))]
+                state = TurnState(owner, turn, plan, [], deadline)
+
+                async def produce(run: Run) -> None:
+                    # In the run, as all that follows the turn's write: whatever fails here
+                    # ends the turn as failed (on_stop), never leaves it in progress.
+                    statuses = self._settle(owner, session_id, started.rows, started.from_start)
+                    history = await self._history(owner, session_id, plan, statuses=statuses,
+                                                  bodies=started.bodies)
+                    state.messages = history + [input_message(m) for m in inputs]
+                    await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
+                    if not await self._shield_step(state, run, USER_INPUT):
+                        await self._loop(state, run)
+
                 run = self.runs.start(
                     owner,
                     turn.turn_id,
