@@ -429,10 +429,13 @@ class TurnEngine:
         cached = kept.messages
         while len(self._histories) > HISTORY_CACHE_SESSIONS:
             del self._histories[next(iter(self._histories))]
-        if bodies is None:
-            missing = [turn_id for turn_id, _ in wanted if turn_id not in cached]
-            bodies = await self.store.session_turns(owner, session_id, missing) if missing else []
-        fresh = {turn.turn_id: turn_messages(turn) for turn in bodies}
+        fresh = {turn.turn_id: turn_messages(turn) for turn in bodies or ()}
+        # (Given bodies lack only turns that were cached when they were read, and whose
+        # session's cache was dropped since.)
+        missing = [turn_id for turn_id, _ in wanted if turn_id not in cached and turn_id not in fresh]
+        if missing:
+            for turn in await self.store.session_turns(owner, session_id, missing):
+                fresh[turn.turn_id] = turn_messages(turn)
         for turn_id, status in wanted:
             found = cached.get(turn_id)
             if found is None:
@@ -452,13 +455,12 @@ class TurnEngine:
         if kept is not None:
             kept.messages[state.turn.turn_id] = tuple(turn_messages(state.turn))
 
-    def _settle(self, owner: str, session_id: str, rows: list[TurnRow],
-                from_start: bool) -> list[tuple[str, str]]:
+    @staticmethod
+    def _settle(kept: _SessionHistory | None, rows: list[TurnRow], from_start: bool) -> list[tuple[str, str]]:
         """The (id, status) of the session's turns, oldest first, from its turns read after
-        the held ones (`rows`, AgentStore.turns_after). Its first turns that ended and whose
-        messages are kept (`_SessionHistory.settled`) are not read again: a long session
-        costs one short read."""
-        kept = self._histories.get((owner, session_id))
+        the ones `kept` holds (`rows`, AgentStore.turns_after). Its first turns that ended and
+        whose messages are kept (`_SessionHistory.settled`) are not read again: a long
+        session costs one short read."""
         if kept is None:
             return [(turn_id, status) for turn_id, status, _ in rows]
         if from_start:  # another replica added a turn among the settled ones
@@ -549,7 +551,7 @@ class TurnEngine:
                 async def produce(run: Run) -> None:
                     # In the run, as all that follows the turn's write: whatever fails here
                     # ends the turn as failed (on_stop), never leaves it in progress.
-                    statuses = self._settle(owner, session_id, started.rows, started.from_start)
+                    statuses = self._settle(kept, started.rows, started.from_start)
                     history = await self._history(owner, session_id, plan, statuses=statuses,
                                                   bodies=started.bodies)
                     state.messages = history + [input_message(m) for m in inputs]
