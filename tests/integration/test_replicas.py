@@ -11,13 +11,17 @@ import json
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import update
 
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.errors import details_of
+from agentd.storage import schema
 from agentd.testing import start_agentd
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
+from agentd.v1.turn_events_pb2 import TurnEvent
 from tests.conftest import error_of, fake_model_providers, make_settings, running_with_agents
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tests.integration.test_turns import new_session, stream_turn, user
@@ -90,13 +94,18 @@ async def test_a_replica_starting_and_recovering_leaves_the_turns_another_runs(d
             assert await status_of(second, session_id, turn_id) == "cancelled"
 
 
-async def test_the_turn_of_a_replica_that_died_is_interrupted_by_a_live_one(database_url, tmp_path, fake):
+async def turn_of_a_dead_replica(database_url, tmp_path, reply: Reply, *, lease_s: float = LEASE_S,
+                                  seen: int = 1) -> tuple[str, str, str, list]:
+    """A turn left in_progress by a replica that died: an `agentd serve` process starts it
+    (the model answers `reply`), its stream is read to its `seen`-th event, then the process
+    is killed with SIGKILL (no drain, nothing marked; its lease just stops). Returns the
+    agent, session and turn ids and the events seen."""
     hanging = FakeOpenAIServer().start()  # its own model: a hung answer holds the fake's one thread
-    hanging.script(Reply(text="never", hang=True))
+    hanging.script(reply)
     env = {
         "AGENTD_DATABASE_URL": database_url,
         "AGENTD_PROVIDERS": json.dumps(fake_model_providers(hanging)),
-        "AGENTD_RUN_LEASE_S": str(LEASE_S),
+        "AGENTD_RUN_LEASE_S": str(lease_s),
     }
     (tmp_path / "dying").mkdir()
     dying = start_agentd(tmp_path / "dying", env)
@@ -105,31 +114,103 @@ async def test_the_turn_of_a_replica_that_died_is_interrupted_by_a_live_one(data
         async with grpc.aio.insecure_channel(dying.grpc_target) as channel:
             stub = agents_pb2_grpc.AgentsServiceStub(channel)
             agent_id, session_id = await new_session(stub)
-            call, turn_id = await started(stub, agent_id, session_id)
+            call = stream_turn(stub, agent_id, session_id, user("hi"), background=True)
+            events = []
+            async for response in call:
+                events.append(response.event)
+                if len(events) == seen:
+                    break
             call.cancel()
     finally:
-        dying.process.kill()  # SIGKILL: no drain, nothing marked; its lease just stops
+        dying.process.kill()
         dying.process.wait()
         hanging.close()
+    return agent_id, session_id, events[0].payload.turn_start.turn_id, events
+
+
+def follow_turn(stub, agent_id: str, session_id: str, turn_id: str, starting_after: int | None = None):
+    request = pb.StreamTurnEventsRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id)
+    if starting_after is not None:
+        request.starting_after = starting_after
+    return stub.StreamTurnEvents(request)
+
+
+async def followed(call) -> list:
+    """The events of a follow stream, heartbeats left out, within a bound (a regression that
+    never ends the stream fails instead of hanging)."""
+    async with asyncio.timeout(LEASE_S * 30):
+        return [r.event async for r in call if not r.event.payload.HasField("heartbeat")]
+
+
+def assert_interrupted(event, sequence_number: int) -> None:
+    """`event` is recovery's end of an interrupted turn: turn_failed, TURN_INTERRUPTED."""
+    assert event.payload.HasField("turn_failed") and event.sequence_number == sequence_number
+    failed = event.payload.turn_failed
+    assert failed.turn.status == t.TURN_STATUS_INTERRUPTED and failed.turn.error == failed.error
+    assert failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert details_of(failed.error)[0] == "TURN_INTERRUPTED"
+
+
+async def test_the_turn_of_a_replica_that_died_is_interrupted_by_a_live_one(database_url, tmp_path, fake):
+    agent_id, session_id, turn_id, seen = await turn_of_a_dead_replica(
+        database_url, tmp_path, Reply(text="never", hang=True), seen=2)  # turn_start, step_start
     async with replica(database_url, tmp_path, fake) as (live, stub):
-        # Its lease may still run at this start; the periodic recovery then takes it.
-        follow = stub.StreamTurnEvents(
-            pb.StreamTurnEventsRequest(
-                agent_id=agent_id, session_id=session_id, turn_id=turn_id, starting_after=0
-            )
-        )
-        async with asyncio.timeout(LEASE_S * 30):  # a bound, so a regression fails instead of hanging
-            followed = [r.event async for r in follow if not r.event.payload.HasField("heartbeat")]
-        assert followed == []  # nothing kept after turn_start: the stream ends with the turn
+        # Its lease may still run at this start; the periodic recovery then takes it. The
+        # follower gets what the dead replica kept (likely nothing: its turn_start waited in
+        # its buffer for the first step boundary), then recovery's turn_failed, numbered next.
+        events = await followed(follow_turn(stub, agent_id, session_id, turn_id))
+        kept, end = events[:-1], events[-1]
+        assert kept == seen[:len(kept)]
+        assert_interrupted(end, len(kept))
         turn = await live.agent_store.get_turn(LOCAL_PRINCIPAL, session_id, turn_id)
-        assert turn.status == t.TURN_STATUS_INTERRUPTED
-        assert turn.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert turn == end.payload.turn_failed.turn
         # The session is free again, on any replica.
         fake.script(Reply(text="back"))
         done = await stub.CreateTurn(
             pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("again")])
         )
         assert done.turn.output_message.content.text == "back"
+
+
+async def test_a_follower_of_a_turn_its_replica_left_gets_its_kept_events_then_turn_failed(
+        database_url, tmp_path, fake):
+    # The model streams one character every 50 ms, then hangs: the dying replica keeps its
+    # events as they age (a second at most), so some of the deltas are kept before the kill.
+    reply = Reply(text="x" * 60, chunk_size=1, chunk_delay=0.05, hang_after_chunks=50)
+    agent_id, session_id, turn_id, seen = await turn_of_a_dead_replica(database_url, tmp_path, reply, seen=40)
+    assert seen[-1].payload.HasField("step_progress")
+    async with replica(database_url, tmp_path, fake) as (_, stub):
+        events = await followed(follow_turn(stub, agent_id, session_id, turn_id))
+        kept, end = events[:-1], events[-1]
+        assert len(kept) > 2 and kept[:2] == seen[:2]  # turn_start, step_start, then deltas
+        assert kept == seen[:len(kept)]  # what the dead replica kept, as it streamed it
+        assert_interrupted(end, len(kept))  # numbered right after them
+        got = await stub.GetTurn(pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id))
+        assert got.turn == end.payload.turn_failed.turn
+        # Following again, from any point, ends the same way (it is kept, not made up per stream).
+        again = follow_turn(stub, agent_id, session_id, turn_id, starting_after=len(kept) - 1)
+        assert await followed(again) == [end]
+
+
+async def test_two_replicas_recovering_at_once_keep_one_turn_failed(database_url, tmp_path, fake):
+    # A long lease: the turn's outlives this test unless expired below, so neither replica's
+    # recovery (at start, or periodic) takes it before both recover at once.
+    agent_id, session_id, turn_id, _ = await turn_of_a_dead_replica(
+        database_url, tmp_path, Reply(text="never", hang=True), lease_s=600)
+    async with (
+        replica(database_url, tmp_path, fake) as (first, a),
+        replica(database_url, tmp_path, fake) as (second, _),
+    ):
+        assert await status_of(first, session_id, turn_id) == "in_progress"
+        expire = update(schema.turns).where(schema.turns.c.id == turn_id).values(lease_until=0)
+        await first.db.write(lambda conn: conn.execute(expire))
+        counts = await asyncio.gather(first.turns.recover(), second.turns.recover())
+        assert sorted(counts) == [0, 1]
+        rows = await first.runs.store.read_after(LOCAL_PRINCIPAL, turn_id, -1, 100)
+        kept = [TurnEvent.FromString(body) for _, body in rows]
+        assert [e.payload.WhichOneof("payload") for e in kept].count("turn_failed") == 1
+        assert_interrupted(kept[-1], len(kept) - 1)
+        assert await followed(follow_turn(a, agent_id, session_id, turn_id)) == kept
 
 
 async def test_a_session_is_busy_across_replicas(database_url, tmp_path, fake):

@@ -17,6 +17,7 @@ from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.errors import Unavailable, status_of
 from agentd.storage import Database, Repository
+from agentd.storage.events import EventStore
 from agentd.storage.responses import ResponseStore
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import conversations_pb2 as cv
@@ -572,27 +573,60 @@ async def test_responses_left_running_by_a_crash_are_failed_at_the_next_start(da
     db = Database(database_url)
     await db.migrate()
     store = ResponseStore(Repository(db))
-    left = rt.Response(id="resp_left", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS, store=True)
+    # Left mid-call: the crashed process had kept its first two events, and the function
+    # call it was streaming is still in progress.
+    streaming = it.ResponseFunctionCall(id="fc_1", call_id="call_1", name="f",
+                                        status=it.RESPONSE_ITEM_STATUS_IN_PROGRESS)
+    left = rt.Response(id="resp_left", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS, store=True,
+                       output=[it.ResponseItem(function_call=streaming)])
     queued = rt.Response(id="resp_queued", model="test-model", status=rt.RESPONSE_STATUS_QUEUED, store=True)
     done = rt.Response(id="resp_done", model="test-model", status=rt.RESPONSE_STATUS_COMPLETED, store=True)
     unstored = rt.Response(id="resp_unstored", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS,
                            store=False)
     for response in (left, queued, done, unstored):
         await store.create(LOCAL_PRINCIPAL, response, [])
+    kept = [ev.ResponseStreamEvent(sequence_number=0, created=ev.ResponseLifecycleEvent(response=left)),
+            ev.ResponseStreamEvent(sequence_number=1, in_progress=ev.ResponseLifecycleEvent(response=left))]
+    await EventStore(Repository(db)).append(LOCAL_PRINCIPAL, "resp_left",
+                                            [(e.sequence_number, e.SerializeToString()) for e in kept])
     await db.close()
-    agentd = Agentd(make_settings(database_url, tmp_path))
-    await agentd.start()
-    try:
-        for response_id in ("resp_left", "resp_queued"):
-            failed = await agentd.responses.get(LOCAL_PRINCIPAL, response_id)
+    async with running(make_settings(database_url, tmp_path)) as agentd, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{agentd.grpc_port}") as channel:
+        responses = responses_pb2_grpc.ResponsesServiceStub(channel)
+        for response_id, before in (("resp_left", kept), ("resp_queued", [])):
+            failed = (await responses.GetResponse(pb.GetResponseRequest(response_id=response_id))).response
             assert failed.status == rt.RESPONSE_STATUS_FAILED and failed.error.code == "server_error"
+            assert failed.error.message == "The server stopped while the response ran; create it again."
             assert await agentd.responses.store.status(LOCAL_PRINCIPAL, response_id) == "failed"
+            # A follower gets the kept events, then response.failed numbered next (as a shutdown
+            # would have ended it), not a stream that just stops.
+            async with asyncio.timeout(30):
+                events = await collect(responses.StreamResponseEvents(
+                    pb.StreamResponseEventsRequest(response_id=response_id)))
+            assert events[:-1] == before
+            assert events[-1].HasField("failed") and events[-1].sequence_number == len(before)
+            assert events[-1].failed.response == failed
+        # What was still streaming stays unfinished.
+        ended = await agentd.responses.get(LOCAL_PRINCIPAL, "resp_left")
+        assert ended.output[0].function_call.status == it.RESPONSE_ITEM_STATUS_INCOMPLETE
         still = await agentd.responses.get(LOCAL_PRINCIPAL, "resp_done")
         assert still.status == rt.RESPONSE_STATUS_COMPLETED
+        assert await agentd.runs.store.last_sequence(LOCAL_PRINCIPAL, "resp_done") == -1  # left alone
         # A store=false one was never retrievable: it is deleted.
         assert await agentd.responses.store.get(LOCAL_PRINCIPAL, "resp_unstored") is None
-    finally:
-        await agentd.stop(0)
+
+
+async def test_two_replicas_recovering_a_response_at_once_keep_one_response_failed(database_url, tmp_path):
+    async with running(make_settings(database_url, tmp_path)) as first, \
+            running(make_settings(database_url, tmp_path)) as second:
+        # Left by a crash (rows as a dead process leaves them), found by both at once.
+        left = rt.Response(id="resp_left", model="test-model", status=rt.RESPONSE_STATUS_IN_PROGRESS,
+                           store=True)
+        await first.responses.store.create(LOCAL_PRINCIPAL, left, [])
+        counts = await asyncio.gather(first.responses.recover(), second.responses.recover())
+        assert sorted(counts) == [0, 1]
+        kept = await first.runs.store.read_after(LOCAL_PRINCIPAL, "resp_left", -1, 10)
+        assert len(kept) == 1 and ev.ResponseStreamEvent.FromString(kept[0][1]).HasField("failed")
 
 
 async def test_a_create_while_the_server_drains_fails_before_writing_anything(database_url, tmp_path, fake):

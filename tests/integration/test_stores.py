@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from agentd import paging
 from agentd.errors import NotFound
-from agentd.storage import schema
+from agentd.storage import Database, Repository, schema
 from agentd.storage.agents import AgentStore, KnownTurns, OpenTurnExists
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.events import EventStore
@@ -201,8 +201,18 @@ async def test_of_two_resumes_of_a_paused_turn_one_wins(repo):
     assert sorted(won) == [False, True]
 
 
+def interrupting(seen: list[tuple[t.Turn, int]]):
+    """A recovery's `interrupt` callback (the engine's role): marks the turn, records what
+    it was given, and returns an event body naming the turn and its number."""
+    def interrupt(turn: t.Turn, number: int) -> bytes:
+        turn.status = t.TURN_STATUS_INTERRUPTED
+        seen.append((t.Turn.FromString(turn.SerializeToString()), number))
+        return f"{turn.turn_id} ended at {number}".encode()
+    return interrupt
+
+
 async def test_recovery_interrupts_only_running_turns_whose_lease_expired(repo):
-    store = AgentStore(repo)
+    store, events = AgentStore(repo), EventStore(repo)
     await session_of(store)
     leases = {"turn_1": None, "turn_2": 100, "turn_3": 300}  # None: a row from before leases
     for n, (turn_id, lease) in enumerate(leases.items(), start=1):
@@ -211,12 +221,39 @@ async def test_recovery_interrupts_only_running_turns_whose_lease_expired(repo):
         running = t.Turn(turn_id=turn_id, session_id=session.session_id)
         await store.insert_turn("alice", running, lease_until=lease)
     await store.renew_leases(["turn_3"], 400)
-    assert await store.interrupt_running_turns(now=200) == 2  # no lease, and the one of 100
+    seen: list[tuple[t.Turn, int]] = []
+    assert await store.interrupt_running_turns(200, interrupting(seen)) == 2  # no lease, and the one of 100
     assert await store.turn_status("alice", "sess_l1", "turn_1") == "interrupted"
     assert await store.turn_status("alice", "sess_l3", "turn_3") == "in_progress"
+    assert sorted((turn.turn_id, number) for turn, number in seen) == [("turn_1", 0), ("turn_2", 0)]
+    assert await events.read_after("alice", "turn_1", -1, 10) == [(0, b"turn_1 ended at 0")]
+    # The next one has kept events and steps: its end is numbered after them, and the
+    # callback gets the turn with its steps (the row keeps none: they have their own).
+    await events.append("alice", "turn_3", [(0, b"start"), (1, b"step")])
+    assert await store.append_step("alice", "turn_3", inference("turn_3", "step_1"))
     await store.renew_leases(["turn_3"], 150)
-    assert await store.interrupt_running_turns(now=200) == 1
-    assert (await store.get_turn("alice", "sess_l3", "turn_3")).status == t.TURN_STATUS_INTERRUPTED
+    assert await store.interrupt_running_turns(200, interrupting(seen)) == 1
+    assert [step.inference.step_id for step in seen[-1][0].steps] == ["step_1"] and seen[-1][1] == 2
+    assert [n for n, _ in await events.read_after("alice", "turn_3", -1, 10)] == [0, 1, 2]
+    ended = await store.get_turn("alice", "sess_l3", "turn_3")
+    assert ended.status == t.TURN_STATUS_INTERRUPTED and len(ended.steps) == 1
+    assert await store.interrupt_running_turns(200, interrupting(seen)) == 0  # ended: left alone
+
+
+async def test_of_two_recoveries_at_once_one_ends_the_turn(repo):
+    # Two replicas (two database handles, as two processes have) recover the same turn.
+    url = repo.db.url.render_as_string(hide_password=False)
+    store, other = AgentStore(repo), AgentStore(Repository(Database(url)))
+    try:
+        await session_of(store)
+        await store.insert_turn("alice", turn("turn_1"), lease_until=100)
+        seen: list[tuple[t.Turn, int]] = []
+        counts = await asyncio.gather(store.interrupt_running_turns(200, interrupting(seen)),
+                                      other.interrupt_running_turns(200, interrupting(seen)))
+        assert sorted(counts) == [0, 1] and len(seen) == 1
+        assert await EventStore(repo).read_after("alice", "turn_1", -1, 10) == [(0, b"turn_1 ended at 0")]
+    finally:
+        await other.db.close()
 
 
 # ---------------------------------------------------------------------- run events

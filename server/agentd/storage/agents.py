@@ -11,16 +11,17 @@ turns' run events.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Set
+from collections.abc import Callable, Set
+from functools import partial
 from typing import NamedTuple
 
-from google.rpc import status_pb2
 from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
+from agentd.storage.events import append_next
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import agent_resources_pb2 as types
 
@@ -457,30 +458,48 @@ class AgentStore:
                                          turns.c.request_id == request_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
-    async def interrupt_running_turns(self, now: int, error: status_pb2.Status | None = None) -> int:
+    async def interrupt_running_turns(self, now: int, interrupt: Callable[[types.Turn, int], bytes]) -> int:
         """Recovery: every turn still in progress whose lease expired before `now` (its
-        replica died, or stopped renewing) becomes interrupted, in its status column and its
-        body (with `error`, the engine's). Turns that live replicas run keep renewed leases
-        and are left alone. Rows without a lease (written before leases) count as expired.
-        Returns how many."""
-        turns = schema.turns
-        query = (select(turns.c.id, turns.c.body)
-                 .where(turns.c.status == IN_PROGRESS,
-                        or_(turns.c.lease_until.is_(None), turns.c.lease_until < now))
-                 .with_for_update())
+        replica died, or stopped renewing) becomes interrupted, with the terminal event its
+        run never kept. Turns that live replicas run keep renewed leases and are left alone.
+        Rows without a lease (written before leases) count as expired. Returns how many.
+
+        `interrupt(turn, n)` is the engine's: it ends the turn given (read with its steps) as
+        interrupted, in place, and returns its terminal event numbered n, right after the
+        last event the run kept (serialized). Storage builds no event itself: the engine
+        owns their form. Per turn, the status, the body and that event are written in this
+        one transaction, so a turn never shows interrupted without its terminal event. The
+        status update (WHERE status is still in_progress) comes first and decides who
+        writes: of two replicas recovering at once, the one whose update changed the row
+        writes the event; the other finds the turn ended and writes nothing."""
+        turns, steps = schema.turns, schema.steps
+        expired = (select(turns.c.id)
+                   .where(turns.c.status == IN_PROGRESS,
+                          or_(turns.c.lease_until.is_(None), turns.c.lease_until < now)))
+        claim = _statement("claim_interrupted", lambda: (
+            update(turns).where(turns.c.id == bindparam("row_id"), turns.c.status == IN_PROGRESS)
+            .values(status=INTERRUPTED)))
+        read = _statement("interrupted_turn", lambda: (
+            select(turns.c.owner, turns.c.body).where(turns.c.id == bindparam("row_id"))))
+        read_steps = _statement("steps_of_turn", lambda: (
+            select(steps.c.body).where(steps.c.turn_id == bindparam("row_id")).order_by(steps.c.position)))
+        store_body = _statement("interrupted_body", lambda: (
+            update(turns).where(turns.c.id == bindparam("row_id")).values(body=bindparam("new_body"))))
 
         def work(conn) -> int:
-            rows = conn.execute(query).all()
-            for row in rows:
+            interrupted = 0
+            for turn_id in conn.execute(expired).scalars().all():
+                key = {"row_id": turn_id}
+                if conn.execute(claim, key).rowcount == 0:
+                    continue  # another replica's recovery, or the run's own end, came first
+                row = conn.execute(read, key).one()
                 turn = types.Turn.FromString(row.body)
-                turn.status = types.TURN_STATUS_INTERRUPTED
-                turn.stop_reason = types.TURN_STOP_REASON_ERROR
-                turn.completed_at.FromMicroseconds(now)
-                if error is not None:
-                    turn.error.CopyFrom(error)
-                conn.execute(update(turns).where(turns.c.id == row.id, turns.c.status == IN_PROGRESS)
-                             .values(status=INTERRUPTED, body=body_of(turn)))
-            return len(rows)
+                step_bodies = conn.execute(read_steps, key).scalars()
+                turn.steps.extend(types.AgentStep.FromString(body) for body in step_bodies)
+                append_next(conn, row.owner, turn_id, partial(interrupt, turn))
+                conn.execute(store_body, {**key, "new_body": body_of(_without_steps(turn))})
+                interrupted += 1
+            return interrupted
         return await self.db.write(work, bulk=True)
 
     async def turn_exists(self, owner: str, session_id: str, turn_id: str) -> bool:

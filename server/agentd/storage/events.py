@@ -8,14 +8,16 @@ or what holds it (a session, an agent), therefore deletes its events in the same
 whatever the deletion path: no store has to remember to, and no orphan events are left.
 
 The engine writes a batch at step/item boundaries, never one write per token: `append` is
-one multi-row INSERT in one transaction.
+one multi-row INSERT in one transaction. `append_next` keeps one event in another store's
+transaction: recovery's terminal event of a run whose process died, numbered after the
+last one that process kept, in the transaction that changes the run's status.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd import ids
@@ -39,6 +41,32 @@ def _run_of(run_id: str):
 
 
 _INSERT = insert(schema.run_events)
+_LAST = (select(func.max(schema.run_events.c.sequence_number))
+         .where(schema.run_events.c.owner == bindparam("owner"),
+                schema.run_events.c.run_id == bindparam("run_id")))
+
+
+def _rows(owner: str, run_id: str, events: list[tuple[int, bytes]]) -> list[dict]:
+    column = _run_of(run_id)[0]
+    created = now_micros()
+    return [{"run_id": run_id, "sequence_number": seq, "owner": owner, "turn_id": None,
+             "response_id": None, column: run_id, "created_at": created, "body": body}
+            for seq, body in events]
+
+
+def _last_sequence(conn: Connection, owner: str, run_id: str) -> int:
+    value = conn.execute(_LAST, {"owner": owner, "run_id": run_id}).scalar()
+    return -1 if value is None else int(value)
+
+
+def append_next(conn: Connection, owner: str, run_id: str, event: Callable[[int], bytes]) -> int:
+    """In the caller's transaction: keeps `event(n)`, the run's event numbered n, right
+    after its last kept event (n = 0 when none is kept); returns n. The caller's own guard
+    (e.g. a status update that only one transaction can make) decides that it alone writes
+    it; the unique (run_id, sequence_number) key would refuse a second one anyway."""
+    number = _last_sequence(conn, owner, run_id) + 1
+    conn.execute(_INSERT, _rows(owner, run_id, [(number, event(number))]))
+    return number
 
 
 class EventStore:
@@ -54,11 +82,8 @@ class EventStore:
         step_complete is in the batch): one commit instead of two."""
         if not events and also is None:
             return
-        column, run_table, kind = _run_of(run_id)
-        created = now_micros()
-        rows = [{"run_id": run_id, "sequence_number": seq, "owner": owner, "turn_id": None,
-                 "response_id": None, column: run_id, "created_at": created, "body": body}
-                for seq, body in events]
+        _, run_table, kind = _run_of(run_id)
+        rows = _rows(owner, run_id, events)
 
         def work(conn: Connection) -> None:
             if also is not None:
@@ -75,11 +100,7 @@ class EventStore:
 
     async def last_sequence(self, owner: str, run_id: str) -> int:
         """The number of the run's last kept event (-1 when none is kept)."""
-        events = schema.run_events
-        query = select(func.max(events.c.sequence_number)).where(
-            events.c.owner == owner, events.c.run_id == run_id)
-        value = await self.db.read(lambda conn: conn.execute(query).scalar())
-        return -1 if value is None else int(value)
+        return await self.db.read(lambda conn: _last_sequence(conn, owner, run_id))
 
     async def read_after(self, owner: str, run_id: str, starting_after: int,
                          limit: int) -> list[tuple[int, bytes]]:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, bindparam, select, update
 from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
+from agentd.storage.events import append_next
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import response_items_pb2 as item_types
 from agentd.v1 import response_resource_pb2 as rt
@@ -40,6 +41,9 @@ _UPDATE = (update(schema.responses)
            .where(schema.responses.c.owner == bindparam("row_owner"),
                   schema.responses.c.id == bindparam("row_id"))
            .values(status=bindparam("new_status"), body=bindparam("new_body")))
+
+
+_END_RUNNING = _UPDATE.where(schema.responses.c.status.in_(RUNNING))
 
 
 class ResponseStore:
@@ -73,6 +77,22 @@ class ResponseStore:
         values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
                   "new_body": body_of(response)}
         return lambda conn: conn.execute(_UPDATE, values).rowcount > 0
+
+    async def end_running(self, owner: str, response: rt.Response, terminal: Callable[[int], bytes]) -> bool:
+        """Recovery: stores the response as ended (its body and status) with `terminal(n)`,
+        its terminal event numbered n right after the last event its run kept (the engine
+        builds it: storage knows no event's form), in one transaction, and only if it is
+        still queued or in progress. That status guard decides who writes: of two replicas
+        recovering at once, one does; the other (False) writes nothing."""
+        values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
+                  "new_body": body_of(response)}
+
+        def work(conn: Connection) -> bool:
+            if conn.execute(_END_RUNNING, values).rowcount == 0:
+                return False
+            append_next(conn, owner, response.id, terminal)
+            return True
+        return await self.db.write(work)
 
     async def status(self, owner: str, response_id: str) -> str | None:
         """The stored status column ("in_progress", "completed", ...); None if no such response."""

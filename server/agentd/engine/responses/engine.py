@@ -58,6 +58,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from google.protobuf import json_format
@@ -171,6 +172,11 @@ def _event(**member: Any) -> ev.ResponseStreamEvent:
     return ev.ResponseStreamEvent(**member)
 
 
+def _failed_event(response: rt.Response, sequence_number: int) -> bytes:
+    """response.failed numbered by the caller (recovery), serialized."""
+    return _event(failed=_snapshot(response), sequence_number=sequence_number).SerializeToString()
+
+
 def _snapshot(response: rt.Response) -> ev.ResponseLifecycleEvent:
     # Emitted events are shared and serialized later: the response goes on changing.
     copy = rt.Response()
@@ -202,18 +208,22 @@ class ResponseEngine:
 
     async def recover(self) -> int:
         """Responses left queued or in progress by a previous process (which ran them) are
-        stored failed, with a server_error saying so; store=false ones (never retrievable)
-        are deleted."""
-        left = await self.store.running()
-        for owner, response in left:
+        stored failed, with a server_error saying so, as a shutdown would have ended them
+        (on_stop, reason interrupted): their response.failed is kept, numbered after the
+        run's last kept event, in the transaction that stores the failure, so a follower's
+        stream ends with it, not by just stopping. store=false ones (never retrievable) are
+        deleted."""
+        ended = 0  # by this call: another replica's recovery may take some of them first
+        for owner, response in await self.store.running():
             if not response.store:
-                await self.store.delete(owner, response.id)
+                ended += await self.store.delete(owner, response.id)
                 continue
-            _fail(response, "server_error", "The server stopped while the response ran; create it again.")
-            await self.store.update(owner, response)
-        if left:
-            log.warning("%d response(s) left running by a previous process marked failed", len(left))
-        return len(left)
+            _interrupt(response)
+            _end_unfinished(response)
+            ended += await self.store.end_running(owner, response, partial(_failed_event, response))
+        if ended:
+            log.warning("%d response(s) left running by a previous process ended", ended)
+        return ended
 
     async def close(self) -> None:
         """After the runs drained, before the database closes: the store=false responses
@@ -635,7 +645,7 @@ class ResponseEngine:
             if reason == "cancelled":
                 response.status = CANCELLED
             elif reason == "interrupted":
-                _fail(response, "server_error", "The server stopped while the response ran; create it again.")
+                _interrupt(response)
             else:
                 code, message = "server_error", "The response failed: internal server error."
                 if isinstance(error, AgentdError):
@@ -795,6 +805,11 @@ def _end_unfinished(response: rt.Response) -> None:
 def _fail(response: rt.Response, code: str, message: str) -> None:
     response.status = FAILED
     response.error.CopyFrom(rt.ResponseError(code=code, message=message))
+
+
+def _interrupt(response: rt.Response) -> None:
+    """A response whose run the server stopped (shutdown, or a crash found by recover)."""
+    _fail(response, "server_error", "The server stopped while the response ran; create it again.")
 
 
 def check_includes(include: Sequence[str], field: str = "include") -> None:

@@ -23,8 +23,9 @@ calls end by `tool_timeout_s` (or the caller's deadline): a late one is a failed
 
 Replicas: a running turn carries the lease of the replica that runs it, renewed while the
 run lives; recovery (at start and on each renewal tick) interrupts only turns whose lease
-expired. A session has one open turn at most (the database holds it), and a turn another
-replica cancelled or interrupted is stopped here at the next renewal.
+expired, and keeps the turn_failed their run never kept (see recover). A session has one
+open turn at most (the database holds it), and a turn another replica cancelled or
+interrupted is stopped here at the next renewal.
 
 Persistence as it runs: the turn row (in_progress) exists before turn_start; each step is
 appended when it completes and the run's events are flushed at every step boundary, except
@@ -156,6 +157,11 @@ def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
     return te.TurnEvent(turn_id=turn_id, payload=te.TurnEventPayload(**payload))
 
 
+def _turn_failed(turn: types.Turn) -> te.TurnEvent:
+    """The terminal event of a turn that ended with an error (cancelled, interrupted, failed)."""
+    return _event(turn.turn_id, turn_failed=te.TurnFailedPayload(turn=turn, error=turn.error))
+
+
 def _busy(session_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"Session '{session_id}' has a turn in progress or awaiting input; resume or cancel it first.",
@@ -275,8 +281,13 @@ class TurnEngine:
 
     async def recover(self) -> int:
         """Turns left in_progress whose lease expired (the replica that ran them died)
-        become interrupted; those live replicas run are left alone."""
-        count = await self.store.interrupt_running_turns(now_micros(), status_of(_interrupted()))
+        become interrupted; those live replicas run are left alone. Each ends as a shutdown
+        would have ended it (on_stop): its turn_failed (TURN_INTERRUPTED, the turn with its
+        kept steps) is kept, numbered after the run's last kept event, in the transaction
+        that marks the turn, so a follower's stream ends with it, not by just stopping.
+        (Events the dead replica had not kept yet are lost; the numbering goes on from the
+        kept ones.)"""
+        count = await self.store.interrupt_running_turns(now_micros(), self._interrupted_by_recovery)
         if count:
             log.warning("%d turn(s) left running by a stopped replica marked interrupted", count)
         return count
@@ -302,7 +313,9 @@ class TurnEngine:
     async def _stop_ended_elsewhere(self, run: Run, status: str) -> None:
         """Another replica cancelled (CancelTurn) or interrupted (recovery, after a pause
         here longer than the lease) a turn that runs here: its run stops, and its on_stop
-        writes that end and emits turn_failed."""
+        writes that end and emits turn_failed. (Interrupted: recovery kept a turn_failed
+        already, so this run's last events may not be kept (their numbers are taken);
+        its own consumers still get them, the store keeps recovery's end.)"""
         if run.terminal is not None or run.stop_reason is not None:
             return  # it ended (or is ending) by itself meanwhile
         log.info("turn %s was %s by another replica; stopping its run here", run.run_id, status)
@@ -719,7 +732,7 @@ class TurnEngine:
         async def produce(run: Run) -> None:
             self._end_turn(turn, types.TURN_STATUS_CANCELLED, error)
             await self.store.update_turn(owner, turn, STATUS_NAMES[turn.status])
-            await run.emit(_event(turn_id, turn_failed=te.TurnFailedPayload(turn=turn, error=turn.error)))
+            await run.emit(_turn_failed(turn))
 
         await self.runs.start(
             owner, turn_id, produce, kind=TURNS, background=True, first_sequence=last + 1
@@ -1030,6 +1043,15 @@ class TurnEngine:
         turn.completed_at.CopyFrom(timestamp())
         turn.error.CopyFrom(status_of(error))
 
+    @staticmethod
+    def _interrupted_by_recovery(turn: types.Turn, sequence_number: int) -> bytes:
+        """Recovery's end of a turn whose replica died (see recover): the turn as on_stop
+        stores an interrupted one, and its turn_failed event, serialized."""
+        TurnEngine._end_turn(turn, types.TURN_STATUS_INTERRUPTED, _interrupted())
+        event = _turn_failed(turn)
+        event.sequence_number = sequence_number
+        return event.SerializeToString()
+
     def _on_stop(self, state: TurnState):
         """What ends a run that stopped without its terminal event (runs.py: on_stop)."""
 
@@ -1048,9 +1070,7 @@ class TurnEngine:
                 self._remember(state)
             except Exception:  # the stream still ends with turn_failed
                 log.exception("turn %s: its end could not be stored", turn.turn_id)
-            await run.emit(
-                _event(turn.turn_id, turn_failed=te.TurnFailedPayload(turn=turn, error=turn.error))
-            )
+            await run.emit(_turn_failed(turn))
 
         return on_stop
 
