@@ -32,7 +32,7 @@ async def test_replicas_starting_together_migrate_once(database_url):
         await asyncio.gather(*(db.migrate() for db in databases))
         version = await databases[0].read(
             lambda conn: conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
-        assert version == "0004"
+        assert version == "0005"
     finally:
         for db in databases:
             await db.close()

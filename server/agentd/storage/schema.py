@@ -29,6 +29,8 @@ metadata = MetaData()
 # The turn statuses partial indexes select (storage/agents.py names the statuses).
 TURN_OPEN = "status IN ('in_progress', 'awaiting_input')"
 TURN_RUNNING = "status = 'in_progress'"
+# The response statuses of a run (storage/responses.py: RUNNING).
+RESPONSE_RUNNING = "status IN ('queued', 'in_progress')"
 
 ID = String(64)
 OWNER = String(255)
@@ -107,9 +109,15 @@ responses = _owned(
     Column("previous_response_id", ID),
     Column("conversation_id", ID),
     Column("request_id", String(255)),
+    # While queued or in_progress: the lease of the replica running it, as for turns.
+    # Recovery ends only running responses whose lease expired (NULL: from before leases).
+    Column("lease_until", BigInteger),
     indexes=[
         Index("ix_responses_owner_created", "owner", "created_at", "id"),
         UniqueConstraint("owner", "request_id", name="uq_responses_owner_request"),
+        # What recovery scans: the running responses, by lease.
+        Index("ix_responses_running_lease", "lease_until",
+              sqlite_where=text(RESPONSE_RUNNING), postgresql_where=text(RESPONSE_RUNNING)),
     ],
 )
 
