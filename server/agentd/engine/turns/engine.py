@@ -57,6 +57,7 @@ from agentd import ids
 from agentd.clock import now_micros, timestamp
 from agentd.config import DocumentsConfig, Settings
 from agentd.engine.completion import Completion, arguments_object
+from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
@@ -84,7 +85,6 @@ from agentd.sensitive import redact
 from agentd.storage.agents import (
     AWAITING_INPUT,
     IN_PROGRESS,
-    INTERRUPTED,
     NO_TURNS,
     OPEN_STATUSES,
     AgentStore,
@@ -102,7 +102,6 @@ log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
 DEFAULT_TOOL_TIMEOUT_S = Settings.model_fields["tool_timeout_s"].default
-DEFAULT_LEASE_S = Settings.model_fields["run_lease_s"].default
 # Sessions whose ended turns' history messages are kept in memory (least recently used out).
 HISTORY_CACHE_SESSIONS = 1024
 # Agents kept in memory by (owner, agent id): an agent never changes once created.
@@ -252,8 +251,7 @@ class TurnEngine:
         self.shields = shields or DeclaredShields()
         self.documents = documents or DocumentsConfig()
         self.tool_timeout_s = tool_timeout_s
-        self.lease_s = lease_s
-        self._leases: asyncio.Task | None = None
+        self.leases = Leases(runs, TURNS, store, self.recover, lease_s)
         # Sessions whose turn is being started or resumed right now in this process: a second
         # start in the same session meanwhile is SESSION_BUSY at once. Across replicas the
         # database's one-open-turn index is what guards (OpenTurnExists).
@@ -268,16 +266,11 @@ class TurnEngine:
     # ------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
-        """Recovery at start, then the lease keeper (see _keep_leases) until close()."""
-        await self.recover()
-        self._leases = asyncio.get_running_loop().create_task(self._keep_leases(), name="turn leases")
+        """Recovery at start, then the lease keeper (engine/leases.py) until close()."""
+        await self.leases.start()
 
     async def close(self) -> None:
-        if self._leases is not None:
-            self._leases.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leases
-            self._leases = None
+        await self.leases.close()
 
     async def recover(self) -> int:
         """Turns left in_progress whose lease expired (the replica that ran them died)
@@ -293,33 +286,7 @@ class TurnEngine:
         return count
 
     def _lease_end(self) -> int:
-        return now_micros() + int(self.lease_s * 1_000_000)
-
-    async def _keep_leases(self) -> None:
-        """Every third of the lease: renew the leases of the turns running here, then recover
-        the turns of replicas that stopped renewing theirs (a crash while this one runs)."""
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            try:
-                running = {run.run_id: run for run in self.runs.running(TURNS)}
-                if running:
-                    ended = await self.store.renew_leases(list(running), self._lease_end())
-                    for turn_id, status in ended.items():
-                        await self._stop_ended_elsewhere(running[turn_id], status)
-                await self.recover()
-            except Exception:  # the database may be away for a while: try again next time
-                log.warning("turn leases: renewal or recovery failed; retrying", exc_info=True)
-
-    async def _stop_ended_elsewhere(self, run: Run, status: str) -> None:
-        """Another replica cancelled (CancelTurn) or interrupted (recovery, after a pause
-        here longer than the lease) a turn that runs here: its run stops, and its on_stop
-        writes that end and emits turn_failed. (Interrupted: recovery kept a turn_failed
-        already, so this run's last events may not be kept (their numbers are taken);
-        its own consumers still get them, the store keeps recovery's end.)"""
-        if run.terminal is not None or run.stop_reason is not None:
-            return  # it ended (or is ending) by itself meanwhile
-        log.info("turn %s was %s by another replica; stopping its run here", run.run_id, status)
-        await self.runs.cancel(run.owner, run.run_id, "interrupted" if status == INTERRUPTED else "cancelled")
+        return self.leases.until()
 
     # ------------------------------------------------------------------ lookups
 
@@ -740,28 +707,16 @@ class TurnEngine:
         return turn
 
     async def _cancelled_elsewhere(self, owner: str, turn_id: str, turn: types.Turn | None = None) -> bool:
-        """A turn another live replica runs (its lease holds): ask it to cancel (through the
-        turn's status, which it reads at its next lease renewal; with `turn`, stored as
-        cancelled at once) and wait for the terminal event its run then keeps. False if no
-        live replica runs it, or if no terminal event came within two leases (that replica
-        died meanwhile): the caller ends it itself."""
-        if not await self.store.runs_elsewhere(owner, turn_id, now_micros()):
-            return False
-        last = await self.runs.store.last_sequence(owner, turn_id)
+        """A turn another live replica runs: asks it to cancel the turn and waits for its end
+        (Leases.stop_elsewhere); with `turn`, stored as cancelled at once. False if no live
+        replica runs it, or it did not end in time: the caller ends it itself."""
         cancelled = None
         if turn is not None:
             cancelled = types.Turn()
             cancelled.CopyFrom(turn)
             self._end_turn(cancelled, types.TURN_STATUS_CANCELLED, _cancelled())
-        if not await self.store.request_cancel(owner, turn_id, cancelled):
-            return True  # it ended meanwhile, by itself
-        events = self.runs.attach(owner, turn_id, kind=TURNS, starting_after=last)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.lease_s * 2), contextlib.aclosing(events):
-                async for event in events:
-                    if TURNS.is_terminal(event):
-                        return True
-        return False
+        return await self.leases.stop_elsewhere(
+            owner, turn_id, lambda: self.store.request_cancel(owner, turn_id, cancelled))
 
     # ------------------------------------------------------------------ the loop
 
