@@ -116,7 +116,7 @@ class Agentd:
         self.turns = TurnEngine(self.agent_store, self.runs, self.registry, self.tools, self.shields,
                                 settings.documents, settings.tool_timeout_s, settings.run_lease_s)
         self.responses = ResponseEngine(ResponseStore(self.repo), self.conversation_store, self.runs,
-                                        self.registry, self.tools, self.shields)
+                                        self.registry, self.tools, self.shields, settings.run_lease_s)
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.servicers = self._servicers()
@@ -178,7 +178,7 @@ class Agentd:
     async def _start(self) -> None:
         await self.db.migrate()
         await self.turns.start()
-        await self.responses.recover()
+        await self.responses.leases.start()  # recovery, then the lease keeper until close()
         await self.registry.start()
         self.server = self._build_server()
         host, _, port = self.settings.grpc_addr.rpartition(":")

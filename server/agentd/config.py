@@ -201,9 +201,10 @@ class Settings(_Strict):
     documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
     run_lease_s: float = Field(
         30.0, gt=0, le=600,
-        description="A replica renews the lease of the turns it runs every third of this; a turn "
-                    "left in_progress whose lease expired (its replica died) is marked interrupted by "
-                    "any replica, at start and while it runs. Longer than any pause of a replica.")
+        description="A replica renews the lease of the turns and responses it runs every third of "
+                    "this; a turn left in_progress whose lease expired (its replica died) is marked "
+                    "interrupted, a response failed (store=false: deleted), by any replica, at start and "
+                    "while it runs. Longer than any pause of a replica.")
     tool_timeout_s: float = Field(
         60.0, gt=0, le=3600,
         description="A server-side tool call's time limit; one that does not answer in time is an error "

@@ -1,5 +1,9 @@
 """ResponseStore: responses and their input items.
 
+A running (queued or in_progress) response carries the lease of the replica that runs it
+(`lease_until`, as turns do): that replica renews it while the run lives, and recovery
+ends only running responses whose lease expired (rows without one count as expired).
+
 A response's output items are part of its body: the engine rewrites the body (update) at
 each item boundary, so a crash loses at most the item in flight. Its input items are rows of
 `response_items` (kind "input", in position order): they are listed on their own
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, delete, or_, select, text, update
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -43,7 +47,14 @@ _UPDATE = (update(schema.responses)
            .values(status=bindparam("new_status"), body=bindparam("new_body")))
 
 
-_END_RUNNING = _UPDATE.where(schema.responses.c.status.in_(RUNNING))
+# Still running, and its lease expired before `now` (or it has none): what recovery may end.
+# The status test is the partial index's own text: SQLite uses that index only then.
+_EXPIRED = (text(schema.RESPONSE_RUNNING),
+            or_(schema.responses.c.lease_until.is_(None), schema.responses.c.lease_until < bindparam("now")))
+_UPDATE_RUNNING = _UPDATE.where(schema.responses.c.status.in_(RUNNING))
+_END_EXPIRED = _UPDATE.where(*_EXPIRED)
+_DELETE_EXPIRED = delete(schema.responses).where(schema.responses.c.owner == bindparam("row_owner"),
+                                                 schema.responses.c.id == bindparam("row_id"), *_EXPIRED)
 
 
 class ResponseStore:
@@ -52,10 +63,10 @@ class ResponseStore:
         self.db = repo.db
 
     async def create(self, owner: str, response: rt.Response, input_items: list[item_types.ResponseItem],
-                     request_id: str | None = None) -> rt.Response:
-        """Stores a new response with its input items, in one transaction. With a request_id
-        already used by this owner, stores nothing and returns the response the first call
-        created."""
+                     request_id: str | None = None, lease_until: int | None = None) -> rt.Response:
+        """Stores a new response with its input items, in one transaction, leased until
+        `lease_until` (its run starts here). With a request_id already used by this owner,
+        stores nothing and returns the response the first call created."""
         items = [{"response_id": response.id, "kind": INPUT, "position": i, "item_id": item_id_of(item),
                   "body": body_of(item)} for i, item in enumerate(input_items)]
         body = await self.repo.create(
@@ -63,7 +74,7 @@ class ResponseStore:
             id=response.id, owner=owner, created_at=now_micros(), model=response.model,
             status=status_name(response.status), request_id=request_id,
             previous_response_id=response.previous_response_id or None,
-            conversation_id=response.conversation.id or None, body=body_of(response))
+            conversation_id=response.conversation.id or None, lease_until=lease_until, body=body_of(response))
         return rt.Response.FromString(body)
 
     async def update(self, owner: str, response: rt.Response) -> bool:
@@ -78,34 +89,76 @@ class ResponseStore:
                   "new_body": body_of(response)}
         return lambda conn: conn.execute(_UPDATE, values).rowcount > 0
 
-    async def end_running(self, owner: str, response: rt.Response, terminal: Callable[[int], bytes]) -> bool:
+    async def renew_leases(self, response_ids: list[str], lease_until: int) -> dict[str, str | None]:
+        """The replica running these responses vouches for them until `lease_until` (those
+        still running). Returns those another replica ended meanwhile, with their status
+        (cancelled by a CancelResponse it served, failed by its recovery; None: deleted, by
+        a DeleteResponse or, store=false, by recovery): their runs must stop."""
+        responses = schema.responses
+        renew = (update(responses).where(responses.c.id.in_(response_ids), responses.c.status.in_(RUNNING))
+                 .values(lease_until=lease_until))
+        statuses = select(responses.c.id, responses.c.status).where(responses.c.id.in_(response_ids))
+
+        def work(conn: Connection) -> dict[str, str | None]:
+            conn.execute(renew)
+            found = dict(conn.execute(statuses).tuples().all())
+            return {response_id: found.get(response_id) for response_id in response_ids
+                    if found.get(response_id) not in RUNNING}
+        return await self.db.write(work)
+
+    async def runs_elsewhere(self, owner: str, response_id: str, now: int) -> bool:
+        """Whether the response is running under a lease that has not expired: a live
+        replica runs it (when it does not run here)."""
+        responses = schema.responses
+        query = select(responses.c.id).where(responses.c.owner == owner, responses.c.id == response_id,
+                                             responses.c.status.in_(RUNNING), responses.c.lease_until >= now)
+        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
+
+    async def request_cancel(self, owner: str, cancelled: rt.Response) -> bool:
+        """Asks the replica running the response to cancel it: it is stored as `cancelled`
+        (its status too) now, in case that replica dies first; that replica sees it at its
+        next lease renewal, and its run then ends and keeps response.failed. False if the
+        response is no longer running."""
+        values = {"row_owner": owner, "row_id": cancelled.id, "new_status": status_name(cancelled.status),
+                  "new_body": body_of(cancelled)}
+        return await self.db.write(lambda conn: conn.execute(_UPDATE_RUNNING, values).rowcount > 0)
+
+    async def expired(self, now: int) -> list[tuple[str, rt.Response]]:
+        """Every (owner, response) of any owner still running whose lease expired before
+        `now` (its replica died, or stopped renewing)."""
+        query = select(schema.responses.c.owner, schema.responses.c.body).where(*_EXPIRED)
+        rows = await self.db.scan(lambda conn: conn.execute(query, {"now": now}).all())
+        return [(row.owner, rt.Response.FromString(row.body)) for row in rows]
+
+    async def end_expired(self, owner: str, response: rt.Response, now: int,
+                          terminal: Callable[[int], bytes]) -> bool:
         """Recovery: stores the response as ended (its body and status) with `terminal(n)`,
         its terminal event numbered n right after the last event its run kept (the engine
         builds it: storage knows no event's form), in one transaction, and only if it is
-        still queued or in progress. That status guard decides who writes: of two replicas
-        recovering at once, one does; the other (False) writes nothing."""
+        still running with its lease expired before `now`. That guard decides who writes:
+        of two replicas recovering at once, one does; the other (False) writes nothing; and
+        a lease its replica renewed since the scan keeps the response running."""
         values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
-                  "new_body": body_of(response)}
+                  "new_body": body_of(response), "now": now}
 
         def work(conn: Connection) -> bool:
-            if conn.execute(_END_RUNNING, values).rowcount == 0:
+            if conn.execute(_END_EXPIRED, values).rowcount == 0:
                 return False
             append_next(conn, owner, response.id, terminal)
             return True
         return await self.db.write(work)
+
+    async def delete_expired(self, owner: str, response_id: str, now: int) -> bool:
+        """Recovery of a store=false response: deleted (with its items and events) only if
+        it is still running with its lease expired before `now` (the guard of end_expired)."""
+        values = {"row_owner": owner, "row_id": response_id, "now": now}
+        return await self.db.write(lambda conn: conn.execute(_DELETE_EXPIRED, values).rowcount > 0, bulk=True)
 
     async def status(self, owner: str, response_id: str) -> str | None:
         """The stored status column ("in_progress", "completed", ...); None if no such response."""
         responses = schema.responses
         query = select(responses.c.status).where(responses.c.owner == owner, responses.c.id == response_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
-
-    async def running(self) -> list[tuple[str, rt.Response]]:
-        """Every (owner, response) stored as queued or in progress, of any owner."""
-        responses = schema.responses
-        query = select(responses.c.owner, responses.c.body).where(responses.c.status.in_(RUNNING))
-        rows = await self.db.scan(lambda conn: conn.execute(query).all())
-        return [(row.owner, rt.Response.FromString(row.body)) for row in rows]
 
     async def get(self, owner: str, response_id: str) -> rt.Response | None:
         body = await self.repo.get_body(schema.responses, owner, response_id)

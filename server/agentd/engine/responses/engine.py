@@ -48,6 +48,19 @@ replays) and is deleted when it ends (at shutdown, `close` waits for those delet
 the database closes; after a crash, `recover` deletes it); it is never retrievable or
 listed. A create that arrives while the server drains fails with UNAVAILABLE
 (SHUTTING_DOWN) before it writes anything (Runs.admission).
+
+Replicas (engine/leases.py, as for turns): a running response carries the lease of the
+replica that runs it, stored with its row and renewed every third of the lease while its run
+lives. Recovery, at start and on each renewal tick, ends only responses whose lease expired
+(their replica died): stored ones become failed with a kept response.failed, store=false ones
+are deleted; a replica that starts (a rolling deploy) leaves alone those that live replicas
+run. Recovery's writes are guarded by the status and the expired lease, so of two replicas
+recovering at once one ends a response, and a lease renewed since the scan keeps it running.
+CancelResponse (or DeleteResponse) on a replica that does not run the response stores it
+cancelled; the replica that runs it sees that at its next renewal, stops the run, and its
+on_stop keeps response.failed, which the cancelling call waits for (two leases at most; then
+it ends the response itself). A run whose response another replica's recovery failed or
+deleted (after a pause here longer than the lease) is stopped here too.
 """
 
 from __future__ import annotations
@@ -68,6 +81,7 @@ from agentd.clock import now_micros
 from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
 from agentd.engine.items import INCLUDABLE
+from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.metadata import check_metadata
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
@@ -192,7 +206,8 @@ def _copy(item: it.ResponseItem) -> it.ResponseItem:
 
 class ResponseEngine:
     def __init__(self, store: ResponseStore, conversations: ConversationStore, runs: Runs,
-                 registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Shields | None = None):
+                 registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Shields | None = None,
+                 lease_s: float = DEFAULT_LEASE_S):
         self.store = store
         self.conversations = conversations
         self.runs = runs
@@ -203,33 +218,37 @@ class ResponseEngine:
         self._transcripts: OrderedDict[tuple[str, str], tuple[it.ResponseItem, ...]] = OrderedDict()
         # Tasks that delete store=false responses once their run ended.
         self._forgetting: set[asyncio.Task] = set()
+        self.leases = Leases(runs, RESPONSES, store, self.recover, lease_s)
 
     # ------------------------------------------------------------------ start-up
 
     async def recover(self) -> int:
-        """Responses left queued or in progress by a previous process (which ran them) are
-        stored failed, with a server_error saying so, as a shutdown would have ended them
-        (on_stop, reason interrupted): their response.failed is kept, numbered after the
-        run's last kept event, in the transaction that stores the failure, so a follower's
-        stream ends with it, not by just stopping. store=false ones (never retrievable) are
-        deleted."""
+        """Responses left queued or in progress by a replica that died (their lease expired)
+        are stored failed, with a server_error saying so, as a shutdown would have ended
+        them (on_stop, reason interrupted): their response.failed is kept, numbered after
+        the run's last kept event, in the transaction that stores the failure, so a
+        follower's stream ends with it, not by just stopping. store=false ones (never
+        retrievable) are deleted. Those whose lease holds (a live replica runs them) are left
+        alone."""
+        now = now_micros()
         ended = 0  # by this call: another replica's recovery may take some of them first
-        for owner, response in await self.store.running():
+        for owner, response in await self.store.expired(now):
             if not response.store:
-                ended += await self.store.delete(owner, response.id)
+                ended += await self.store.delete_expired(owner, response.id, now)
                 continue
             _interrupt(response)
             _end_unfinished(response)
-            ended += await self.store.end_running(owner, response, partial(_failed_event, response))
+            ended += await self.store.end_expired(owner, response, now, partial(_failed_event, response))
         if ended:
-            log.warning("%d response(s) left running by a previous process ended", ended)
+            log.warning("%d response(s) left running by a stopped replica ended", ended)
         return ended
 
     async def close(self) -> None:
         """After the runs drained, before the database closes: the store=false responses
-        that ended are deleted."""
+        that ended are deleted, and the lease keeper stops."""
         if self._forgetting:
             await asyncio.wait(set(self._forgetting))
+        await self.leases.close()
 
     # ------------------------------------------------------------------ create
 
@@ -270,7 +289,7 @@ class ResponseEngine:
             deadline = asyncio.get_running_loop().time() + timeout_s
         state = ResponseState(owner, response, plan, messages, history, given, deadline)
         with self.runs.admission():  # SHUTTING_DOWN before the response is written
-            stored = await self.store.create(owner, response, given, request_id)
+            stored = await self.store.create(owner, response, given, request_id, self.leases.until())
             if stored.id != response.id:  # a retry: the first call's response
                 return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
             run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
@@ -683,9 +702,10 @@ class ResponseEngine:
 
     async def cancel(self, owner: str, response_id: str) -> rt.Response:
         """CancelResponse: a running response is stopped (its on_stop stores it cancelled and
-        emits response.failed). One stored as running but not running here (left by a
-        crash) is ended directly. A cancelled one is answered as it is; one that ended
-        otherwise: FAILED_PRECONDITION (RESPONSE_NOT_CANCELLABLE)."""
+        emits response.failed), here or by the live replica that runs it. One stored as
+        running that no live replica runs (left by a crash) is ended directly. A cancelled
+        one is answered as it is; one that ended otherwise: FAILED_PRECONDITION
+        (RESPONSE_NOT_CANCELLABLE)."""
         response = await self.get(owner, response_id)
         run = self.runs.get(owner, response_id)
         if run is not None and run.terminal is None:
@@ -697,6 +717,8 @@ class ResponseEngine:
             raise FailedPrecondition(f"Cannot cancel a response that has {status_name(response.status)}: "
                                      f"only queued or in-progress responses can be cancelled.",
                                      reason="RESPONSE_NOT_CANCELLABLE")
+        if await self._cancelled_elsewhere(owner, response):
+            return await self.get(owner, response_id)
         last = await self.runs.store.last_sequence(owner, response_id)
         response.status = CANCELLED
 
@@ -707,10 +729,23 @@ class ResponseEngine:
                               first_sequence=last + 1).wait()
         return response
 
+    async def _cancelled_elsewhere(self, owner: str, response: rt.Response) -> bool:
+        """A response another live replica runs: asks it to cancel the response (stored as
+        cancelled at once) and waits for its end (Leases.stop_elsewhere). False if no live
+        replica runs it, or it did not end in time: the caller ends it itself."""
+        cancelled = rt.Response()
+        cancelled.CopyFrom(response)
+        cancelled.status = CANCELLED
+        _end_unfinished(cancelled)
+        return await self.leases.stop_elsewhere(owner, response.id,
+                                                lambda: self.store.request_cancel(owner, cancelled))
+
     async def delete(self, owner: str, response_id: str) -> None:
-        """Deletes a stored response (a running one is cancelled first). NOT_FOUND if none."""
-        await self.get(owner, response_id)
-        await self.runs.cancel(owner, response_id)
+        """Deletes a stored response (a running one is cancelled first, here or by the live
+        replica that runs it, so its run writes nothing after the delete). NOT_FOUND if none."""
+        response = await self.get(owner, response_id)
+        if await self.runs.cancel(owner, response_id) is None and status_name(response.status) in RUNNING:
+            await self._cancelled_elsewhere(owner, response)
         if not await self.store.delete(owner, response_id):
             raise NotFound("response", response_id)
         self._transcripts.pop((owner, response_id), None)
