@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import update
 
 from agentd.app import Agentd
+from agentd.config import Settings
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.errors import details_of
 from agentd.storage import schema
@@ -30,13 +31,15 @@ LEASE_S = 2.0  # short for the tests, long enough for a loaded machine to renew 
 
 
 
+def short_lease(database_url, tmp_path, fake) -> Settings:
+    """The settings of an in-process replica whose model is `fake`, with a short lease."""
+    return make_settings(database_url, tmp_path, providers=fake_model_providers(fake), run_lease_s=LEASE_S)
+
+
 @contextlib.asynccontextmanager
 async def replica(database_url, tmp_path, fake):
     """One in-process replica with a short lease, and a stub to call it."""
-    settings = make_settings(
-        database_url, tmp_path, providers=fake_model_providers(fake), run_lease_s=LEASE_S
-    )
-    async with running_with_agents(settings) as pair:
+    async with running_with_agents(short_lease(database_url, tmp_path, fake)) as pair:
         yield pair
 
 
@@ -94,17 +97,17 @@ async def test_a_replica_starting_and_recovering_leaves_the_turns_another_runs(d
             assert await status_of(second, session_id, turn_id) == "cancelled"
 
 
-async def turn_of_a_dead_replica(database_url, tmp_path, reply: Reply, *, lease_s: float = LEASE_S,
-                                  seen: int = 1) -> tuple[str, str, str, list]:
-    """A turn left in_progress by a replica that died: an `agentd serve` process starts it
-    (the model answers `reply`), its stream is read to its `seen`-th event, then the process
-    is killed with SIGKILL (no drain, nothing marked; its lease just stops). Returns the
-    agent, session and turn ids and the events seen."""
-    hanging = FakeOpenAIServer().start()  # its own model: a hung answer holds the fake's one thread
-    hanging.script(reply)
+@contextlib.asynccontextmanager
+async def dying_replica(database_url, tmp_path, *replies: Reply, lease_s: float = LEASE_S):
+    """A replica that dies: an `agentd serve` process of the shipped test kit, whose own model
+    answers `replies`, and a channel to it and that model. At exit it is killed with SIGKILL
+    (no drain, nothing marked; its leases just stop) before the channel closes, so streams
+    still open then do not cancel their runs."""
+    model = FakeOpenAIServer().start()  # its own: a hung answer holds a request thread
+    model.script(*replies)
     env = {
         "AGENTD_DATABASE_URL": database_url,
-        "AGENTD_PROVIDERS": json.dumps(fake_model_providers(hanging)),
+        "AGENTD_PROVIDERS": json.dumps(fake_model_providers(model)),
         "AGENTD_RUN_LEASE_S": str(lease_s),
     }
     (tmp_path / "dying").mkdir()
@@ -112,19 +115,32 @@ async def turn_of_a_dead_replica(database_url, tmp_path, reply: Reply, *, lease_
     try:
         await serving(dying)
         async with grpc.aio.insecure_channel(dying.grpc_target) as channel:
-            stub = agents_pb2_grpc.AgentsServiceStub(channel)
-            agent_id, session_id = await new_session(stub)
-            call = stream_turn(stub, agent_id, session_id, user("hi"), background=True)
-            events = []
-            async for response in call:
-                events.append(response.event)
-                if len(events) == seen:
-                    break
-            call.cancel()
+            try:
+                yield channel, model
+            finally:
+                dying.process.kill()
+                dying.process.wait()
     finally:
         dying.process.kill()
         dying.process.wait()
-        hanging.close()
+        model.close()
+
+
+async def turn_of_a_dead_replica(database_url, tmp_path, reply: Reply, *, lease_s: float = LEASE_S,
+                                  seen: int = 1) -> tuple[str, str, str, list]:
+    """A turn left in_progress by a replica that died (dying_replica): it starts the turn
+    (the model answers `reply`), its stream is read to its `seen`-th event, then it is
+    killed. Returns the agent, session and turn ids and the events seen."""
+    async with dying_replica(database_url, tmp_path, reply, lease_s=lease_s) as (channel, _):
+        stub = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(stub)
+        call = stream_turn(stub, agent_id, session_id, user("hi"), background=True)
+        events = []
+        async for response in call:
+            events.append(response.event)
+            if len(events) == seen:
+                break
+        call.cancel()
     return agent_id, session_id, events[0].payload.turn_start.turn_id, events
 
 

@@ -364,6 +364,61 @@ async def test_a_retried_response_create_returns_the_first_and_writes_nothing(re
     assert await count(repo, schema.response_items) == 1
 
 
+def running_response(response_id: str, status: int = rt.RESPONSE_STATUS_IN_PROGRESS,
+                     store: bool = True) -> rt.Response:
+    return rt.Response(id=response_id, model="m", status=status, store=store)
+
+
+async def test_response_leases_decide_what_recovery_ends(repo):
+    store, events = ResponseStore(repo), EventStore(repo)
+    leases = {"resp_old": None, "resp_dead": 100, "resp_live": 300}  # None: a row from before leases
+    for response_id, lease in leases.items():
+        await store.create("alice", running_response(response_id), [], lease_until=lease)
+    for response in (running_response("resp_queued", rt.RESPONSE_STATUS_QUEUED),
+                     running_response("resp_done", rt.RESPONSE_STATUS_COMPLETED),
+                     running_response("resp_unstored", store=False)):
+        await store.create("alice", response, [], lease_until=100)
+    assert await store.renew_leases(["resp_live"], 400) == {}
+    assert sorted(r.id for _, r in await store.expired(200)) == ["resp_dead", "resp_old", "resp_queued",
+                                                                 "resp_unstored"]
+    # A replica that renews after recovery's scan keeps its response: recovery's writes are
+    # guarded by the expired lease.
+    assert await store.renew_leases(["resp_dead"], 400) == {}
+    failed = running_response("resp_dead", rt.RESPONSE_STATUS_FAILED)
+    assert not await store.end_expired("alice", failed, 200, lambda n: b"never")
+    assert not await store.delete_expired("alice", "resp_dead", 200)
+    assert await store.status("alice", "resp_dead") == "in_progress"
+    # An expired one ends with its terminal event, once.
+    await events.append("alice", "resp_old", [(0, b"created")])
+    failed = running_response("resp_old", rt.RESPONSE_STATUS_FAILED)
+    assert await store.end_expired("alice", failed, 200, lambda n: f"failed at {n}".encode())
+    assert not await store.end_expired("alice", failed, 200, lambda n: b"again")
+    assert await store.status("alice", "resp_old") == "failed"
+    assert await events.read_after("alice", "resp_old", -1, 10) == [(0, b"created"), (1, b"failed at 1")]
+    assert await store.delete_expired("alice", "resp_unstored", 200)
+    assert await store.get("alice", "resp_unstored") is None
+
+
+async def test_a_response_renewal_reports_those_ended_elsewhere(repo):
+    store = ResponseStore(repo)
+    for response_id in ("resp_1", "resp_2", "resp_3", "resp_4"):
+        await store.create("alice", running_response(response_id), [], lease_until=100)
+    assert await store.runs_elsewhere("alice", "resp_1", 50)
+    assert not await store.runs_elsewhere("alice", "resp_1", 150)  # expired: no live replica
+    assert not await store.runs_elsewhere("bob", "resp_1", 50)
+    # Another replica cancels one (stored cancelled at once), recovers one, deletes one.
+    cancelled = running_response("resp_1", rt.RESPONSE_STATUS_CANCELLED)
+    assert await store.request_cancel("alice", cancelled)
+    assert not await store.request_cancel("alice", cancelled)  # no longer running
+    assert (await store.get("alice", "resp_1")).status == rt.RESPONSE_STATUS_CANCELLED
+    assert await store.end_expired("alice", running_response("resp_2", rt.RESPONSE_STATUS_FAILED), 200,
+                                   lambda n: b"failed")
+    assert await store.delete("alice", "resp_3")
+    ended = await store.renew_leases(["resp_1", "resp_2", "resp_3", "resp_4"], 300)
+    assert ended == {"resp_1": "cancelled", "resp_2": "failed", "resp_3": None}
+    assert await store.runs_elsewhere("alice", "resp_4", 250)  # renewed
+
+
 async def test_responses_list_newest_first_in_pages_and_by_model(repo):
     store = ResponseStore(repo)
     for i, model in enumerate(["a", "b", "a"]):

@@ -101,7 +101,7 @@ class ResponseStore:
 
         def work(conn: Connection) -> dict[str, str | None]:
             conn.execute(renew)
-            found = dict(conn.execute(statuses).tuples().all())
+            found = dict(conn.execute(statuses).all())
             return {response_id: found.get(response_id) for response_id in response_ids
                     if found.get(response_id) not in RUNNING}
         return await self.db.write(work)
