@@ -15,7 +15,7 @@ from collections.abc import Callable, Set
 from functools import partial
 from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from agentd.clock import now_micros
@@ -473,8 +473,10 @@ class AgentStore:
         writes: of two replicas recovering at once, the one whose update changed the row
         writes the event; the other finds the turn ended and writes nothing."""
         turns, steps = schema.turns, schema.steps
+        # The status test is the partial index's own text: SQLite uses that index only then
+        # (with a bound status it scans every turn, at every renewal tick of every replica).
         expired = (select(turns.c.id)
-                   .where(turns.c.status == IN_PROGRESS,
+                   .where(text(schema.TURN_RUNNING),
                           or_(turns.c.lease_until.is_(None), turns.c.lease_until < now)))
         claim = _statement("claim_interrupted", lambda: (
             update(turns).where(turns.c.id == bindparam("row_id"), turns.c.status == IN_PROGRESS)
