@@ -509,11 +509,13 @@ class TurnEngine:
             kept = self._histories.get(key)
             with self.runs.admission():  # SHUTTING_DOWN before the turn is written
                 # One transaction checks the session, reads its turns not yet held in memory
-                # and stores the turn (the one-open-turn check is the database's).
+                # and stores the turn (the one-open-turn check is the database's). `cached`
+                # is the live key view, not a copy (a copy costs a long session O(turns) each
+                # turn): only this start adds to it while it runs (one start per session).
                 try:
                     started = await self.store.start_turn(
                         owner, agent_id, turn, known=kept.known if kept else NO_TURNS,
-                        cached=frozenset(kept.messages) if kept else frozenset(), request_id=request_id,
+                        cached=kept.messages.keys() if kept else frozenset(), request_id=request_id,
                         settings=_settings(toolgroups, tool_config, instructions),
                         lease_until=self._lease_end())
                 except OpenTurnExists:
