@@ -252,6 +252,28 @@ async def test_re_attaching_after_the_end_reads_the_store(store):
     assert await collect(runs.attach("bob", TURN, kind=TURNS, still_running=over)) == []
 
 
+async def test_a_follower_past_the_kept_end_of_a_run_that_is_over_still_gets_its_end(store):
+    """A replica died after emitting events it never kept; recovery kept the end right after
+    the kept ones. A client that saw more live and re-attaches past them gets that end."""
+    runs = runs_of(store)
+    await store.append(OWNER, TURN, [(0, started().SerializeToString())])
+    end = failed("interrupted")
+    end.sequence_number = 1
+    await store.append(OWNER, TURN, [(1, end.SerializeToString())])
+
+    async def over() -> bool:
+        return False
+
+    got = await collect(runs.attach(OWNER, TURN, kind=TURNS, starting_after=5, still_running=over))
+    assert [(e.sequence_number, e.payload.WhichOneof("payload")) for e in got] == [(1, "turn_failed")]
+    # A follower that saw the end itself gets nothing more.
+    assert await collect(runs.attach(OWNER, TURN, kind=TURNS, starting_after=1, still_running=over)) == []
+    # Without a kept end (the run ended some other way), the stream ends without one.
+    await make_turn(store.repo, "turn_2")
+    await store.append(OWNER, "turn_2", [(0, started().SerializeToString())])
+    assert await collect(runs.attach(OWNER, "turn_2", kind=TURNS, starting_after=5, still_running=over)) == []
+
+
 async def test_another_replica_follows_the_run_through_the_store(store, database_url):
     here = runs_of(store)
     other_db = Database(database_url)

@@ -42,7 +42,9 @@ until the terminal event, or until the caller's `still_running()` says the run i
 engine checks the run's status row), or until the run starts here (a resume), which it then
 follows live. A stream ends at the first terminal event after `starting_after`; a turn
 resumed since continues in the store after its `turn_awaiting_input` and is read by
-attaching again after that number.
+attaching again after that number. A follower past the run's kept end (it saw events live
+that a replica died before keeping; recovery numbered the end after the kept ones) gets
+that end anyway, as kept, when the run is over: every stream ends with the run's end.
 
 Cancel semantics. `Runs.cancel` (CancelTurn / CancelResponse), or the owner stream (`Run.
 events()`) closed before the terminal event unless the run is `background`, cancels the
@@ -540,6 +542,9 @@ class Runs:
                 if rows:
                     continue
                 if over:
+                    if (end := await self._end_before(owner, run_id, kind, last)) is not None:
+                        finished = True
+                        yield end
                     return
                 if still_running is not None and not await still_running():
                     over = True  # one more read: its last batch may have landed just now
@@ -552,6 +557,17 @@ class Runs:
             if owned is not None and not finished and not owned.background:
                 # The owner stream went away before the end: the run goes with it.
                 self._request_stop(owned, "interrupted" if self._draining else "cancelled")
+
+    async def _end_before(self, owner: str, run_id: str, kind: RunKind, last: int) -> Message | None:
+        """The kept terminal event of a run that is over, if it is numbered before `last`:
+        the follower saw events live that its dead replica never kept (recovery numbered the
+        end after the kept ones), and its stream must still end with the run's end. (Numbered
+        `last` itself, the follower has seen it: nothing more.)"""
+        found = await self.store.last_event(owner, run_id)
+        if found is None or found[0] >= last:
+            return None
+        event = kind.event_type.FromString(found[1])
+        return event if kind.is_terminal(event) else None
 
     async def _missing(self, run: Run, last: int) -> list[Message]:
         """The next events after `last` that a consumer of a live run may have missed: a page

@@ -102,6 +102,15 @@ class EventStore:
         """The number of the run's last kept event (-1 when none is kept)."""
         return await self.db.read(lambda conn: _last_sequence(conn, owner, run_id))
 
+    async def last_event(self, owner: str, run_id: str) -> tuple[int, bytes] | None:
+        """The run's last kept event as (sequence_number, body); None when none is kept."""
+        events = schema.run_events
+        query = (select(events.c.sequence_number, events.c.body)
+                 .where(events.c.owner == owner, events.c.run_id == run_id)
+                 .order_by(events.c.sequence_number.desc()).limit(1))
+        row = await self.db.read(lambda conn: conn.execute(query).first())
+        return None if row is None else (row.sequence_number, row.body)
+
     async def read_after(self, owner: str, run_id: str, starting_after: int,
                          limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` kept events numbered after `starting_after`, in order, as
