@@ -10,9 +10,10 @@ Every repository operation is a plain function of a SQLAlchemy Connection, run i
     read is ~0.1 ms of CPU that a thread could not run in parallel anyway (the GIL);
     measured with `make bench`, GetAgent p50 at concurrency 1 went from 2.0-2.4 ms to
     1.3-1.8 ms.
-  - writes (`write`) on a connection of their own that never waits for SQLite's write
-    lock: when another connection holds it (another process on the same file, or a bulk
-    write on a thread), SQLite answers "busy" at once and the write runs again on a
+  - writes (`write`), and those reads, on the loop's own connection, kept open (a pool
+    checkout per call cost ~3% of a response's CPU), which never waits for SQLite's
+    locks: when another connection holds one (another process on the same file, or a
+    bulk write on a thread), SQLite answers "busy" at once and the work runs again on a
     thread, where it waits its turn. Under WAL with synchronous=NORMAL a commit appends to
     the WAL without an fsync; the checkpoints, which do sync, run on a thread every
     CHECKPOINT_EVERY inline writes instead of inside a commit. A turn's two writes on a
@@ -64,14 +65,16 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            # One connection per worker thread, plus room for the inline reads of the loop.
+            # One connection per worker thread, plus one for a checkpoint.
             self._sync_engine = create_engine(
-                self.url, connect_args={"check_same_thread": False}, pool_size=SQLITE_THREADS + 2)
+                self.url, connect_args={"check_same_thread": False}, pool_size=SQLITE_THREADS + 1)
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
-            # The inline writes' own connection (one: the loop runs one write at a time).
+            # The loop's own connection, for the inline reads and writes (one: the loop runs
+            # one unit of work at a time), made at first use and kept.
             self._inline_engine = create_engine(
                 self.url, connect_args={"check_same_thread": False}, pool_size=1)
-            event.listen(self._inline_engine, "connect", _inline_write_pragmas)
+            event.listen(self._inline_engine, "connect", _inline_pragmas)
+            self._inline: Connection | None = None
             self._executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="agentd-sqlite")
             self._checkpoint_every = checkpoint_every
             self._writes_since_checkpoint = 0
@@ -87,13 +90,9 @@ class Database:
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Runs `work`, a read of a few rows by key, without a write transaction."""
         if self.is_sqlite:
-            try:
-                with self._sync_engine.connect() as conn:
-                    return work(conn)
-            except DBAPIError as e:
-                if _unavailable(e):
-                    raise _database_unavailable() from e
-                raise
+            done, result = self._inline_work(work)
+            if done:
+                return result
         return await self._run(work, write=False)
 
     async def scan(self, work: Callable[[Connection], T]) -> T:
@@ -104,19 +103,29 @@ class Database:
         """Runs `work` in one transaction: all of it is committed, or none of it. `bulk`:
         work whose size has no bound (a cascading delete, recovery), never run inline."""
         if self.is_sqlite and not bulk:
-            try:
-                with self._inline_engine.begin() as conn:
-                    result = work(conn)
-            except DBAPIError as e:
-                if not _busy(e):
-                    if _unavailable(e):
-                        raise _database_unavailable() from e
-                    raise
-                # Rolled back; another connection holds the write lock: wait on a thread.
-            else:
+            done, result = self._inline_work(work)
+            if done:
                 self._wrote_inline()
                 return result
         return await self._run(work, write=True)
+
+    def _inline_work(self, work: Callable[[Connection], T]) -> tuple[bool, T | None]:
+        """Runs `work` in one transaction on the loop's own connection: (True, its result),
+        or (False, None) when another connection holds the lock it needs (rolled back: the
+        caller runs it on a thread, where it waits). The connection is kept, not checked out
+        of a pool per call: a checkout and its return cost more than a point read."""
+        conn = self._inline
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._inline = self._inline_engine.connect()
+        try:
+            with conn.begin():
+                return True, work(conn)
+        except DBAPIError as e:
+            if _busy(e):
+                return False, None
+            if _unavailable(e):
+                raise _database_unavailable() from e
+            raise
 
     def _wrote_inline(self) -> None:
         self._writes_since_checkpoint += 1
@@ -165,6 +174,9 @@ class Database:
         if self.is_sqlite:
             # Waiting for a write still running on a worker must not block the event loop.
             await asyncio.to_thread(self._executor.shutdown, wait=True)
+            if self._inline is not None:
+                self._inline.close()
+                self._inline = None
             self._sync_engine.dispose()
             self._inline_engine.dispose()
         else:
@@ -216,7 +228,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _inline_write_pragmas(dbapi_conn, record) -> None:
+def _inline_pragmas(dbapi_conn, record) -> None:
     _sqlite_pragmas(dbapi_conn, record)
     cur = dbapi_conn.cursor()
     # Never wait on the loop: a locked database answers "busy" at once (the write then runs
