@@ -43,6 +43,7 @@ try:
     from agentd.storage import Database, Repository
     from agentd.storage.agents import NO_TURNS, AgentStore, KnownTurns
     from agentd.storage.events import EventStore
+    from agentd.testing.process import cpu_seconds
     from agentd.v1 import agent_messages_pb2 as msg
     from agentd.v1 import agent_resources_pb2 as t
     from agentd.v1 import agents_pb2 as pb
@@ -51,14 +52,10 @@ try:
 except ImportError as e:
     sys.exit(f"parts: {e}. Run it with the project's venv: .venv/bin/python bench/parts.py")
 
-REPLY = "Hello from the fake model, answering at once."  # as bench/run.py's fake answers
+from run import REPLY_TEXT as REPLY  # the fake as the benchmark runs it
+from run import start_fake, stop_fake
+
 DELTAS = [REPLY[i:i + 8] for i in range(0, len(REPLY), 8)]  # the fake's 8-character chunks
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 async def per_call(call, calls: int, cpu=time.process_time) -> float:
@@ -141,7 +138,7 @@ async def grpc_parts(calls: int, server: subprocess.Popen, address: str) -> dict
         async def unary():
             await stub.CreateTurn(pb.CreateTurnRequest(agent_id="a", session_id="s"), timeout=10)
 
-        cpu = lambda: process_cpu(server.pid)  # noqa: E731
+        cpu = lambda: cpu_seconds(server.pid)  # noqa: E731
         return {"grpc StreamTurn (10 messages)": await per_call(stream, calls, cpu),
                 "grpc CreateTurn (1 message)": await per_call(unary, calls, cpu)}
 
@@ -264,14 +261,13 @@ async def measure(calls: int, bare: subprocess.Popen, address: str, fake_url: st
 def main(calls: int) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         bare, address = start_bare(workdir)
-        fake = subprocess.Popen([sys.executable, "-m", "agentd.testing.fake_openai", "--text", REPLY],
-                                stdout=subprocess.PIPE, text=True)
+        fake, fake_url = start_fake(Path(workdir))
         try:
-            rows = asyncio.run(measure(calls, bare, address, fake.stdout.readline().strip()))
+            rows = asyncio.run(measure(calls, bare, address, fake_url))
         finally:
-            for process in (bare, fake):
-                process.terminate()
-                process.wait()
+            bare.terminate()
+            bare.wait()
+            stop_fake(fake)
     print(f"| part (load average {os.getloadavg()[0]:.2f}) | CPU ms per turn |\n|---|---:|")
     for name, ms in rows.items():
         print(f"| {name} | {ms:.2f} |")

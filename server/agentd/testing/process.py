@@ -43,6 +43,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """A process's user+system CPU time so far (Linux /proc); None where unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class AgentdProcess:
     process: subprocess.Popen
@@ -58,12 +68,7 @@ class AgentdProcess:
 
     def cpu_seconds(self) -> float | None:
         """agentd's user+system CPU time so far (Linux /proc); None where unavailable."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
+        return cpu_seconds(self.process.pid)
 
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM (the graceful path), SIGKILL if it hangs past `timeout`; the exit status."""
