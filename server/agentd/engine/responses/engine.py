@@ -109,9 +109,6 @@ MAX_USER_ID = 128
 TRANSCRIPT_CACHE = 1024
 # Conversation items read per page while loading a conversation (all of them are loaded).
 CONVERSATION_PAGE = 1000
-# OpenAI's `include` values. agentd always includes file_search results; the others name
-# data agentd does not produce yet (no logprobs, no encrypted reasoning from its providers),
-# so they are accepted and change nothing.
 # The names OpenAI gives the web search tool (all run by builtin::websearch).
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
                               "web_search_2025_08_26"})
