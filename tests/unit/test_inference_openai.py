@@ -310,17 +310,19 @@ async def test_list_models():
             await provider.close()
 
 
-async def test_server_fields_go_into_the_body_as_they_are(fake_openai):
+async def test_fields_the_endpoint_names_its_own_way_go_by_its_names(fake_openai):
     fake_openai.script(Reply(text="ok"))
-    provider = OpenAIProvider("local", fake_openai.base_url, keep_alive=False)
+    provider = OpenAIProvider("local", fake_openai.base_url, keep_alive=False,
+                              field_names={"repetition_penalty": "repeat_penalty"})
     try:
-        chunks = [c async for c in provider.stream_chat(ChatRequest(model="m", messages=USER, max_tokens=9),
-                                                          server_fields={"repeat_penalty": 1.1})]
+        request = ChatRequest(model="m", messages=USER, max_tokens=9, repetition_penalty=1.1)
+        chunks = [c async for c in provider.stream_chat(request)]
     finally:
         await provider.close()
     assert text_of(chunks) == "ok"
     body = fake_openai.chat_requests[0].body
     assert body["repeat_penalty"] == 1.1 and body["max_tokens"] == 9
+    assert "repetition_penalty" not in body
 
 
 class _RawSSE(BaseHTTPRequestHandler):

@@ -94,8 +94,10 @@ class LocalModelProvider:
         self._server = await asyncio.to_thread(self._load)
         # No kept-alive connections: llama.cpp's server closes idle ones on its own clock, and
         # a request sent on one it is closing fails ("disconnected without a response").
+        # llama.cpp's server reads the penalty as repeat_penalty (repetition_penalty is vLLM's).
         self._endpoint = OpenAIProvider(self.provider_id, self._server.listening_address + "/v1",
-                                        keep_alive=False)
+                                        keep_alive=False,
+                                        field_names={"repetition_penalty": "repeat_penalty"})
         log.info("provider %r: %s loaded (%d-token context, %d thread(s))", self.provider_id,
                  self.model_path, self.context_size, self.threads)
 
@@ -132,19 +134,18 @@ class LocalModelProvider:
     async def _stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         assert self._endpoint is not None, "start() loads the model before any call"
         tools = () if request.tool_choice == "none" or _answers_a_tool_result(request) else request.tools
-        # llama.cpp reads the penalty as repeat_penalty (repetition_penalty is vLLM's name).
-        penalty = {"repeat_penalty": request.repetition_penalty or DEFAULT_REPEAT_PENALTY}
         plain = replace(request, messages=_with_system_prompt(request.messages, tools), tools=(),
-                        tool_choice=None, parallel_tool_calls=None, repetition_penalty=None,
+                        tool_choice=None, parallel_tool_calls=None,
+                        repetition_penalty=request.repetition_penalty or DEFAULT_REPEAT_PENALTY,
                         max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS)
         if not tools:
-            async for chunk in self._endpoint.stream_chat(plain, server_fields=penalty):
+            async for chunk in self._endpoint.stream_chat(plain):
                 yield chunk
             return
         constrained = replace(plain, response_format={
             "type": "json_schema",
             "json_schema": {"name": "reply", "schema": _reply_schema(tools, request)}})
-        async for chunk in _replies_from_json(self._endpoint.stream_chat(constrained, server_fields=penalty)):
+        async for chunk in _replies_from_json(self._endpoint.stream_chat(constrained)):
             yield chunk
 
     async def close(self) -> None:

@@ -57,10 +57,14 @@ class OpenAIProvider:
     (ids it does not map are sent as they are)."""
 
     def __init__(self, provider_id: str, base_url: str, api_key: str | None = None, *,
-                 models: dict[str, str] | None = None, keep_alive: bool = True):
+                 models: dict[str, str] | None = None, keep_alive: bool = True,
+                 field_names: dict[str, str] | None = None):
+        """`field_names`: the endpoint's own names for request fields it spells its own way
+        (llama.cpp's server reads repetition_penalty as repeat_penalty)."""
         self.provider_id = provider_id
         self.base_url = base_url
         self._names = dict(models or {})
+        self._field_names = dict(field_names or {})
         # The SDK's aiohttp transport (the `aiohttp` extra): its C HTTP parser made a streamed
         # call cost ~0.75 ms of CPU against ~1.15 ms with the default httpx transport
         # (against the benchmark's fake model), the same requests on the wire. Without
@@ -76,13 +80,10 @@ class OpenAIProvider:
         """Records the endpoint's name for an agentd model id."""
         self._names[model_id] = provider_model_id or model_id
 
-    def stream_chat(self, request: ChatRequest, *,
-                    server_fields: dict[str, Any] | None = None) -> AsyncIterator[ChatChunk]:
-        """`server_fields`: fields of the endpoint's own dialect (e.g. llama.cpp's
-        repeat_penalty), added to the body as they are."""
-        return self._stream(request, server_fields or {})
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        return self._stream(request)
 
-    async def _stream(self, request: ChatRequest, server_fields: dict[str, Any]) -> AsyncIterator[ChatChunk]:
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         loop = asyncio.get_running_loop()
         deadline = None if request.timeout_s is None else loop.time() + max(request.timeout_s, 0.0)
         stream = None
@@ -96,7 +97,7 @@ class OpenAIProvider:
                 # params field by field (~0.5 ms per history message) and build pydantic
                 # objects for every chunk: about 3 ms of a turn's CPU (turn benchmark).
                 stream = await self._client.post(
-                    "/chat/completions", body=self._body(request) | server_fields, cast_to=object,
+                    "/chat/completions", body=self._body(request), cast_to=object,
                     stream=True, stream_cls=openai.AsyncStream[object],
                     options={"headers": _NO_PER_CALL_TELEMETRY_HEADERS} if request.timeout_s is None
                     else {"headers": _NO_PER_CALL_TELEMETRY_HEADERS, "timeout": request.timeout_s})
@@ -201,6 +202,9 @@ class OpenAIProvider:
             body["top_k"] = request.top_k
         if request.repetition_penalty is not None:
             body["repetition_penalty"] = request.repetition_penalty
+        for name, own in self._field_names.items():
+            if name in body:
+                body[own] = body.pop(name)
         return body
 
     def _unreachable(self, model: str, error: BaseException) -> Unavailable:
