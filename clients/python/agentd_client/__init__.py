@@ -28,46 +28,15 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from agentd.v1 import agent_resources_pb2, agents_pb2, turn_events_pb2
-from agentd_client import turns
+from agentd_client import errors, turns
 from agentd_client._calls import AsyncEventStream, CallDefaults, EventStream, Metadata
 from agentd_client._services import AsyncServices, Services
-from agentd_client.errors import (
-    AgentdError,
-    AlreadyExistsError,
-    CancelledError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    FieldViolation,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    TurnFailedError,
-    UnauthenticatedError,
-    UnavailableError,
-    UnimplementedError,
-)
+from agentd_client.errors import *  # noqa: F403 - the exceptions are the package's own names too
+from agentd_client.errors import AgentdError
 
-__all__ = [
-    "AgentdError",
-    "AlreadyExistsError",
-    "AsyncClient",
-    "AsyncEventStream",
-    "CancelledError",
-    "Client",
-    "DeadlineExceededError",
-    "EventStream",
-    "FailedPreconditionError",
-    "FieldViolation",
-    "InvalidArgumentError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ResourceExhaustedError",
-    "TurnFailedError",
-    "UnauthenticatedError",
-    "UnavailableError",
-    "UnimplementedError",
-]
+# The client classes, then every exception errors.py exports: that list is kept in one place.
+__all__ = ["AsyncClient", "AsyncEventStream", "Client", "EventStream"]
+__all__ += errors.__all__
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Match the server's keepalive policy (it allows client pings every >= 10 s).

@@ -24,8 +24,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
-    "error_from_rpc",
-]
+]  # the exceptions, which the package exports too; error_from_rpc is the call machinery's
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEY = "x-request-id"
