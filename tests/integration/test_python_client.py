@@ -141,9 +141,10 @@ async def test_streams_remember_where_they_are_and_re_attach_from_there(target, 
             await anext(stream)
         async with client.agents.StreamTurn(pb.StreamTurnRequest(
                 agent_id=agent_id, session_id=session_id,
-                messages=turns.input_messages("hi"), background=True)) as stream:
+                messages=turns.input_messages("hi"), background=True), request_id="req-stream") as stream:
             first = [await anext(stream) for _ in range(3)]
-            assert stream.last_sequence_number == 2 and await stream.request_id()
+            # the id the call went out with, as agentd's initial metadata echoes it
+            assert stream.last_sequence_number == 2 and await stream.request_id() == "req-stream"
         rest = [e async for e in client.agents.StreamTurnEvents(pb.StreamTurnEventsRequest(
             agent_id=agent_id, session_id=session_id, turn_id=first[0].turn_id, starting_after=2))]
     numbers = [e.sequence_number for e in first + rest]
