@@ -42,6 +42,21 @@ def input_messages(messages: Messages) -> list[messages_pb2.TurnInputMessage]:
     return list(messages)
 
 
+def turn_request(agent_id: str, session_id: str, messages: Messages, idempotency_key: str | None,
+                 background: bool) -> agents_pb2.StreamTurnRequest:
+    return agents_pb2.StreamTurnRequest(agent_id=agent_id, session_id=session_id,
+                                        messages=input_messages(messages),
+                                        request_id=idempotency_key, background=background)
+
+
+def resume_request(agent_id: str, session_id: str, end: TurnEnd,
+                   responses: Sequence[messages_pb2.AgentToolResponse],
+                   background: bool) -> agents_pb2.StreamResumeTurnRequest:
+    return agents_pb2.StreamResumeTurnRequest(agent_id=agent_id, session_id=session_id,
+                                              turn_id=end.turn.turn_id, tool_responses=responses,
+                                              background=background)
+
+
 def _tool_response(call: messages_pb2.AgentToolCall, text: str, error: str | None = None):
     return messages_pb2.AgentToolResponse(
         call_id=call.call_id, tool_name=call.tool_name,
