@@ -141,9 +141,10 @@ async def test_streams_remember_where_they_are_and_re_attach_from_there(target, 
             await anext(stream)
         async with client.agents.StreamTurn(pb.StreamTurnRequest(
                 agent_id=agent_id, session_id=session_id,
-                messages=turns.input_messages("hi"), background=True)) as stream:
+                messages=turns.input_messages("hi"), background=True), request_id="req-stream") as stream:
             first = [await anext(stream) for _ in range(3)]
-            assert stream.last_sequence_number == 2 and await stream.request_id()
+            # the id the call went out with, as agentd's initial metadata echoes it
+            assert stream.last_sequence_number == 2 and await stream.request_id() == "req-stream"
         rest = [e async for e in client.agents.StreamTurnEvents(pb.StreamTurnEventsRequest(
             agent_id=agent_id, session_id=session_id, turn_id=first[0].turn_id, starting_after=2))]
     numbers = [e.sequence_number for e in first + rest]
@@ -175,3 +176,59 @@ async def test_a_response_streams_through_the_client(target, fake):
     assert kinds[0] == "created" and kinds[-1] == "completed"
     numbers = [e.sequence_number for e in events]
     assert numbers == sorted(set(numbers))
+
+
+class CuttableProxy:
+    """A TCP proxy to agentd whose open connections can be cut, as a dropped network does."""
+
+    def __init__(self, target: str):
+        self._host, port = target.rsplit(":", 1)
+        self._port = int(port)
+        self._writers: list[asyncio.StreamWriter] = []
+        self.connections = 0
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.cut()
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+        self._writers += [writer, up_writer]
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+
+async def test_run_turn_re_attaches_a_dropped_stream_and_misses_no_event(target, fake):
+    fake.script(Reply(text="one two three four five six", chunk_size=2, chunk_delay=0.05))
+    async with AsyncClient(target) as client:
+        agent_id, session_id = await new_session(client)
+    events, proxy = [], CuttableProxy(target)
+
+    def on_event(event) -> None:
+        events.append(event)
+        if len(events) == 3:  # the turn has begun: drop the connection under the stream
+            proxy.cut()
+
+    async with proxy as proxied, AsyncClient(proxied) as client:
+        turn = await client.run_turn(agent_id, session_id, "count", on_event=on_event, background=True,
+                                     timeout=30)
+    assert proxy.connections == 2  # the first stream's, then the re-attached one's
+    assert turn.status == t.TURN_STATUS_COMPLETED
+    assert turn.output_message.content.text == "one two three four five six"
+    numbers = [e.sequence_number for e in events]
+    assert numbers == list(range(len(numbers)))  # re-attached after the last event seen: no gap, no repeat

@@ -97,7 +97,8 @@ export class AgentdError extends Error {
 /**
  * The details of a google.rpc.Status (ErrorInfo, BadRequest).
  * @param {protobuf.Root} rpc
- * @param {any} status a decoded google.rpc.Status (details as Any)
+ * @param {any} status a google.rpc.Status, decoded from the trailer or a message field
+ *   (a turn_failed event's error): either way its details are Any objects
  */
 function statusDetails(rpc, status) {
   const out = { reason: null, domain: null, errorMetadata: {}, fieldViolations: [] };
@@ -295,7 +296,7 @@ export class AgentdClient {
           if (kind === "turn_failed") {
             const { turn, error } = event.payload.turn_failed;
             throw new AgentdError(error.code, error.message, {
-              ...statusDetailsFromObject(this.rpc, error), turn,
+              ...statusDetails(this.rpc, error), turn,
             });
           }
           if (kind === "turn_complete" || kind === "turn_awaiting_input") {
@@ -311,15 +312,6 @@ export class AgentdClient {
       }
     }
   }
-}
-
-/**
- * The details of a google.rpc.Status that came as a message field (proto-loader object).
- * @param {protobuf.Root} rpc
- * @param {any} status
- */
-function statusDetailsFromObject(rpc, status) {
-  return statusDetails(rpc, { details: status.details ?? [] });
 }
 
 /**

@@ -96,6 +96,16 @@ test("runTurn calls local functions as client tools until the turn completes", a
   assert.equal(turn.output_message.content.text, 'The tool said: {"city":"Paris","sky":"clear"}');
 });
 
+test("runTurn rejects a failed turn with the turn and its ErrorInfo reason", async () => {
+  const { agent_id, session_id } = await newSession();
+  await assert.rejects(client.runTurn(agent_id, session_id, "fail the model"), (error) => {
+    assert.ok(error instanceof AgentdError);
+    assert.equal(error.turn.status, "TURN_STATUS_FAILED");
+    assert.equal(error.reason, "MODEL_REJECTED_REQUEST"); // the model answered HTTP 400
+    return true;
+  });
+});
+
 test("a dropped stream is re-attached from its last event and misses nothing", async () => {
   const ids = await newSession();
   // background: the turn outlives the stream that started it.

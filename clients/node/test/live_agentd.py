@@ -16,13 +16,16 @@ from agentd.testing.fake_openai import FakeOpenAIServer, RecordedRequest, Reply,
 
 def model(request: RecordedRequest) -> Reply:
     """A tool result is answered with its content; a message naming the weather calls the
-    get_weather client tool; anything else is echoed, three characters per chunk."""
+    get_weather client tool; one saying "fail the model" gets an HTTP 400; anything else is
+    echoed, three characters per chunk."""
     last = request.messages[-1]
     if last.get("role") == "tool":
         return Reply(text=f"The tool said: {last['content']}")
     text = last.get("content") if isinstance(last.get("content"), str) else ""
     if "weather" in text:
         return Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"})])
+    if "fail the model" in text:
+        return Reply(error_status=400, error_message="bad request")
     return Reply(text=f"echo: {text}", chunk_size=3)
 
 

@@ -27,47 +27,16 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from agentd.v1 import agent_resources_pb2, agents_pb2, turn_events_pb2
-from agentd_client import turns
+from agentd.v1 import agent_resources_pb2, turn_events_pb2
+from agentd_client import errors, turns
 from agentd_client._calls import AsyncEventStream, CallDefaults, EventStream, Metadata
 from agentd_client._services import AsyncServices, Services
-from agentd_client.errors import (
-    AgentdError,
-    AlreadyExistsError,
-    CancelledError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    FieldViolation,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    TurnFailedError,
-    UnauthenticatedError,
-    UnavailableError,
-    UnimplementedError,
-)
+from agentd_client.errors import *  # noqa: F403 - the exceptions are the package's own names too
+from agentd_client.errors import AgentdError
 
-__all__ = [
-    "AgentdError",
-    "AlreadyExistsError",
-    "AsyncClient",
-    "AsyncEventStream",
-    "CancelledError",
-    "Client",
-    "DeadlineExceededError",
-    "EventStream",
-    "FailedPreconditionError",
-    "FieldViolation",
-    "InvalidArgumentError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ResourceExhaustedError",
-    "TurnFailedError",
-    "UnauthenticatedError",
-    "UnavailableError",
-    "UnimplementedError",
-]
+# The client classes, then every exception errors.py exports: that list is kept in one place.
+__all__ = ["AsyncClient", "AsyncEventStream", "Client", "EventStream"]
+__all__ += errors.__all__
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Match the server's keepalive policy (it allows client pings every >= 10 s).
@@ -81,18 +50,6 @@ class _ClientBase:
         defaults = CallDefaults(token, timeout, tuple(metadata))
         for attribute, service_type in service_types.items():
             setattr(self, attribute, service_type(channel, defaults))
-
-    def _turn_request(self, agent_id: str, session_id: str, messages: turns.Messages,
-                      idempotency_key: str | None, background: bool) -> agents_pb2.StreamTurnRequest:
-        return agents_pb2.StreamTurnRequest(agent_id=agent_id, session_id=session_id,
-                                            messages=turns.input_messages(messages),
-                                            request_id=idempotency_key, background=background)
-
-    @staticmethod
-    def _resume_request(agent_id: str, session_id: str, end: turns.TurnEnd, responses, background: bool):
-        return agents_pb2.StreamResumeTurnRequest(agent_id=agent_id, session_id=session_id,
-                                                  turn_id=end.turn.turn_id, tool_responses=responses,
-                                                  background=background)
 
 
 class Client(_ClientBase, Services):
@@ -139,14 +96,14 @@ class Client(_ClientBase, Services):
         lost; without it agentd cancels a turn whose stream goes away (Llama Stack's
         behaviour) and the re-attach sees it end cancelled (TurnFailedError)."""
         tools = {} if tools is None else tools  # not `or`: an empty-looking Mapping may answer any name
-        request = self._turn_request(agent_id, session_id, messages, idempotency_key, background)
+        request = turns.turn_request(agent_id, session_id, messages, idempotency_key, background)
         stream = self.agents.StreamTurn(request, timeout=timeout)
         while True:
             end = self._follow(agent_id, session_id, stream, on_event, timeout)
             if end.kind == "turn_complete":
                 return end.turn
             responses = [self._call_tool(call, tools) for call in turns.pending_calls(end.turn)]
-            resume = self._resume_request(agent_id, session_id, end, responses, background)
+            resume = turns.resume_request(agent_id, session_id, end, responses, background)
             stream = self.agents.StreamResumeTurn(resume, timeout=timeout)
 
     def _follow(self, agent_id: str, session_id: str, stream: EventStream[turn_events_pb2.TurnEvent],
@@ -204,14 +161,14 @@ class AsyncClient(_ClientBase, AsyncServices):
                        background: bool = False) -> agent_resources_pb2.Turn:
         """Client.run_turn for asyncio; a tool may be a coroutine function."""
         tools = {} if tools is None else tools  # not `or`: an empty-looking Mapping may answer any name
-        request = self._turn_request(agent_id, session_id, messages, idempotency_key, background)
+        request = turns.turn_request(agent_id, session_id, messages, idempotency_key, background)
         stream = self.agents.StreamTurn(request, timeout=timeout)
         while True:
             end = await self._follow(agent_id, session_id, stream, on_event, timeout)
             if end.kind == "turn_complete":
                 return end.turn
             responses = [await self._call_tool(call, tools) for call in turns.pending_calls(end.turn)]
-            resume = self._resume_request(agent_id, session_id, end, responses, background)
+            resume = turns.resume_request(agent_id, session_id, end, responses, background)
             stream = self.agents.StreamResumeTurn(resume, timeout=timeout)
 
     async def _follow(self, agent_id: str, session_id: str,

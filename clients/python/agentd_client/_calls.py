@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import grpc
 
-from agentd_client.errors import REQUEST_ID_KEY, error_from_rpc
+from agentd_client.errors import REQUEST_ID_KEY, error_from_rpc, metadata_value
 
 T = TypeVar("T")
 Metadata = Sequence[tuple[str, str]]
@@ -32,10 +32,6 @@ class CallDefaults:
         if request_id:
             pairs.append((REQUEST_ID_KEY, request_id))
         return pairs + list(metadata)
-
-
-def _request_id_of(metadata) -> str | None:
-    return next((v for k, v in metadata or () if k == REQUEST_ID_KEY), None)
 
 
 def _sequence_number(item: Any) -> int | None:
@@ -78,7 +74,7 @@ class EventStream(_Stream[T]):
 
     def request_id(self) -> str | None:
         """The call's request id, from the server's initial metadata (waits for it)."""
-        return _request_id_of(self._call.initial_metadata())
+        return metadata_value(self._call.initial_metadata(), REQUEST_ID_KEY)
 
     def __enter__(self) -> EventStream[T]:
         return self
@@ -103,7 +99,7 @@ class AsyncEventStream(_Stream[T]):
         return self._item(response)
 
     async def request_id(self) -> str | None:
-        return _request_id_of(await self._call.initial_metadata())
+        return metadata_value(await self._call.initial_metadata(), REQUEST_ID_KEY)
 
     async def __aenter__(self) -> AsyncEventStream[T]:
         return self

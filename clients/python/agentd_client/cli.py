@@ -33,10 +33,9 @@ from agentd.v1 import (
     responses_pb2,
     turn_events_pb2,
 )
-from agentd_client import Client
+from agentd_client import DEFAULT_TARGET, Client
 from agentd_client.errors import AgentdError, TurnFailedError
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
 PREVIEW_CHARS = 80
 
@@ -244,7 +243,7 @@ def _serve(argv: list[str]) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--address", default=os.environ.get("AGENTD_ADDRESS", DEFAULT_ADDRESS),
+    connection.add_argument("--address", default=os.environ.get("AGENTD_ADDRESS", DEFAULT_TARGET),
                             help="agentd's gRPC address (default: $AGENTD_ADDRESS or %(default)s)")
     connection.add_argument("--token", default=os.environ.get("AGENTD_TOKEN"),
                             help="bearer token (default: $AGENTD_TOKEN)")

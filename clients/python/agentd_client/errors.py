@@ -24,8 +24,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
-    "error_from_rpc",
-]
+]  # the exceptions, which the package exports too; error_from_rpc is the call machinery's
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEY = "x-request-id"
@@ -97,7 +96,8 @@ def error_of(code: grpc.StatusCode, message: str, status: status_pb2.Status | No
     return _BY_CODE.get(code, AgentdError)(code, message, status, request_id)
 
 
-def _metadata_value(metadata, key: str):
+def metadata_value(metadata, key: str):
+    """The first value of `key` in a call's metadata pairs (initial or trailing), if any."""
     for k, v in metadata or ():
         if k == key:
             return v
@@ -107,14 +107,14 @@ def _metadata_value(metadata, key: str):
 def error_from_rpc(error: grpc.RpcError) -> AgentdError:
     """The exception for a failed call (a sync or an aio RpcError)."""
     trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    raw = _metadata_value(trailers, STATUS_DETAILS_KEY)
+    raw = metadata_value(trailers, STATUS_DETAILS_KEY)
     status = None
     if raw:
         try:
             status = status_pb2.Status.FromString(raw)
         except Exception:  # noqa: BLE001 - undecodable details: the code and message still tell
             status = None
-    request_id = _metadata_value(trailers, REQUEST_ID_KEY)
+    request_id = metadata_value(trailers, REQUEST_ID_KEY)
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(error)
     return error_of(code, message, status, request_id)

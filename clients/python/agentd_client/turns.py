@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -39,6 +40,21 @@ def input_messages(messages: Messages) -> list[messages_pb2.TurnInputMessage]:
         return [messages_pb2.TurnInputMessage(
             user=messages_pb2.UserMessage(content=messages_pb2.InterleavedContent(text=messages)))]
     return list(messages)
+
+
+def turn_request(agent_id: str, session_id: str, messages: Messages, idempotency_key: str | None,
+                 background: bool) -> agents_pb2.StreamTurnRequest:
+    return agents_pb2.StreamTurnRequest(agent_id=agent_id, session_id=session_id,
+                                        messages=input_messages(messages),
+                                        request_id=idempotency_key, background=background)
+
+
+def resume_request(agent_id: str, session_id: str, end: TurnEnd,
+                   responses: Sequence[messages_pb2.AgentToolResponse],
+                   background: bool) -> agents_pb2.StreamResumeTurnRequest:
+    return agents_pb2.StreamResumeTurnRequest(agent_id=agent_id, session_id=session_id,
+                                              turn_id=end.turn.turn_id, tool_responses=responses,
+                                              background=background)
 
 
 def _tool_response(call: messages_pb2.AgentToolCall, text: str, error: str | None = None):
@@ -76,23 +92,17 @@ def pending_calls(turn: resources_pb2.Turn) -> list[messages_pb2.AgentToolCall]:
     return list(turn.output_message.tool_calls)
 
 
+# The events that end a stream of a turn: it completed, paused for client tools, or failed.
+_END_KINDS = frozenset({"turn_complete", "turn_awaiting_input", "turn_failed"})
+
+
+@dataclass(frozen=True)
 class TurnEnd:
-    """Where a stream of a turn stopped: completed, paused for client tools, or failed."""
+    """Where a stream of a turn stopped: `turn_complete` or `turn_awaiting_input` (a failed
+    turn raises instead)."""
 
-    def __init__(self, event: turn_events_pb2.TurnEvent):
-        payload = event.payload
-        kind = payload.WhichOneof("payload")
-        self.kind = kind
-        self.turn = getattr(payload, kind).turn
-
-    @staticmethod
-    def of(event: turn_events_pb2.TurnEvent) -> TurnEnd | None:
-        kind = event.payload.WhichOneof("payload")
-        return TurnEnd(event) if kind in ("turn_complete", "turn_awaiting_input", "turn_failed") else None
-
-    def raise_if_failed(self, event: turn_events_pb2.TurnEvent) -> None:
-        if self.kind == "turn_failed":
-            raise TurnFailedError(self.turn, event.payload.turn_failed.error)
+    kind: str
+    turn: resources_pb2.Turn
 
 
 class Follower:
@@ -109,10 +119,13 @@ class Follower:
         self.turn_id = event.turn_id or self.turn_id
         if self.on_event:
             self.on_event(event)
-        end = TurnEnd.of(event)
-        if end:
-            end.raise_if_failed(event)
-        return end
+        payload = event.payload
+        kind = payload.WhichOneof("payload")  # once per event: this runs for every delta
+        if kind not in _END_KINDS:
+            return None
+        if kind == "turn_failed":
+            raise TurnFailedError(payload.turn_failed.turn, payload.turn_failed.error)
+        return TurnEnd(kind, getattr(payload, kind).turn)
 
     def reattach(self, error: AgentdError, last_sequence_number: int | None):
         """The StreamTurnEvents request that picks up after a dropped stream (UNAVAILABLE:
