@@ -17,7 +17,7 @@ from agentd.context import LOCAL_PRINCIPAL
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from tests.conftest import error_of, fake_model_providers, make_settings, running_with_agents
+from tests.conftest import error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.integration.test_turns import (
     collect,
@@ -37,20 +37,11 @@ SHIELDS = [
 
 
 @pytest_asyncio.fixture
-async def served(database_url, tmp_path, fake):
+async def agentd(database_url, tmp_path, fake):
+    """The shared agentd fixture (and so `agents`), with the shields declared and the fake model."""
     settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake), shields=SHIELDS)
-    async with running_with_agents(settings) as (server, agents):
-        yield server, agents
-
-
-@pytest.fixture
-def server(served):
-    return served[0]
-
-
-@pytest.fixture
-def agents(served):
-    return served[1]
+    async with running(settings) as server:
+        yield server
 
 
 def shield_steps(turn: t.Turn) -> list[t.ShieldCallStep]:
@@ -175,10 +166,10 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
     ]
 
 
-async def test_shield_steps_over_rest_have_the_llama_stack_shape(server, agents, fake):
+async def test_shield_steps_over_rest_have_the_llama_stack_shape(agentd, agents, fake):
     fake.script(Reply(text="Hi"))
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"])
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agentd.http_port}", timeout=30) as http:
         response = await http.post(
             f"/v1alpha/agents/{agent_id}/session/{session_id}/turn",
             json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
@@ -203,7 +194,7 @@ async def test_shield_steps_over_rest_have_the_llama_stack_shape(server, agents,
     assert details["touchpoint"] == "user-input" and details["shield_id"] == "guard-in"
 
 
-async def test_a_shield_configuration_does_not_declare_is_not_found_before_the_turn(server, agents, fake):
+async def test_a_shield_configuration_does_not_declare_is_not_found_before_the_turn(agentd, agents, fake):
     for config in ({"input_shields": ["guard-in", "nope"]}, {"output_shields": ["nope"]}):
         agent_id, session_id = await new_session(agents, **config)
         code, reason, _ = await error_of(collect(stream_turn(agents, agent_id, session_id, user("hi"))))
@@ -213,5 +204,5 @@ async def test_a_shield_configuration_does_not_declare_is_not_found_before_the_t
             await agents.CreateTurn(request)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert caught.value.details() == "Shield 'nope' not found."
-        assert await server.agent_store.session_turn_statuses(LOCAL_PRINCIPAL, session_id) == []
+        assert await agentd.agent_store.session_turn_statuses(LOCAL_PRINCIPAL, session_id) == []
     assert fake.chat_requests == []
