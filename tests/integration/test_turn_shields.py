@@ -44,6 +44,22 @@ async def agentd(database_url, tmp_path, fake):
         yield server
 
 
+# The events of one shielded model call: the input check, the inference, the output check.
+SHIELDED_INFERENCE = [
+    "step_start:shield_call",
+    "step_complete:shield_call",
+    "step_start:inference",
+    "step_complete:inference",
+    "step_start:shield_call",
+    "step_complete:shield_call",
+]
+
+
+def step_kinds(events) -> list[str]:
+    """kinds() without the streamed deltas."""
+    return [k for k in kinds(events) if not k.startswith("step_progress")]
+
+
 def shield_steps(turn: t.Turn) -> list[t.ShieldCallStep]:
     return [s.shield_call for s in turn.steps if s.HasField("shield_call")]
 
@@ -52,16 +68,7 @@ async def test_input_and_output_shields_each_give_one_step_around_the_answer(age
     fake.script(Reply(text="Hello"))
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"], output_shields=["guard-out"])
     events = await collect(stream_turn(agents, agent_id, session_id, user("hi")))
-    assert [k for k in kinds(events) if not k.startswith("step_progress")] == [
-        "turn_start",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "step_start:inference",
-        "step_complete:inference",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "turn_complete",
-    ]
+    assert step_kinds(events) == ["turn_start", *SHIELDED_INFERENCE, "turn_complete"]
     starts = [e.payload.step_start for e in events if e.payload.HasField("step_start")]
     assert [dict(s.metadata) for s in starts] == [
         {"touchpoint": "user-input"},
@@ -113,16 +120,7 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
         client_tools=[tool_def("get_weather")],
     )
     first = await collect(stream_turn(agents, agent_id, session_id, user("weather?")))
-    assert [k for k in kinds(first) if not k.startswith("step_progress")] == [
-        "turn_start",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "step_start:inference",
-        "step_complete:inference",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "turn_awaiting_input",
-    ]
+    assert step_kinds(first) == ["turn_start", *SHIELDED_INFERENCE, "turn_awaiting_input"]
     turn_id = first[0].payload.turn_start.turn_id
     resumed = await collect(
         agents.StreamResumeTurn(
@@ -138,15 +136,10 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
             )
         )
     )
-    assert [k for k in kinds(resumed) if not k.startswith("step_progress")] == [
+    assert step_kinds(resumed) == [
         "step_start:tool_execution",
         "step_complete:tool_execution",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "step_start:inference",
-        "step_complete:inference",
-        "step_start:shield_call",
-        "step_complete:shield_call",
+        *SHIELDED_INFERENCE,
         "turn_complete",
     ]
     turn = terminal_turn(resumed)
