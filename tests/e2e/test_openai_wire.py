@@ -168,7 +168,8 @@ def test_parallel_function_calls_unary_and_streamed(http, fake):
         {"type": "function_call_output", "call_id": "call_2", "output": "sunny too"}])
     assert second["previous_response_id"] == first["id"] and second["status"] == "completed"
     items = ok(http.get(f"/responses/{second['id']}/input_items"), ResponseItemList)
-    assert [i["type"] for i in items["data"]] == ["function_call_output"] * 2
+    assert [(i["type"], i["call_id"], i["output"]) for i in items["data"]] == [  # newest first
+        ("function_call_output", "call_2", "sunny too"), ("function_call_output", "call_1", "sunny")]
 
 
 def test_a_web_search_streamed(http, fake, search):
@@ -243,9 +244,9 @@ def test_get_list_delete_and_input_items(http, fake):
                                  "content": [{"type": "input_text", "text": "b"}]}])
     second = create(http, previous_response_id=first["id"], input="c")
     assert ok(http.get(f"/responses/{first['id']}"), Response) == first
-    for params in ({}, {"order": "asc", "limit": 1}):
+    for params, texts in (({}, ["b", "a"]), ({"order": "asc", "limit": 1}, ["a"])):  # newest first by default
         items = ok(http.get(f"/responses/{first['id']}/input_items", params=params), ResponseItemList)
-        assert items["object"] == "list" and items["data"]
+        assert items["object"] == "list" and [i["content"][0]["text"] for i in items["data"]] == texts
     # The list is Llama Stack's extension (no SDK type): a list page of responses, each with
     # its input items.
     listed = http.get("/responses", params={"limit": 2})
@@ -269,7 +270,8 @@ def test_a_response_in_a_conversation(http, fake):
     assert response["conversation"] == {"id": conversation["id"]}
     items = ok(http.get(f"/conversations/{conversation['id']}/items", params={"order": "asc"}),
                ConversationItemList)
-    assert [i["type"] for i in items["data"]] == ["message"] * 3
+    assert [(i["type"], i["role"], i["content"][0]["text"]) for i in items["data"]] == [
+        ("message", "user", "x"), ("message", "user", "hi"), ("message", "assistant", "in the conversation")]
 
 
 def test_a_conversation_keeps_tool_items_in_the_sdk_shape(http, fake, search):
