@@ -363,5 +363,7 @@ def test_a_response_stored_false_is_404_afterwards(http, fake):
 
 def test_a_model_outage_is_no_error_body_but_a_failed_response(http, fake):
     fake.script(Reply(error_status=503, error_message="overloaded"))
-    assert create(http)["error"]["code"] == "server_error"
+    failed = create(http)  # a 200 whose response failed
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "server_error")
+    assert "overloaded" in failed["error"]["message"]
 
