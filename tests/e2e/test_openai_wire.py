@@ -11,7 +11,6 @@ API as its only fakes."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 import pytest
@@ -26,25 +25,16 @@ from openai.types.responses import Response, ResponseItemList, ResponseStreamEve
 from tests.e2e.conftest import PROVIDERS, start_agentd
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
-from tests.openai_conformance import conforms
+from tests.openai_conformance import conforms, ok, openai_error
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                           "required": ["city"]}, "strict": True}
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
         "additionalProperties": False}
-OPENAI_ERROR_TYPES = {"invalid_request_error", "server_error", "requests", "tokens", "insufficient_quota"}
 
 
 # ------------------------------------------------------------------ strict validation
-
-
-def ok(response: httpx.Response, sdk_type: Any) -> dict:
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    conforms(sdk_type, body)
-    return body
 
 
 def sse_events(response: httpx.Response) -> list[dict]:
@@ -72,17 +62,6 @@ def sse_events(response: httpx.Response) -> list[dict]:
     first = events[0]["sequence_number"] if events else 0
     assert [e["sequence_number"] for e in events] == list(range(first, first + len(events)))
     return events
-
-
-def openai_error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    error = body["error"]
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] in OPENAI_ERROR_TYPES, error
-    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error"), error
-    return error
 
 
 # ------------------------------------------------------------------ the server
