@@ -311,16 +311,18 @@ def test_bad_creates_are_openai_errors_before_any_event(http, body, status, para
     assert error["param"] == param
 
 
-@pytest.mark.parametrize("method, path, body, status", [
-    ("POST", "/responses", b"{not json", 400),
-    ("POST", "/responses", b'{"input": "hi"}', 400),  # no model
-    ("POST", "/responses", b'{"model": "test-model", "input": "hi", "include": ["everything"]}', 400),
-    ("GET", "/responses/resp_x/nothing-here", None, 404),
-    ("PUT", "/responses/resp_x", None, 405),
+@pytest.mark.parametrize("method, path, body, status, param", [
+    ("POST", "/responses", b"{not json", 400, None),
+    ("POST", "/responses", b'{"input": "hi"}', 400, "model"),
+    ("POST", "/responses", b'{"model": "test-model", "input": "hi", "include": ["everything"]}', 400,
+     "include[0]"),
+    ("GET", "/responses/resp_x/nothing-here", None, 404, None),
+    ("PUT", "/responses/resp_x", None, 405, None),
 ])
-def test_bad_requests_and_routes_have_openai_error_bodies(http, method, path, body, status):
-    openai_error(http.request(method, path, content=body, headers={"content-type": "application/json"}),
-                 status)
+def test_bad_requests_and_routes_have_openai_error_bodies(http, method, path, body, status, param):
+    sent = http.request(method, path, content=body, headers={"content-type": "application/json"})
+    error = openai_error(sent, status)
+    assert error["param"] == param
 
 
 def test_cancelling_a_response_not_in_the_background_is_400(http, fake):
