@@ -1,11 +1,12 @@
 """Strict validation against the openai SDK's own pydantic types: what the wire
 conformance tests (tests/e2e/test_openai_wire.py, the Conversations REST tests) check
-every JSON object and SSE event with."""
+every JSON object and SSE event with, and the REST answers they read."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pydantic
 from openai.types.responses import Response
 
@@ -36,3 +37,24 @@ def conforms(sdk_type: Any, body: Any) -> Any:
     value = pydantic.TypeAdapter(sdk_type).validate_python(body, strict=True)
     assert undeclared_keys(value) == [], f"undeclared keys in {body}"
     return value
+
+
+def ok(response: httpx.Response, sdk_type: Any) -> dict:
+    """The JSON body of a 200 answer, which must be strictly the SDK's `sdk_type`."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    conforms(sdk_type, body)
+    return body
+
+
+def openai_error(response: httpx.Response, status: int) -> dict:
+    """The `error` of an OpenAI error answer: exactly its four keys, a message, and the type
+    the SDK expects of that status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    error = body["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error"), error
+    return error

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 from agentd_client import Client
+from google.protobuf import json_format
 
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
+from agentd.v1 import response_resource_pb2 as rt
 from tests.e2e.conftest import start_agentd
 from tests.fakes.openai_server import Reply, ToolCallSpec
+from tests.integration.test_responses import create as create_response
 
 AGENTD_COMMAND = [str(Path(sys.executable).parent / "agentd")]
 
@@ -93,11 +96,17 @@ def test_agents_and_sessions_list_show_delete(server):
     assert gone.stderr.startswith("agentd: NOT_FOUND AGENT_NOT_FOUND: ") and agent_id in gone.stderr
 
 
-def test_responses_list(server):
+def test_responses_list_show_delete(server, fake):
+    fake.script(Reply(text="Listed."))
+    with Client(server.grpc_target) as client:
+        response = client.responses.CreateResponse(create_response()).response
     listed = agentd(server, "responses", "list")
-    if "UNIMPLEMENTED NOT_AVAILABLE_YET" in listed.stderr:
-        pytest.skip("this agentd does not serve the Responses API yet (UNIMPLEMENTED NOT_AVAILABLE_YET)")
     assert listed.returncode == 0, listed.stderr
+    assert f"{response.id}\t{response.created_at}\ttest-model\tcompleted" in listed.stdout.splitlines()
+    shown = agentd(server, "responses", "show", response.id).stdout
+    assert json_format.Parse(shown, rt.Response()) == response
+    assert agentd(server, "responses", "delete", response.id).stdout == f"deleted {response.id}\n"
+    assert response.id not in agentd(server, "responses", "list").stdout
 
 
 def test_an_unreachable_server_is_a_clear_error(server):

@@ -11,7 +11,6 @@ API as its only fakes."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 import pytest
@@ -26,25 +25,16 @@ from openai.types.responses import Response, ResponseItemList, ResponseStreamEve
 from tests.e2e.conftest import PROVIDERS, start_agentd
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
-from tests.openai_conformance import conforms
+from tests.openai_conformance import conforms, ok, openai_error
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                           "required": ["city"]}, "strict": True}
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
         "additionalProperties": False}
-OPENAI_ERROR_TYPES = {"invalid_request_error", "server_error", "requests", "tokens", "insufficient_quota"}
 
 
 # ------------------------------------------------------------------ strict validation
-
-
-def ok(response: httpx.Response, sdk_type: Any) -> dict:
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    conforms(sdk_type, body)
-    return body
 
 
 def sse_events(response: httpx.Response) -> list[dict]:
@@ -72,17 +62,6 @@ def sse_events(response: httpx.Response) -> list[dict]:
     first = events[0]["sequence_number"] if events else 0
     assert [e["sequence_number"] for e in events] == list(range(first, first + len(events)))
     return events
-
-
-def openai_error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    error = body["error"]
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] in OPENAI_ERROR_TYPES, error
-    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error"), error
-    return error
 
 
 # ------------------------------------------------------------------ the server
@@ -168,7 +147,8 @@ def test_parallel_function_calls_unary_and_streamed(http, fake):
         {"type": "function_call_output", "call_id": "call_2", "output": "sunny too"}])
     assert second["previous_response_id"] == first["id"] and second["status"] == "completed"
     items = ok(http.get(f"/responses/{second['id']}/input_items"), ResponseItemList)
-    assert [i["type"] for i in items["data"]] == ["function_call_output"] * 2
+    assert [(i["type"], i["call_id"], i["output"]) for i in items["data"]] == [  # newest first
+        ("function_call_output", "call_2", "sunny too"), ("function_call_output", "call_1", "sunny")]
 
 
 def test_a_web_search_streamed(http, fake, search):
@@ -243,9 +223,9 @@ def test_get_list_delete_and_input_items(http, fake):
                                  "content": [{"type": "input_text", "text": "b"}]}])
     second = create(http, previous_response_id=first["id"], input="c")
     assert ok(http.get(f"/responses/{first['id']}"), Response) == first
-    for params in ({}, {"order": "asc", "limit": 1}):
+    for params, texts in (({}, ["b", "a"]), ({"order": "asc", "limit": 1}, ["a"])):  # newest first by default
         items = ok(http.get(f"/responses/{first['id']}/input_items", params=params), ResponseItemList)
-        assert items["object"] == "list" and items["data"]
+        assert items["object"] == "list" and [i["content"][0]["text"] for i in items["data"]] == texts
     # The list is Llama Stack's extension (no SDK type): a list page of responses, each with
     # its input items.
     listed = http.get("/responses", params={"limit": 2})
@@ -269,7 +249,8 @@ def test_a_response_in_a_conversation(http, fake):
     assert response["conversation"] == {"id": conversation["id"]}
     items = ok(http.get(f"/conversations/{conversation['id']}/items", params={"order": "asc"}),
                ConversationItemList)
-    assert [i["type"] for i in items["data"]] == ["message"] * 3
+    assert [(i["type"], i["role"], i["content"][0]["text"]) for i in items["data"]] == [
+        ("message", "user", "x"), ("message", "user", "hi"), ("message", "assistant", "in the conversation")]
 
 
 def test_a_conversation_keeps_tool_items_in_the_sdk_shape(http, fake, search):
@@ -330,16 +311,18 @@ def test_bad_creates_are_openai_errors_before_any_event(http, body, status, para
     assert error["param"] == param
 
 
-@pytest.mark.parametrize("method, path, body, status", [
-    ("POST", "/responses", b"{not json", 400),
-    ("POST", "/responses", b'{"input": "hi"}', 400),  # no model
-    ("POST", "/responses", b'{"model": "test-model", "input": "hi", "include": ["everything"]}', 400),
-    ("GET", "/responses/resp_x/nothing-here", None, 404),
-    ("PUT", "/responses/resp_x", None, 405),
+@pytest.mark.parametrize("method, path, body, status, param", [
+    ("POST", "/responses", b"{not json", 400, None),
+    ("POST", "/responses", b'{"input": "hi"}', 400, "model"),
+    ("POST", "/responses", b'{"model": "test-model", "input": "hi", "include": ["everything"]}', 400,
+     "include[0]"),
+    ("GET", "/responses/resp_x/nothing-here", None, 404, None),
+    ("PUT", "/responses/resp_x", None, 405, None),
 ])
-def test_bad_requests_and_routes_have_openai_error_bodies(http, method, path, body, status):
-    openai_error(http.request(method, path, content=body, headers={"content-type": "application/json"}),
-                 status)
+def test_bad_requests_and_routes_have_openai_error_bodies(http, method, path, body, status, param):
+    sent = http.request(method, path, content=body, headers={"content-type": "application/json"})
+    error = openai_error(sent, status)
+    assert error["param"] == param
 
 
 def test_cancelling_a_response_not_in_the_background_is_400(http, fake):
@@ -361,5 +344,7 @@ def test_a_response_stored_false_is_404_afterwards(http, fake):
 
 def test_a_model_outage_is_no_error_body_but_a_failed_response(http, fake):
     fake.script(Reply(error_status=503, error_message="overloaded"))
-    assert create(http)["error"]["code"] == "server_error"
+    failed = create(http)  # a 200 whose response failed
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "server_error")
+    assert "overloaded" in failed["error"]["message"]
 

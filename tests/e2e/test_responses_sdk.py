@@ -129,7 +129,9 @@ def test_function_tool_round_trip_with_two_parallel_calls(client, fake):
                                      tools=[WEATHER])
     assert second.output_text == "Sunny in Paris, rainy in Rome."
     tool_messages = [m for m in fake.chat_requests[1].body["messages"] if m["role"] == "tool"]
-    assert {m["tool_call_id"] for m in tool_messages} == {c.call_id for c in calls}
+    # Each output reaches the model as the answer to its own call.
+    assert {m["tool_call_id"]: m["content"] for m in tool_messages} == {
+        o["call_id"]: o["output"] for o in outputs}
 
 
 def test_store_false_is_not_retrievable(client, fake):

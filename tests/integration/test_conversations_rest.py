@@ -12,7 +12,7 @@ from openai.types.conversations import (
     ConversationItemList,
 )
 
-from tests.openai_conformance import conforms
+from tests.openai_conformance import ok, openai_error
 
 CONVERSATION, DELETED, ITEM, ITEM_LIST = (Conversation, ConversationDeletedResource, ConversationItem,
                                           ConversationItemList)
@@ -47,19 +47,6 @@ ITEMS = [
      "output": "found", "status": "completed"},
     {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Thinking."}]},
 ]
-
-
-def ok(response, sdk_type):
-    assert response.status_code == 200, response.text
-    conforms(sdk_type, response.json())  # strictly the SDK's type: no undeclared key
-    return response.json()
-
-
-def openai_error(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 async def test_every_item_type_answers_in_the_sdk_shape(http):

@@ -14,7 +14,6 @@ from agentd_client import (
     InvalidArgumentError,
     NotFoundError,
     TurnFailedError,
-    UnimplementedError,
     turns,
 )
 from google.protobuf import json_format
@@ -127,7 +126,10 @@ async def test_a_failed_turn_raises_with_the_turn_and_its_reason(target, fake):
         agent_id, session_id = await new_session(client)
         with pytest.raises(TurnFailedError) as failed:
             await client.run_turn(agent_id, session_id, "hi")
-    assert failed.value.turn.status == t.TURN_STATUS_FAILED and failed.value.reason
+    assert failed.value.turn.status == t.TURN_STATUS_FAILED
+    # The model's refusal as the turn's error: a 400 from the model is the request's fault.
+    assert (failed.value.code.name, failed.value.reason) == ("INVALID_ARGUMENT", "MODEL_REJECTED_REQUEST")
+    assert "bad request" in failed.value.message
 
 
 async def test_streams_remember_where_they_are_and_re_attach_from_there(target, fake):
@@ -167,15 +169,12 @@ async def test_a_response_streams_through_the_client(target, fake):
     request = responses_pb2.StreamResponseRequest(model="test-model")
     request.input.text = "hi"
     async with AsyncClient(target) as client:
-        try:
-            events = [e async for e in client.responses.StreamResponse(request, timeout=30)]
-        except UnimplementedError as e:
-            assert e.reason == "NOT_AVAILABLE_YET"
-            pytest.skip("this agentd does not serve the Responses API yet (UNIMPLEMENTED NOT_AVAILABLE_YET)")
+        events = [e async for e in client.responses.StreamResponse(request, timeout=30)]
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "created" and kinds[-1] == "completed"
-    numbers = [e.sequence_number for e in events]
-    assert numbers == sorted(set(numbers))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    completed = events[-1].completed.response
+    assert completed.output[0].message.content.parts.parts[0].output_text.text == "Hello from the model"
 
 
 class CuttableProxy:

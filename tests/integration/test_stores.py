@@ -196,9 +196,15 @@ async def test_of_two_resumes_of_a_paused_turn_one_wins(repo):
     await session_of(store)
     await store.insert_turn("alice", turn("turn_1"))
     await store.update_turn("alice", turn("turn_1"), "awaiting_input")
-    won = await asyncio.gather(*(store.update_turn("alice", turn("turn_1"), "in_progress", resume=(None, 5),
-                                                   lease_until=10) for _ in range(2)))
+    resumes = [("resume-a", 5), ("resume-b", 6)]
+    won = await asyncio.gather(*(store.update_turn("alice", turn("turn_1"), "in_progress", resume=resume,
+                                                   lease_until=10) for resume in resumes))
     assert sorted(won) == [False, True]
+    # The row holds the winner's resume alone, running under its lease.
+    columns = schema.turns.c
+    query = select(columns.status, columns.resume_request_id, columns.resume_sequence, columns.lease_until)
+    row = await repo.db.read(lambda conn: conn.execute(query.where(columns.id == "turn_1")).one())
+    assert tuple(row) == ("in_progress", *resumes[won.index(True)], 10)
 
 
 def interrupting(seen: list[tuple[t.Turn, int]]):

@@ -17,7 +17,7 @@ from agentd.context import LOCAL_PRINCIPAL
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from tests.conftest import error_of, fake_model_providers, make_settings, running_with_agents
+from tests.conftest import error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.integration.test_turns import (
     collect,
@@ -37,20 +37,27 @@ SHIELDS = [
 
 
 @pytest_asyncio.fixture
-async def served(database_url, tmp_path, fake):
+async def agentd(database_url, tmp_path, fake):
+    """The shared agentd fixture (and so `agents`), with the shields declared and the fake model."""
     settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake), shields=SHIELDS)
-    async with running_with_agents(settings) as (server, agents):
-        yield server, agents
+    async with running(settings) as server:
+        yield server
 
 
-@pytest.fixture
-def server(served):
-    return served[0]
+# The events of one shielded model call: the input check, the inference, the output check.
+SHIELDED_INFERENCE = [
+    "step_start:shield_call",
+    "step_complete:shield_call",
+    "step_start:inference",
+    "step_complete:inference",
+    "step_start:shield_call",
+    "step_complete:shield_call",
+]
 
 
-@pytest.fixture
-def agents(served):
-    return served[1]
+def step_kinds(events) -> list[str]:
+    """kinds() without the streamed deltas."""
+    return [k for k in kinds(events) if not k.startswith("step_progress")]
 
 
 def shield_steps(turn: t.Turn) -> list[t.ShieldCallStep]:
@@ -61,16 +68,7 @@ async def test_input_and_output_shields_each_give_one_step_around_the_answer(age
     fake.script(Reply(text="Hello"))
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"], output_shields=["guard-out"])
     events = await collect(stream_turn(agents, agent_id, session_id, user("hi")))
-    assert [k for k in kinds(events) if not k.startswith("step_progress")] == [
-        "turn_start",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "step_start:inference",
-        "step_complete:inference",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "turn_complete",
-    ]
+    assert step_kinds(events) == ["turn_start", *SHIELDED_INFERENCE, "turn_complete"]
     starts = [e.payload.step_start for e in events if e.payload.HasField("step_start")]
     assert [dict(s.metadata) for s in starts] == [
         {"touchpoint": "user-input"},
@@ -122,16 +120,7 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
         client_tools=[tool_def("get_weather")],
     )
     first = await collect(stream_turn(agents, agent_id, session_id, user("weather?")))
-    assert [k for k in kinds(first) if not k.startswith("step_progress")] == [
-        "turn_start",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "step_start:inference",
-        "step_complete:inference",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "turn_awaiting_input",
-    ]
+    assert step_kinds(first) == ["turn_start", *SHIELDED_INFERENCE, "turn_awaiting_input"]
     turn_id = first[0].payload.turn_start.turn_id
     resumed = await collect(
         agents.StreamResumeTurn(
@@ -147,15 +136,10 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
             )
         )
     )
-    assert [k for k in kinds(resumed) if not k.startswith("step_progress")] == [
+    assert step_kinds(resumed) == [
         "step_start:tool_execution",
         "step_complete:tool_execution",
-        "step_start:shield_call",
-        "step_complete:shield_call",
-        "step_start:inference",
-        "step_complete:inference",
-        "step_start:shield_call",
-        "step_complete:shield_call",
+        *SHIELDED_INFERENCE,
         "turn_complete",
     ]
     turn = terminal_turn(resumed)
@@ -175,10 +159,10 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
     ]
 
 
-async def test_shield_steps_over_rest_have_the_llama_stack_shape(server, agents, fake):
+async def test_shield_steps_over_rest_have_the_llama_stack_shape(agentd, agents, fake):
     fake.script(Reply(text="Hi"))
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"])
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agentd.http_port}", timeout=30) as http:
         response = await http.post(
             f"/v1alpha/agents/{agent_id}/session/{session_id}/turn",
             json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
@@ -203,7 +187,7 @@ async def test_shield_steps_over_rest_have_the_llama_stack_shape(server, agents,
     assert details["touchpoint"] == "user-input" and details["shield_id"] == "guard-in"
 
 
-async def test_a_shield_configuration_does_not_declare_is_not_found_before_the_turn(server, agents, fake):
+async def test_a_shield_configuration_does_not_declare_is_not_found_before_the_turn(agentd, agents, fake):
     for config in ({"input_shields": ["guard-in", "nope"]}, {"output_shields": ["nope"]}):
         agent_id, session_id = await new_session(agents, **config)
         code, reason, _ = await error_of(collect(stream_turn(agents, agent_id, session_id, user("hi"))))
@@ -213,5 +197,5 @@ async def test_a_shield_configuration_does_not_declare_is_not_found_before_the_t
             await agents.CreateTurn(request)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert caught.value.details() == "Shield 'nope' not found."
-        assert await server.agent_store.session_turn_statuses(LOCAL_PRINCIPAL, session_id) == []
+        assert await agentd.agent_store.session_turn_statuses(LOCAL_PRINCIPAL, session_id) == []
     assert fake.chat_requests == []

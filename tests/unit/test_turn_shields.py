@@ -17,7 +17,7 @@ from agentd.inference import ChatMessage
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import safety_pb2
-from tests.conftest import fake_model_providers, make_settings, running_with_agents
+from tests.conftest import fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.integration.test_turns import (
     collect,
@@ -52,23 +52,14 @@ class KeywordShields:
 
 
 @pytest_asyncio.fixture
-async def served(tmp_path, fake_openai):
+async def agentd(tmp_path, fake_openai):
+    """The shared agentd fixture (and so `agents`) on SQLite, its turns checked by KeywordShields."""
     settings = make_settings(
         f"sqlite:///{tmp_path / 'agentd.db'}", tmp_path, providers=fake_model_providers(fake_openai)
     )
-    async with running_with_agents(settings) as (server, agents):
+    async with running(settings) as server:
         server.turns.shields = KeywordShields()
-        yield server, agents
-
-
-@pytest.fixture
-def server(served):
-    return served[0]
-
-
-@pytest.fixture
-def agents(served):
-    return served[1]
+        yield server
 
 
 def model_saw(fake, n: int) -> list[tuple[str, str]]:
@@ -143,8 +134,8 @@ async def test_an_output_violation_on_client_calls_completes_instead_of_pausing(
     assert not turn.output_message.tool_calls
 
 
-async def test_a_non_blocking_violation_is_not_recorded_and_the_turn_goes_on(server, agents, fake_openai):
-    server.turns.shields = KeywordShields(level="warn")
+async def test_a_non_blocking_violation_is_not_recorded_and_the_turn_goes_on(agentd, agents, fake_openai):
+    agentd.turns.shields = KeywordShields(level="warn")
     fake_openai.script(Reply(text="fine"))
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"])
     events = await collect(stream_turn(agents, agent_id, session_id, user("forbidden but harmless")))
@@ -154,8 +145,8 @@ async def test_a_non_blocking_violation_is_not_recorded_and_the_turn_goes_on(ser
     assert turn.steps[0].shield_call.shield_id == "guard-in"
 
 
-async def test_a_violation_without_a_message_gets_a_plain_refusal(server, agents, fake_openai):
-    server.turns.shields = KeywordShields(user_message=None)
+async def test_a_violation_without_a_message_gets_a_plain_refusal(agentd, agents, fake_openai):
+    agentd.turns.shields = KeywordShields(user_message=None)
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"])
     turn = terminal_turn(await collect(stream_turn(agents, agent_id, session_id, user("forbidden"))))
     assert turn.output_message.content.text == "I can't help with that: shield 'guard-in' blocked it."
@@ -163,9 +154,9 @@ async def test_a_violation_without_a_message_gets_a_plain_refusal(server, agents
 
 
 async def test_input_shields_see_the_whole_conversation_and_output_shields_the_answer(
-    server, agents, fake_openai
+    agentd, agents, fake_openai
 ):
-    shields = server.turns.shields
+    shields = agentd.turns.shields
     fake_openai.script(Reply(text="one"), Reply(text="two"))
     agent_id, session_id = await new_session(agents, input_shields=["guard-in"], output_shields=["guard-out"])
     await collect(stream_turn(agents, agent_id, session_id, user("first")))
