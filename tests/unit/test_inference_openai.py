@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -333,7 +334,12 @@ class _RawSSE(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
-        self.wfile.write(self.server.body)
+        # `pieces`: the body in separate writes, apart in time, so that it arrives in reads
+        # that cut it where the test says.
+        for piece in getattr(self.server, "pieces", None) or [self.server.body]:
+            self.wfile.write(piece)
+            self.wfile.flush()
+            time.sleep(0.02)
 
     def log_message(self, *args):
         pass
@@ -377,3 +383,22 @@ async def test_multi_line_data_and_comments_are_read_as_server_sent_events(raw_s
                     b"{\"content\": \"hi\"}, \"finish_reason\": \"stop\"}]}\n\ndata: [DONE]\n\n")
     chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
     assert text_of(chunks) == "hi" and chunks[-1].finish_reason == "stop"
+
+
+async def test_events_cut_anywhere_between_reads_and_crlf_lines_are_read_whole(raw_sse, raw_provider):
+    # The first event's data is two lines: cut between that line's CR and LF, a reader that
+    # took the CR for a line end would see a blank line there and split the event in two.
+    first = b'data: {"choices": [{"index": 0,\r\ndata: "delta": {"content": "h"}}]}\r\n\r\n'
+    body = first + (b'data: {"choices": [{"index": 0, "delta": {"content": "i"}, "finish_reason": "stop"}]}'
+                    b'\r\n\r\ndata: [DONE]\r\n\r\n')
+    cut_in_crlf = first.index(b"\r\n") + 1
+    raw_sse.pieces = [body[:9], body[9:cut_in_crlf], body[cut_in_crlf:len(first) + 30], body[len(first) + 30:]]
+    chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
+    assert [c.text for c in chunks if c.text] == ["h", "i"] and chunks[-1].finish_reason == "stop"
+
+
+async def test_what_follows_done_is_not_read_as_chunks(raw_sse, raw_provider):
+    raw_sse.body = (b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}'
+                    b'\n\ndata: [DONE]\n\ndata: {"choices": [{"index": 0, "delta": {"content": "late"}}]}\n\n')
+    chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
+    assert text_of(chunks) == "hi"
