@@ -310,22 +310,9 @@ class AgentStore:
         return await self.db.read(self._turns_after_work(owner, agent_id, session_id, known))
 
     def _turns_after_work(self, owner: str, agent_id: str, session_id: str, known: KnownTurns):
-        sessions, turns = schema.sessions, schema.turns
-        position = tuple_(turns.c.created_at, turns.c.id)
-        last_known = tuple_(bindparam("created_at"), bindparam("turn_id"))
         # One statement: the session's row, joined to its turns after the known ones (none:
         # one row of NULLs), each row with the number of turns up to the last known one.
-        statement = _statement("turns_after", lambda: (
-            select(turns.c.id, turns.c.status, turns.c.created_at,
-                   select(func.count()).select_from(turns)
-                   .where(turns.c.owner == bindparam("owner"), turns.c.session_id == bindparam("session_id"),
-                          position <= last_known).scalar_subquery().label("known"))
-            .select_from(sessions.outerjoin(turns, and_(turns.c.session_id == sessions.c.id,
-                                                        turns.c.owner == sessions.c.owner,
-                                                        position > last_known)))
-            .where(sessions.c.owner == bindparam("owner"), sessions.c.id == bindparam("session_id"),
-                   sessions.c.agent_id == bindparam("agent_id"))
-            .order_by(turns.c.created_at, turns.c.id)))
+        statement = _statement("turns_after", _turns_after_statement)
         params = {"owner": owner, "agent_id": agent_id, "session_id": session_id,
                   "created_at": known.created_at, "turn_id": known.turn_id}
 
@@ -509,6 +496,22 @@ class AgentStore:
 
 
 _STATEMENTS: dict[str, object] = {}
+
+
+def _turns_after_statement():
+    sessions, turns = schema.sessions, schema.turns
+    position = tuple_(turns.c.created_at, turns.c.id)
+    last_known = tuple_(bindparam("created_at"), bindparam("turn_id"))
+    return (select(turns.c.id, turns.c.status, turns.c.created_at,
+                   select(func.count()).select_from(turns)
+                   .where(turns.c.owner == bindparam("owner"), turns.c.session_id == bindparam("session_id"),
+                          position <= last_known).scalar_subquery().label("known"))
+            .select_from(sessions.outerjoin(turns, and_(turns.c.session_id == sessions.c.id,
+                                                        turns.c.owner == sessions.c.owner,
+                                                        position > last_known)))
+            .where(sessions.c.owner == bindparam("owner"), sessions.c.id == bindparam("session_id"),
+                   sessions.c.agent_id == bindparam("agent_id"))
+            .order_by(turns.c.created_at, turns.c.id))
 
 
 def _statement(name: str, build):
