@@ -1,5 +1,6 @@
 """SQLite writes run inline on the event loop, never waiting there: a locked database sends
-the write to a thread, and the WAL is checkpointed on a thread (storage/database.py)."""
+the write to a thread, and the WAL is checkpointed on a thread; the hot statements run on
+the driver (Prepared) (storage/database.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,25 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from agentd.errors import Unavailable
 from agentd.storage import Database, database
+from agentd.storage.database import Prepared
 
 
 def _insert(value: int):
@@ -106,3 +122,96 @@ async def test_inline_writes_checkpoint_the_wal_on_a_thread(tmp_path):
     checked = await _wal_bytes_after(tmp_path / "checked.db", 300, checkpoint_every=20)
     assert unchecked > 300 * 4096  # one page per commit at least, never reused
     assert checked < unchecked / 5
+
+
+# ---- Prepared: hot statements run on the driver with the SQL SQLAlchemy compiled once
+
+_metadata = MetaData()
+_rows = Table("rows", _metadata, Column("id", String, primary_key=True), Column("n", Integer, nullable=False),
+              Column("kind", String), Column("body", LargeBinary), Column("at", DateTime))
+
+
+async def _rows_database(path: Path) -> Database:
+    db = Database(f"sqlite:///{path}")
+    await db.write(lambda conn: _metadata.create_all(conn), bulk=True)
+    return db
+
+
+async def test_a_prepared_statement_reads_and_writes_what_sqlalchemy_would(tmp_path):
+    db = await _rows_database(tmp_path / "a.db")
+    insert_returning = Prepared(sqlite_insert(_rows).on_conflict_do_nothing(index_elements=["id"])
+                               .returning(_rows.c.id, _rows.c.body))
+    insert_many = Prepared(insert(_rows))
+    # A value bound in the statement itself ("b"), beside the caller's parameters.
+    select_kind = Prepared(select(_rows.c.id, _rows.c.n, _rows.c.body.label("data"))
+                           .where(_rows.c.kind == "b", _rows.c.n >= bindparam("least")).order_by(_rows.c.n))
+    bump = Prepared(update(_rows).where(_rows.c.kind == bindparam("match")).values(n=_rows.c.n + 100))
+    try:
+        first = await db.write(lambda conn: insert_returning.run(
+            conn, {"id": "r1", "n": 1, "kind": "a", "body": b"\x00one"}).first())
+        assert (first.id, first.body) == ("r1", b"\x00one")
+        again = await db.write(lambda conn: insert_returning.run(
+            conn, {"id": "r1", "n": 9, "kind": "a", "body": b"x"}).first())
+        assert again is None  # the conflict: nothing inserted, no row back
+        await db.write(lambda conn: insert_many.run(conn, [
+            {"id": f"m{n}", "n": n, "kind": "b", "body": bytes([n])} for n in range(2, 6)]))
+        rows = await db.read(lambda conn: select_kind.run(conn, {"least": 3}).all())
+        assert [(row.id, row.n, row.data) for row in rows] == [("m3", 3, b"\x03"), ("m4", 4, b"\x04"),
+                                                                ("m5", 5, b"\x05")]
+        assert await db.read(lambda conn: select_kind.run(conn, {"least": 5}).scalar()) == "m5"
+        assert await db.write(lambda conn: bump.run(conn, {"match": "b"}).rowcount) == 4
+        through_sqlalchemy = await db.read(lambda conn: conn.execute(
+            select(_rows.c.id, _rows.c.n, _rows.c.body).order_by(_rows.c.id)).all())
+        assert [tuple(row) for row in through_sqlalchemy] == [
+            ("m2", 102, b"\x02"), ("m3", 103, b"\x03"), ("m4", 104, b"\x04"), ("m5", 105, b"\x05"),
+            ("r1", 1, b"\x00one")]
+    finally:
+        await db.close()
+
+
+async def test_a_failed_prepared_statement_raises_as_sqlalchemy_and_rolls_back_its_transaction(tmp_path):
+    db = await _rows_database(tmp_path / "a.db")
+    insert_row = Prepared(insert(_rows))
+
+    def two_inserts(conn):
+        insert_row.run(conn, {"id": "new", "n": 1})
+        insert_row.run(conn, {"id": "new", "n": 2})  # the primary key is taken
+    try:
+        with pytest.raises(IntegrityError) as raised:
+            await db.write(two_inserts)
+        assert isinstance(raised.value.orig, sqlite3.IntegrityError)
+        assert await db.read(lambda conn: conn.execute(select(_rows.c.id)).all()) == []
+        assert await db.write(lambda conn: insert_row.run(conn, {"id": "ok", "n": 3}).rowcount) == 1
+    finally:
+        await db.close()
+
+
+async def test_a_prepared_write_on_a_locked_database_waits_off_the_loop(tmp_path):
+    db = await _rows_database(tmp_path / "a.db")
+    insert_row = Prepared(insert(_rows))
+    other = sqlite3.connect(tmp_path / "a.db", check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.create_task(db.write(lambda conn: insert_row.run(conn, {"id": "w", "n": 1}).rowcount))
+        await asyncio.sleep(0.1)
+        assert not write.done()  # busy inline: waiting on a thread, the loop free
+        threading.Timer(0.05, other.commit).start()
+        assert await asyncio.wait_for(write, 5) == 1
+    finally:
+        other.close()
+        await db.close()
+
+
+@pytest.mark.parametrize("statement, params, why", [
+    (select(_rows.c.id).where(_rows.c.id.in_(bindparam("ids", expanding=True))), {"ids": ["a"]}, "ids"),
+    (insert(_rows), {"id": "a", "n": 1, "at": None}, "at"),  # DateTime: SQLAlchemy formats it
+    (select(_rows.c.at), {}, "at"),
+    (select(_rows.c.id).where(_rows.c.n == bindparam("n")), {}, "no value"),
+])
+async def test_what_the_driver_cannot_take_as_it_is_is_not_prepared(tmp_path, statement, params, why):
+    db = await _rows_database(tmp_path / "a.db")
+    try:
+        with pytest.raises(TypeError, match=why):
+            await db.read(lambda conn: Prepared(statement).run(conn, params))
+    finally:
+        await db.close()

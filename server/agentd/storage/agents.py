@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
+from agentd.storage.database import Prepared
 from agentd.storage.events import append_next
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import agent_resources_pb2 as types
@@ -198,9 +199,9 @@ class AgentStore:
                 statement = statement.where(schema.turns.c.status == AWAITING_INPUT)
             return statement
 
-        statement = _statement(f"update_turn_{resume is not None}", build)
+        statement = _statement(f"update_turn_{resume is not None}", lambda: Prepared(build()))
         params = {"match_owner": owner, "match_id": turn.turn_id, **values}
-        return lambda conn: conn.execute(statement, params).rowcount > 0
+        return lambda conn: statement.run(conn, params).rowcount > 0
 
     async def renew_leases(self, turn_ids: list[str], lease_until: int) -> dict[str, str]:
         """The replica running these turns vouches for them until `lease_until` (those still
@@ -269,7 +270,7 @@ class AgentStore:
         # in the same statement (no row inserted: no such turn of the owner).
         lock = _statement("lock_turn", lambda: select(turns.c.id).where(
             turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id")).with_for_update())
-        insert = _statement("append_step", lambda: steps.insert().from_select(
+        insert = _statement("append_step", lambda: Prepared(steps.insert().from_select(
             ["id", "owner", "turn_id", "created_at", "position", "body"],
             select(bindparam("step_id", type_=steps.c.id.type),
                    bindparam("owner", type_=steps.c.owner.type),
@@ -278,14 +279,14 @@ class AgentStore:
                    select(func.coalesce(func.max(steps.c.position) + 1, 0))
                    .where(steps.c.turn_id == bindparam("turn_id")).scalar_subquery(),
                    bindparam("body", type_=steps.c.body.type))
-            .where(turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id"))))
+            .where(turns.c.owner == bindparam("owner"), turns.c.id == bindparam("turn_id")))))
         params = {"owner": owner, "turn_id": turn_id, "step_id": step_id_of(step),
                   "created_at": now_micros(), "body": body_of(step)}
 
         def work(conn) -> bool:
             if conn.dialect.name == "postgresql" and conn.execute(lock, params).first() is None:
                 return False
-            return conn.execute(insert, params).rowcount > 0
+            return insert.run(conn, params).rowcount > 0
         return work
 
     async def session_turn_statuses(self, owner: str, session_id: str) -> list[tuple[str, str]]:
@@ -312,17 +313,17 @@ class AgentStore:
     def _turns_after_work(self, owner: str, agent_id: str, session_id: str, known: KnownTurns):
         # One statement: the session's row, joined to its turns after the known ones (none:
         # one row of NULLs), each row with the number of turns up to the last known one.
-        statement = _statement("turns_after", _turns_after_statement)
+        statement = _statement("turns_after", lambda: Prepared(_turns_after_statement()))
         params = {"owner": owner, "agent_id": agent_id, "session_id": session_id,
                   "created_at": known.created_at, "turn_id": known.turn_id}
 
         def work(conn) -> tuple[list[TurnRow], bool] | None:
-            rows = conn.execute(statement, params).all()
+            rows = statement.run(conn, params).all()
             if not rows:
                 return None
             from_start = rows[0].known != known.count
             if from_start:
-                rows = conn.execute(statement, {**params, "created_at": NO_TURNS.created_at,
+                rows = statement.run(conn, {**params, "created_at": NO_TURNS.created_at,
                                                 "turn_id": NO_TURNS.turn_id}).all()
             return [(row.id, row.status, row.created_at) for row in rows if row.id is not None], from_start
         return work

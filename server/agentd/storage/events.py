@@ -24,6 +24,7 @@ from agentd import ids
 from agentd.clock import now_micros
 from agentd.errors import NotFound
 from agentd.storage import schema
+from agentd.storage.database import Prepared
 from agentd.storage.repository import Repository
 
 # The run's kind by its id prefix: (the run column of run_events, the run's table, its name).
@@ -40,7 +41,7 @@ def _run_of(run_id: str):
     return _RUNS[prefix]
 
 
-_INSERT = insert(schema.run_events)
+_INSERT = Prepared(insert(schema.run_events))
 _LAST = (select(func.max(schema.run_events.c.sequence_number))
          .where(schema.run_events.c.owner == bindparam("owner"),
                 schema.run_events.c.run_id == bindparam("run_id")))
@@ -65,7 +66,7 @@ def append_next(conn: Connection, owner: str, run_id: str, event: Callable[[int]
     (e.g. a status update that only one transaction can make) decides that it alone writes
     it; the unique (run_id, sequence_number) key would refuse a second one anyway."""
     number = _last_sequence(conn, owner, run_id) + 1
-    conn.execute(_INSERT, _rows(owner, run_id, [(number, event(number))]))
+    _INSERT.run(conn, _rows(owner, run_id, [(number, event(number))]))
     return number
 
 
@@ -89,7 +90,7 @@ class EventStore:
             if also is not None:
                 also(conn)
             if rows:
-                conn.execute(_INSERT, rows)
+                _INSERT.run(conn, rows)
         try:
             await self.db.write(work)
         except IntegrityError:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from agentd.errors import InvalidArgument
 from agentd.paging import Cursor, encode
 from agentd.sensitive import redact
-from agentd.storage.database import Database
+from agentd.storage.database import Database, Prepared
 
 
 def body_of(message: Message) -> bytes:
@@ -65,7 +65,7 @@ class Repository:
     def _insert(self, table: Table):
         statement = self._statements.get(("insert", table.name))
         if statement is None:
-            statement = self._statements[("insert", table.name)] = insert(table)
+            statement = self._statements[("insert", table.name)] = Prepared(insert(table))
         return statement
 
     async def create(self, table: Table, *, key: tuple[str, ...] = (), parent: Table | None = None,
@@ -105,7 +105,7 @@ class Repository:
         statement = self._insert_or_nothing(table, key) if keyed else self._insert(table)
 
         def work(conn) -> bytes:
-            result = conn.execute(statement, values)
+            result = statement.run(conn, values)
             if keyed and result.first() is None:
                 # The key is taken. The conflicting row is committed (ON CONFLICT waits for
                 # a concurrent inserter), so this later statement sees it.
@@ -113,7 +113,7 @@ class Repository:
                 return conn.execute(existing).scalar_one()
             for child_table, rows in children:
                 if rows:
-                    conn.execute(self._insert(child_table), rows)
+                    self._insert(child_table).run(conn, rows)
             return values["body"]
         return work
 
@@ -124,8 +124,8 @@ class Repository:
         statement = self._statements.get(cache_key)
         if statement is None:
             dialect = sqlite if self.db.is_sqlite else postgresql
-            statement = (dialect.insert(table).on_conflict_do_nothing(index_elements=list(key))
-                         .returning(table.c.id))
+            statement = Prepared(dialect.insert(table).on_conflict_do_nothing(index_elements=list(key))
+                                 .returning(table.c.id))
             self._statements[cache_key] = statement
         return statement
 

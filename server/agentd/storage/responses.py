@@ -21,6 +21,7 @@ from sqlalchemy import Connection, bindparam, delete, or_, select, text, update
 from agentd.clock import now_micros
 from agentd.paging import Cursor
 from agentd.storage import schema
+from agentd.storage.database import Prepared
 from agentd.storage.events import append_next
 from agentd.storage.repository import Page, Repository, body_of
 from agentd.v1 import response_items_pb2 as item_types
@@ -53,6 +54,7 @@ _EXPIRED = (text(schema.RESPONSE_RUNNING),
             or_(schema.responses.c.lease_until.is_(None), schema.responses.c.lease_until < bindparam("now")))
 _UPDATE_RUNNING = _UPDATE.where(schema.responses.c.status.in_(RUNNING))
 _END_EXPIRED = _UPDATE.where(*_EXPIRED)
+_PREPARED_UPDATE = Prepared(_UPDATE)
 _DELETE_EXPIRED = delete(schema.responses).where(schema.responses.c.owner == bindparam("row_owner"),
                                                  schema.responses.c.id == bindparam("row_id"), *_EXPIRED)
 
@@ -87,7 +89,7 @@ class ResponseStore:
         the response as it is now."""
         values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
                   "new_body": body_of(response)}
-        return lambda conn: conn.execute(_UPDATE, values).rowcount > 0
+        return lambda conn: _PREPARED_UPDATE.run(conn, values).rowcount > 0
 
     async def renew_leases(self, response_ids: list[str], lease_until: int) -> dict[str, str | None]:
         """The replica running these responses vouches for them until `lease_until` (those
