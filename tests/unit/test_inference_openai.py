@@ -392,13 +392,15 @@ async def test_events_cut_anywhere_between_reads_and_crlf_lines_are_read_whole(r
     body = first + (b'data: {"choices": [{"index": 0, "delta": {"content": "i"}, "finish_reason": "stop"}]}'
                     b'\r\n\r\ndata: [DONE]\r\n\r\n')
     cut_in_crlf = first.index(b"\r\n") + 1
-    raw_sse.pieces = [body[:9], body[9:cut_in_crlf], body[cut_in_crlf:len(first) + 30], body[len(first) + 30:]]
+    later = len(first) + 30  # inside the second event
+    raw_sse.pieces = [body[:9], body[9:cut_in_crlf], body[cut_in_crlf:later], body[later:]]
     chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
     assert [c.text for c in chunks if c.text] == ["h", "i"] and chunks[-1].finish_reason == "stop"
 
 
 async def test_what_follows_done_is_not_read_as_chunks(raw_sse, raw_provider):
     raw_sse.body = (b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}'
-                    b'\n\ndata: [DONE]\n\ndata: {"choices": [{"index": 0, "delta": {"content": "late"}}]}\n\n')
+                    b'\n\ndata: [DONE]\n\n'
+                    b'data: {"choices": [{"index": 0, "delta": {"content": "late"}}]}\n\n')
     chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
     assert text_of(chunks) == "hi"
