@@ -229,6 +229,37 @@ async def test_two_replicas_recovering_at_once_keep_one_turn_failed(database_url
         assert await followed(follow_turn(a, agent_id, session_id, turn_id)) == kept
 
 
+async def test_a_turn_another_replica_recovered_stops_here(database_url, tmp_path, fake):
+    fake.script(Reply(text="never", hang=True))
+    async with (
+        replica(database_url, tmp_path, fake) as (first, a),
+        replica(database_url, tmp_path, fake) as (second, _),
+    ):
+        agent_id, session_id = await new_session(a)
+        call, turn_id = await started(a, agent_id, session_id)
+        await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+        run = first.runs.get(LOCAL_PRINCIPAL, turn_id)
+        # The first replica pauses (no renewal) past its lease: the second recovers the turn.
+        await first.turns.leases.close()
+        expire = update(schema.turns).where(schema.turns.c.id == turn_id).values(lease_until=0)
+        await first.db.write(lambda conn: conn.execute(expire))
+        assert await second.turns.recover() == 1
+        assert await status_of(second, session_id, turn_id) == "interrupted"
+        # Back from its pause, the first sees that at its next renewal and stops the run; its
+        # client's stream ends rather than hangs, and the store keeps the recovery's end.
+        await first.turns.leases.start()
+        async with asyncio.timeout(LEASE_S * 5):
+            await run.wait()
+            events = [r.event async for r in call if not r.event.payload.HasField("heartbeat")]
+        assert events[-1].payload.HasField("turn_failed")
+        kept = [TurnEvent.FromString(body)
+                for _, body in await first.runs.store.read_after(LOCAL_PRINCIPAL, turn_id, -1, 100)]
+        assert [e.payload.WhichOneof("payload") for e in kept].count("turn_failed") == 1
+        assert_interrupted(kept[-1], len(kept) - 1)
+        got = await a.GetTurn(pb.GetTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=turn_id))
+        assert got.turn == kept[-1].payload.turn_failed.turn
+
+
 async def test_a_session_is_busy_across_replicas(database_url, tmp_path, fake):
     fake.script(*[Reply(text="never", hang=True)] * 4)
     async with (

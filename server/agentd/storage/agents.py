@@ -177,16 +177,19 @@ class AgentStore:
 
     async def update_turn(self, owner: str, turn: types.Turn, status: str, *,
                           resume: tuple[str | None, int] | None = None,
-                          lease_until: int | None = None) -> bool:
+                          lease_until: int | None = None, keep_interrupted: bool = False) -> bool:
         """Replaces a turn's body (its steps are not part of it) and status. With `resume`,
         the last resume's (request_id, first sequence number) too, the lease, and only if the
-        turn is still awaiting input (so of two replicas resuming it at once, one does). False
-        if the owner has no such turn (or, with `resume`, it is no longer awaiting input)."""
+        turn is still awaiting input (so of two replicas resuming it at once, one does). With
+        `keep_interrupted`, a turn that recovery interrupted stays as recovery stored it. False
+        if the owner has no such turn (or it was not to be changed)."""
         return await self.db.write(self.update_turn_work(owner, turn, status, resume=resume,
-                                                         lease_until=lease_until))
+                                                         lease_until=lease_until,
+                                                         keep_interrupted=keep_interrupted))
 
     def update_turn_work(self, owner: str, turn: types.Turn, status: str, *,
-                         resume: tuple[str | None, int] | None = None, lease_until: int | None = None):
+                         resume: tuple[str | None, int] | None = None, lease_until: int | None = None,
+                         keep_interrupted: bool = False):
         """update_turn as a function of a connection, for a caller's own transaction."""
         values: dict = dict(status=status, body=body_of(_without_steps(turn)))
         if resume is not None:
@@ -197,9 +200,12 @@ class AgentStore:
                                                    schema.turns.c.id == bindparam("match_id"))
             if resume is not None:
                 statement = statement.where(schema.turns.c.status == AWAITING_INPUT)
+            if keep_interrupted:
+                statement = statement.where(schema.turns.c.status != INTERRUPTED)
             return statement
 
-        statement = _statement(f"update_turn_{resume is not None}", lambda: Prepared(build()))
+        name = f"update_turn_{resume is not None}_{keep_interrupted}"
+        statement = _statement(name, lambda: Prepared(build()))
         params = {"match_owner": owner, "match_id": turn.turn_id, **values}
         return lambda conn: statement.run(conn, params).rowcount > 0
 

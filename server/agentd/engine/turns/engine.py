@@ -1023,7 +1023,11 @@ class TurnEngine:
                 error = error or RuntimeError("the turn ended without an answer")
             self._end_turn(turn, status, error)
             try:
-                await self.store.update_turn(state.owner, turn, STATUS_NAMES[status])
+                # A replica paused past its lease finds its turn interrupted by another's
+                # recovery, whose turn_failed is kept: the stored turn stays the one that
+                # event carries (this run's own end then meets that event's number, and
+                # only its live streams get it).
+                await self.store.update_turn(state.owner, turn, STATUS_NAMES[status], keep_interrupted=True)
                 self._remember(state)
             except Exception:  # the stream still ends with turn_failed
                 log.exception("turn %s: its end could not be stored", turn.turn_id)
