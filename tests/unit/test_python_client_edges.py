@@ -62,7 +62,7 @@ def text(seq: int, chunk: str) -> pb.StreamTurnResponse:
         step_type=t.AGENT_STEP_TYPE_INFERENCE, delta=te.ContentDelta(text=te.TextDelta(text=chunk))))
 
 
-def turn(status: t.TurnStatus, *calls: tuple[str, str, dict]) -> t.Turn:
+def turn(status: t.TurnStatus, *calls: tuple[str, str, object]) -> t.Turn:
     tool_calls = [m.AgentToolCall(call_id=c, tool_name=n, arguments=json.dumps(a)) for c, n, a in calls]
     return t.Turn(turn_id=TURN_ID, status=status, output_message=m.CompletionMessage(tool_calls=tool_calls))
 
@@ -223,6 +223,24 @@ def test_the_client_tool_loop_facing_a_second_pause(client, channel, background)
     send(rpc, complete(3))
     rpc.terminate((), OK, "")
     assert done.result().status == t.TURN_STATUS_COMPLETED and asked == ["Paris", "Rome"]
+
+
+def test_a_call_whose_arguments_are_not_a_json_object_is_answered_without_calling_the_tool(
+        client, channel, background):
+    asked = []
+    done = background.submit(client.run_turn, "a", "s", "weather?",
+                             tools={"get_weather": lambda **arguments: asked.append(arguments)})
+    _, _, rpc = channel.take_unary_stream(STREAM_TURN)
+    send(rpc, event(0, turn_start=te.TurnStartPayload(turn_id=TURN_ID)),
+         paused(1, ("c1", "get_weather", ["Paris"])))  # a JSON array, not an object
+    rpc.terminate((), OK, "")
+    _, resume, rpc = channel.take_unary_stream(STREAM_RESUME)
+    [response] = resume.tool_responses
+    assert (response.call_id, response.content.text, response.error_message) == (
+        "c1", "error: the arguments are not a JSON object", "the arguments are not a JSON object")
+    send(rpc, complete(2))
+    rpc.terminate((), OK, "")
+    assert done.result().status == t.TURN_STATUS_COMPLETED and asked == []
 
 
 def test_a_failed_turn_raises_turn_failed_with_its_error(client, channel, background):

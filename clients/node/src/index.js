@@ -28,6 +28,8 @@ import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
+import { callTool } from "./tools.js";
+
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
 /** Where the contract's .proto files are: this repository's protos/ and third_party/protos. */
@@ -311,24 +313,6 @@ export class AgentdClient {
           { ...ids, turn_id: turnId, starting_after: stream.lastSequenceNumber }, { timeoutMs });
       }
     }
-  }
-}
-
-/**
- * @param {any} call an AgentToolCall
- * @param {Record<string, Function>} tools
- */
-async function callTool(call, tools) {
-  const response = (/** @type {string} */ text, /** @type {string|undefined} */ error) => ({
-    call_id: call.call_id, tool_name: call.tool_name, content: { text }, error_message: error,
-  });
-  const tool = Object.hasOwn(tools, call.tool_name) ? tools[call.tool_name] : undefined;
-  if (!tool) return response(`error: no client tool named '${call.tool_name}'`, `no client tool named '${call.tool_name}'`);
-  try {
-    const result = await tool(JSON.parse(call.arguments || "{}"));
-    return response(typeof result === "string" ? result : JSON.stringify(result));
-  } catch (error) {
-    return response(`error: ${/** @type {Error} */ (error).message}`, String(error));
   }
 }
 
