@@ -215,3 +215,13 @@ async def test_what_the_driver_cannot_take_as_it_is_is_not_prepared(tmp_path, st
             await db.read(lambda conn: Prepared(statement).run(conn, params))
     finally:
         await db.close()
+
+
+async def test_a_prepared_insert_returning_counts_the_rows_it_returned(tmp_path):
+    db = await _rows_database(tmp_path / "a.db")
+    insert_returning = Prepared(insert(_rows).returning(_rows.c.id))
+    try:
+        result = await db.write(lambda conn: insert_returning.run(conn, {"id": "a", "n": 1}))
+        assert (result.rowcount, [row.id for row in result.all()]) == (1, ["a"])
+    finally:
+        await db.close()

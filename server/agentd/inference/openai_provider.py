@@ -128,8 +128,8 @@ async def _drain(received: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(0.1):
             async for _ in received:
                 pass
-    except (TimeoutError, _SDK_TRANSPORT_ERROR):
-        pass
+    except (TimeoutError, _SDK_HTTPX.RequestError, _SDK_HTTPX.StreamError):
+        pass  # the answer is whole; only the connection's reuse is lost
 
 
 def _stream_error(error: Any, response: Any) -> openai.APIError:

@@ -260,12 +260,14 @@ class _Result:
     __slots__ = ("_rows", "rowcount")
 
     def __init__(self, cursor: sqlite3.Cursor):
-        self.rowcount = cursor.rowcount
         if cursor.description is None:
             self._rows: list[Any] = []
         else:
             row = _row_type(tuple(column[0] for column in cursor.description))
             self._rows = [row(*values) for values in cursor.fetchall()]
+        # After the rows: a RETURNING statement counts them as they are read.
+        self.rowcount = cursor.rowcount
+        cursor.close()
 
     def all(self) -> list[Any]:
         return self._rows
