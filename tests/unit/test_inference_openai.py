@@ -131,6 +131,23 @@ async def test_tool_call_history_is_sent_in_the_openai_form(fake_openai, provide
     assert sent.body["tool_choice"] == "auto"
 
 
+async def test_a_history_sent_again_goes_on_the_wire_as_it_did_the_first_time(fake_openai, provider):
+    # Each message is encoded once (ChatMessage.wire_json) and sent as it was with every turn.
+    text = "h\u00e9llo \u2028 \"quoted\""
+    call = ToolCall("call_1", "get_weather", '{"city":"Paris"}')
+    history = [ChatMessage("user", text), ChatMessage("assistant", None, tool_calls=[call]),
+               ChatMessage("tool", "sunny", tool_call_id="call_1"), ChatMessage("assistant", "It is sunny.")]
+    fake_openai.script(Reply(text="one"), Reply(text="two"))
+    await collect(provider, ChatRequest(model="m", messages=history, temperature=0.5))
+    await collect(provider, ChatRequest(model="m", messages=[*history, ChatMessage("user", "again")]))
+    first, second = fake_openai.chat_requests
+    assert second.messages == [*first.messages, {"role": "user", "content": "again"}]
+    assert first.messages[0] == {"role": "user", "content": text}
+    assert (first.body["model"], first.body["temperature"], first.body["stream"]) == ("served-m", 0.5, True)
+    # What the encoding keeps on a message changes nothing about it as a value.
+    assert all(m.wire_json for m in history) and history[0] == ChatMessage("user", text)
+
+
 def _params(**kwargs) -> ar.SamplingParams:
     return ar.SamplingParams(**kwargs)
 

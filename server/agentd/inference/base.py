@@ -40,6 +40,9 @@ class ChatMessage:
     content: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()  # assistant only
     tool_call_id: str | None = None  # tool only: the call it answers
+    # Its JSON in the OpenAI chat form, made by the openai provider the first time it sends
+    # the message: a session's history goes to the model again with every turn.
+    wire_json: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
