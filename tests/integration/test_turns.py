@@ -967,6 +967,21 @@ async def test_deleting_cancels_the_running_turns_first(server, agents, fake, de
         assert await _count_rows(server, "agents") == 0
 
 
+async def test_a_long_session_sends_its_whole_history_in_order_every_turn(agents, fake):
+    # From the third turn on, the settled turns' messages come from memory in one piece
+    # (_SessionHistory.settled_messages), each message encoded once (ChatMessage.wire_json).
+    fake.script(*[Reply(text=f"a{i}") for i in range(6)])
+    agent_id, session_id = await new_session(agents)
+    expected = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        await agents.CreateTurn(
+            pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user(f"q{i}")])
+        )
+        expected.append({"role": "user", "content": f"q{i}"})
+        assert fake.chat_requests[i].body["messages"] == expected, i
+        expected.append({"role": "assistant", "content": f"a{i}"})
+
+
 async def test_history_sees_turns_another_replica_added_to_the_session(
     database_url, tmp_path, server, agents, fake
 ):

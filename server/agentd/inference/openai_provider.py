@@ -289,7 +289,7 @@ class OpenAIProvider:
         for name, own in self._field_names.items():
             if name in body:
                 body[own] = body.pop(name)
-        messages = b",".join([_message_json(m) for m in request.messages])
+        messages = b",".join([m.wire_json or _message_json(m) for m in request.messages])
         return b'{"messages":[' + messages + b"]," + _json(body)[1:]
 
     def _unreachable(self, model: str, error: BaseException) -> Unavailable:
@@ -303,8 +303,8 @@ def _json(value: Any) -> bytes:
 
 
 def _message_json(message: ChatMessage) -> bytes:
-    if not message.wire_json:
-        object.__setattr__(message, "wire_json", _json(_message(message)))
+    """Encodes a message and keeps the result on it (see ChatMessage.wire_json)."""
+    object.__setattr__(message, "wire_json", _json(_message(message)))
     return message.wire_json
 
 

@@ -191,11 +191,13 @@ class Plan:
 class _SessionHistory:
     """What a session's history keeps in memory: the messages of its ended turns, and its
     first turns (`settled`: (id, status), each ended with its messages kept), the last of
-    them `known`."""
+    them `known`, and the messages of all of them in order (`settled_messages`: a turn's
+    start copies them at once instead of walking a long session's turns one by one)."""
 
     messages: dict[str, tuple[ChatMessage, ...]] = field(default_factory=dict)
     settled: list[tuple[str, str]] = field(default_factory=list)
     known: KnownTurns = NO_TURNS
+    settled_messages: list[ChatMessage] = field(default_factory=list)
 
 
 @dataclass
@@ -386,10 +388,12 @@ class TurnEngine:
         until: str | None = None,
         statuses: list[tuple[str, str]] | None = None,
         bodies: list[types.Turn] | None = None,
+        settled: _SessionHistory | None = None,
     ) -> list[ChatMessage]:
         """System message + the session's turns before `until` (all when None), rebuilt.
         `statuses`: the session's (turn id, status) when the caller has read them; `bodies`:
-        then also the turns among them not cached, with their steps.
+        then also the turns among them not cached, with their steps; `settled`: the history
+        whose settled turns begin `statuses` (_settle made them so).
 
         Ended turns never change, so their messages are cached per session in memory; only
         the turns not cached (new ones, or open ones, which may still grow) are read with
@@ -398,15 +402,18 @@ class TurnEngine:
         messages = [ChatMessage(role="system", content=plan.instructions)] if plan.instructions else []
         if statuses is None:
             statuses = await self.store.session_turn_statuses(owner, session_id)
+        key = (owner, session_id)
+        kept = self._histories.pop(key, None) or _SessionHistory()
+        self._histories[key] = kept  # most recently used last
+        cached = kept.messages
+        if settled is not None and settled is kept and until is None:  # (not dropped meanwhile)
+            messages.extend(kept.settled_messages)
+            statuses = statuses[len(kept.settled):]
         wanted: list[tuple[str, str]] = []
         for turn_id, status in statuses:
             if turn_id == until:
                 break
             wanted.append((turn_id, status))
-        key = (owner, session_id)
-        kept = self._histories.pop(key, None) or _SessionHistory()
-        self._histories[key] = kept  # most recently used last
-        cached = kept.messages
         while len(self._histories) > HISTORY_CACHE_SESSIONS:
             del self._histories[next(iter(self._histories))]
         fresh = {turn.turn_id: turn_messages(turn) for turn in bodies or ()}
@@ -444,12 +451,13 @@ class TurnEngine:
         if kept is None:
             return [(turn_id, status) for turn_id, status, _ in rows]
         if from_start:  # another replica added a turn among the settled ones
-            kept.settled, kept.known = [], NO_TURNS
+            kept.settled, kept.known, kept.settled_messages = [], NO_TURNS, []
         settling = 0
         for turn_id, status, created_at in rows:
             if status in OPEN_STATUSES or turn_id not in kept.messages:
                 break
             kept.settled.append((turn_id, status))
+            kept.settled_messages.extend(kept.messages[turn_id])
             kept.known = KnownTurns(kept.known.count + 1, created_at, turn_id)
             settling += 1
         return [*kept.settled, *((turn_id, status) for turn_id, status, _ in rows[settling:])]
@@ -535,7 +543,7 @@ class TurnEngine:
                     # ends the turn as failed (on_stop), never leaves it in progress.
                     statuses = self._settle(kept, started.rows, started.from_start)
                     history = await self._history(owner, session_id, plan, statuses=statuses,
-                                                  bodies=started.bodies)
+                                                  bodies=started.bodies, settled=kept)
                     state.messages = history + [input_message(m) for m in inputs]
                     await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
                     if not await self._shield_step(state, run, USER_INPUT):
