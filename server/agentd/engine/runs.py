@@ -259,6 +259,14 @@ class Run:
                 or (self._buffer and loop.time() - self._buffer_since >= self.runs.flush_after_s)):
             await self.flush()
 
+    async def let_consumers_send(self) -> None:
+        """One turn of the event loop, when someone follows the run, so that its consumers
+        send what was emitted before the producer starts work that runs long without
+        awaiting: building a model request costs the SDK a millisecond or more, which
+        response.created and turn_start would otherwise wait behind."""
+        if self._listeners:
+            await asyncio.sleep(0)
+
     def write_with_next_flush(self, work: Callable[[Any], object]) -> None:
         """A write of the producer's (e.g. the step that just completed) that the next flush,
         whichever it is (the producer's, the terminal event's, on_stop's), commits with the

@@ -524,6 +524,7 @@ class ResponseEngine:
         completion = Completion()
         message: _OpenMessage | None = None
         calls: dict[int, tuple[str, int]] = {}  # chunk index -> (item id, output_index)
+        await run.let_consumers_send()
         async with contextlib.aclosing(plan.provider.stream_chat(request)) as chunks:
             async for chunk in chunks:
                 for piece in completion.feed(chunk):

@@ -784,6 +784,7 @@ class TurnEngine:
             timeout_s=state.timeout_s(),
         )
         completion = Completion()
+        await run.let_consumers_send()
         async with contextlib.aclosing(plan.provider.stream_chat(request)) as chunks:
             async for chunk in chunks:
                 for piece in completion.feed(chunk):
