@@ -43,6 +43,24 @@ async def replica(database_url, tmp_path, fake):
         yield pair
 
 
+@contextlib.asynccontextmanager
+async def two(replica_of, database_url, tmp_path, fake):
+    """Two replicas of one database, each `replica_of(database_url, tmp_path, fake)`:
+    ((server, stub), (server, stub))."""
+    async with (
+        replica_of(database_url, tmp_path, fake) as one,
+        replica_of(database_url, tmp_path, fake) as other,
+    ):
+        yield one, other
+
+
+async def expire_lease(server: Agentd, table, run_id: str) -> None:
+    """What a replica paused past its lease leaves: the run's lease in the past, so that
+    another replica's recovery takes it."""
+    expire = update(table).where(table.c.id == run_id).values(lease_until=0)
+    await server.db.write(lambda conn: conn.execute(expire))
+
+
 async def started(stub, agent_id: str, session_id: str) -> tuple[grpc.aio.UnaryStreamCall, str]:
     """A background turn's stream, read up to its turn_start; and the turn id."""
     call = stream_turn(stub, agent_id, session_id, user("hi"), background=True)
@@ -213,13 +231,9 @@ async def test_two_replicas_recovering_at_once_keep_one_turn_failed(database_url
     # recovery (at start, or periodic) takes it before both recover at once.
     agent_id, session_id, turn_id, _ = await turn_of_a_dead_replica(
         database_url, tmp_path, Reply(text="never", hang=True), lease_s=600)
-    async with (
-        replica(database_url, tmp_path, fake) as (first, a),
-        replica(database_url, tmp_path, fake) as (second, _),
-    ):
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (second, _)):
         assert await status_of(first, session_id, turn_id) == "in_progress"
-        expire = update(schema.turns).where(schema.turns.c.id == turn_id).values(lease_until=0)
-        await first.db.write(lambda conn: conn.execute(expire))
+        await expire_lease(first, schema.turns, turn_id)
         counts = await asyncio.gather(first.turns.recover(), second.turns.recover())
         assert sorted(counts) == [0, 1]
         rows = await first.runs.store.read_after(LOCAL_PRINCIPAL, turn_id, -1, 100)
@@ -231,18 +245,14 @@ async def test_two_replicas_recovering_at_once_keep_one_turn_failed(database_url
 
 async def test_a_turn_another_replica_recovered_stops_here(database_url, tmp_path, fake):
     fake.script(Reply(text="never", hang=True))
-    async with (
-        replica(database_url, tmp_path, fake) as (first, a),
-        replica(database_url, tmp_path, fake) as (second, _),
-    ):
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (second, _)):
         agent_id, session_id = await new_session(a)
         call, turn_id = await started(a, agent_id, session_id)
         await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
         run = first.runs.get(LOCAL_PRINCIPAL, turn_id)
         # The first replica pauses (no renewal) past its lease: the second recovers the turn.
         await first.turns.leases.close()
-        expire = update(schema.turns).where(schema.turns.c.id == turn_id).values(lease_until=0)
-        await first.db.write(lambda conn: conn.execute(expire))
+        await expire_lease(first, schema.turns, turn_id)
         assert await second.turns.recover() == 1
         assert await status_of(second, session_id, turn_id) == "interrupted"
         # Back from its pause, the first sees that at its next renewal and stops the run; its
@@ -262,10 +272,7 @@ async def test_a_turn_another_replica_recovered_stops_here(database_url, tmp_pat
 
 async def test_a_session_is_busy_across_replicas(database_url, tmp_path, fake):
     fake.script(*[Reply(text="never", hang=True)] * 4)
-    async with (
-        replica(database_url, tmp_path, fake) as (_, a),
-        replica(database_url, tmp_path, fake) as (_, b),
-    ):
+    async with two(replica, database_url, tmp_path, fake) as ((_, a), (_, b)):
         for _ in range(3):  # both replicas start a turn in one session at once
             agent_id, session_id = await new_session(a)
             outcomes = await asyncio.gather(
@@ -295,10 +302,7 @@ async def test_a_session_is_busy_across_replicas(database_url, tmp_path, fake):
 
 async def test_a_delete_on_one_replica_stops_the_turn_another_runs_first(database_url, tmp_path, fake):
     fake.script(Reply(text="never", hang=True))
-    async with (
-        replica(database_url, tmp_path, fake) as (first, a),
-        replica(database_url, tmp_path, fake) as (_, b),
-    ):
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (_, b)):
         agent_id, session_id = await new_session(a)
         call, turn_id = await started(a, agent_id, session_id)
         await b.DeleteSession(pb.DeleteSessionRequest(agent_id=agent_id, session_id=session_id))

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 
 import grpc
-from sqlalchemy import update
 
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import schema
@@ -19,7 +18,7 @@ from agentd.v1 import responses_pb2 as pb
 from agentd.v1 import responses_pb2_grpc
 from tests.conftest import running
 from tests.fakes.openai_server import Reply
-from tests.integration.test_replicas import LEASE_S, dying_replica, short_lease
+from tests.integration.test_replicas import LEASE_S, dying_replica, expire_lease, short_lease, two
 from tests.integration.test_responses import create, stream
 
 HANG = Reply(text="never", hang=True)
@@ -118,17 +117,13 @@ async def test_the_responses_of_a_replica_that_died_are_ended_by_a_live_one(data
 
 async def test_a_response_another_replica_recovered_stops_here(database_url, tmp_path, fake):
     fake.script(HANG)
-    async with (
-        replica(database_url, tmp_path, fake) as (first, a),
-        replica(database_url, tmp_path, fake) as (second, _),
-    ):
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (second, _)):
         response_id = (await a.CreateResponse(create(background=True))).response.id
         await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
         run = first.runs.get(LOCAL_PRINCIPAL, response_id)
         # The first replica pauses (no renewal) past its lease: the second recovers the response.
         await first.responses.leases.close()
-        expire = update(schema.responses).where(schema.responses.c.id == response_id).values(lease_until=0)
-        await first.db.write(lambda conn: conn.execute(expire))
+        await expire_lease(first, schema.responses, response_id)
         await second.responses.recover()  # (or its periodic recovery, if that came first)
         assert await status_of(second, response_id) == "failed"
         # Back from its pause, the first sees that at its next renewal and stops the run; the
@@ -146,10 +141,7 @@ async def test_a_response_another_replica_recovered_stops_here(database_url, tmp
 
 async def test_a_delete_on_one_replica_stops_the_response_another_runs_first(database_url, tmp_path, fake):
     fake.script(HANG)
-    async with (
-        replica(database_url, tmp_path, fake) as (first, a),
-        replica(database_url, tmp_path, fake) as (_, b),
-    ):
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (_, b)):
         response_id = (await a.CreateResponse(create(background=True))).response.id
         await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
         await b.DeleteResponse(pb.DeleteResponseRequest(response_id=response_id))
