@@ -59,6 +59,12 @@ _DELETE_EXPIRED = delete(schema.responses).where(schema.responses.c.owner == bin
                                                  schema.responses.c.id == bindparam("row_id"), *_EXPIRED)
 
 
+def _update_values(owner: str, response: rt.Response) -> dict[str, object]:
+    """The parameters of _UPDATE (and the statements made from it) for a response as it is."""
+    return {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
+            "new_body": body_of(response)}
+
+
 class ResponseStore:
     def __init__(self, repo: Repository):
         self.repo = repo
@@ -87,8 +93,7 @@ class ResponseStore:
     def update_work(self, owner: str, response: rt.Response) -> Callable[[Connection], bool]:
         """The update as work for a transaction of the caller's (Run.flush's `also`), with
         the response as it is now."""
-        values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
-                  "new_body": body_of(response)}
+        values = _update_values(owner, response)
         return lambda conn: _PREPARED_UPDATE.run(conn, values).rowcount > 0
 
     async def renew_leases(self, response_ids: list[str], lease_until: int) -> dict[str, str | None]:
@@ -121,8 +126,7 @@ class ResponseStore:
         (its status too) now, in case that replica dies first; that replica sees it at its
         next lease renewal, and its run then ends and keeps response.failed. False if the
         response is no longer running."""
-        values = {"row_owner": owner, "row_id": cancelled.id, "new_status": status_name(cancelled.status),
-                  "new_body": body_of(cancelled)}
+        values = _update_values(owner, cancelled)
         return await self.db.write(lambda conn: conn.execute(_UPDATE_RUNNING, values).rowcount > 0)
 
     async def expired(self, now: int) -> list[tuple[str, rt.Response]]:
@@ -140,8 +144,7 @@ class ResponseStore:
         still running with its lease expired before `now`. That guard decides who writes:
         of two replicas recovering at once, one does; the other (False) writes nothing; and
         a lease its replica renewed since the scan keeps the response running."""
-        values = {"row_owner": owner, "row_id": response.id, "new_status": status_name(response.status),
-                  "new_body": body_of(response), "now": now}
+        values = {**_update_values(owner, response), "now": now}
 
         def work(conn: Connection) -> bool:
             if conn.execute(_END_EXPIRED, values).rowcount == 0:
