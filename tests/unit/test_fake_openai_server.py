@@ -130,6 +130,27 @@ def test_stream_wire_format(fake_openai: FakeOpenAIServer, client: openai.OpenAI
     assert json.loads(events[0][len("data: ") :])["choices"][0]["delta"]["role"] == "assistant"
 
 
+def test_burst_sends_every_event_in_one_write(fake_openai: FakeOpenAIServer, client: openai.OpenAI) -> None:
+    fake_openai.script(Reply(text="hello there", chunk_size=2, burst=True))
+
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HI,
+                                                                stream=True) as resp:
+        raw = b"".join(resp.iter_bytes()).decode()
+
+    assert len(fake_openai.chat_requests[0].sent_at) == 1  # one write, not one per event
+    events = raw.split("\n\n")
+    assert events[-2] == "data: [DONE]"
+    assert "".join(json.loads(e[len("data: "):])["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-2]) == "hello there"
+
+
+@pytest.mark.parametrize("pacing", [{"chunk_delay": 0.1}, {"hang_after_chunks": 2},
+                                    {"disconnect_after_chunks": 2}])
+def test_burst_refuses_pacing(pacing: dict) -> None:
+    with pytest.raises(ValueError, match="burst"):
+        Reply(text="x", burst=True, **pacing)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_finish_reason_length(fake_openai: FakeOpenAIServer, aclient: openai.AsyncOpenAI,
                                     stream: bool) -> None:

@@ -108,6 +108,9 @@ class Reply:
     interleave_tool_calls: bool = False
     delay: float = 0.0  # seconds before the first byte of the response
     chunk_delay: float = 0.0  # seconds between two SSE events
+    # Every SSE event in one write, as a model that ran ahead of its reader: the client
+    # finds them all in one read. Not with chunk_delay, hang_after_chunks or disconnect_after_chunks.
+    burst: bool = False
     error_status: int | None = None  # answer this HTTP status with an OpenAI error body
     error_message: str | None = None
     error_type: str | None = None  # None: derived from the status
@@ -128,6 +131,9 @@ class Reply:
             raise ValueError("chunk_size must be >= 1")
         if self.delay < 0 or self.chunk_delay < 0:
             raise ValueError("delays must be >= 0")
+        if self.burst and (self.chunk_delay or self.hang_after_chunks is not None
+                           or self.disconnect_after_chunks is not None):
+            raise ValueError("burst sends every event at once: no chunk_delay, hang or disconnect")
         if self.error_status is not None and not 400 <= self.error_status <= 599:
             raise ValueError("error_status must be a 4xx or 5xx status")
 
@@ -610,6 +616,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        if reply.burst:
+            events = ["".join(events)]
         for i, event in enumerate(events):
             if i == reply.disconnect_after_chunks:
                 raise _Drop
