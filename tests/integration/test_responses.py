@@ -30,7 +30,7 @@ from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
 PLAIN_TEXT = ["response.created", "response.in_progress", "response.output_item.added",
-              "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
+              "response.content_part.added", "response.output_text.delta",
               "response.output_text.done", "response.content_part.done", "response.output_item.done",
               "response.completed"]
 
@@ -77,16 +77,17 @@ async def collect(call) -> list[ev.ResponseStreamEvent]:
 
 
 async def test_a_streamed_response_has_the_openai_event_sequence(responses, fake):
-    fake.script(Reply(text="Hello there", chunk_size=6, usage={"prompt_tokens": 5, "completion_tokens": 2}))
+    fake.script(Reply(text="Hello there", chunk_size=6, burst=True,
+                      usage={"prompt_tokens": 5, "completion_tokens": 2}))
     events = await collect(responses.StreamResponse(stream(instructions="Be brief.")))
-    assert tags(events) == PLAIN_TEXT
+    assert tags(events) == PLAIN_TEXT  # the two chunks came in one read: one delta
     assert [e.sequence_number for e in events] == list(range(len(events)))
     created, completed = events[0].created.response, events[-1].completed.response
     assert created.status == rt.RESPONSE_STATUS_IN_PROGRESS and not created.output
-    assert "".join(e.output_text_delta.delta for e in events[4:6]) == "Hello there"
+    assert events[4].output_text_delta.delta == "Hello there"
     delta = codec.to_json(events[4])
     assert delta["logprobs"] == [] and delta["item_id"].startswith("msg_") and delta["output_index"] == 0
-    assert events[6].output_text_done.text == "Hello there"
+    assert events[5].output_text_done.text == "Hello there"
     assert completed.status == rt.RESPONSE_STATUS_COMPLETED and output_text(completed) == "Hello there"
     assert completed.usage.input_tokens == 5 and completed.usage.output_tokens == 2
     assert completed.usage.total_tokens == 7
@@ -518,13 +519,14 @@ def searches(*queries: str, **reply) -> Reply:
 async def test_web_search_runs_here_and_the_model_answers(searching, fake, search):
     search.script(SearchReply(results=[Hit("agentd", "https://agentd.example", "agentd runs agents")]))
     fake.script(searches("agentd", usage={"prompt_tokens": 10, "completion_tokens": 3}),
-                Reply(text="agentd runs agents.", usage={"prompt_tokens": 20, "completion_tokens": 5}))
+                Reply(text="agentd runs agents.", burst=True,
+                      usage={"prompt_tokens": 20, "completion_tokens": 5}))
     events = await collect(searching.StreamResponse(stream(tools=[{"type": "web_search_preview"}])))
     assert tags(events) == [
         "response.created", "response.in_progress", "response.output_item.added",
         "response.web_search_call.in_progress", "response.web_search_call.searching",
         "response.web_search_call.completed", "response.output_item.done",
-        *PLAIN_TEXT[2:4], *["response.output_text.delta"] * 5, *PLAIN_TEXT[6:]]
+        *PLAIN_TEXT[2:]]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     response = events[-1].completed.response
     call = response.output[0].web_search_call

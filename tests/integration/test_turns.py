@@ -107,18 +107,17 @@ def terminal_turn(events) -> t.Turn:
 
 
 async def test_a_text_turn_streams_in_order_and_is_stored(agents, fake):
-    fake.script(Reply(text="Hello there, friend", chunk_size=6))
+    # The model's six chunks arrive in one read: one text delta carries them.
+    fake.script(Reply(text="Hello there, friend", chunk_size=6, burst=True))
     agent_id, session_id = await new_session(agents)
     events = await collect(stream_turn(agents, agent_id, session_id, user("hi")))
-    assert kinds(events) == (
-        ["turn_start", "step_start:inference"]
-        + ["step_progress:inference:text"] * 4
-        + ["step_complete:inference", "turn_complete"]
-    )
+    assert kinds(events) == [
+        "turn_start", "step_start:inference", "step_progress:inference:text", "step_complete:inference",
+        "turn_complete"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     turn_id = events[0].payload.turn_start.turn_id
     assert all(e.turn_id == turn_id for e in events)
-    assert "".join(e.payload.step_progress.delta.text.text for e in events[2:6]) == "Hello there, friend"
+    assert events[2].payload.step_progress.delta.text.text == "Hello there, friend"
     step = events[-2].payload.step_complete
     assert step.step_id.startswith("step_") and step.step_id == events[1].payload.step_start.step_id
     inference = step.step_details.inference
@@ -140,6 +139,16 @@ async def test_a_text_turn_streams_in_order_and_is_stored(agents, fake):
     sent = fake.chat_requests[0].body
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert sent["temperature"] == 0 and "max_tokens" not in sent and "tools" not in sent
+
+
+async def test_text_the_model_sends_apart_streams_apart(agents, fake):
+    fake.script(Reply(text="Hello there, friend", chunk_size=6, chunk_delay=0.05))
+    agent_id, session_id = await new_session(agents)
+    events = await collect(stream_turn(agents, agent_id, session_id, user("hi")))
+    texts = [e.payload.step_progress.delta.text.text for e in events if e.payload.HasField("step_progress")]
+    assert len(texts) > 1 and "".join(texts) == "Hello there, friend"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert terminal_turn(events).output_message.content.text == "Hello there, friend"
 
 
 async def test_create_turn_returns_the_same_turn_as_the_stream(agents, fake):
@@ -255,7 +264,8 @@ async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents
             tool_calls=[
                 ToolCallSpec("weather", {"city": "Paris"}, id="c1"),
                 ToolCallSpec("clock", "{}", id="c2"),
-            ]
+            ],
+            burst=True,  # each call's name and arguments come in one piece
         ),
         Reply(text="Sunny at noon"),
     )
@@ -272,7 +282,7 @@ async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents
         if e.payload.HasField("step_progress") and e.payload.step_progress.delta.HasField("tool_call")
     ]
     assert (
-        deltas[0].tool_call.text == "weather("
+        deltas[0].tool_call.text == 'weather({"city":"Paris"}'
         and deltas[0].parse_status == te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
     )
     succeeded = [d.tool_call.call for d in deltas if d.parse_status == te.TOOL_CALL_PARSE_STATUS_SUCCEEDED]

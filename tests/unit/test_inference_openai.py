@@ -18,6 +18,7 @@ from agentd.inference import (
     ChatMessage,
     ChatRequest,
     ToolCall,
+    ToolCallDelta,
     ToolSpec,
     response_format_from,
     sampling_from,
@@ -53,11 +54,11 @@ def text_of(chunks) -> str:
 
 
 async def test_streams_text_with_finish_reason_and_usage(fake_openai, provider):
-    fake_openai.script(Reply(text="Hello there, world", chunk_size=3,
+    fake_openai.script(Reply(text="Hello there, world", chunk_size=3, chunk_delay=0.05,
                              usage=Usage(prompt_tokens=7, completion_tokens=3)))
     chunks = await collect(provider, ChatRequest(model="m", messages=USER))
     assert text_of(chunks) == "Hello there, world"
-    assert sum(1 for c in chunks if c.text) == 6  # streamed, not one block
+    assert sum(1 for c in chunks if c.text) > 1  # passed on as they came, not one block
     assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
     assert chunks[-1].usage is not None
     usage = chunks[-1].usage
@@ -114,6 +115,33 @@ async def test_two_parallel_tool_calls_split_over_many_chunks(fake_openai, provi
     assert body["tools"][1]["function"]["strict"] is True
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
     assert body["parallel_tool_calls"] is True
+
+
+async def test_pieces_that_arrive_together_are_passed_on_as_one(fake_openai, provider):
+    # A model that ran ahead of its reader: the text is one piece, each call one piece;
+    # the finish and the usage stay chunks of their own.
+    calls = [ToolCallSpec("get_weather", {"city": "Paris"}, id="call_a"),
+             ToolCallSpec("get_time", {}, id="call_b")]
+    fake_openai.script(Reply(text="Hello there, world", chunk_size=3, burst=True),
+                       Reply(tool_calls=calls, chunk_size=3, burst=True))
+    text = await collect(provider, ChatRequest(model="m", messages=USER))
+    assert [(c.text, c.finish_reason, c.usage is not None) for c in text] == [
+        ("Hello there, world", None, False), ("", "stop", False), ("", None, True)]
+    calls = await collect(provider, ChatRequest(model="m", messages=USER))
+    assert [c.tool_calls for c in calls[:2]] == [
+        (ToolCallDelta(0, "call_a", "get_weather", '{"city":"Paris"}'),),
+        (ToolCallDelta(1, "call_b", "get_time", "{}"),)]
+    assert [c.finish_reason for c in calls[2:]] == ["tool_calls", None]
+
+
+async def test_interleaved_calls_that_arrive_together_stay_apart(fake_openai, provider):
+    fake_openai.script(Reply(tool_calls=[ToolCallSpec("a", {"x": "1234"}, id="call_a"),
+                                         ToolCallSpec("b", {"y": "5678"}, id="call_b")],
+                             chunk_size=3, interleave_tool_calls=True, burst=True))
+    chunks = await collect(provider, ChatRequest(model="m", messages=USER))
+    indexes = [d.index for c in chunks for d in c.tool_calls]
+    assert indexes[:4] == [0, 1, 0, 1]  # alternating pieces are never joined across calls
+    assert "".join(d.arguments for c in chunks for d in c.tool_calls if d.index == 1) == '{"y":"5678"}'
 
 
 async def test_tool_call_history_is_sent_in_the_openai_form(fake_openai, provider):
@@ -314,7 +342,7 @@ async def test_abandoning_the_stream_closes_it(fake_openai, provider):
     fake_openai.script(Reply(text="y" * 50, chunk_size=1, hang_after_chunks=5))
     stream = provider.stream_chat(ChatRequest(model="m", messages=USER))
     first = await anext(stream)
-    assert first.text == "y"
+    assert first.text and set(first.text) == {"y"}  # the chunks sent before the hang
     await stream.aclose()
     assert await asyncio.to_thread(fake_openai.chat_requests[0].done.wait, 5)
 
@@ -390,9 +418,14 @@ async def raw_provider(raw_sse):
 ])
 async def test_a_broken_stream_is_model_unavailable(raw_sse, raw_provider, body, message):
     raw_sse.body = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n' + body
-    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
+    received = []
+    with pytest.raises(AgentdError) as caught:
+        async for chunk in raw_provider.stream_chat(ChatRequest(model="m", messages=USER)):
+            received.append(chunk.text)
+    error = caught.value
     assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
     assert message in error.message
+    assert received == ["hi"]  # what came before the break, in the same read, is passed on first
 
 
 async def test_multi_line_data_and_comments_are_read_as_server_sent_events(raw_sse, raw_provider):

@@ -100,7 +100,7 @@ async def test_an_output_violation_replaces_the_text_which_is_never_streamed(ser
 
 
 async def test_text_that_passes_is_streamed_with_the_usual_events(server, responses, fake_openai):
-    fake_openai.script(Reply(text="Hello there", chunk_size=6))
+    fake_openai.script(Reply(text="Hello there", chunk_size=6, burst=True))
     events = await collect(responses.StreamResponse(stream(guardrails=["guard-out"])))
     assert tags(events) == PLAIN_TEXT
     assert [e.sequence_number for e in events] == list(range(len(events)))

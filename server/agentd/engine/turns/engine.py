@@ -6,7 +6,8 @@ One run of a turn (a create, or a resume after a pause on client tools):
     turn_start (create only; sequence 0)       | tool_execution step of the client results (resume)
     input shields (if the agent names any): one shield_call step over the whole conversation
     loop:
-        inference step: step_start, step_progress (text; tool_call "name(", fragments, ")",
+        inference step: step_start, step_progress (text; tool_call "name(" with the
+                        arguments that came with it, fragments, ")",
                         then the parsed call: succeeded, or failed for arguments that are not
                         a JSON object), step_complete
         tool calls and max_infer_iters reached (counted across resumes: the turn's stored
@@ -791,9 +792,9 @@ class TurnEngine:
                     if isinstance(piece, str):
                         await progress(te.ContentDelta(text=te.TextDelta(text=piece)))
                         continue
-                    if piece.started and not piece.fragment:
-                        await progress(_call_text(f"{piece.call.name}("))
-                    if piece.fragment:
+                    if piece.started:  # its name and the arguments that came with it
+                        await progress(_call_text(f"{piece.call.name}({piece.fragment}"))
+                    elif piece.fragment:
                         await progress(_call_text(piece.fragment))
         finish, usage = completion.finish_reason, completion.usage
         parsed: list[msg.AgentToolCall] = []
