@@ -95,13 +95,19 @@ class BenchError(Exception):
 # agentd as a subprocess
 
 
-def start_fake(workdir: Path) -> tuple[subprocess.Popen, str]:
+def reply_text(words: int) -> str:
+    """The fake's reply: REPLY_TEXT, or `words` words of "token" (6 characters with the space)."""
+    return " ".join(["token"] * words) if words else REPLY_TEXT
+
+
+def start_fake(workdir: Path, text: str = REPLY_TEXT,
+               chunk_delay_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
     """The fake model (agentd.testing.fake_openai) in a process of its own, so that its CPU is
     neither agentd's nor the load generator's; returns it and its base URL."""
     log = (workdir / "fake_openai.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentd.testing.fake_openai", "--text", REPLY_TEXT,
-         "--hang-model", HANG_MODEL],
+        [sys.executable, "-m", "agentd.testing.fake_openai", "--text", text,
+         "--chunk-delay", str(chunk_delay_ms / 1000), "--hang-model", HANG_MODEL],
         stdout=subprocess.PIPE, stderr=log, text=True)
     line = process.stdout.readline().strip()  # the base URL, once it accepts connections
     if not line.startswith("http"):
@@ -946,7 +952,10 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
                 "concurrency. Each worker ran its turns in one session "
                 + (f"(a fresh one every {args.turns_per_session} turns)" if args.turns_per_session
                    else "for the whole cell") + f"; the longest session held {longest} turns "
-                "(each turn sends the model the whole history)."]
+                "(each turn sends the model the whole history). The fake's reply: "
+                + (f"{args.reply_words} words" if args.reply_words else "the default sentence")
+                + (f", {args.chunk_delay_ms:g} ms between chunks." if args.chunk_delay_ms
+                   else ", all at once.")]
     if idle is not None:
         def kb(v: int | None) -> str:
             return "n/a" if v is None else f"{v:,} KB"
@@ -1008,7 +1017,7 @@ async def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
             fake_url = None
             if turns:
-                fake, fake_url = start_fake(Path(tmp))
+                fake, fake_url = start_fake(Path(tmp), reply_text(args.reply_words), args.chunk_delay_ms)
                 progress(f"fake model at {fake_url}")
             server = start_server(Path(tmp), database_url, fake_url,
                                   args.profile.resolve() if args.profile else None)
@@ -1085,6 +1094,7 @@ async def run(args: argparse.Namespace) -> int:
                           "concurrency": args.concurrency, "ops": args.ops, "transports": args.transports,
                           "request_timeout": args.request_timeout,
                           "turns_per_session": args.turns_per_session,
+                          "reply_words": args.reply_words, "chunk_delay_ms": args.chunk_delay_ms,
                           "idle_streams": args.idle_streams},
                "cells": [asdict(c) for c in cells], "ratios": ratio_rows, "turn_overhead": overhead_rows,
                "idle_streams": idle, "budget": budget_lines}
@@ -1144,6 +1154,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns-per-session", type=int, default=0,
                    help="turns a worker runs in one session before moving to a fresh one (default 0: "
                         "one session per worker and cell)")
+    p.add_argument("--reply-words", type=int, default=0,
+                   help="the fake's reply: this many words, in 8-character chunks (default 0: "
+                        f"{REPLY_TEXT!r}, 6 chunks)")
+    p.add_argument("--chunk-delay-ms", type=float, default=0.0,
+                   help="the fake's pause between two chunks (default 0: the whole reply at once)")
     p.add_argument("--idle-streams", type=int, default=1000,
                    help="idle open turn streams for the RSS measurement (default 1000; 0 skips it)")
     p.add_argument("--transports", type=_choices(TRANSPORTS), default=list(TRANSPORTS),
@@ -1162,8 +1177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
-    if args.turns_per_session < 0 or args.idle_streams < 0:
-        p.error("--turns-per-session and --idle-streams must be >= 0")
+    if args.turns_per_session < 0 or args.idle_streams < 0 or args.reply_words < 0 or args.chunk_delay_ms < 0:
+        p.error("--turns-per-session, --idle-streams, --reply-words and --chunk-delay-ms must be >= 0")
     if any(op in MODEL_OPS for op in args.ops) and "Direct" not in args.ops:
         # The baseline the overhead is computed against, measured just before the turns.
         first = min(args.ops.index(op) for op in MODEL_OPS if op in args.ops)

@@ -822,9 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--text", default="Hello from the fake model.",
                         help="the reply to every chat request")
     parser.add_argument("--chunk-size", type=int, default=8, help="characters per streamed text delta")
+    parser.add_argument("--chunk-delay", type=float, default=0.0,
+                        help="seconds between two streamed events (a model generating at its pace)")
     parser.add_argument("--hang-model", action="append", default=[], help="a model whose replies never come")
     args = parser.parse_args(argv)
-    answer, hang = Reply(text=args.text, chunk_size=args.chunk_size), Reply(hang=True)
+    answer = Reply(text=args.text, chunk_size=args.chunk_size, chunk_delay=args.chunk_delay)
+    hang = Reply(hang=True)
     hanging = frozenset(args.hang_model)
 
     def reply(request: RecordedRequest) -> Reply:
