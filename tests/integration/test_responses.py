@@ -176,11 +176,14 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
 
 
-async def test_parallel_function_calls_are_items_of_their_own_and_end_the_response(responses, fake):
+# Interleaved pieces of two calls, or every piece in one read (then each call's name and
+# arguments come as one piece: its item is added, then one arguments delta).
+@pytest.mark.parametrize("arrival", [{"interleave_tool_calls": True}, {"burst": True}])
+async def test_parallel_function_calls_are_items_of_their_own_and_end_the_response(responses, fake, arrival):
     fake.script(Reply(text="Let me check.", tool_calls=[
         ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1"),
         ToolCallSpec("get_weather", {"city": "Rome"}, id="call_2")],
-        interleave_tool_calls=True, chunk_size=5))
+        chunk_size=5, **arrival))
     events = await collect(responses.StreamResponse(stream(tools=[WEATHER])))
     done = [e.output_item_done for e in events if e.HasField("output_item_done")]
     assert [d.output_index for d in done] == [0, 1, 2]
@@ -195,6 +198,7 @@ async def test_parallel_function_calls_are_items_of_their_own_and_end_the_respon
                   and e.function_call_arguments_delta.item_id == call.id]
         assert {d.output_index for d in deltas} == {index}
         assert "".join(d.delta for d in deltas) == call.arguments
+        assert len(deltas) > 1 if "interleave_tool_calls" in arrival else len(deltas) == 1
         (arguments_done,) = [e.function_call_arguments_done for e in events
                              if e.HasField("function_call_arguments_done")
                              and e.function_call_arguments_done.item_id == call.id]
