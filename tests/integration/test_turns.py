@@ -258,6 +258,18 @@ async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model
 # ---------------------------------------------------------------------------- client tools
 
 
+async def test_a_tool_call_streams_its_name_then_its_arguments_as_they_come(agents, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Paris"}, id="c1")], chunk_size=5,
+                      chunk_delay=0.05))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    events = await collect(stream_turn(agents, agent_id, session_id, user("weather?")))
+    calls = [e.payload.step_progress.delta.tool_call for e in events
+             if e.payload.HasField("step_progress") and e.payload.step_progress.delta.HasField("tool_call")]
+    texts = [c.tool_call.text for c in calls if c.parse_status == te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS]
+    assert texts[0].startswith("weather(") and len(texts) > 2
+    assert "".join(texts) == 'weather({"city":"Paris"})'
+
+
 async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents, fake):
     fake.script(
         Reply(
