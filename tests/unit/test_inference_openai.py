@@ -120,10 +120,10 @@ async def test_two_parallel_tool_calls_split_over_many_chunks(fake_openai, provi
 async def test_pieces_that_arrive_together_are_passed_on_as_one(fake_openai, provider):
     # A model that ran ahead of its reader: the text is one piece, each call one piece;
     # the finish and the usage stay chunks of their own.
-    calls = [ToolCallSpec("get_weather", {"city": "Paris"}, id="call_a"),
+    specs = [ToolCallSpec("get_weather", {"city": "Paris"}, id="call_a"),
              ToolCallSpec("get_time", {}, id="call_b")]
     fake_openai.script(Reply(text="Hello there, world", chunk_size=3, burst=True),
-                       Reply(tool_calls=calls, chunk_size=3, burst=True))
+                       Reply(tool_calls=specs, chunk_size=3, burst=True))
     text = await collect(provider, ChatRequest(model="m", messages=USER))
     assert [(c.text, c.finish_reason, c.usage is not None) for c in text] == [
         ("Hello there, world", None, False), ("", "stop", False), ("", None, True)]
