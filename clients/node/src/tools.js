@@ -15,11 +15,13 @@ export async function callTool(call, tools) {
   const response = (/** @type {string} */ text, /** @type {string|undefined} */ error) => ({
     call_id: call.call_id, tool_name: call.tool_name, content: { text }, error_message: error,
   });
+  // What the model reads as the result ("error: ..."), and the response's error_message.
+  const refused = (/** @type {string} */ reason) => response(`error: ${reason}`, reason);
   const tool = Object.hasOwn(tools, call.tool_name) ? tools[call.tool_name] : undefined;
-  if (!tool) return response(`error: no client tool named '${call.tool_name}'`, `no client tool named '${call.tool_name}'`);
+  if (!tool) return refused(`no client tool named '${call.tool_name}'`);
   // As the Python client: a tool is called with an object of named arguments, or not at all.
   const args = parseObject(call.arguments || "{}");
-  if (args === undefined) return response("error: the arguments are not a JSON object", "the arguments are not a JSON object");
+  if (args === undefined) return refused("the arguments are not a JSON object");
   try {
     const result = await tool(args);
     return response(typeof result === "string" ? result : JSON.stringify(result));
