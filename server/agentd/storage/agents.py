@@ -509,9 +509,13 @@ def _turns_after_statement():
     sessions, turns = schema.sessions, schema.turns
     position = tuple_(turns.c.created_at, turns.c.id)
     last_known = tuple_(bindparam("created_at"), bindparam("turn_id"))
+    # The count reads only the (session_id, created_at, id) index: a session's turns are its
+    # owner's (the outer query checks the session's), so testing each turn's owner would
+    # fetch every earlier turn's row, a cost that grew with the session (~0.25 ms a start at
+    # 3,000 turns).
     return (select(turns.c.id, turns.c.status, turns.c.created_at,
                    select(func.count()).select_from(turns)
-                   .where(turns.c.owner == bindparam("owner"), turns.c.session_id == bindparam("session_id"),
+                   .where(turns.c.session_id == bindparam("session_id"),
                           position <= last_known).scalar_subquery().label("known"))
             .select_from(sessions.outerjoin(turns, and_(turns.c.session_id == sessions.c.id,
                                                         turns.c.owner == sessions.c.owner,
