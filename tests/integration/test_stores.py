@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from agentd import paging
-from agentd.errors import NotFound
+from agentd.errors import InvalidArgument, NotFound
 from agentd.storage import Database, Repository, schema
 from agentd.storage.agents import AgentStore, KnownTurns, OpenTurnExists
 from agentd.storage.conversations import ConversationStore
@@ -340,6 +340,31 @@ async def test_a_response_is_stored_updated_and_read(repo):
     assert await store.input_items("bob", "resp_1") is None
     row = select(schema.responses.c.status, schema.responses.c.conversation_id)
     assert tuple(await repo.db.read(lambda conn: conn.execute(row).one())) == ("completed", "conv_1")
+
+
+async def test_a_long_input_is_listed_a_page_at_a_time(repo):
+    store = ResponseStore(repo)
+    ids = [f"msg_{i:03d}" for i in range(250)]
+    await store.create("alice", rt.Response(id="resp_1", model="m"), [message(i) for i in ids])
+
+    async def walk(descending: bool) -> list[str]:
+        seen, cursor = [], paging.Cursor()
+        while True:
+            items, page = await store.input_items_page("alice", "resp_1", cursor, 100, descending)
+            seen += [i.message.id for i in items]
+            assert (page.first_id, page.last_id) == (seen[-len(items)], seen[-1])
+            if not page.has_more:
+                return seen
+            cursor = paging.decode(page.next_page_token)
+    assert await walk(descending=False) == ids
+    assert await walk(descending=True) == ids[::-1]
+    after, page = await store.input_items_page("alice", "resp_1", paging.Cursor(after="msg_247"), 100, False)
+    assert [i.message.id for i in after] == ["msg_248", "msg_249"] and not page.has_more
+    before, page = await store.input_items_page("alice", "resp_1", paging.Cursor(before="msg_005"), 3, False)
+    assert [i.message.id for i in before] == ["msg_002", "msg_003", "msg_004"] and page.has_more
+    with pytest.raises(InvalidArgument, match="no item with id 'msg_nope'"):
+        await store.input_items_page("alice", "resp_1", paging.Cursor(after="msg_nope"), 10, False)
+    assert await store.input_items_page("bob", "resp_1", paging.Cursor(), 10, False) is None
 
 
 async def test_a_response_is_stored_without_its_secrets(repo):

@@ -11,8 +11,6 @@ from agentd.context import principal
 from agentd.engine.responses import ResponseEngine
 from agentd.engine.responses.engine import check_includes
 from agentd.engine.runs import RESPONSES, run_to_end
-from agentd.errors import InvalidArgument
-from agentd.storage.responses import item_id_of
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import responses_pb2 as pb
 
@@ -89,28 +87,11 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
                                      context) -> pb.ListResponseInputItemsResponse:
         check_includes(request.include)
         limit = paging.openai_limit(request.page_size)
-        items = await self.engine.input_items(principal.get(), _response_id(request))
-        if request.order != common_pb2.SORT_ORDER_ASC:
-            items.reverse()
         cursor = paging.decode(request.page_token)
-        ids = [item_id_of(item) for item in items]
-        if cursor.after is not None:
-            start = _position(ids, cursor.after) + 1
-            page, has_more = items[start:start + limit], len(items) - start > limit
-        elif cursor.before is not None:  # the `limit` items just before it
-            end = _position(ids, cursor.before)
-            page, has_more = items[max(end - limit, 0):end], end > limit
-        else:
-            page, has_more = items[cursor.offset:cursor.offset + limit], len(items) - cursor.offset > limit
-        first, last = (item_id_of(page[0]), item_id_of(page[-1])) if page else ("", "")
-        token = paging.encode(paging.Cursor(after=last)) if has_more and not cursor.before else ""
-        return pb.ListResponseInputItemsResponse(data=page, first_id=first, last_id=last, has_more=has_more,
-                                                 next_page_token=token)
-
-
-def _position(ids: list[str], item_id: str) -> int:
-    try:
-        return ids.index(item_id)
-    except ValueError:
-        raise InvalidArgument("page_token", f"no item with id '{item_id}' in this list") from None
+        items, page = await self.engine.input_items(principal.get(), _response_id(request), cursor, limit,
+                                                    descending=request.order != common_pb2.SORT_ORDER_ASC)
+        # A `before` page walks towards the start: a token after its last item would lead back.
+        token = page.next_page_token if cursor.before is None else ""
+        return pb.ListResponseInputItemsResponse(data=items, first_id=page.first_id, last_id=page.last_id,
+                                                 has_more=page.has_more, next_page_token=token)
 

@@ -148,29 +148,32 @@ class Repository:
 
     async def page(self, table: Table, owner: str | None, cursor: Cursor, limit: int,
                    descending: bool = False, cursor_field: str = "page_token",
-                   ids: list[str] | None = None, sort: str = "created_at", **filters: str) -> Page:
+                   ids: list[str] | None = None, sort: str = "created_at", id_column: str = "id",
+                   **filters: str) -> Page:
         """One page in (`sort`, id) order: stable, no gaps or repeats under inserts.
         `ids`, when given, keeps only those rows. Owner None: a table without an owner
-        column, whose caller has checked the owner of the parent in `filters`."""
+        column, whose caller has checked the owner of the parent in `filters`. `id_column`:
+        the column holding the ids that cursors and first_id/last_id name."""
         scope = self._scope(table, owner, filters)
+        row_id = table.c[id_column]
         if ids is not None:
-            scope.append(table.c.id.in_(ids))
+            scope.append(row_id.in_(ids))
         sort_key = table.c[sort]
-        order = (sort_key, table.c.id)
+        order = (sort_key, row_id)
         backwards = cursor.before is not None  # walk towards the start, then flip
         anchor_id = cursor.after if cursor.after is not None else cursor.before
 
         def fetch(conn):
-            query = select(table.c.id, sort_key.label("sort_key"), table.c.body).where(*scope)
+            query = select(row_id.label("id"), sort_key.label("sort_key"), table.c.body).where(*scope)
             anchor = cursor.key
             if anchor is None and anchor_id is not None:
-                found = conn.execute(select(sort_key).where(*scope, table.c.id == anchor_id)).scalar()
+                found = conn.execute(select(sort_key).where(*scope, row_id == anchor_id)).scalar()
                 if found is None:
                     raise InvalidArgument(cursor_field, f"no item with id '{anchor_id}' in this list")
                 anchor = (found, anchor_id)
             if anchor is not None:
                 later = descending == backwards  # rows after the anchor in storage order?
-                query = query.where(_beyond(sort_key, table.c.id, anchor[0], anchor[1], later))
+                query = query.where(_beyond(sort_key, row_id, anchor[0], anchor[1], later))
             walk_desc = descending != backwards
             query = query.order_by(*(c.desc() if walk_desc else c.asc() for c in order))
             return conn.execute(query.offset(cursor.offset).limit(limit + 1)).all()

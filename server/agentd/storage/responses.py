@@ -197,6 +197,17 @@ class ResponseStore:
             found.setdefault(row.response_id, []).append(item_types.ResponseItem.FromString(row.body))
         return found
 
+    async def input_items_page(self, owner: str, response_id: str, cursor: Cursor, limit: int,
+                               descending: bool = True) -> tuple[list[item_types.ResponseItem], Page] | None:
+        """A page of the response's input items in position order (the last first by default),
+        read in SQL: a listing never loads the rest of a long input. None if the owner has no
+        such response."""
+        if not await self.repo.exists(schema.responses, owner, response_id):
+            return None
+        page = await self.repo.page(schema.response_items, None, cursor, limit, descending=descending,
+                                    sort="position", id_column="item_id", response_id=response_id, kind=INPUT)
+        return [item_types.ResponseItem.FromString(b) for b in page.bodies], page
+
     async def input_items(self, owner: str, response_id: str) -> list[item_types.ResponseItem] | None:
         """The response's input items in order; None if the owner has no such response."""
         responses, items = schema.responses, schema.response_items

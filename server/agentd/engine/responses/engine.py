@@ -90,6 +90,7 @@ from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotF
 from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
+from agentd.storage.repository import Page
 from agentd.storage.responses import RUNNING, ResponseStore, status_name
 from agentd.tools.base import ResolvedTool, ToolRuntime
 from agentd.v1 import response_events_pb2 as ev
@@ -748,10 +749,11 @@ class ResponseEngine:
             raise NotFound("response", response_id)
         self._transcripts.pop((owner, response_id), None)
 
-    async def input_items(self, owner: str, response_id: str) -> list[it.ResponseItem]:
-        """A stored response's own input items, in order. NOT_FOUND if none."""
+    async def input_items(self, owner: str, response_id: str, cursor: Cursor, limit: int,
+                          descending: bool) -> tuple[list[it.ResponseItem], Page]:
+        """A page of a stored response's own input items. NOT_FOUND if none."""
         await self.get(owner, response_id)
-        found = await self.store.input_items(owner, response_id)
+        found = await self.store.input_items_page(owner, response_id, cursor, limit, descending)
         if found is None:
             raise NotFound("response", response_id)
         return found
