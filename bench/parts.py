@@ -12,7 +12,8 @@ The parts (CPU per turn, each in a process of its own where it is a server):
 - model call: agentd's openai provider streaming the fake model's answer (the SDK's POST,
   aiohttp, the SSE chunks), against `python -m agentd.testing.fake_openai` as the bench runs it.
 - storage: the stores' two transactions of a turn (start: the session's turns not held and
-  the new turn; end: the step, the events and the status), SQLite, inline on the loop.
+  the new turn; end: the step, the events and the status), SQLite, inline on the loop, in
+  20-turn sessions (a start counts the session's earlier turns).
 - engine: TurnEngine start to turn_complete with the model call answered in-process at once
   (the same six deltas): the run machinery, the turn loop and storage, no gRPC, no HTTP.
 agentd's own code is then about (the bench's agentd CPU per turn) - grpc - model call; the
@@ -181,14 +182,16 @@ async def _session(store: AgentStore, number: int) -> str:
     return session.session_id
 
 
-async def storage_part(calls: int) -> dict[str, float]:
+async def storage_part(calls: int, turns_per_session: int = 20) -> dict[str, float]:
     events = [(e.sequence_number, e.SerializeToString()) for e in turn_events()]
     with tempfile.TemporaryDirectory() as workdir:
         db, store, event_store = await _stores(workdir)
-        session_id, known, count = await _session(store, 0), NO_TURNS, 0
+        session_id, known, count = "", NO_TURNS, 0
 
         async def turn():
-            nonlocal known, count
+            nonlocal session_id, known, count
+            if count % turns_per_session == 0:  # as the engine part and the bench's sessions
+                session_id, known = await _session(store, count), NO_TURNS
             count += 1
             started = t.Turn(turn_id=f"turn_{count}", session_id=session_id)
             started.started_at.FromMicroseconds(10 + count)
@@ -199,7 +202,8 @@ async def storage_part(calls: int) -> dict[str, float]:
             await event_store.append("o", started.turn_id, events, lambda conn: [w(conn) for w in writes])
             known = KnownTurns(known.count + 1, 10 + count, started.turn_id)
         try:
-            return {"storage (a turn's two transactions)": await per_call(turn, calls)}
+            return {f"storage (a turn's two transactions, {turns_per_session}-turn sessions)":
+                    await per_call(turn, calls)}
         finally:
             await db.close()
 
