@@ -584,6 +584,41 @@ async def test_model_outage_over_rest_ends_with_an_sse_error(http, agents, fake)
     assert list(data[-1]) == ["error"] and "message" in data[-1]["error"]
 
 
+@pytest.mark.parametrize("prefix", ["/v1alpha", "/v1"])
+async def test_a_failed_unary_turn_over_rest_answers_its_error(http, agents, fake, prefix):
+    # Over gRPC the failed turn is returned (with its error); over REST, where the turn has
+    # no error field, the route answers with the error as the stream's last event says it.
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Paris"}, id="c1")]),
+                Reply(error_status=503, error_message="overloaded"),
+                Reply(error_status=503, error_message="overloaded again"))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    turns = f"{prefix}/agents/{agent_id}/session/{session_id}/turn"
+    paused = await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert paused.status_code == 200 and paused.json()["status"] == "awaiting_input"
+    turn_id = paused.json()["turn_id"]
+    resumed = await http.post(f"{turns}/{turn_id}/resume", json={"stream": False, "tool_responses": [
+        {"call_id": "c1", "tool_name": "weather", "content": "sunny"}]})
+    assert resumed.status_code == 503
+    assert resumed.json() == {"detail": "Model 'test-model' is unavailable (HTTP 503): overloaded"}
+    failed = await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert failed.status_code == 503 and failed.json()["detail"].endswith("overloaded again")
+    # The turns are kept as they ended, and the session takes a new one.
+    stored = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session.turns
+    assert [turn.status for turn in stored] == [t.TURN_STATUS_FAILED, t.TURN_STATUS_FAILED]
+    assert stored[1].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    fake.script(Reply(text="back"))
+    again = await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert again.status_code == 200 and again.json()["output_message"]["content"] == "back"
+
+
+async def test_a_failed_unary_turn_over_grpc_is_returned_with_its_error(agents, fake):
+    fake.script(Reply(error_status=503, error_message="overloaded"))
+    agent_id, session_id = await new_session(agents)
+    turn = (await agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[user("hi")]))).turn
+    assert turn.status == t.TURN_STATUS_FAILED and turn.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
 async def test_a_text_turn_over_rest_has_the_llama_stack_shape(http, agents, fake):
     fake.script(Reply(text="Hi!"))
     agent_id, session_id = await new_session(agents)

@@ -32,6 +32,8 @@ Generic rules beyond google.api.http, all read from the descriptors' options
   file name fills an agentd.v1.UploadedFile field (filename, content_type, data). The body
   size limit (413) holds for it as for JSON.
 - A response message with no fields is answered 204 No Content (Llama Stack's deletes).
+- A response message with `http_error_field` whose status there is set (a turn that failed)
+  is answered as that error: the code's HTTP status and the route's error body.
 """
 
 from __future__ import annotations
@@ -205,6 +207,8 @@ class Endpoint:
         response_desc = self.response_type.DESCRIPTOR
         self.no_content = not response_desc.fields and not method.server_streaming
         self.raw_body = response_desc.full_name == _HTTP_BODY
+        error_field = response_desc.GetOptions().Extensions[options_pb2.http_error_field]
+        self.error_path = tuple(error_field.split(".")) if error_field else None
         self.stream_flag = method.GetOptions().Extensions[options_pb2.stream_flag]
         self.stream_plan = None
         if method.server_streaming:
@@ -379,6 +383,10 @@ class Gateway:
             return _error_response(style, e, headers, renames)
         if endpoint.no_content:
             return Response(status_code=204, headers=headers)
+        if endpoint.error_path is not None and (status := _walk(response, endpoint.error_path)).code:
+            # A run that failed, answered as its stream's error event says it (http_error_field).
+            http, body = _status_body(style, status)
+            return Response(_dumps(body), status_code=http, media_type="application/json", headers=headers)
         if endpoint.raw_body:
             return Response(response.data, media_type=response.content_type or "application/octet-stream",
                             headers=headers)

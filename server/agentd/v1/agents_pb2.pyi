@@ -535,7 +535,10 @@ Global___CreateTurnRequest: _TypeAlias = CreateTurnRequest  # noqa: Y015
 
 @_typing.final
 class CreateTurnResponse(_message.Message):
-    """Response message for AgentsService.CreateTurn."""
+    """Response message for AgentsService.CreateTurn. Over HTTP a failed turn answers with its
+    error instead (HTTP status and {"detail"}), as the stream's error event does: Llama Stack
+    never served a non-streaming turn, and its SDKs raise a failed stream.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -731,7 +734,9 @@ Global___ResumeTurnRequest: _TypeAlias = ResumeTurnRequest  # noqa: Y015
 
 @_typing.final
 class ResumeTurnResponse(_message.Message):
-    """Response message for AgentsService.ResumeTurn."""
+    """Response message for AgentsService.ResumeTurn. Over HTTP a failed turn answers with its
+    error instead, as for CreateTurnResponse.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

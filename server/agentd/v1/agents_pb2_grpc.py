@@ -222,7 +222,8 @@ class AgentsServiceServicer:
 
     def CreateTurn(self, request, context):
         """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
-        failed is returned with status failed and its error, not raised. Errors before the turn
+        failed is returned with status failed and its error, not raised (over HTTP it answers
+        with that error: see CreateTurnResponse). Errors before the turn
         starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
         TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
         turn of the session is in progress or awaiting input (resume or cancel it first).

@@ -81,7 +81,8 @@ class AgentsServiceStub:
     """
     CreateTurn: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateTurnRequest, _agents_pb2.CreateTurnResponse]
     """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
-    failed is returned with status failed and its error, not raised. Errors before the turn
+    failed is returned with status failed and its error, not raised (over HTTP it answers
+    with that error: see CreateTurnResponse). Errors before the turn
     starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
     TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
     turn of the session is in progress or awaiting input (resume or cancel it first).
@@ -179,7 +180,8 @@ class AgentsServiceAsyncStub(AgentsServiceStub):
     """
     CreateTurn: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateTurnRequest, _agents_pb2.CreateTurnResponse]  # type: ignore[assignment]
     """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
-    failed is returned with status failed and its error, not raised. Errors before the turn
+    failed is returned with status failed and its error, not raised (over HTTP it answers
+    with that error: see CreateTurnResponse). Errors before the turn
     starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
     TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
     turn of the session is in progress or awaiting input (resume or cancel it first).
@@ -328,7 +330,8 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.CreateTurnResponse, _abc.Awaitable[_agents_pb2.CreateTurnResponse]]:
         """Runs a turn to its end (or to a pause for client tools) and returns it; a turn that
-        failed is returned with status failed and its error, not raised. Errors before the turn
+        failed is returned with status failed and its error, not raised (over HTTP it answers
+        with that error: see CreateTurnResponse). Errors before the turn
         starts: NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, MODEL_NOT_FOUND,
         TOOLGROUP_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION (SESSION_BUSY) when another
         turn of the session is in progress or awaiting input (resume or cancel it first).

@@ -76,6 +76,7 @@ UNTAGGED_FIELD_NUMBER: _builtins.int
 UNION_DEFAULT_FIELD_NUMBER: _builtins.int
 JSON_CONSTANTS_FIELD_NUMBER: _builtins.int
 UNION_FALLBACKS_FIELD_NUMBER: _builtins.int
+HTTP_ERROR_FIELD_FIELD_NUMBER: _builtins.int
 UNION_TAG_FIELD_NUMBER: _builtins.int
 GRPC_ONLY_FIELD_NUMBER: _builtins.int
 QUERY_ALIASES_FIELD_NUMBER: _builtins.int
@@ -107,6 +108,13 @@ union_fallbacks: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.Messa
 """"key=tag" pairs tried in order when the discriminator key is absent on input: the first
 whose key is present picks the member (e.g. "role=message", "id=item_reference"). When
 none matches, union_default applies.
+"""
+http_error_field: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.str]
+"""On a unary response message: the dotted path of a google.rpc.Status field in it (e.g.
+"turn.error"). Over HTTP, when that status is set (a code other than OK), the route
+answers with it as its error (the code's HTTP status and the service's error body)
+instead of the message, as a stream writes its `sse_error` member: the legacy clients
+see a failed run the same way in either form.
 """
 union_tag: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.str]
 """JSON tag of this oneof member when it differs from the field name
