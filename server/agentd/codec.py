@@ -15,6 +15,7 @@ strips them from what is stored or logged).
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from math import copysign
@@ -87,11 +88,14 @@ class _Field:
     enum: _Enum | None = None
     sensitive: bool = False  # never written (null on output)
     omit_when_unset: bool = False  # unset: no key at all (a foreign format's extension)
+    dialect: str = ""  # the JSON dialect of the plan it belongs to (its messages' plans too)
+    object_copy: str = ""  # in this dialect: written as the JSON object, the string under this key
 
 
 @dataclass(slots=True)
 class _Plan:
     desc: _d.Descriptor
+    dialect: str
     fields: list[_Field]  # fields outside the union oneof, minus grpc_only
     by_key: dict[str, _Field]
     constants: dict[str, str]
@@ -105,7 +109,7 @@ class _Plan:
     members: list[_Field] = field(default_factory=list)
 
 
-_plans: dict[str, _Plan] = {}
+_plans: dict[tuple[str, str], _Plan] = {}
 _enums: dict[str, _Enum] = {}
 
 
@@ -134,8 +138,9 @@ def _is_synthetic(oneof: _d.OneofDescriptor) -> bool:
     return len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name
 
 
-def _field_plan(fd: _d.FieldDescriptor) -> _Field:
+def _field_plan(fd: _d.FieldDescriptor, dialect: str) -> _Field:
     is_map = fd.is_repeated and fd.message_type is not None and fd.message_type.GetOptions().map_entry
+    forms = dict(f.split("=", 1) for f in fd.GetOptions().Extensions[options_pb2.object_in_dialects])
     return _Field(
         fd=fd, name=fd.name, repeated=fd.is_repeated, is_map=bool(is_map),
         is_message=fd.message_type is not None,
@@ -143,11 +148,15 @@ def _field_plan(fd: _d.FieldDescriptor) -> _Field:
         enum=_enum_plan(fd.enum_type) if fd.enum_type is not None else None,
         sensitive=fd.GetOptions().Extensions[options_pb2.sensitive],
         omit_when_unset=fd.GetOptions().Extensions[options_pb2.omit_when_unset],
+        dialect=dialect, object_copy=forms.get(dialect, "") if dialect else "",
     )
 
 
-def _plan(desc: _d.Descriptor) -> _Plan:
-    cached = _plans.get(desc.full_name)
+def _plan(desc: _d.Descriptor, dialect: str = "") -> _Plan:
+    """How to write and read a message, computed once per (message, JSON dialect). Dialect
+    "" is the JSON of the current routes; another is an older one of some legacy routes
+    (options.proto: json_dialects), which differs only where a field says so."""
+    cached = _plans.get((desc.full_name, dialect))
     if cached is not None:
         return cached
     opts = desc.GetOptions()
@@ -156,35 +165,36 @@ def _plan(desc: _d.Descriptor) -> _Plan:
     if len(unions) > 1:
         raise TypeError(f"{desc.full_name}: a union message has exactly one oneof")
     union = unions[0] if unions else None
-    fields = [_field_plan(fd) for fd in desc.fields
+    fields = [_field_plan(fd, dialect) for fd in desc.fields
               if not fd.GetOptions().Extensions[options_pb2.grpc_only]
               and (union is None or fd.containing_oneof is not union)]
     by_key: dict[str, _Field] = {}
     for f in fields:
         by_key[f.name] = f
         by_key.setdefault(f.fd.json_name, f)  # lowerCamelCase, as gRPC-JSON clients write it
-    plan = _Plan(desc=desc, fields=fields, by_key=by_key, constants=constants, union=union)
+    plan = _Plan(desc=desc, dialect=dialect, fields=fields, by_key=by_key, constants=constants, union=union)
     if union is not None:
         plan.untagged = opts.Extensions[options_pb2.untagged]
         plan.discriminator = opts.Extensions[options_pb2.union_discriminator] or "type"
         plan.default_tag = opts.Extensions[options_pb2.union_default]
         plan.fallbacks = [tuple(f.split("=", 1)) for f in opts.Extensions[options_pb2.union_fallbacks]]
         for fd in union.fields:
-            member = _field_plan(fd)
+            member = _field_plan(fd, dialect)
             tag = fd.GetOptions().Extensions[options_pb2.union_tag] or fd.name
             plan.tag_of[fd.name] = tag
             plan.member_of[tag] = member
             plan.members.append(member)
-    _plans[desc.full_name] = plan
+    _plans[(desc.full_name, dialect)] = plan
     return plan
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def to_json(msg: Message) -> Any:
-    """The legacy JSON value (dicts, lists, scalars) of a message."""
-    return _write_message(msg, _plan(msg.DESCRIPTOR))
+def to_json(msg: Message, dialect: str = "") -> Any:
+    """The legacy JSON value (dicts, lists, scalars) of a message, in `dialect` (a service's
+    json_dialects names the dialect of its older routes; "" is the current JSON)."""
+    return _write_message(msg, _plan(msg.DESCRIPTOR, dialect))
 
 
 def _write_message(msg: Message, plan: _Plan) -> Any:
@@ -214,6 +224,9 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
     for f in plan.fields:
         if f.sensitive:
             out[f.name] = None
+        elif f.object_copy:
+            value = getattr(msg, f.name)
+            out[f.name], out[f.object_copy] = _object_or_string(value), value
         elif f.repeated or not f.nullable or msg.HasField(f.name):
             out[f.name] = _write_field(getattr(msg, f.name), f)
         elif not f.omit_when_unset:
@@ -221,9 +234,19 @@ def _write_message(msg: Message, plan: _Plan) -> Any:
     return out
 
 
+def _object_or_string(text: str) -> Any:
+    """A string holding a JSON object as that object (an older dialect's form); any other
+    string as it is."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return value if isinstance(value, dict) else text
+
+
 def _write_untagged_member(value: Any, member: _Field) -> Any:
     if member.is_message:
-        inner = _plan(member.fd.message_type)
+        inner = _plan(member.fd.message_type, member.dialect)
         if _is_list_wrapper(inner):
             item = inner.fields[0]
             return [_write_value(v, item) for v in getattr(value, item.name)]
@@ -237,7 +260,7 @@ def _is_list_wrapper(plan: _Plan) -> bool:
 
 def _write_field(value: Any, f: _Field) -> Any:
     if f.is_map:
-        value_field = _plan(f.fd.message_type).by_key["value"]
+        value_field = _plan(f.fd.message_type, f.dialect).by_key["value"]
         return {str(k): _write_value(v, value_field) for k, v in value.items()}
     if f.repeated:
         return [_write_value(v, f) for v in value]
@@ -246,7 +269,7 @@ def _write_field(value: Any, f: _Field) -> Any:
 
 def _write_value(value: Any, f: _Field) -> Any:
     if f.is_message:
-        return _write_message(value, _plan(f.fd.message_type))
+        return _write_message(value, _plan(f.fd.message_type, f.dialect))
     if f.enum is not None:
         return f.enum.to_text.get(value, value)
     if f.fd.type == _FD.TYPE_BYTES:

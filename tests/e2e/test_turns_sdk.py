@@ -1,12 +1,15 @@
 """Turns with llama-stack-client 0.2.12 against a real `agentd serve` and the fake model:
-a streamed turn, a non-streamed one, and the SDK's Agent helper running a client tool."""
+a streamed turn, a non-streamed one, and the SDK's Agent and AsyncAgent helpers running a
+client tool."""
 
 from __future__ import annotations
 
 import json
 
+import llama_stack_client
 import pytest
-from llama_stack_client import Agent, LlamaStackClient
+from llama_stack_client import Agent, AsyncLlamaStackClient, LlamaStackClient
+from llama_stack_client.lib.agents.agent import AsyncAgent
 from llama_stack_client.lib.agents.client_tool import client_tool
 
 from tests.e2e.conftest import start_agentd
@@ -72,6 +75,16 @@ def test_a_non_streamed_turn(client, fake):
     assert turn.output_message.content == "Unary"
 
 
+def test_a_non_streamed_turn_that_fails_raises(client, fake):
+    fake.script(Reply(error_status=503, error_message="overloaded"))
+    agent_id, session_id = _agent(client)
+    with pytest.raises(llama_stack_client.InternalServerError) as caught:
+        client.agents.turn.create(
+            agent_id=agent_id, session_id=session_id, stream=False, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.status_code == 503 and "overloaded" in str(caught.value)
+
+
 def test_the_agent_helper_runs_a_client_tool_and_resumes(client, fake):
     calls = []
 
@@ -107,3 +120,35 @@ def test_the_agent_helper_runs_a_client_tool_and_resumes(client, fake):
         "tool_call_id": "call_1",
         "content": json.dumps("sunny in Paris"),
     }
+
+
+async def test_the_async_agent_helper_runs_a_client_tool(agentd, fake):
+    # AsyncAgent calls the tool with **tool_call.arguments: the /v1 routes send the arguments
+    # as an object, with the string under arguments_json (Llama Stack 0.2's JSON).
+    fake.reset()
+    calls = []
+
+    @client_tool
+    async def get_weather(city: str) -> str:
+        """Weather for a city.
+
+        :param city: The city
+        """
+        calls.append(city)
+        return f"sunny in {city}"
+
+    fake.script(
+        Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1")]),
+        Reply(text="It is sunny in Paris."),
+    )
+    async with AsyncLlamaStackClient(base_url=agentd.base_url, max_retries=0) as client:
+        agent = AsyncAgent(client, model="test-model", instructions="Be brief.", tools=[get_weather])
+        await agent.initialize()
+        session_id = await agent.create_session("trip")
+        chunks = [chunk async for chunk in await agent.create_turn(
+            messages=[{"role": "user", "content": "Weather in Paris?"}], session_id=session_id, stream=True)]
+    assert calls == ["Paris"]
+    last = chunks[-1].event.payload
+    assert last.event_type == "turn_complete" and last.turn.output_message.content == "It is sunny in Paris."
+    call = last.turn.steps[0].api_model_response.tool_calls[0]
+    assert (call.arguments, call.arguments_json) == ({"city": "Paris"}, '{"city":"Paris"}')

@@ -190,3 +190,24 @@ def test_sensitive_fields_are_read_but_never_written():
     assert out["authorization"] is None and out["headers"] is None
     assert out["server_label"] == "docs"
     assert "secret" not in json.dumps(out) and "tok" not in json.dumps(out)
+
+
+def test_a_tool_call_in_llama_stack_0_2_json_has_its_arguments_as_an_object():
+    call = messages.AgentToolCall(call_id="c1", tool_name="get_weather", arguments='{"city":"Paris"}')
+    turn = t.Turn(turn_id="turn_1", output_message=messages.CompletionMessage(tool_calls=[call]))
+    assert codec.to_json(call) == {"call_id": "c1", "tool_name": "get_weather", "arguments": '{"city":"Paris"}'}
+    older = codec.to_json(turn, "llama_stack_0_2")["output_message"]["tool_calls"][0]
+    assert older == {"call_id": "c1", "tool_name": "get_weather", "arguments": {"city": "Paris"},
+                     "arguments_json": '{"city":"Paris"}'}
+    # The rest of the message is the same JSON in either dialect.
+    current, written = codec.to_json(turn), codec.to_json(turn, "llama_stack_0_2")
+    for json_of in (current, written):
+        del json_of["output_message"]["tool_calls"]
+    assert written == current
+
+
+@pytest.mark.parametrize("arguments", ["", "not json", "[1, 2]", '"text"'])
+def test_arguments_that_are_not_an_object_stay_a_string_in_the_older_json(arguments):
+    call = messages.AgentToolCall(call_id="c1", tool_name="t", arguments=arguments)
+    written = codec.to_json(call, "llama_stack_0_2")
+    assert written["arguments"] == arguments and written["arguments_json"] == arguments

@@ -34,3 +34,10 @@ def test_every_served_rpc_has_its_routes():
     for method in SERVICES[0].methods:  # AgentsService: the current and the deprecated prefix
         prefixes = {r.template.split("/")[1] for r in routes if r.method is method}
         assert prefixes == {"v1", "v1alpha"}, method.name
+
+
+def test_the_older_agents_routes_speak_llama_stack_0_2():
+    dialects = {r.template.split("/")[1]: r.json_dialect for r in routes_of(SERVICES)
+                if r.method.containing_service is SERVICES[0]}
+    assert dialects == {"v1": "llama_stack_0_2", "v1alpha": ""}
+    assert {r.json_dialect for r in routes_of(SERVICES[1:])} == {""}

@@ -32,6 +32,8 @@ Generic rules beyond google.api.http, all read from the descriptors' options
   file name fills an agentd.v1.UploadedFile field (filename, content_type, data). The body
   size limit (413) holds for it as for JSON.
 - A response message with no fields is answered 204 No Content (Llama Stack's deletes).
+- A route under a prefix of its service's `json_dialects` writes its JSON in that dialect
+  (the codec's older form of a few fields, for an older SDK generation).
 - A response message with `http_error_field` whose status there is set (a turn that failed)
   is answered as that error: the code's HTTP status and the route's error body.
 """
@@ -153,6 +155,7 @@ class _StreamPlan:
 
     def __init__(self, route: Route, event_desc):
         self.style = route.error_style
+        self.dialect = route.json_dialect
         service_opts = route.method.containing_service.GetOptions()
         self.event_and_data = service_opts.Extensions[options_pb2.sse_framing] == _EVENT_AND_DATA
         found = _path_to(event_desc, lambda d: codec.tagged_union(d) is not None, depth=2)
@@ -187,7 +190,7 @@ class _StreamPlan:
             return out + self.error_event(body), True
         if self.event_and_data and tag:
             out += b"event: " + tag.encode() + b"\n"
-        return out + b"data: " + _dumps(codec.to_json(event)) + b"\n\n", False
+        return out + b"data: " + _dumps(codec.to_json(event, self.dialect)) + b"\n\n", False
 
     def error_event(self, body: dict) -> bytes:
         return (b"event: error\n" if self.event_and_data else b"") + b"data: " + _dumps(body) + b"\n\n"
@@ -269,8 +272,8 @@ class Endpoint:
 
     def unwrap(self, response: Message) -> Any:
         if self.route.response_body:
-            return codec.to_json(getattr(response, self.route.response_body))
-        return codec.to_json(response)
+            return codec.to_json(getattr(response, self.route.response_body), self.route.json_dialect)
+        return codec.to_json(response, self.route.json_dialect)
 
 
 class Gateway:

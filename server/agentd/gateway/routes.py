@@ -30,6 +30,7 @@ class Route:
     response_body: str  # "" or a top-level field of the response
     method: MethodDescriptor
     error_style: int  # options_pb2.ErrorStyle
+    json_dialect: str = ""  # the codec's dialect for this route (the service's json_dialects)
     grpc_path: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ def routes_of(services: list[ServiceDescriptor]) -> list[Route]:
     routes: list[Route] = []
     for service in services:
         style = service.GetOptions().Extensions[options_pb2.error_style]
+        dialects = [d.split("=", 1) for d in service.GetOptions().Extensions[options_pb2.json_dialects]]
         for method in service.methods:
             options = method.GetOptions()
             if not options.HasExtension(annotations_pb2.http):
@@ -79,8 +81,9 @@ def routes_of(services: list[ServiceDescriptor]) -> list[Route]:
                     continue
                 template = getattr(rule, verb)
                 pattern, variables = compile_template(template)
+                dialect = next((name for prefix, name in dialects if template.startswith(prefix)), "")
                 routes.append(Route(verb=verb.upper(), template=template, pattern=pattern,
                                     variables=variables, body=rule.body,
                                     response_body=rule.response_body, method=method,
-                                    error_style=style))
+                                    error_style=style, json_dialect=dialect))
     return routes

@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentd/v1/agent_messages.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x7f\n\x10TurnInputMessage\x12&\n\x04user\x18\x01 \x01(\x0b\x32\x16.agentd.v1.UserMessageH\x00\x12.\n\x04tool\x18\x02 \x01(\x0b\x32\x1e.agentd.v1.ToolResponseMessageH\x00:\x08\xca\xf3\x18\x04roleB\t\n\x07message\"s\n\x0bUserMessage\x12\x34\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContentB\x04\xe2\x41\x01\x02\x12.\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContent\"b\n\x13ToolResponseMessage\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContentB\x04\xe2\x41\x01\x02\"\xb1\x01\n\x11\x43ompletionMessage\x12.\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContent\x12*\n\x0bstop_reason\x18\x02 \x01(\x0e\x32\x15.agentd.v1.StopReason\x12,\n\ntool_calls\x18\x03 \x03(\x0b\x32\x18.agentd.v1.AgentToolCall:\x12\xe2\xf3\x18\x0erole=assistant\"R\n\rAgentToolCall\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttool_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\targuments\x18\x03 \x01(\t\"\xd2\x01\n\x11\x41gentToolResponse\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttool_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContentB\x04\xe2\x41\x01\x02\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\rerror_message\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_error_message\"\xa0\x01\n\x12InterleavedContent\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32!.agentd.v1.InterleavedContentItemH\x00\x12\x36\n\x05items\x18\x03 \x01(\x0b\x32%.agentd.v1.InterleavedContentItemListH\x00:\x04\xd0\xf3\x18\x01\x42\t\n\x07\x63ontent\"N\n\x1aInterleavedContentItemList\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.agentd.v1.InterleavedContentItem\"z\n\x16InterleavedContentItem\x12*\n\x04text\x18\x01 \x01(\x0b\x32\x1a.agentd.v1.TextContentItemH\x00\x12,\n\x05image\x18\x02 \x01(\x0b\x32\x1b.agentd.v1.ImageContentItemH\x00\x42\x06\n\x04item\"\x1f\n\x0fTextContentItem\x12\x0c\n\x04text\x18\x01 \x01(\t\"8\n\x10ImageContentItem\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.agentd.v1.AgentImage\"J\n\nAgentImage\x12 \n\x03url\x18\x01 \x01(\x0b\x32\x13.agentd.v1.AgentURL\x12\x11\n\x04\x64\x61ta\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_data\"\x17\n\x08\x41gentURL\x12\x0b\n\x03uri\x18\x01 \x01(\t\"`\n\rAgentDocument\x12\x36\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1f.agentd.v1.AgentDocumentContentB\x04\xe2\x41\x01\x02\x12\x17\n\tmime_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"V\n\x0f\x41gentAttachment\x12\x30\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1f.agentd.v1.AgentDocumentContent\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\xc6\x01\n\x14\x41gentDocumentContent\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32!.agentd.v1.InterleavedContentItemH\x00\x12\x36\n\x05items\x18\x03 \x01(\x0b\x32%.agentd.v1.InterleavedContentItemListH\x00\x12\"\n\x03url\x18\x04 \x01(\x0b\x32\x13.agentd.v1.AgentURLH\x00:\x04\xd0\xf3\x18\x01\x42\t\n\x07\x63ontent*\x85\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17STOP_REASON_END_OF_TURN\x10\x01\x12\x1e\n\x1aSTOP_REASON_END_OF_MESSAGE\x10\x02\x12\x1d\n\x19STOP_REASON_OUT_OF_TOKENS\x10\x03\x42\x88\x01\n\rdev.agentd.v1B\x12\x41gentMessagesProtoP\x01Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\xa2\x02\x03\x41\x44X\xaa\x02\tAgentd.V1\xca\x02\tAgentd\\V1\xea\x02\nAgentd::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentd/v1/agent_messages.proto\x12\tagentd.v1\x1a\x17\x61gentd/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x7f\n\x10TurnInputMessage\x12&\n\x04user\x18\x01 \x01(\x0b\x32\x16.agentd.v1.UserMessageH\x00\x12.\n\x04tool\x18\x02 \x01(\x0b\x32\x1e.agentd.v1.ToolResponseMessageH\x00:\x08\xca\xf3\x18\x04roleB\t\n\x07message\"s\n\x0bUserMessage\x12\x34\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContentB\x04\xe2\x41\x01\x02\x12.\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContent\"b\n\x13ToolResponseMessage\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContentB\x04\xe2\x41\x01\x02\"\xb1\x01\n\x11\x43ompletionMessage\x12.\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContent\x12*\n\x0bstop_reason\x18\x02 \x01(\x0e\x32\x15.agentd.v1.StopReason\x12,\n\ntool_calls\x18\x03 \x03(\x0b\x32\x18.agentd.v1.AgentToolCall:\x12\xe2\xf3\x18\x0erole=assistant\"v\n\rAgentToolCall\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttool_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\targuments\x18\x03 \x01(\tB\"\xfa\xf4\x18\x1ellama_stack_0_2=arguments_json\"\xd2\x01\n\x11\x41gentToolResponse\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\ttool_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x1d.agentd.v1.InterleavedContentB\x04\xe2\x41\x01\x02\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\rerror_message\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_error_message\"\xa0\x01\n\x12InterleavedContent\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32!.agentd.v1.InterleavedContentItemH\x00\x12\x36\n\x05items\x18\x03 \x01(\x0b\x32%.agentd.v1.InterleavedContentItemListH\x00:\x04\xd0\xf3\x18\x01\x42\t\n\x07\x63ontent\"N\n\x1aInterleavedContentItemList\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.agentd.v1.InterleavedContentItem\"z\n\x16InterleavedContentItem\x12*\n\x04text\x18\x01 \x01(\x0b\x32\x1a.agentd.v1.TextContentItemH\x00\x12,\n\x05image\x18\x02 \x01(\x0b\x32\x1b.agentd.v1.ImageContentItemH\x00\x42\x06\n\x04item\"\x1f\n\x0fTextContentItem\x12\x0c\n\x04text\x18\x01 \x01(\t\"8\n\x10ImageContentItem\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.agentd.v1.AgentImage\"J\n\nAgentImage\x12 \n\x03url\x18\x01 \x01(\x0b\x32\x13.agentd.v1.AgentURL\x12\x11\n\x04\x64\x61ta\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_data\"\x17\n\x08\x41gentURL\x12\x0b\n\x03uri\x18\x01 \x01(\t\"`\n\rAgentDocument\x12\x36\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1f.agentd.v1.AgentDocumentContentB\x04\xe2\x41\x01\x02\x12\x17\n\tmime_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"V\n\x0f\x41gentAttachment\x12\x30\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x1f.agentd.v1.AgentDocumentContent\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\xc6\x01\n\x14\x41gentDocumentContent\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32!.agentd.v1.InterleavedContentItemH\x00\x12\x36\n\x05items\x18\x03 \x01(\x0b\x32%.agentd.v1.InterleavedContentItemListH\x00\x12\"\n\x03url\x18\x04 \x01(\x0b\x32\x13.agentd.v1.AgentURLH\x00:\x04\xd0\xf3\x18\x01\x42\t\n\x07\x63ontent*\x85\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17STOP_REASON_END_OF_TURN\x10\x01\x12\x1e\n\x1aSTOP_REASON_END_OF_MESSAGE\x10\x02\x12\x1d\n\x19STOP_REASON_OUT_OF_TOKENS\x10\x03\x42\x88\x01\n\rdev.agentd.v1B\x12\x41gentMessagesProtoP\x01Z6github.com/agentd-dev/agentd/gen/go/agentd/v1;agentdv1\xa2\x02\x03\x41\x44X\xaa\x02\tAgentd.V1\xca\x02\tAgentd\\V1\xea\x02\nAgentd::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTTOOLCALL'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
   _globals['_AGENTTOOLCALL'].fields_by_name['tool_name']._loaded_options = None
   _globals['_AGENTTOOLCALL'].fields_by_name['tool_name']._serialized_options = b'\342A\001\002'
+  _globals['_AGENTTOOLCALL'].fields_by_name['arguments']._loaded_options = None
+  _globals['_AGENTTOOLCALL'].fields_by_name['arguments']._serialized_options = b'\372\364\030\036llama_stack_0_2=arguments_json'
   _globals['_AGENTTOOLRESPONSE'].fields_by_name['call_id']._loaded_options = None
   _globals['_AGENTTOOLRESPONSE'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
   _globals['_AGENTTOOLRESPONSE'].fields_by_name['tool_name']._loaded_options = None
@@ -63,8 +65,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTDOCUMENT'].fields_by_name['mime_type']._serialized_options = b'\342A\001\002'
   _globals['_AGENTDOCUMENTCONTENT']._loaded_options = None
   _globals['_AGENTDOCUMENTCONTENT']._serialized_options = b'\320\363\030\001'
-  _globals['_STOPREASON']._serialized_start=1903
-  _globals['_STOPREASON']._serialized_end=2036
+  _globals['_STOPREASON']._serialized_start=1939
+  _globals['_STOPREASON']._serialized_end=2072
   _globals['_TURNINPUTMESSAGE']._serialized_start=133
   _globals['_TURNINPUTMESSAGE']._serialized_end=260
   _globals['_USERMESSAGE']._serialized_start=262
@@ -74,27 +76,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETIONMESSAGE']._serialized_start=480
   _globals['_COMPLETIONMESSAGE']._serialized_end=657
   _globals['_AGENTTOOLCALL']._serialized_start=659
-  _globals['_AGENTTOOLCALL']._serialized_end=741
-  _globals['_AGENTTOOLRESPONSE']._serialized_start=744
-  _globals['_AGENTTOOLRESPONSE']._serialized_end=954
-  _globals['_INTERLEAVEDCONTENT']._serialized_start=957
-  _globals['_INTERLEAVEDCONTENT']._serialized_end=1117
-  _globals['_INTERLEAVEDCONTENTITEMLIST']._serialized_start=1119
-  _globals['_INTERLEAVEDCONTENTITEMLIST']._serialized_end=1197
-  _globals['_INTERLEAVEDCONTENTITEM']._serialized_start=1199
-  _globals['_INTERLEAVEDCONTENTITEM']._serialized_end=1321
-  _globals['_TEXTCONTENTITEM']._serialized_start=1323
-  _globals['_TEXTCONTENTITEM']._serialized_end=1354
-  _globals['_IMAGECONTENTITEM']._serialized_start=1356
-  _globals['_IMAGECONTENTITEM']._serialized_end=1412
-  _globals['_AGENTIMAGE']._serialized_start=1414
-  _globals['_AGENTIMAGE']._serialized_end=1488
-  _globals['_AGENTURL']._serialized_start=1490
-  _globals['_AGENTURL']._serialized_end=1513
-  _globals['_AGENTDOCUMENT']._serialized_start=1515
-  _globals['_AGENTDOCUMENT']._serialized_end=1611
-  _globals['_AGENTATTACHMENT']._serialized_start=1613
-  _globals['_AGENTATTACHMENT']._serialized_end=1699
-  _globals['_AGENTDOCUMENTCONTENT']._serialized_start=1702
-  _globals['_AGENTDOCUMENTCONTENT']._serialized_end=1900
+  _globals['_AGENTTOOLCALL']._serialized_end=777
+  _globals['_AGENTTOOLRESPONSE']._serialized_start=780
+  _globals['_AGENTTOOLRESPONSE']._serialized_end=990
+  _globals['_INTERLEAVEDCONTENT']._serialized_start=993
+  _globals['_INTERLEAVEDCONTENT']._serialized_end=1153
+  _globals['_INTERLEAVEDCONTENTITEMLIST']._serialized_start=1155
+  _globals['_INTERLEAVEDCONTENTITEMLIST']._serialized_end=1233
+  _globals['_INTERLEAVEDCONTENTITEM']._serialized_start=1235
+  _globals['_INTERLEAVEDCONTENTITEM']._serialized_end=1357
+  _globals['_TEXTCONTENTITEM']._serialized_start=1359
+  _globals['_TEXTCONTENTITEM']._serialized_end=1390
+  _globals['_IMAGECONTENTITEM']._serialized_start=1392
+  _globals['_IMAGECONTENTITEM']._serialized_end=1448
+  _globals['_AGENTIMAGE']._serialized_start=1450
+  _globals['_AGENTIMAGE']._serialized_end=1524
+  _globals['_AGENTURL']._serialized_start=1526
+  _globals['_AGENTURL']._serialized_end=1549
+  _globals['_AGENTDOCUMENT']._serialized_start=1551
+  _globals['_AGENTDOCUMENT']._serialized_end=1647
+  _globals['_AGENTATTACHMENT']._serialized_start=1649
+  _globals['_AGENTATTACHMENT']._serialized_end=1735
+  _globals['_AGENTDOCUMENTCONTENT']._serialized_start=1738
+  _globals['_AGENTDOCUMENTCONTENT']._serialized_end=1936
 # @@protoc_insertion_point(module_scope)

@@ -190,7 +190,9 @@ class AgentToolCall(_message.Message):
     tool_name: _builtins.str
     """Name of the tool called. Required."""
     arguments: _builtins.str
-    """Arguments as a JSON object encoded in a string."""
+    """Arguments as a JSON object encoded in a string. On the /v1 agents routes (Llama Stack
+    0.2's JSON) written as the object, with this string under "arguments_json".
+    """
     def __init__(
         self,
         *,

@@ -88,9 +88,11 @@ SSE_KEEPALIVE_FIELD_NUMBER: _builtins.int
 SSE_ERROR_FIELD_NUMBER: _builtins.int
 FROM_HEADER_FIELD_NUMBER: _builtins.int
 OMIT_WHEN_UNSET_FIELD_NUMBER: _builtins.int
+OBJECT_IN_DIALECTS_FIELD_NUMBER: _builtins.int
 ENUM_JSON_FIELD_NUMBER: _builtins.int
 ERROR_STYLE_FIELD_NUMBER: _builtins.int
 SSE_FRAMING_FIELD_NUMBER: _builtins.int
+JSON_DIALECTS_FIELD_NUMBER: _builtins.int
 STREAM_FLAG_FIELD_NUMBER: _builtins.int
 union_discriminator: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.str]
 """JSON key that names the member of this union. Default: "type"."""
@@ -158,12 +160,23 @@ omit_when_unset: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.Field
 max_infer_iters on an OpenAI Response): unset, the JSON leaves the key out instead of
 writing null, so a client of that format sees no key its types do not declare.
 """
+object_in_dialects: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+"""On a string field holding a JSON object, its older wire form in a JSON dialect (see the
+service option `json_dialects`): "<dialect>=<key>". Routes of that dialect write the field
+as the object itself and the string under <key> (Llama Stack 0.2's ToolCall: "arguments"
+an object, "arguments_json" the string); a value that is not a JSON object stays a string.
+"""
 enum_json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
 """JSON text of this enum value when it is not the lower-cased suffix."""
 error_style: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, Global___ErrorStyle.ValueType]
 """Error body style of this service's HTTP routes."""
 sse_framing: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, Global___SseFraming.ValueType]
 """SSE framing of this service's streams."""
+json_dialects: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+""""<path prefix>=<dialect>": this service's HTTP routes whose path starts with the prefix
+write the older JSON of that dialect where a field says how (`object_in_dialects`), for
+the older SDK generation that calls them (e.g. llama-stack-client 0.2 on /v1/agents).
+"""
 stream_flag: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.str]
 """On a streaming RPC that shares an HTTP route with a unary RPC: the boolean request flag
 (a body key, or a query parameter on GET) whose value true selects this RPC.
