@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from agentd.errors import InvalidArgument
 
@@ -56,12 +57,21 @@ def decode(token: str, field: str = "page_token") -> Cursor:
     if isinstance(body.get("offset"), int) and not isinstance(body["offset"], bool):
         return Cursor(offset=_offset(body["offset"], field))
     key = body.get("key")
-    if isinstance(key, list) and len(key) == 2 and isinstance(key[0], int) and isinstance(key[1], str):
+    if isinstance(key, list) and len(key) == 2 and _sort_value(key[0]) and _id(key[1]):
         return Cursor(key=(key[0], key[1]))
     for key in ("after", "before"):
-        if isinstance(body.get(key), str):
+        if _id(body.get(key)):
             return Cursor(**{key: body[key]})
     raise InvalidArgument(field, "not a page token returned by this service")
+
+
+def _sort_value(value: Any) -> bool:
+    """A sort key we hand out: an integer a database column holds (JSON's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
+def _id(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" not in value
 
 
 def page_size(requested: int, field: str = "page_size") -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
@@ -123,6 +124,16 @@ async def test_bad_legacy_cursor_is_400(http):
     response = await http.get("/v1alpha/agents", params={"limit": "-3"})
     # The error names the parameter the client sent, not the gRPC field behind it.
     assert response.status_code == 400 and response.json()["detail"] == "limit: must be >= 0"
+
+
+@pytest.mark.parametrize("key", [[True, "x"], [10**30, "x"], [-(2**63) - 1, "x"], [1, "x\u0000"]])
+async def test_a_forged_page_token_is_400(http, key):
+    token = base64.urlsafe_b64encode(json.dumps({"key": key}).encode()).decode()
+    for path in ("/v1alpha/agents", "/v1/responses"):
+        response = await http.get(path, params={"page_token": token})
+        assert response.status_code == 400, (path, response.text)
+    assert (await http.get("/v1alpha/agents", params={"page_token": token})).json() == {
+        "detail": "page_token: not a page token returned by this service"}
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -50,7 +50,10 @@ def test_legacy_cursors():
 def test_key_tokens_and_offset_bounds():
     cursor = paging.Cursor(key=(17, "agent_1"))
     assert paging.decode(paging.encode(cursor)) == cursor
-    for bad in ({"key": [1]}, {"key": ["1", "a"]}, {"offset": paging.MAX_OFFSET + 1}):
+    for bad in ({"key": [1]}, {"key": ["1", "a"]}, {"offset": paging.MAX_OFFSET + 1},
+                # Forged: no column holds these, and the database refused them (a 500).
+                {"key": [True, "a"]}, {"key": [2**63, "a"]}, {"key": [1, "a\u0000"]},
+                {"after": "a\u0000"}):
         token = base64.urlsafe_b64encode(json.dumps(bad).encode()).decode()
         with pytest.raises(InvalidArgument):
             paging.decode(token)
