@@ -499,6 +499,19 @@ async def test_a_retried_create_with_the_same_request_id_runs_once(responses, fa
 # ------------------------------------------------------------------ web search (server-side)
 
 
+async def test_a_unary_response_over_rest_stops_when_its_client_goes_away(server, responses, fake):
+    fake.script(Reply(text="never", hang=True))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}") as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/responses", json={"model": "test-model", "input": "hi"}, timeout=0.5)
+    for _ in range(100):  # as a dropped stream's response: cancelled, not left running
+        listed = (await responses.ListResponses(pb.ListResponsesRequest())).data
+        if listed and listed[0].response.status != rt.RESPONSE_STATUS_IN_PROGRESS:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.response.status for r in listed] == [rt.RESPONSE_STATUS_CANCELLED]
+
+
 @pytest.fixture
 def search():
     with FakeSearchServer() as server:

@@ -611,6 +611,23 @@ async def test_a_failed_unary_turn_over_rest_answers_its_error(http, agents, fak
     assert again.status_code == 200 and again.json()["output_message"]["content"] == "back"
 
 
+async def test_a_unary_turn_over_rest_stops_when_its_client_goes_away(http, agents, fake):
+    fake.script(Reply(text="never", hang=True))
+    agent_id, session_id = await new_session(agents)
+    turns = f"/v1alpha/agents/{agent_id}/session/{session_id}/turn"
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}]}, timeout=0.5)
+    for _ in range(100):  # as a dropped stream's turn: cancelled, not left running
+        session = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
+        if session.turns and session.turns[0].status != t.TURN_STATUS_IN_PROGRESS:
+            break
+        await asyncio.sleep(0.05)
+    assert [turn.status for turn in session.turns] == [t.TURN_STATUS_CANCELLED]
+    fake.script(Reply(text="back"))
+    again = await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}]})
+    assert again.status_code == 200 and again.json()["output_message"]["content"] == "back"
+
+
 async def test_a_failed_unary_turn_over_grpc_is_returned_with_its_error(agents, fake):
     fake.script(Reply(error_status=503, error_message="overloaded"))
     agent_id, session_id = await new_session(agents)

@@ -40,9 +40,11 @@ Generic rules beyond google.api.http, all read from the descriptors' options
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -381,7 +383,10 @@ class Gateway:
         if endpoint.route.streaming:
             return await _stream(endpoint, message, metadata, style, headers, renames)
         try:
-            response = await invoke_unary(endpoint.route.grpc_path, endpoint.handler, message, metadata)
+            response = await _unless_gone(request, invoke_unary(
+                endpoint.route.grpc_path, endpoint.handler, message, metadata))
+        except _ClientGone:
+            return Response(status_code=499, headers=headers)  # nobody reads it
         except Exception as e:  # noqa: BLE001 - invoke_unary logged it; answer with its status
             return _error_response(style, e, headers, renames)
         if endpoint.no_content:
@@ -421,6 +426,37 @@ def _refuse(label: str, started: float, style: int, error: BaseException, header
 
 def _no_constants(name: str):
     raise ValueError(f"{name} is not a JSON value")
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its unary call ended."""
+
+
+async def _unless_gone(request: Request, call: Coroutine[Any, Any, Any]) -> Any:
+    """Runs a unary call, cancelled when the client goes away first, as a cancelled gRPC call
+    is: a non-streaming turn or response then stops as a dropped stream's run does, instead
+    of running on for nobody (and holding its session busy). Raises _ClientGone then."""
+    task = asyncio.ensure_future(call)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():  # the client went away, or this handler was cancelled
+            task.cancel()
+            await asyncio.wait((task,))
+    if task in done:
+        return task.result()
+    if not task.cancelled():
+        task.exception()  # retrieved: what it raised once cancelled is logged by invoke_unary
+    raise _ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects: the body has been read, so the next ASGI
+    message is http.disconnect (and it comes only then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _TooLarge(Exception):
