@@ -415,6 +415,18 @@ async def raw_provider(raw_sse):
 @pytest.mark.parametrize("body, message", [
     (b'data: {"error": {"message": "overloaded"}}\n\n', "overloaded"),
     (b"data: not json\n\n", "not JSON"),
+    # JSON, but not a chat.completion.chunk: the model's fault too, never INTERNAL.
+    (b"data: [1, 2]\n\n", "a chunk is a list, not an object"),
+    (b'data: {"choices": "x"}\n\n', "choices is not a list of objects"),
+    (b'data: {"choices": [{"delta": "x"}]}\n\n', "delta is a str"),
+    (b'data: {"choices": [{"delta": {"content": 123}}]}\n\n', "content is a int, not a string"),
+    (b'data: {"choices": [{"delta": {"tool_calls": {"index": 0}}}]}\n\n', "tool_calls is a dict"),
+    (b'data: {"choices": [{"delta": {"tool_calls": [{"index": "0"}]}}]}\n\n', "function or index"),
+    (b'data: {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": 1}}]}}]}\n\n',
+     "a tool call's arguments is a int"),
+    (b'data: {"choices": [{"delta": {}, "finish_reason": ["stop"]}]}\n\n', "finish_reason is a list"),
+    (b'data: {"choices": [], "usage": {"prompt_tokens": "5"}}\n\n', "usage.prompt_tokens"),
+    (b'data: {"choices": [], "usage": {"prompt_tokens": 99999999999999999999}}\n\n', "usage.prompt_tokens"),
 ])
 async def test_a_broken_stream_is_model_unavailable(raw_sse, raw_provider, body, message):
     raw_sse.body = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n' + body
@@ -426,6 +438,18 @@ async def test_a_broken_stream_is_model_unavailable(raw_sse, raw_provider, body,
     assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
     assert message in error.message
     assert received == ["hi"]  # what came before the break, in the same read, is passed on first
+
+
+async def test_half_of_a_character_split_across_chunks_is_a_replacement_character(raw_sse, raw_provider):
+    # JSON escapes a character beyond U+FFFF as a UTF-16 pair; a server that cut between the
+    # two halves sent text no protobuf string can hold. A pair within one chunk is kept.
+    raw_sse.body = (b'data: {"choices": [{"index": 0, "delta": {"content": "a\\ud83d"}}]}\n\n'
+                    b'data: {"choices": [{"index": 0, "delta": {"content": "\\ude00b \\ud83d\\ude00"}}]}\n\n'
+                    b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+                    b'data: [DONE]\n\n')
+    chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
+    assert text_of(chunks) == "a\ufffd\ufffdb \U0001f600"
+    assert text_of(chunks).encode("utf-8")
 
 
 async def test_multi_line_data_and_comments_are_read_as_server_sent_events(raw_sse, raw_provider):

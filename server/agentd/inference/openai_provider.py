@@ -208,7 +208,8 @@ class OpenAIProvider:
                     else {"headers": _NO_PER_CALL_TELEMETRY_HEADERS, "timeout": request.timeout_s})
             stream.deadline = deadline
             async for batch in stream:
-                for chunk in _merged(batch):
+                chunks, malformed = _merged(batch)
+                for chunk in chunks:
                     if chunk.tool_calls:
                         saw_tool_calls = True
                     if chunk.finish_reason is not None:
@@ -218,6 +219,8 @@ class OpenAIProvider:
                             chunk = ChatChunk(text=chunk.text, tool_calls=chunk.tool_calls,
                                               finish_reason="tool_calls", usage=chunk.usage)
                     yield chunk
+                if malformed is not None:  # after what came before it in the same read
+                    raise malformed
         except AgentdError:
             raise
         except (TimeoutError, openai.APITimeoutError, httpx.TimeoutException) as e:
@@ -231,6 +234,9 @@ class OpenAIProvider:
             raise self._unreachable(request.model, e) from None
         except openai.APIError as e:  # e.g. an error event inside the stream
             raise Unavailable(f"Model '{request.model}' failed: {e.message}",
+                              reason="MODEL_UNAVAILABLE") from None
+        except MalformedChunk as e:
+            raise Unavailable(f"Model '{request.model}' sent a malformed chunk: {e}",
                               reason="MODEL_UNAVAILABLE") from None
         except ValueError as e:  # a chunk that is not JSON
             raise Unavailable(f"Model '{request.model}' sent a chunk that is not JSON: {e}",
@@ -352,39 +358,90 @@ def _tool_choice(choice: str) -> str | dict[str, Any]:
     return {"type": "function", "function": {"name": choice}}
 
 
+class MalformedChunk(ValueError):
+    """A chunk that is JSON but not a chat.completion.chunk: the model's fault, as a chunk
+    that is not JSON (UNAVAILABLE), never agentd's."""
+
+
 def _chunk(raw: Any) -> ChatChunk | None:
-    """A streamed chat.completion.chunk, as the JSON object the endpoint sent."""
+    """A streamed chat.completion.chunk, as the JSON object the endpoint sent. The shapes
+    agentd reads are checked: a wrong one raises MalformedChunk."""
     if not isinstance(raw, dict):
-        return None
+        raise MalformedChunk(f"a chunk is {_kind(raw)}, not an object")
     usage = None
     u = raw.get("usage")
-    if isinstance(u, dict):
-        prompt, completion = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
+    if u is not None:
+        if not isinstance(u, dict):
+            raise MalformedChunk(f"usage is {_kind(u)}")
+        prompt, completion = _count(u, "prompt_tokens"), _count(u, "completion_tokens")
         usage = Usage(input_tokens=prompt, output_tokens=completion,
-                      total_tokens=u.get("total_tokens") or prompt + completion)
+                      total_tokens=_count(u, "total_tokens") or prompt + completion)
     text, calls, finish = "", (), None
     choices = raw.get("choices")
     if choices:
+        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+            raise MalformedChunk("choices is not a list of objects")
         choice = choices[0]
         delta = choice.get("delta")
         if delta:
-            text = delta.get("content") or ""
-            calls = tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ())
-        if choice.get("finish_reason"):
-            finish = _FINISH.get(choice["finish_reason"], "stop")
+            if not isinstance(delta, dict):
+                raise MalformedChunk(f"delta is {_kind(delta)}")
+            text = _text(delta.get("content"), "content")
+            pieces = delta.get("tool_calls")
+            if pieces:
+                if not isinstance(pieces, list):
+                    raise MalformedChunk(f"tool_calls is {_kind(pieces)}")
+                calls = tuple(_tool_call_delta(c) for c in pieces)
+        reason = choice.get("finish_reason")
+        if reason:
+            if not isinstance(reason, str):
+                raise MalformedChunk(f"finish_reason is {_kind(reason)}")
+            finish = _FINISH.get(reason, "stop")
     if not text and not calls and finish is None and usage is None:
         return None  # the role chunk, keep-alives
     return ChatChunk(text=text, tool_calls=calls, finish_reason=finish, usage=usage)
 
 
-def _merged(batch: list[Any]) -> list[ChatChunk]:
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    value = usage.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise MalformedChunk(f"usage.{key} is not a token count")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    """A string of the chunk as text agentd can store: a UTF-16 surrogate JSON escaped alone
+    (half of a character split across two chunks) becomes U+FFFD, as a decoder does with a
+    broken byte sequence; a pair in the same string is the character."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedChunk(f"{what} is {_kind(value)}, not a string")
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def _merged(batch: list[Any]) -> tuple[list[ChatChunk], MalformedChunk | None]:
     """The chunks of one read, consecutive pieces of the same text or of the same tool call's
     arguments joined into one. What arrived together goes on together: nothing waits for
     more, so a model streaming slower than agentd forwards keeps one event per chunk, while
-    chunks that queued up (a fast model, a busy replica) cost one event each no longer."""
+    chunks that queued up (a fast model, a busy replica) cost one event each no longer.
+    A malformed chunk ends the batch: the chunks before it, and what was wrong."""
     merged: list[ChatChunk] = []
     for raw in batch:
-        chunk = _chunk(raw)
+        try:
+            chunk = _chunk(raw)
+        except MalformedChunk as e:
+            return merged, e
         if chunk is None:
             continue
         last = merged[-1] if merged else None
@@ -401,7 +458,7 @@ def _merged(batch: list[Any]) -> list[ChatChunk]:
                     merged[-1] = ChatChunk(tool_calls=(*last.tool_calls[:-1], joined))
                     continue
         merged.append(chunk)
-    return merged
+    return merged, None
 
 
 def _pieces(chunk: ChatChunk) -> bool:
@@ -409,10 +466,16 @@ def _pieces(chunk: ChatChunk) -> bool:
     return chunk.finish_reason is None and chunk.usage is None and not (chunk.text and chunk.tool_calls)
 
 
-def _tool_call_delta(call: dict[str, Any]) -> ToolCallDelta:
+def _tool_call_delta(call: Any) -> ToolCallDelta:
+    if not isinstance(call, dict):
+        raise MalformedChunk(f"a tool call is {_kind(call)}, not an object")
     function = call.get("function") or {}
-    return ToolCallDelta(index=call.get("index") or 0, id=call.get("id") or None,
-                         name=function.get("name") or None, arguments=function.get("arguments") or "")
+    index = call.get("index") or 0
+    if not isinstance(function, dict) or not isinstance(index, int) or isinstance(index, bool):
+        raise MalformedChunk("a tool call's function or index has the wrong type")
+    return ToolCallDelta(index=index, id=_text(call.get("id"), "a tool call's id") or None,
+                         name=_text(function.get("name"), "a tool call's name") or None,
+                         arguments=_text(function.get("arguments"), "a tool call's arguments"))
 
 
 def _status_error(error: openai.APIStatusError, model: str) -> AgentdError:
