@@ -8,6 +8,8 @@ maps it to an HTTP answer (HTTP_STATUS) in its routes' error style.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -141,6 +143,25 @@ def status_of(error: BaseException, request_id: str = "") -> status_pb2.Status:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])))
     return status_pb2.Status(code=code.value[0], message=message, details=details)
+
+
+# Failures that are bugs: logged with their traceback, since the client sees a bare INTERNAL.
+_UNEXPECTED = {code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.DATA_LOSS}
+# Not the caller's fault and not a bug, but an operator wants to see it (the model or the
+# database went away, a deadline, a limit).
+_OPERATOR_ATTENTION = {code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED, code_pb2.RESOURCE_EXHAUSTED}
+
+
+def log_level_of(error: BaseException) -> tuple[int, str, str]:
+    """How to log a failure, by what it is for the client (status_of): (level, code name,
+    message). ERROR for a bug, to be logged with its traceback since the client sees a bare
+    INTERNAL; an expected failure takes one line, at WARNING when an operator wants to see
+    it, else INFO."""
+    status = status_of(error)
+    code = code_pb2.Code.Name(status.code)
+    if status.code in _UNEXPECTED:
+        return logging.ERROR, code, status.message
+    return logging.WARNING if status.code in _OPERATOR_ATTENTION else logging.INFO, code, status.message
 
 
 def details_of(status: status_pb2.Status) -> tuple[str, list[str]]:

@@ -562,6 +562,25 @@ async def test_a_failing_producer_ends_every_stream(store):
     assert numbers(await kept(store)) == [0]  # what was emitted is kept
 
 
+async def test_a_run_that_fails_as_expected_takes_one_log_line_and_a_bug_its_traceback(store, repo, caplog):
+    await make_turn(repo, "turn_2")
+    runs = runs_of(store)
+
+    async def model_down(run):
+        raise Unavailable("Model 'm' is unavailable (HTTP 503): overloaded", reason="MODEL_UNAVAILABLE")
+
+    async def bug(run):
+        raise KeyError("oops")
+
+    with caplog.at_level("INFO", logger="agentd.runs"):
+        await runs.start(OWNER, TURN, model_down, kind=TURNS).wait()
+        await runs.start(OWNER, "turn_2", bug, kind=TURNS).wait()
+    down, broken = [r for r in caplog.records if r.name == "agentd.runs"]
+    assert (down.levelname, down.exc_info) == ("WARNING", None)
+    assert down.getMessage() == f"turn {TURN} failed: UNAVAILABLE Model 'm' is unavailable (HTTP 503): overloaded"
+    assert broken.levelname == "ERROR" and broken.exc_info[0] is KeyError
+
+
 async def test_on_stop_writes_the_failure_of_a_producer_that_raised_or_just_returned(store, repo):
     await make_turn(repo, "turn_2")
     runs = runs_of(store)

@@ -19,10 +19,9 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2
 
 from agentd import context as call_context
-from agentd.errors import StatusError, status_of
+from agentd.errors import StatusError, log_level_of
 from agentd.validation import validate
 
 log = logging.getLogger("agentd.rpc")
@@ -49,19 +48,11 @@ def end_call(method: str, started: float, error: BaseException | None = None) ->
     if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
         log.info("rpc %s CANCELLED %.2f ms", method, ms)
         return
-    status = status_of(error)
-    code = code_pb2.Code.Name(status.code)
-    if status.code in _UNEXPECTED:
+    level, code, message = log_level_of(error)
+    if level == logging.ERROR:
         log.error("rpc %s %s %.2f ms", method, code, ms, exc_info=error)
     else:
-        level = logging.WARNING if status.code in _OPERATOR_ATTENTION else logging.INFO
-        log.log(level, "rpc %s %s %.2f ms: %s", method, code, ms, status.message)
-
-
-_UNEXPECTED = {code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.DATA_LOSS}
-# Not the caller's fault and not a bug, but an operator wants to see it (e.g. the database
-# went away).
-_OPERATOR_ATTENTION = {code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED, code_pb2.RESOURCE_EXHAUSTED}
+        log.log(level, "rpc %s %s %.2f ms: %s", method, code, ms, message)
 
 
 def call_servicer(handler, request, context):

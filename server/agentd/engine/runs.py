@@ -81,7 +81,7 @@ from typing import Any, Literal
 
 from google.protobuf.message import Message
 
-from agentd.errors import Unavailable
+from agentd.errors import Unavailable, log_level_of
 from agentd.storage.events import EventStore
 from agentd.v1 import response_events_pb2, turn_events_pb2
 
@@ -399,7 +399,12 @@ class Runs:
                 task.uncancel()
             await self._stopped(run, run.stop_reason or "cancelled", None)
         except Exception as error:  # a failed producer ends its run, never the process
-            log.exception("%s %s failed", run.kind.name, run.run_id)
+            # A model that went away is routine (one line); a bug gets its traceback.
+            level, code, message = log_level_of(error)
+            if level == logging.ERROR:
+                log.exception("%s %s failed", run.kind.name, run.run_id)
+            else:
+                log.log(level, "%s %s failed: %s %s", run.kind.name, run.run_id, code, message)
             run.error = error
             await self._stopped(run, "failed", error)
         finally:
