@@ -339,6 +339,22 @@ async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents
     assert [e.sequence_number for e in replay] == [e.sequence_number for e in resumed]
 
 
+@pytest.mark.parametrize("message, field", [
+    (m.TurnInputMessage(), "messages[1].role"),
+    (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent())), "messages[1].content"),
+    (m.TurnInputMessage(tool=m.ToolResponseMessage(call_id="c", content=m.InterleavedContent())),
+     "messages[1].content"),
+])
+async def test_an_empty_input_message_is_invalid_and_starts_nothing(agents, fake, message, field):
+    # Over REST the codec needs a role and content; a gRPC client can leave them empty.
+    agent_id, session_id = await new_session(agents)
+    code, reason, fields = await error_of(agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[user("hi"), message])))
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", [field])
+    session = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
+    assert not session.turns and not fake.chat_requests
+
+
 async def test_every_resume_error(agents, fake):
     fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]), Reply(text="done"))
     agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])

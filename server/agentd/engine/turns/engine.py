@@ -157,6 +157,18 @@ def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
     return te.TurnEvent(turn_id=turn_id, payload=te.TurnEventPayload(**payload))
 
 
+def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
+    """What the field behaviours cannot say: each message is a user or a tool message, with
+    content. Over REST the codec already asks for both (a "role", and content's JSON is the
+    member); a gRPC client can send an empty one, which means nothing."""
+    for i, message in enumerate(messages):
+        kind = message.WhichOneof("message")
+        if kind is None:
+            raise InvalidArgument(f"messages[{i}].role", "required: a user or a tool message")
+        if getattr(message, kind).content.WhichOneof("content") is None:
+            raise InvalidArgument(f"messages[{i}].content", "required")
+
+
 def _turn_failed(turn: types.Turn) -> te.TurnEvent:
     """The terminal event of a turn that ended with an error (cancelled, interrupted, failed)."""
     return _event(turn.turn_id, turn_failed=te.TurnFailedPayload(turn=turn, error=turn.error))
@@ -490,6 +502,7 @@ class TurnEngine:
         under contextlib.aclosing: closing it early cancels the turn unless background).
         A retry with a known request_id replays the first call's turn instead. `timeout_s`:
         the caller's time left; its model calls must end by then (ignored when background)."""
+        _check_inputs(messages)
         deadline = _deadline(timeout_s, background)
         # A known agent is not read again: its session is checked below, in the same read as
         # the session's turns.
