@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agentd.api.agents import AgentsServicer
 from agentd.api.conversations import ConversationsServicer
-from agentd.api.grpc_pipeline import WrappedServicer
+from agentd.api.grpc_pipeline import add_to_server
 from agentd.api.models import ModelsServicer
 from agentd.api.responses import ResponsesServicer
 from agentd.api.shields import ShieldsServicer
@@ -33,19 +33,13 @@ from agentd.storage.responses import ResponseStore
 from agentd.tools.runtime import ConfiguredToolRuntime
 from agentd.v1 import (
     agents_pb2,
-    agents_pb2_grpc,
     conversations_pb2,
-    conversations_pb2_grpc,
     files_pb2,
     files_pb2_grpc,
     models_pb2,
-    models_pb2_grpc,
     responses_pb2,
-    responses_pb2_grpc,
     shields_pb2,
-    shields_pb2_grpc,
     tool_groups_pb2,
-    tool_groups_pb2_grpc,
     vector_stores_pb2,
     vector_stores_pb2_grpc,
 )
@@ -125,39 +119,26 @@ class Agentd:
         self.http_port = 0
         self._gateway = None
 
-    def _servicers(self) -> dict[str, tuple[object, object]]:
-        """Each served service's full name -> (servicer, its generated add_*_to_server)."""
+    def _servicers(self) -> dict[str, object]:
+        """Each served service's full name -> the object that serves it."""
         return {
-            "agentd.v1.AgentsService": (
-                AgentsServicer(self.agent_store, self.turns),
-                agents_pb2_grpc.add_AgentsServiceServicer_to_server),
-            "agentd.v1.ResponsesService": (
-                ResponsesServicer(self.responses), responses_pb2_grpc.add_ResponsesServiceServicer_to_server),
-            "agentd.v1.ConversationsService": (
-                ConversationsServicer(self.conversation_store),
-                conversations_pb2_grpc.add_ConversationsServiceServicer_to_server),
-            "agentd.v1.ModelsService": (
-                ModelsServicer(self.registry), models_pb2_grpc.add_ModelsServiceServicer_to_server),
-            "agentd.v1.ShieldsService": (
-                ShieldsServicer(self.settings), shields_pb2_grpc.add_ShieldsServiceServicer_to_server),
-            "agentd.v1.ToolGroupsService": (
-                ToolGroupsServicer(self.settings),
-                tool_groups_pb2_grpc.add_ToolGroupsServiceServicer_to_server),
+            "agentd.v1.AgentsService": AgentsServicer(self.agent_store, self.turns),
+            "agentd.v1.ResponsesService": ResponsesServicer(self.responses),
+            "agentd.v1.ConversationsService": ConversationsServicer(self.conversation_store),
+            "agentd.v1.ModelsService": ModelsServicer(self.registry),
+            "agentd.v1.ShieldsService": ShieldsServicer(self.settings),
+            "agentd.v1.ToolGroupsService": ToolGroupsServicer(self.settings),
             # Vector stores and files are in the contract, not built yet: UNIMPLEMENTED
             # (reason NOT_AVAILABLE_YET) from the generated base servicers.
-            "agentd.v1.VectorStoresService": (
-                vector_stores_pb2_grpc.VectorStoresServiceServicer(),
-                vector_stores_pb2_grpc.add_VectorStoresServiceServicer_to_server),
-            "agentd.v1.FilesService": (
-                files_pb2_grpc.FilesServiceServicer(), files_pb2_grpc.add_FilesServiceServicer_to_server),
+            "agentd.v1.VectorStoresService": vector_stores_pb2_grpc.VectorStoresServiceServicer(),
+            "agentd.v1.FilesService": files_pb2_grpc.FilesServiceServicer(),
         }
 
     def _build_server(self) -> grpc.aio.Server:
         # Built inside the running loop: grpc.aio objects are bound to the loop that made them.
         server = grpc.aio.server(options=server_options(self.settings))
         for service in SERVICES:
-            servicer, add_to_server = self.servicers[service.full_name]
-            add_to_server(WrappedServicer(servicer, service), server)
+            add_to_server(self.servicers[service.full_name], service, server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -197,7 +178,7 @@ class Agentd:
             from agentd.gateway.server import GatewayServer
 
             self._gateway = GatewayServer(self.settings.http_addr, SERVICES,
-                                          {name: s for name, (s, _) in self.servicers.items()},
+                                          self.servicers,
                                           max_body_bytes=self.settings.max_message_bytes)
             self.http_port = await self._gateway.start()
             log.info("HTTP gateway listening on %s", self._gateway.bound_addr)

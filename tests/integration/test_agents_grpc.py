@@ -300,3 +300,24 @@ async def test_a_streamed_turn_is_validated_before_it_starts(agents):
 async def test_a_missing_id_is_named_before_anything_is_looked_up(agents):
     code, _, fields = await error_of(agents.GetSession(pb.GetSessionRequest(agent_id="agent_x")))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["session_id"])
+
+
+@pytest.mark.parametrize("method, streaming", [("GetAgent", False), ("StreamTurn", True)])
+async def test_a_request_that_does_not_decode_is_invalid_argument_with_details(channel, method, streaming):
+    # Bytes that are no GetAgentRequest / StreamTurnRequest (field 1 holds invalid UTF-8):
+    # grpc answered a bare UNKNOWN when the generated code's decoder raised.
+    path = f"/agentd.v1.AgentsService/{method}"
+    call = (channel.unary_stream(path) if streaming else channel.unary_unary(path))(b"\x0a\x03\xff\xfe\xfd")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if streaming:
+            async for _ in call:
+                pass
+        else:
+            await call
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(f"the request is not a valid {method}Request")
+    reason, _ = details_of(rpc_status.from_call(error))
+    assert reason == "INVALID_ARGUMENT"
+    metadata = dict(await call.trailing_metadata()) | dict(await call.initial_metadata())
+    assert metadata["x-request-id"]
