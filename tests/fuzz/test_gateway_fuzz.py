@@ -37,8 +37,7 @@ class Served:
         self.loop = asyncio.new_event_loop()
         self.agentd = Agentd(make_settings(f"sqlite:///{tmp_path / 'fuzz.db'}", tmp_path))
         self.run(self.agentd.db.migrate())
-        servicers = {name: servicer for name, (servicer, _) in self.agentd.servicers.items()}
-        self.gateway = Gateway(routes_of(SERVICES), servicers, MAX_BODY)
+        self.gateway = Gateway(routes_of(SERVICES), self.agentd.servicers, MAX_BODY)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.gateway),
                                         base_url="http://agentd")
         self.agent_id = self.session_id = ""
