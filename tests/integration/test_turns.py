@@ -943,6 +943,24 @@ async def test_a_resume_runs_with_the_turns_own_settings(agents, fake):
         assert sent["tool_choice"] == "required"
 
 
+async def test_the_same_request_sent_at_once_three_times_gets_one_turn_and_one_resume(agents, fake):
+    # A client that retried before its first call was answered: the tries that find the
+    # first still starting wait for it and follow its turn, instead of SESSION_BUSY or
+    # "is being resumed".
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]), Reply(text="Cold."))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    create = pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")],
+                                  request_id="create-1")
+    paused = [r.turn for r in await asyncio.gather(*(agents.CreateTurn(create) for _ in range(3)))]
+    assert paused[0].status == t.TURN_STATUS_AWAITING_INPUT and paused[1] == paused[0] == paused[2]
+    resume = pb.ResumeTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=paused[0].turn_id,
+                                  request_id="resume-1", tool_responses=[m.AgentToolResponse(
+                                      call_id="c1", tool_name="weather", content=m.InterleavedContent(text="-5"))])
+    done = [r.turn for r in await asyncio.gather(*(agents.ResumeTurn(resume) for _ in range(3)))]
+    assert done[0].status == t.TURN_STATUS_COMPLETED and done[1] == done[0] == done[2]
+    assert len(fake.chat_requests) == 2
+
+
 async def test_a_retried_resume_with_the_same_request_id_returns_the_same_continuation(agents, fake):
     fake.script(
         Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]),

@@ -47,9 +47,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -99,6 +99,7 @@ from agentd.v1 import agent_resources_pb2 as types
 from agentd.v1 import agents_pb2, common_pb2, safety_pb2
 from agentd.v1 import turn_events_pb2 as te
 
+T = TypeVar("T")
 log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
@@ -267,10 +268,11 @@ class TurnEngine:
         self.documents = documents or DocumentsConfig()
         self.tool_timeout_s = tool_timeout_s
         self.leases = Leases(runs, TURNS, store, self.recover, lease_s)
-        # Sessions whose turn is being started or resumed right now in this process: a second
-        # start in the same session meanwhile is SESSION_BUSY at once. Across replicas the
-        # database's one-open-turn index is what guards (OpenTurnExists).
-        self._starting: set[tuple[str, str]] = set()
+        # Sessions whose turn is being started or resumed right now in this process, each
+        # with the future its start completes: a second start in the same session meanwhile
+        # is SESSION_BUSY at once, unless it carries a request_id (see _after_starts). Across
+        # replicas the database's one-open-turn index is what guards (OpenTurnExists).
+        self._starting: dict[tuple[str, str], asyncio.Future[None]] = {}
         # (owner, session id) -> what is kept of its history (see _history), the least
         # recently used session first.
         self._histories: dict[tuple[str, str], _SessionHistory] = {}
@@ -509,16 +511,16 @@ class TurnEngine:
         agent = self._agents.get((owner, agent_id)) if request_id is None else None
         if agent is None:
             agent = await self._agent_and_session(owner, agent_id, session_id)
-        if request_id is not None:
-            existing = await self.store.turn_by_request_id(owner, session_id, request_id)
-            if existing is not None:
-                return self.follow_checked(owner, session_id, existing, None)
+        key = (owner, session_id)
+        existing = await self._first_try(key, request_id, lambda: self.store.turn_by_request_id(
+            owner, session_id, request_id))
+        if existing is not None:
+            return self.follow_checked(owner, session_id, existing, None)
         plan = self._plan(agent, toolgroups=toolgroups, tool_config=tool_config, instructions=instructions)
         inputs = await with_documents(messages, documents, self.documents) if documents else list(messages)
-        key = (owner, session_id)
         if key in self._starting:
             raise _busy(session_id)
-        self._starting.add(key)
+        self._starting[key] = asyncio.get_running_loop().create_future()
         try:
             turn = types.Turn(
                 turn_id=ids.new_id(ids.TURN),
@@ -541,7 +543,12 @@ class TurnEngine:
                         settings=_settings(toolgroups, tool_config, instructions),
                         lease_until=self._lease_end())
                 except OpenTurnExists:
-                    raise _busy(session_id) from None
+                    # The open turn may be this request's first try, started since it looked.
+                    first_try = None if request_id is None else await self.store.turn_by_request_id(
+                        owner, session_id, request_id)
+                    if first_try is None:
+                        raise _busy(session_id) from None
+                    return self.follow_checked(owner, session_id, first_try, None)
                 if started is None:  # the agent's session is gone, or the agent: which one
                     await self._agent_and_session(owner, agent_id, session_id)
                     raise NotFound("session", session_id)
@@ -572,8 +579,24 @@ class TurnEngine:
                     on_stop=self._on_stop(state),
                 )
         finally:
-            self._starting.discard(key)
+            self._starting.pop(key).set_result(None)
         return run.events()
+
+    async def _first_try(self, key: tuple[str, str], request_id: str | None,
+                         find: Callable[[], Awaitable[T | None]]) -> T | None:
+        """What `find` says the request_id's first try made (a turn, a resume), if it made
+        one. A start or resume under way in the session may be that first try (a client
+        that retried at once, or sent it twice): wait for it and look again, rather than
+        fail as busy. None at once without a request_id."""
+        while request_id is not None:
+            found = await find()
+            if found is not None:
+                return found
+            starting = self._starting.get(key)
+            if starting is None:
+                return None
+            await asyncio.shield(starting)
+        return None
 
     async def resume_turn(
         self,
@@ -593,19 +616,25 @@ class TurnEngine:
         that continuation (from its first event) instead."""
         deadline = _deadline(timeout_s, background)
         agent = await self._agent_and_session(owner, agent_id, session_id)
-        if request_id is not None:
-            _, last_key, first = await self.store.turn_resume_state(owner, session_id, turn_id)
-            if last_key == request_id and first is not None:
-                return self.follow_checked(owner, session_id, turn_id, first - 1)
         key = (owner, session_id)
+
+        async def first_resume() -> int | None:
+            _, last_key, first = await self.store.turn_resume_state(owner, session_id, turn_id)
+            return first if last_key == request_id else None
+        first = await self._first_try(key, request_id, first_resume)
+        if first is not None:
+            return self.follow_checked(owner, session_id, turn_id, first - 1)
         if key in self._starting:
             raise FailedPrecondition(f"Turn '{turn_id}' is being resumed.", reason="TURN_NOT_AWAITING_INPUT")
-        self._starting.add(key)
+        self._starting[key] = asyncio.get_running_loop().create_future()
         try:
             turn = await self.store.get_turn(owner, session_id, turn_id)
             if turn is None:
                 raise NotFound("turn", turn_id)
             if turn.status != types.TURN_STATUS_AWAITING_INPUT:
+                # It may be this request's first try that resumed it since it looked.
+                if request_id is not None and (first := await first_resume()) is not None:
+                    return self.follow_checked(owner, session_id, turn_id, first - 1)
                 raise FailedPrecondition(
                     f"Turn '{turn_id}' is not awaiting input.", reason="TURN_NOT_AWAITING_INPUT"
                 )
@@ -668,7 +697,7 @@ class TurnEngine:
                     on_stop=self._on_stop(state),
                 )
         finally:
-            self._starting.discard(key)
+            self._starting.pop(key).set_result(None)
         return run.events()
 
     async def follow(
