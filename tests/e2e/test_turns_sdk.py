@@ -80,7 +80,8 @@ def test_a_non_streamed_turn_that_fails_raises(client, fake):
     agent_id, session_id = _agent(client)
     with pytest.raises(llama_stack_client.InternalServerError) as caught:
         client.agents.turn.create(
-            agent_id=agent_id, session_id=session_id, stream=False, messages=[{"role": "user", "content": "hi"}]
+            agent_id=agent_id, session_id=session_id, stream=False,
+            messages=[{"role": "user", "content": "hi"}],
         )
     assert caught.value.status_code == 503 and "overloaded" in str(caught.value)
 

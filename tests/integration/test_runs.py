@@ -577,7 +577,8 @@ async def test_a_run_that_fails_as_expected_takes_one_log_line_and_a_bug_its_tra
         await runs.start(OWNER, "turn_2", bug, kind=TURNS).wait()
     down, broken = [r for r in caplog.records if r.name == "agentd.runs"]
     assert (down.levelname, down.exc_info) == ("WARNING", None)
-    assert down.getMessage() == f"turn {TURN} failed: UNAVAILABLE Model 'm' is unavailable (HTTP 503): overloaded"
+    assert down.getMessage() == (
+        f"turn {TURN} failed: UNAVAILABLE Model 'm' is unavailable (HTTP 503): overloaded")
     assert broken.levelname == "ERROR" and broken.exc_info[0] is KeyError
 
 

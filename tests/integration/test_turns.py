@@ -351,8 +351,8 @@ async def test_an_empty_input_message_is_invalid_and_starts_nothing(agents, fake
     code, reason, fields = await error_of(agents.CreateTurn(pb.CreateTurnRequest(
         agent_id=agent_id, session_id=session_id, messages=[user("hi"), message])))
     assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", [field])
-    session = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
-    assert not session.turns and not fake.chat_requests
+    get = pb.GetSessionRequest(agent_id=agent_id, session_id=session_id)
+    assert not (await agents.GetSession(get)).session.turns and not fake.chat_requests
 
 
 async def test_every_resume_error(agents, fake):
@@ -619,7 +619,8 @@ async def test_a_failed_unary_turn_over_rest_answers_its_error(http, agents, fak
     failed = await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}], "stream": False})
     assert failed.status_code == 503 and failed.json()["detail"].endswith("overloaded again")
     # The turns are kept as they ended, and the session takes a new one.
-    stored = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session.turns
+    get = pb.GetSessionRequest(agent_id=agent_id, session_id=session_id)
+    stored = (await agents.GetSession(get)).session.turns
     assert [turn.status for turn in stored] == [t.TURN_STATUS_FAILED, t.TURN_STATUS_FAILED]
     assert stored[1].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     fake.script(Reply(text="back"))
@@ -633,8 +634,9 @@ async def test_a_unary_turn_over_rest_stops_when_its_client_goes_away(http, agen
     turns = f"/v1alpha/agents/{agent_id}/session/{session_id}/turn"
     with pytest.raises(httpx.ReadTimeout):
         await http.post(turns, json={"messages": [{"role": "user", "content": "hi"}]}, timeout=0.5)
+    get = pb.GetSessionRequest(agent_id=agent_id, session_id=session_id)
     for _ in range(100):  # as a dropped stream's turn: cancelled, not left running
-        session = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id, session_id=session_id))).session
+        session = (await agents.GetSession(get)).session
         if session.turns and session.turns[0].status != t.TURN_STATUS_IN_PROGRESS:
             break
         await asyncio.sleep(0.05)
@@ -953,9 +955,9 @@ async def test_the_same_request_sent_at_once_three_times_gets_one_turn_and_one_r
                                   request_id="create-1")
     paused = [r.turn for r in await asyncio.gather(*(agents.CreateTurn(create) for _ in range(3)))]
     assert paused[0].status == t.TURN_STATUS_AWAITING_INPUT and paused[1] == paused[0] == paused[2]
+    answer = m.AgentToolResponse(call_id="c1", tool_name="weather", content=m.InterleavedContent(text="-5"))
     resume = pb.ResumeTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=paused[0].turn_id,
-                                  request_id="resume-1", tool_responses=[m.AgentToolResponse(
-                                      call_id="c1", tool_name="weather", content=m.InterleavedContent(text="-5"))])
+                                  request_id="resume-1", tool_responses=[answer])
     done = [r.turn for r in await asyncio.gather(*(agents.ResumeTurn(resume) for _ in range(3)))]
     assert done[0].status == t.TURN_STATUS_COMPLETED and done[1] == done[0] == done[2]
     assert len(fake.chat_requests) == 2

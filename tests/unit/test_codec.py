@@ -195,7 +195,8 @@ def test_sensitive_fields_are_read_but_never_written():
 def test_a_tool_call_in_llama_stack_0_2_json_has_its_arguments_as_an_object():
     call = messages.AgentToolCall(call_id="c1", tool_name="get_weather", arguments='{"city":"Paris"}')
     turn = t.Turn(turn_id="turn_1", output_message=messages.CompletionMessage(tool_calls=[call]))
-    assert codec.to_json(call) == {"call_id": "c1", "tool_name": "get_weather", "arguments": '{"city":"Paris"}'}
+    assert codec.to_json(call) == {"call_id": "c1", "tool_name": "get_weather",
+                                   "arguments": '{"city":"Paris"}'}
     older = codec.to_json(turn, "llama_stack_0_2")["output_message"]["tool_calls"][0]
     assert older == {"call_id": "c1", "tool_name": "get_weather", "arguments": {"city": "Paris"},
                      "arguments_json": '{"city":"Paris"}'}
