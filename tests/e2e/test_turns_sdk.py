@@ -33,6 +33,11 @@ def client(agentd, fake):
         yield client
 
 
+# The model asks for the client tool, then answers with its result.
+PARIS_WEATHER = (Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1")]),
+                 Reply(text="It is sunny in Paris."))
+
+
 def _agent(client, **config) -> tuple[str, str]:
     agent_id = client.agents.create(
         agent_config={"model": "test-model", "instructions": "Be brief.", **config}
@@ -98,10 +103,7 @@ def test_the_agent_helper_runs_a_client_tool_and_resumes(client, fake):
         calls.append(city)
         return f"sunny in {city}"
 
-    fake.script(
-        Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1")]),
-        Reply(text="It is sunny in Paris."),
-    )
+    fake.script(*PARIS_WEATHER)
     agent = Agent(client, model="test-model", instructions="Be brief.", tools=[get_weather])
     session_id = agent.create_session("trip")
     chunks = list(
@@ -138,10 +140,7 @@ async def test_the_async_agent_helper_runs_a_client_tool(agentd, fake):
         calls.append(city)
         return f"sunny in {city}"
 
-    fake.script(
-        Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1")]),
-        Reply(text="It is sunny in Paris."),
-    )
+    fake.script(*PARIS_WEATHER)
     async with AsyncLlamaStackClient(base_url=agentd.base_url, max_retries=0) as client:
         agent = AsyncAgent(client, model="test-model", instructions="Be brief.", tools=[get_weather])
         await agent.initialize()
