@@ -373,7 +373,8 @@ async def test_background_returns_at_once_and_can_be_polled_and_followed(respons
     assert output_text(done) == "one two three four"
     events = await follow(responses, created.id)
     assert events[0].created.response.status == rt.RESPONSE_STATUS_QUEUED
-    assert events[1].in_progress.response.status == rt.RESPONSE_STATUS_IN_PROGRESS
+    assert events[1].queued.response.status == rt.RESPONSE_STATUS_QUEUED
+    assert events[2].in_progress.response.status == rt.RESPONSE_STATUS_IN_PROGRESS
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[-1].completed.response == done
     later = await collect(responses.StreamResponseEvents(pb.StreamResponseEventsRequest(

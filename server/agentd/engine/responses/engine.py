@@ -3,7 +3,7 @@ is the loop below. No grpc here: the owner is passed explicitly, errors are agen
 
 The events of a response, exactly as OpenAI emits them (sequence numbers dense from 0):
 
-    response.created (status in_progress; queued in background mode)
+    response.created (status in_progress; queued in background mode, then response.queued)
     response.in_progress
     per model call, for its answer text (one message item):
         response.output_item.added, response.content_part.added,
@@ -440,7 +440,8 @@ class ResponseEngine:
         response = state.response
         await run.emit(_event(created=_snapshot(response)))
         queued = response.status == QUEUED
-        if queued:
+        if queued:  # as OpenAI streams a background response: created, queued, in_progress
+            await run.emit(_event(queued=_snapshot(response)))
             response.status = IN_PROGRESS
         await run.emit(_event(in_progress=_snapshot(response)))
         if queued:  # pollers see it start
