@@ -107,6 +107,7 @@ class _Plan:
     tag_of: dict[str, str] = field(default_factory=dict)  # member field name -> tag
     member_of: dict[str, _Field] = field(default_factory=dict)  # tag -> member
     members: list[_Field] = field(default_factory=list)
+    required_keys: tuple[str, ...] = ()  # keys the JSON must have (json_key_required)
 
 
 _plans: dict[tuple[str, str], _Plan] = {}
@@ -172,7 +173,9 @@ def _plan(desc: _d.Descriptor, dialect: str = "") -> _Plan:
     for f in fields:
         by_key[f.name] = f
         by_key.setdefault(f.fd.json_name, f)  # lowerCamelCase, as gRPC-JSON clients write it
-    plan = _Plan(desc=desc, dialect=dialect, fields=fields, by_key=by_key, constants=constants, union=union)
+    plan = _Plan(desc=desc, dialect=dialect, fields=fields, by_key=by_key, constants=constants, union=union,
+                 required_keys=tuple(f.name for f in fields
+                                     if f.fd.GetOptions().Extensions[options_pb2.json_key_required]))
     if union is not None:
         plan.untagged = opts.Extensions[options_pb2.untagged]
         plan.discriminator = opts.Extensions[options_pb2.union_discriminator] or "type"
@@ -392,6 +395,9 @@ def _check_free_form(value: Any, path: str) -> None:
 
 
 def _read_fields(value: dict, msg: Message, plan: _Plan, path: str, strict: bool, ignored) -> None:
+    for key in plan.required_keys:
+        if key not in value:
+            raise CodecError(_join(path, key), "required")
     for key, item in value.items():
         f = plan.by_key.get(key)
         if f is None:

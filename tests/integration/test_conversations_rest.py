@@ -88,6 +88,10 @@ async def test_update_replaces_and_null_clears_the_metadata(http):
     cid = ok(await http.post("/v1/conversations", json={"metadata": {"a": "1"}}), CONVERSATION)["id"]
     updated = ok(await http.post(f"/v1/conversations/{cid}", json={"metadata": {"b": "2"}}), CONVERSATION)
     assert updated["metadata"] == {"b": "2"}
+    # OpenAI requires the key: a body without it is refused, not taken as a clear.
+    missing = await http.post(f"/v1/conversations/{cid}", json={})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "metadata"
+    assert ok(await http.get(f"/v1/conversations/{cid}"), CONVERSATION)["metadata"] == {"b": "2"}
     cleared = ok(await http.post(f"/v1/conversations/{cid}", json={"metadata": None}), CONVERSATION)
     assert cleared["metadata"] == {}
 

@@ -237,7 +237,8 @@ class UpdateConversationRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The new metadata; replaces the old entirely (16 keys, 64/512 characters). Empty (or
-        null over HTTP) clears it.
+        null over HTTP) clears it. Over HTTP the key is required, as OpenAI's: a body without it
+        is a 400, never a silent clear.
         """
 
     def __init__(

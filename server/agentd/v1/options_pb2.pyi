@@ -89,6 +89,7 @@ SSE_ERROR_FIELD_NUMBER: _builtins.int
 FROM_HEADER_FIELD_NUMBER: _builtins.int
 OMIT_WHEN_UNSET_FIELD_NUMBER: _builtins.int
 OBJECT_IN_DIALECTS_FIELD_NUMBER: _builtins.int
+JSON_KEY_REQUIRED_FIELD_NUMBER: _builtins.int
 ENUM_JSON_FIELD_NUMBER: _builtins.int
 ERROR_STYLE_FIELD_NUMBER: _builtins.int
 SSE_FRAMING_FIELD_NUMBER: _builtins.int
@@ -165,6 +166,11 @@ object_in_dialects: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.Fi
 service option `json_dialects`): "<dialect>=<key>". Routes of that dialect write the field
 as the object itself and the string under <key> (Llama Stack 0.2's ToolCall: "arguments"
 an object, "arguments_json" the string); a value that is not a JSON object stays a string.
+"""
+json_key_required: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""Over HTTP the request's JSON must have this key (null allowed): a field whose absence
+would change something (a map an update replaces) is not taken as empty by accident, as
+OpenAI requires it. Over gRPC, which cannot tell absent from empty, empty is empty.
 """
 enum_json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
 """JSON text of this enum value when it is not the lower-cased suffix."""
