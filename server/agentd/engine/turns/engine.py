@@ -270,7 +270,7 @@ class TurnEngine:
         self.leases = Leases(runs, TURNS, store, self.recover, lease_s)
         # Sessions whose turn is being started or resumed right now in this process, each
         # with the future its start completes: a second start in the same session meanwhile
-        # is SESSION_BUSY at once, unless it carries a request_id (see _after_starts). Across
+        # is SESSION_BUSY at once, unless it carries a request_id (see _first_try). Across
         # replicas the database's one-open-turn index is what guards (OpenTurnExists).
         self._starting: dict[tuple[str, str], asyncio.Future[None]] = {}
         # (owner, session id) -> what is kept of its history (see _history), the least
