@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "from_json", "parse", "tagged_union", "to_json", "union_member"]
+__all__ = ["CodecError", "from_json", "parse", "required_keys", "tagged_union", "to_json", "union_member"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -392,6 +392,12 @@ def _check_free_form(value: Any, path: str) -> None:
                     pending.append((child, child_path, depth + 1))
             else:
                 pending.extend((child, f"{item_path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def required_keys(desc: _d.Descriptor) -> tuple[str, ...]:
+    """The keys a message's JSON must have (json_key_required), for readers of other
+    shapes (the gateway's form parts)."""
+    return _plan(desc).required_keys
 
 
 def _read_fields(value: dict, msg: Message, plan: _Plan, path: str, strict: bool, ignored) -> None:

@@ -91,6 +91,8 @@ async def test_update_replaces_and_null_clears_the_metadata(http):
     # OpenAI requires the key: a body without it is refused, not taken as a clear.
     missing = await http.post(f"/v1/conversations/{cid}", json={})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "metadata"
+    as_form = await http.post(f"/v1/conversations/{cid}", files={"other": (None, "x")})  # multipart
+    assert as_form.status_code == 400 and as_form.json()["error"]["param"] == "metadata"
     assert ok(await http.get(f"/v1/conversations/{cid}"), CONVERSATION)["metadata"] == {"b": "2"}
     cleared = ok(await http.post(f"/v1/conversations/{cid}", json={"metadata": None}), CONVERSATION)
     assert cleared["metadata"] == {}

@@ -216,6 +216,7 @@ class Endpoint:
         self.error_path = tuple(error_field.split(".")) if error_field else None
         self.stream_flag = method.GetOptions().Extensions[options_pb2.stream_flag]
         self.stream_plan = None
+        self.runs_long = False  # set by the Gateway: see _unless_gone
         if method.server_streaming:
             event_desc = response_desc.fields_by_name[route.response_body].message_type \
                 if route.response_body else response_desc
@@ -287,6 +288,12 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.endpoints = [Endpoint(r, servicers[r.method.containing_service.full_name])
                           for r in routes if r.method.containing_service.full_name in servicers]
+        # A unary call that shares its route with a stream (a non-streaming turn, resume or
+        # response) runs as long as one: it stops when its client goes away, as the stream
+        # does (_unless_gone). Other unary calls are short; they skip the watch's two tasks.
+        streamed = {(e.route.verb, e.route.template) for e in self.endpoints if e.route.streaming}
+        for e in self.endpoints:
+            e.runs_long = (e.route.verb, e.route.template) in streamed and not e.route.streaming
         # For paths no route matches: each route's literal leading segments, with its style.
         self._prefixes = [(_literal_segments(e.route.template), e.route.error_style) for e in self.endpoints]
 
@@ -383,8 +390,8 @@ class Gateway:
         if endpoint.route.streaming:
             return await _stream(endpoint, message, metadata, style, headers, renames)
         try:
-            response = await _unless_gone(request, invoke_unary(
-                endpoint.route.grpc_path, endpoint.handler, message, metadata))
+            call = invoke_unary(endpoint.route.grpc_path, endpoint.handler, message, metadata)
+            response = await (_unless_gone(request, call) if endpoint.runs_long else call)
         except _ClientGone:
             return Response(status_code=499, headers=headers)  # nobody reads it
         except Exception as e:  # noqa: BLE001 - invoke_unary logged it; answer with its status
@@ -454,9 +461,10 @@ async def _unless_gone(request: Request, call: Coroutine[Any, Any, Any]) -> Any:
 
 async def _disconnected(request: Request) -> None:
     """Returns when the client disconnects: the body has been read, so the next ASGI
-    message is http.disconnect (and it comes only then)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    message is http.disconnect, and it comes only then (uvicorn, httpx's ASGI transport). A
+    server that answers anything else instead gives no such signal: wait to be cancelled."""
+    if (await request.receive())["type"] != "http.disconnect":
+        await asyncio.get_running_loop().create_future()
 
 
 class _TooLarge(Exception):
@@ -490,7 +498,11 @@ async def _parse_form(request_headers: Headers, raw: bytes) -> list[tuple[str, A
 async def _read_form(parts: list[tuple[str, Any]], msg: Message) -> None:
     """Fills `msg` from form parts: "a" fills field a, "a[b]" the nested field a.b; a file
     part fills an agentd.v1.UploadedFile field. Parts that name no field are ignored, as
-    unknown JSON keys are."""
+    unknown JSON keys are; a key the JSON must have (json_key_required) must be a part."""
+    given = {m.group(1) for name, _ in parts if (m := _PART_NAME.match(name)) is not None}
+    for key in codec.required_keys(msg.DESCRIPTOR):
+        if key not in given:
+            raise InvalidArgument(key, "required")
     for name, value in parts:
         m = _PART_NAME.match(name)
         if m is None:
