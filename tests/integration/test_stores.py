@@ -364,6 +364,9 @@ async def test_a_long_input_is_listed_a_page_at_a_time(repo):
     assert [i.message.id for i in before] == ["msg_002", "msg_003", "msg_004"] and page.has_more
     with pytest.raises(InvalidArgument, match="no item with id 'msg_nope'"):
         await store.input_items_page("alice", "resp_1", paging.Cursor(after="msg_nope"), 10, False)
+    # A forged key beyond the position column (32 bits on PostgreSQL): refused, not INTERNAL.
+    with pytest.raises(InvalidArgument, match="not a page token"):
+        await store.input_items_page("alice", "resp_1", paging.Cursor(key=(2**40, "x")), 10, False)
     assert await store.input_items_page("bob", "resp_1", paging.Cursor(), 10, False) is None
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select
+from sqlalchemy import BigInteger, Integer, Table, and_, bindparam, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -163,6 +163,10 @@ class Repository:
         backwards = cursor.before is not None  # walk towards the start, then flip
         anchor_id = cursor.after if cursor.after is not None else cursor.before
 
+        if cursor.key is not None and not _fits(sort_key, cursor.key[0]):
+            # A forged token: the database would refuse the comparison (an INTERNAL).
+            raise InvalidArgument(cursor_field, "not a page token returned by this service")
+
         def fetch(conn):
             query = select(row_id.label("id"), sort_key.label("sort_key"), table.c.body).where(*scope)
             anchor = cursor.key
@@ -191,6 +195,13 @@ class Repository:
     def _scope(table: Table, owner: str | None, parents: dict[str, str]) -> list:
         owned = [table.c.owner == owner] if owner is not None else []
         return [*owned, *(table.c[name] == value for name, value in parents.items())]
+
+
+def _fits(column, value: int) -> bool:
+    """Whether the column holds the value: an Integer column is 32 bits on PostgreSQL."""
+    if isinstance(column.type, Integer) and not isinstance(column.type, BigInteger):
+        return -2**31 <= value < 2**31
+    return True
 
 
 def _beyond(sort_key, id_column, value: int, row_id: str, later: bool):
