@@ -961,6 +961,14 @@ async def test_the_same_request_sent_at_once_three_times_gets_one_turn_and_one_r
     done = [r.turn for r in await asyncio.gather(*(agents.ResumeTurn(resume) for _ in range(3)))]
     assert done[0].status == t.TURN_STATUS_COMPLETED and done[1] == done[0] == done[2]
     assert len(fake.chat_requests) == 2
+    # With a document, whose reading lets the first try begin in between.
+    document = m.AgentDocument(mime_type="text/plain", content=m.AgentDocumentContent(
+        url=m.AgentURL(uri="data:text/plain;base64,aW5saW5l")))
+    create = pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("y")],
+                                  documents=[document], request_id="create-2")
+    turns = [r.turn for r in await asyncio.gather(*(agents.CreateTurn(create) for _ in range(3)))]
+    assert turns[0].status == t.TURN_STATUS_COMPLETED and turns[1] == turns[0] == turns[2]
+    assert len(fake.chat_requests) == 3
 
 
 async def test_a_retried_resume_with_the_same_request_id_returns_the_same_continuation(agents, fake):

@@ -512,12 +512,18 @@ class TurnEngine:
         if agent is None:
             agent = await self._agent_and_session(owner, agent_id, session_id)
         key = (owner, session_id)
-        existing = await self._first_try(key, request_id, lambda: self.store.turn_by_request_id(
-            owner, session_id, request_id))
+
+        def first_try() -> Awaitable[str | None]:
+            return self.store.turn_by_request_id(owner, session_id, request_id)
+        existing = await self._first_try(key, request_id, first_try)
         if existing is not None:
             return self.follow_checked(owner, session_id, existing, None)
         plan = self._plan(agent, toolgroups=toolgroups, tool_config=tool_config, instructions=instructions)
         inputs = await with_documents(messages, documents, self.documents) if documents else list(messages)
+        if key in self._starting and request_id is not None:  # begun while the documents were read
+            existing = await self._first_try(key, request_id, first_try)
+            if existing is not None:
+                return self.follow_checked(owner, session_id, existing, None)
         if key in self._starting:
             raise _busy(session_id)
         self._starting[key] = asyncio.get_running_loop().create_future()
