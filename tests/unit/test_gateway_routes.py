@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentd.app import SERVICES
-from agentd.gateway.routes import compile_template, routes_of
+from agentd.gateway.routes import _under, compile_template, routes_of
 
 
 def test_one_segment_variables_stop_at_slashes_and_verbs():
@@ -41,3 +41,8 @@ def test_the_older_agents_routes_speak_llama_stack_0_2():
                 if r.method.containing_service is SERVICES[0]}
     assert dialects == {"v1": "llama_stack_0_2", "v1alpha": ""}
     assert {r.json_dialect for r in routes_of(SERVICES[1:])} == {""}
+
+
+def test_a_dialect_prefix_is_matched_by_whole_segments():
+    assert _under("/v1/agents", "/v1/agents") and _under("/v1/agents/{agent_id}", "/v1/agents")
+    assert not _under("/v1/agentsx", "/v1/agents") and not _under("/v1alpha/agents", "/v1/agents")

@@ -61,6 +61,12 @@ def compile_template(template: str) -> tuple[re.Pattern, list[str]]:
     return re.compile("^" + "".join(out) + "$"), variables
 
 
+def _under(template: str, prefix: str) -> bool:
+    """Whether the path template is the prefix or below it, segment by segment
+    ("/v1/agents/{id}" is under "/v1/agents"; "/v1/agentsx" is not)."""
+    return template == prefix or template.startswith(prefix.rstrip("/") + "/")
+
+
 def _rules(rule: http_pb2.HttpRule):
     yield rule
     yield from rule.additional_bindings
@@ -81,7 +87,7 @@ def routes_of(services: list[ServiceDescriptor]) -> list[Route]:
                     continue
                 template = getattr(rule, verb)
                 pattern, variables = compile_template(template)
-                dialect = next((name for prefix, name in dialects if template.startswith(prefix)), "")
+                dialect = next((name for prefix, name in dialects if _under(template, prefix)), "")
                 routes.append(Route(verb=verb.upper(), template=template, pattern=pattern,
                                     variables=variables, body=rule.body,
                                     response_body=rule.response_body, method=method,
