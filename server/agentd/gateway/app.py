@@ -400,13 +400,11 @@ class Gateway:
             return Response(status_code=204, headers=headers)
         if endpoint.error_path is not None and (status := _walk(response, endpoint.error_path)).code:
             # A run that failed, answered as its stream's error event says it (http_error_field).
-            http, body = _status_body(style, status)
-            return Response(_dumps(body), status_code=http, media_type="application/json", headers=headers)
+            return _json_response(*_status_body(style, status), headers)
         if endpoint.raw_body:
             return Response(response.data, media_type=response.content_type or "application/octet-stream",
                             headers=headers)
-        return Response(_dumps(endpoint.unwrap(response)), media_type="application/json",
-                        headers=headers)
+        return _json_response(200, endpoint.unwrap(response), headers)
 
 
 def _literal_segments(template: str) -> tuple[str, ...]:
@@ -624,7 +622,10 @@ def _stream_body(style: int, http: int, body: dict) -> dict:
 
 def _error_response(style: int, error: BaseException, headers: dict,
                     renames: dict[str, str] | None = None) -> Response:
-    http, body = _error_body_of(style, error, renames)
+    return _json_response(*_error_body_of(style, error, renames), headers)
+
+
+def _json_response(http: int, body: Any, headers: dict) -> Response:
     return Response(_dumps(body), status_code=http, media_type="application/json", headers=headers)
 
 
