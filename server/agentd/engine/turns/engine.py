@@ -550,11 +550,10 @@ class TurnEngine:
                         lease_until=self._lease_end())
                 except OpenTurnExists:
                     # The open turn may be this request's first try, started since it looked.
-                    first_try = None if request_id is None else await self.store.turn_by_request_id(
-                        owner, session_id, request_id)
-                    if first_try is None:
+                    existing = None if request_id is None else await first_try()
+                    if existing is None:
                         raise _busy(session_id) from None
-                    return self.follow_checked(owner, session_id, first_try, None)
+                    return self.follow_checked(owner, session_id, existing, None)
                 if started is None:  # the agent's session is gone, or the agent: which one
                     await self._agent_and_session(owner, agent_id, session_id)
                     raise NotFound("session", session_id)
