@@ -51,9 +51,9 @@ def decode(token: str, field: str = "page_token") -> Cursor:
     try:
         body = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument(field, "not a page token returned by this service") from None
+        raise foreign_token(field) from None
     if not isinstance(body, dict) or len(body) != 1:
-        raise InvalidArgument(field, "not a page token returned by this service")
+        raise foreign_token(field)
     if isinstance(body.get("offset"), int) and not isinstance(body["offset"], bool):
         return Cursor(offset=_offset(body["offset"], field))
     key = body.get("key")
@@ -62,7 +62,12 @@ def decode(token: str, field: str = "page_token") -> Cursor:
     for key in ("after", "before"):
         if _id(body.get(key)):
             return Cursor(**{key: body[key]})
-    raise InvalidArgument(field, "not a page token returned by this service")
+    raise foreign_token(field)
+
+
+def foreign_token(field: str = "page_token") -> InvalidArgument:
+    """The error for a page token this service did not hand out (or a forged one)."""
+    return InvalidArgument(field, "not a page token returned by this service")
 
 
 def _sort_value(value: Any) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agentd.errors import InvalidArgument
-from agentd.paging import Cursor, encode
+from agentd.paging import Cursor, encode, foreign_token
 from agentd.sensitive import redact
 from agentd.storage.database import Database, Prepared
 
@@ -165,7 +165,7 @@ class Repository:
 
         if cursor.key is not None and not _fits(sort_key, cursor.key[0]):
             # A forged token: the database would refuse the comparison (an INTERNAL).
-            raise InvalidArgument(cursor_field, "not a page token returned by this service")
+            raise foreign_token(cursor_field)
 
         def fetch(conn):
             query = select(row_id.label("id"), sort_key.label("sort_key"), table.c.body).where(*scope)
