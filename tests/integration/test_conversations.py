@@ -387,14 +387,15 @@ async def test_bad_updates_and_reads_are_invalid_argument(stub):
         (stub.ListConversationItems(pb.ListConversationItemsRequest(conversation_id=cid, page_size=-1)),
          "page_size"),
         (stub.ListConversationItems(pb.ListConversationItemsRequest(
-            conversation_id=cid, include=["everything"])), "include"),
+            conversation_id=cid, include=["everything"])), "include[0]"),
         (stub.ListConversationItems(pb.ListConversationItemsRequest(conversation_id=cid,
                                                                              page_token="not-a-token")),
          "page_token"),
         (stub.ListConversationItems(pb.ListConversationItemsRequest(
             conversation_id=cid, page_token=paging.encode(paging.Cursor(after="msg_nope")))), "page_token"),
         (stub.GetConversationItem(pb.GetConversationItemRequest(
-            conversation_id=cid, item_id="msg_1", include=["everything"])), "include"),
+            conversation_id=cid, item_id="msg_1", include=["reasoning.encrypted_content", "everything"])),
+         "include[1]"),
         (stub.GetConversation(pb.GetConversationRequest(conversation_id="conv_\x00")), "conversation_id"),
         (stub.GetConversationItem(pb.GetConversationItemRequest(conversation_id=cid, item_id="\x00")),
          "item_id"),

@@ -8,8 +8,8 @@ from agentd import paging
 from agentd.api.fields import no_nul, request_id_of
 from agentd.api.stream_events import event_response
 from agentd.context import principal
+from agentd.engine.items import check_include
 from agentd.engine.responses import ResponseEngine
-from agentd.engine.responses.engine import check_includes
 from agentd.engine.runs import RESPONSES, run_to_end
 from agentd.v1 import common_pb2, responses_pb2_grpc
 from agentd.v1 import responses_pb2 as pb
@@ -48,11 +48,11 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
                 yield event_response(pb.StreamResponseResponse, event)
 
     async def GetResponse(self, request: pb.GetResponseRequest, context) -> pb.GetResponseResponse:
-        check_includes(request.include)
+        check_include(request.include)
         return pb.GetResponseResponse(response=await self.engine.get(principal.get(), _response_id(request)))
 
     async def StreamResponseEvents(self, request: pb.StreamResponseEventsRequest, context):
-        check_includes(request.include)
+        check_include(request.include)
         events = await self.engine.follow(
             principal.get(), _response_id(request),
             request.starting_after if request.HasField("starting_after") else None)
@@ -85,7 +85,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
 
     async def ListResponseInputItems(self, request: pb.ListResponseInputItemsRequest,
                                      context) -> pb.ListResponseInputItemsResponse:
-        check_includes(request.include)
+        check_include(request.include)
         limit = paging.openai_limit(request.page_size)
         cursor = paging.decode(request.page_token)
         items, page = await self.engine.input_items(principal.get(), _response_id(request), cursor, limit,

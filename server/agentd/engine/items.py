@@ -88,10 +88,12 @@ def stored_items(items, field: str = "items") -> list[pb.ResponseItem]:
 
 
 def check_include(values, field: str = "include") -> frozenset[str]:
-    unknown = [v for v in values if v not in INCLUDABLE]
-    if unknown:
-        raise InvalidArgument(
-            field, f"unknown value '{unknown[0]}'; expected one of {', '.join(sorted(INCLUDABLE))}")
+    """The include values of a request, each checked: an unknown one is INVALID_ARGUMENT
+    naming its index."""
+    for index, value in enumerate(values):
+        if value not in INCLUDABLE:
+            raise InvalidArgument(f"{field}[{index}]", f"unknown include value '{value}'; one of: "
+                                  + ", ".join(sorted(INCLUDABLE)))
     return frozenset(values)
 
 

@@ -80,7 +80,7 @@ from agentd import ids
 from agentd.clock import now_micros
 from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
-from agentd.engine.items import INCLUDABLE
+from agentd.engine.items import check_include
 from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.metadata import check_metadata
 from agentd.engine.responses import items as response_items
@@ -340,7 +340,7 @@ class ResponseEngine:
         for name in ("user", "safety_identifier"):
             if request.HasField(name) and len(getattr(request, name)) > MAX_USER_ID:
                 raise InvalidArgument(name, f"at most {MAX_USER_ID} characters")
-        check_includes(request.include)
+        check_include(request.include)
         return Plan(
             provider=provider, specs=tuple(specs), server_tools=server_tools, tool_choice=tool_choice,
             parallel_tool_calls=(request.parallel_tool_calls if request.HasField("parallel_tool_calls")
@@ -846,13 +846,6 @@ def _fail(response: rt.Response, code: str, message: str) -> None:
 def _interrupt(response: rt.Response) -> None:
     """A response whose run the server stopped (shutdown, or a crash found by recover)."""
     _fail(response, "server_error", "The server stopped while the response ran; create it again.")
-
-
-def check_includes(include: Sequence[str], field: str = "include") -> None:
-    for index, value in enumerate(include):
-        if value not in INCLUDABLE:
-            raise InvalidArgument(f"{field}[{index}]", f"unknown include value '{value}'; one of: "
-                                                       + ", ".join(sorted(INCLUDABLE)))
 
 
 def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
