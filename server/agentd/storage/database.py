@@ -43,6 +43,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Executable, LargeBinary, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentd.database_url import normalize_url
@@ -62,7 +63,9 @@ _SQLITE_BUSY = 5  # the primary result code of "database is locked" (extended co
 
 
 class Database:
-    def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY):
+    def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY, pool_timeout_s: float = 30.0):
+        """`pool_timeout_s` (PostgreSQL): how long a call waits for a pooled connection
+        before it is UNAVAILABLE."""
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -87,7 +90,7 @@ class Database:
             # UNAVAILABLE (retryable: Database._run) and SQLAlchemy drops the pool's stale
             # connections, so the retry gets a fresh one.
             self._async_engine = create_async_engine(self.url, pool_size=10, max_overflow=20,
-                                                     pool_recycle=1800)
+                                                     pool_recycle=1800, pool_timeout=pool_timeout_s)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Runs `work`, a read of a few rows by key, without a write transaction."""
@@ -155,7 +158,9 @@ class Database:
             if _unavailable(e):
                 raise _database_unavailable() from e
             raise
-        except OSError as e:  # asyncpg's connect: refused, unreachable, timed out (not wrapped)
+        except (OSError, PoolTimeout) as e:
+            # asyncpg's connect: refused, unreachable, timed out (not wrapped); or every pooled
+            # connection stayed busy past the pool's timeout.
             raise _database_unavailable() from e
 
     async def _run_on_engine(self, work: Callable[[Connection], T], write: bool) -> T:
@@ -285,12 +290,23 @@ def _row_type(columns: tuple[str, ...]) -> type:
     return collections.namedtuple("Row", columns, rename=True)  # type: ignore[misc]
 
 
+# PostgreSQL's SQLSTATEs that say "not now" rather than "wrong": classes 08 (connection),
+# 53 (insufficient resources: too many connections), 57 (operator intervention: shutdown,
+# restart, statement timeout); lock timeout, a database not accepting connections,
+# serialization failure and deadlock. The asyncpg dialect gives them all its generic Error.
+_RETRYABLE_CLASSES = ("08", "53", "57")
+_RETRYABLE_STATES = frozenset({"55P03", "55000", "40001", "40P01"})
+
+
 def _unavailable(error: DBAPIError) -> bool:
-    """Whether a driver error means the database went away or stayed locked past its
-    timeout: retryable, unlike a bug. Any other error (an integrity error the caller did not
-    handle, bad SQL) propagates as it is: callers may catch it, and the call pipeline
-    answers INTERNAL."""
-    return isinstance(error, (OperationalError, InterfaceError)) or error.connection_invalidated
+    """Whether a driver error means the database went away, refused for now or stayed
+    locked past its timeout: retryable, unlike a bug. Any other error (an integrity error
+    the caller did not handle, bad SQL) propagates as it is: callers may catch it, and the
+    call pipeline answers INTERNAL."""
+    if isinstance(error, (OperationalError, InterfaceError)) or error.connection_invalidated:
+        return True
+    state = getattr(error.orig, "sqlstate", None)
+    return isinstance(state, str) and (state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES)
 
 
 def _busy(error: DBAPIError) -> bool:
