@@ -364,6 +364,45 @@ async def test_an_explicit_cancel_stops_the_run_and_on_stop_writes_its_terminal_
     assert await runs.cancel(OWNER, TURN) is None  # not running any more
 
 
+async def test_a_run_cancelled_before_its_first_step_still_ends_through_on_stop(store):
+    # A task cancelled before it starts never runs its coroutine: the run must not wait for
+    # an end that never comes.
+    runs = runs_of(store)
+    reasons = []
+
+    async def on_stop(run, reason, error):
+        reasons.append(reason)
+        await run.emit(failed(reason))
+
+    run = runs.start(OWNER, TURN, forever, kind=TURNS, on_stop=on_stop, background=True)
+    async with asyncio.timeout(5):
+        assert await runs.cancel(OWNER, TURN) is run  # no step between the start and the cancel
+    assert reasons == ["cancelled"] and kind_of(run.terminal) == "turn_failed"
+    assert [kind_of(e) for e in await kept(store)] == ["turn_failed"]  # the producer never ran
+
+
+async def test_a_second_stop_does_not_interrupt_the_first_ones_on_stop(store):
+    runs = runs_of(store)
+    writing, release, reasons = asyncio.Event(), asyncio.Event(), []
+
+    async def slow_on_stop(run, reason, error):
+        reasons.append(reason)
+        writing.set()
+        await release.wait()  # its end being written
+        await run.emit(failed(reason))
+
+    run = runs.start(OWNER, TURN, forever, kind=TURNS, on_stop=slow_on_stop, background=True)
+    await asyncio.sleep(0.05)
+    first = asyncio.create_task(runs.cancel(OWNER, TURN))
+    await writing.wait()
+    second = asyncio.create_task(runs.cancel(OWNER, TURN, "interrupted"))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await first is run and await second is run
+    assert reasons == ["cancelled"] and kind_of(run.terminal) == "turn_failed"
+    assert [kind_of(e) for e in await kept(store)] == ["turn_start", "turn_failed"]
+
+
 async def test_a_producer_may_write_its_own_cancelled_event(store):
     runs = runs_of(store)
     called = []

@@ -11,10 +11,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
+from grpc_status import rpc_status
 
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
-from agentd.errors import Unavailable, status_of
+from agentd.errors import Unavailable, details_of, status_of
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
@@ -723,6 +724,67 @@ async def test_a_background_turn_survives_its_dropped_stream_and_can_be_followed
     assert numbers == list(range(len(numbers)))
     assert terminal_turn(rest).status == t.TURN_STATUS_COMPLETED
     assert terminal_turn(rest).output_message.content.text == "a background answer"
+
+
+async def test_cancels_at_once_all_end_the_turn_cancelled(agents, fake):
+    """A second cancel while the first one's end is being written waits for that end: it
+    must not interrupt the write (which left the turn in_progress, its session busy)."""
+    for _ in range(5):
+        fake.script(Reply(text="never finished", hang=True))
+        agent_id, session_id = await new_session(agents)
+        call = stream_turn(agents, agent_id, session_id)
+        first = None
+        async for response in call:
+            first = response.event
+            break
+        request = pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id,
+                                       turn_id=first.payload.turn_start.turn_id)
+        answers = await asyncio.gather(*(agents.CancelTurn(request) for _ in range(3)),
+                                       return_exceptions=True)
+        # Each is the cancelled turn, or (its end already stored when it looked) TURN_NOT_RUNNING.
+        cancelled = [a for a in answers if not isinstance(a, BaseException)]
+        assert cancelled and all(a.turn.status == t.TURN_STATUS_CANCELLED for a in cancelled)
+        for refused in (a for a in answers if isinstance(a, BaseException)):
+            assert (refused.code(), details_of(rpc_status.from_call(refused))[0]) == (
+                grpc.StatusCode.FAILED_PRECONDITION, "TURN_NOT_RUNNING")
+        stored = (await agents.GetTurn(pb.GetTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                         turn_id=request.turn_id))).turn
+        assert stored.status == t.TURN_STATUS_CANCELLED
+        call.cancel()
+        fake.reset()
+        fake.script(Reply(text="next"))
+        after = (await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                              messages=[user("again")]))).turn
+        assert after.status == t.TURN_STATUS_COMPLETED
+
+
+async def test_a_resume_and_a_cancel_at_once_end_the_turn_one_way(agents, fake):
+    """Either the cancel ends the paused turn and the resume is refused, or the resume runs
+    and the cancel stops it: never an internal error, never both numbering the same events."""
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    for _ in range(5):
+        fake.reset()
+        fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]),
+                    Reply(text="after the tool", chunk_size=2, chunk_delay=0.02))
+        paused = (await agents.CreateTurn(pb.CreateTurnRequest(
+            agent_id=agent_id, session_id=session_id, messages=[user("x")]))).turn
+        ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": paused.turn_id}
+        resume = agents.ResumeTurn(pb.ResumeTurnRequest(**ids, tool_responses=[m.AgentToolResponse(
+            call_id="c1", tool_name="weather", content=m.InterleavedContent(text="sunny"))]))
+        resumed, cancelled = await asyncio.gather(resume, agents.CancelTurn(pb.CancelTurnRequest(**ids)),
+                                                  return_exceptions=True)
+        if isinstance(resumed, BaseException):
+            assert (resumed.code(), details_of(rpc_status.from_call(resumed))[0]) == (
+                grpc.StatusCode.FAILED_PRECONDITION, "TURN_NOT_AWAITING_INPUT")
+        assert not isinstance(cancelled, BaseException)
+        stored = (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
+        assert stored.status in (t.TURN_STATUS_CANCELLED, t.TURN_STATUS_COMPLETED)
+        events = await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids)))
+        assert kinds(events)[-1] == "turn_awaiting_input"  # a stream ends at the first status event
+        events += await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(
+            **ids, starting_after=events[-1].sequence_number)))
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert kinds(events).count("turn_failed") + kinds(events).count("turn_complete") == 1
 
 
 async def test_cancel_turn_running_paused_and_ended(agents, fake):

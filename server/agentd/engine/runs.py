@@ -206,6 +206,7 @@ class Run:
         self.error: BaseException | None = None  # what the producer raised, if it did
         self.ended = _Flag()  # the task is over and its events are flushed (or lost)
         self.task: asyncio.Task | None = None
+        self.began = False  # the task took its first step (a cancel before that skips its body)
         self._buffer: list[Message] = []
         self._buffer_since = 0.0
         self._writes: list[Callable[[Any], object]] = []  # the producer's, for the next flush
@@ -389,7 +390,11 @@ class Runs:
         return self._live.get((owner, run_id))
 
     async def _main(self, run: Run, producer: Producer) -> None:
+        run.began = True
         try:
+            if run.stop_reason is not None:  # stopped before its first step: nothing ran
+                await self._stopped(run, run.stop_reason, None)
+                return
             await producer(run)
             if run.terminal is None:
                 await self._stopped(run, "failed", RuntimeError("the producer ended with no terminal event"))
@@ -431,11 +436,13 @@ class Runs:
             log.exception("%s %s: on_stop failed", run.kind.name, run.run_id)
 
     def _request_stop(self, run: Run, reason: StopReason) -> None:
-        if run.task is None or run.task.done() or run.ended.is_set():
+        # Once only: a run with a stop_reason is already stopping (or failed), and a second
+        # cancel would interrupt its on_stop mid-write, leaving its end unstored.
+        if run.task is None or run.task.done() or run.ended.is_set() or run.stop_reason is not None:
             return
-        if run.stop_reason is None:
-            run.stop_reason = reason
-        run.task.cancel()
+        run.stop_reason = reason
+        if run.began:  # else _main sees stop_reason (a task cancelled unstarted never runs _main)
+            run.task.cancel()
 
     async def cancel(self, owner: str, run_id: str, reason: StopReason = "cancelled") -> Run | None:
         """Cancels the run if it is live here and waits for its end (its terminal event is

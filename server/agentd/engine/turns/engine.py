@@ -630,7 +630,8 @@ class TurnEngine:
         if first is not None:
             return self.follow_checked(owner, session_id, turn_id, first - 1)
         if key in self._starting:
-            raise FailedPrecondition(f"Turn '{turn_id}' is being resumed.", reason="TURN_NOT_AWAITING_INPUT")
+            raise FailedPrecondition(f"Turn '{turn_id}' is being resumed or cancelled.",
+                                     reason="TURN_NOT_AWAITING_INPUT")
         self._starting[key] = asyncio.get_running_loop().create_future()
         try:
             turn = await self.store.get_turn(owner, session_id, turn_id)
@@ -737,14 +738,31 @@ class TurnEngine:
     async def cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
         """CancelTurn: a running turn is stopped (its on_stop stores it cancelled and emits
         turn_failed); a paused one is cancelled directly, with a kept turn_failed event. An
-        ended turn: FAILED_PRECONDITION (TURN_NOT_RUNNING)."""
-        turn = await self._turn(owner, agent_id, session_id, turn_id)
+        ended turn: FAILED_PRECONDITION (TURN_NOT_RUNNING).
+        One at a time per session with its resumes (_starting): two cancels, or a cancel and a
+        resume, would each end or continue the turn from the same event number."""
+        key = (owner, session_id)
+        while (starting := self._starting.get(key)) is not None:
+            await asyncio.shield(starting)
+        self._starting[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._cancel(owner, agent_id, session_id, turn_id)
+        finally:
+            self._starting.pop(key).set_result(None)
+
+    async def _cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
+        turn = await self._turn(owner, agent_id, session_id, turn_id)  # also: it is this session's
         run = self.runs.get(owner, turn_id)
         if run is not None and run.terminal is None:
             await self.runs.cancel(owner, turn_id)
             turn = await self._turn(owner, agent_id, session_id, turn_id)
             if turn.status != types.TURN_STATUS_AWAITING_INPUT:
                 return turn
+        elif run is not None or STATUS_NAMES.get(turn.status) in OPEN_STATUSES:
+            # A run that is ending, or ended since the first read, has stored its end: read again.
+            if run is not None:
+                await run.ended.wait()
+            turn = await self._turn(owner, agent_id, session_id, turn_id)
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
             raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
         in_progress = turn.status == types.TURN_STATUS_IN_PROGRESS  # and not running here
