@@ -46,6 +46,10 @@ from agentd.v1 import (
 
 log = logging.getLogger("agentd")
 
+# At shutdown, how long the transports wait for their calls after the runs' grace: enough for
+# the runs the drain stops to write their ends and send them.
+END_DELIVERY_S = 1.0
+
 
 class StartError(Exception):
     """agentd could not start; the message says what and why, for the operator."""
@@ -185,17 +189,21 @@ class Agentd:
 
     async def stop(self, grace: float | None = None, quiet: bool = False) -> None:
         """Graceful: health NOT_SERVING, then both transports stop taking calls at once and
-        give running ones `grace` seconds; runs (turns, responses, background ones too) get
-        the same grace, then are stopped as interrupted and kept before the database closes.
+        give running ones `grace` seconds (and END_DELIVERY_S); runs (turns, responses,
+        background ones too) get `grace`, then are stopped as interrupted and kept before the
+        database closes, their streams ending with that end.
         Safe on a half-started server."""
         grace = self.settings.grace_period_s if grace is None else grace
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        # The transports outlast the runs' grace a little: the end of a run the drain stops
+        # (turn_failed, response.failed: one write) reaches its stream before the call is cut.
+        calls_grace = grace + END_DELIVERY_S
         stopping = []
         if self._gateway is not None:
-            stopping.append(self._gateway.stop(grace))
+            stopping.append(self._gateway.stop(calls_grace))
         if self.server is not None:
-            stopping.append(self.server.stop(grace))
+            stopping.append(self.server.stop(calls_grace))
         stopping.append(self.runs.drain(grace))
         await asyncio.gather(*stopping)
         await self.responses.close()

@@ -1200,6 +1200,35 @@ async def test_history_sees_turns_another_replica_added_to_the_session(
 # ---------------------------------------------------------------------------- shutdown
 
 
+async def test_streams_of_runs_the_shutdown_stops_end_with_the_runs_end(database_url, tmp_path, fake):
+    """A turn still running when the grace is over is interrupted; its gRPC and REST streams
+    get its turn_failed and end cleanly, not cut by the transports' own stop."""
+    fake.script(Reply(text="never", hang=True), Reply(text="never", hang=True))
+    server = Agentd(make_settings(database_url, tmp_path, providers=fake_model_providers(fake)))
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10) as http:
+        agents = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(agents)
+        rest_agent, rest_session = await new_session(agents)
+        call = stream_turn(agents, agent_id, session_id)
+        seen = [(await anext(aiter(call))).event]
+        async with http.stream("POST", f"/v1alpha/agents/{rest_agent}/session/{rest_session}/turn",
+                               json={"messages": [{"role": "user", "content": "hi"}], "stream": True}) as sse:
+            assert sse.status_code == 200, await sse.aread()
+            lines = sse.aiter_lines()
+            while "turn_start" not in await anext(lines):
+                pass
+            stopping = asyncio.create_task(server.stop(0.2))
+            seen += [response.event async for response in call]  # ends OK: no AioRpcError
+            rest = [line async for line in lines]
+        await stopping
+    assert kinds(seen)[-1] == "turn_failed"
+    assert seen[-1].payload.turn_failed.turn.status == t.TURN_STATUS_INTERRUPTED
+    data = [json.loads(line[5:]) for line in rest if line.startswith("data:")]
+    assert data and "error" in data[-1]  # the REST stream's turn_failed, as Llama Stack writes it
+
+
 async def test_a_turn_or_a_resume_while_the_server_drains_fails_before_writing_anything(
     database_url, tmp_path, fake
 ):
