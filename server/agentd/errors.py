@@ -164,6 +164,17 @@ def log_level_of(error: BaseException) -> tuple[int, str, str]:
     return logging.WARNING if status.code in _OPERATOR_ATTENTION else logging.INFO, code, status.message
 
 
+def log_failure(logger: logging.Logger, error: BaseException, what: str, *args: object) -> None:
+    """Logs `what` (a %-format of `args`) failing with `error` as log_level_of says: a bug
+    with its traceback, an expected failure (a lost database, a model that went away) in one
+    line with its code and message."""
+    level, code, message = log_level_of(error)
+    if level == logging.ERROR:
+        logger.error(what, *args, exc_info=error)
+    else:
+        logger.log(level, what + ": %s %s", *args, code, message)
+
+
 def details_of(status: status_pb2.Status) -> tuple[str, list[str]]:
     """The ErrorInfo reason and the BadRequest field paths of a status ("" and [] if absent)."""
     reason, fields = "", []

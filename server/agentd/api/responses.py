@@ -36,7 +36,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
         if started.response.background:  # runs on without the caller: poll or re-attach
             return pb.CreateResponseResponse(response=started.response)
         terminal = await run_to_end(started.events(), RESPONSES)
-        if terminal is None:  # on_stop always ends a response's stream with response.failed
+        if terminal is None:  # on_stop ends a response's stream with response.failed, stored or not
             raise RuntimeError("the response's stream ended without its terminal event")
         return pb.CreateResponseResponse(response=getattr(terminal, terminal.WhichOneof("event")).response)
 

@@ -81,7 +81,7 @@ from typing import Any, Literal
 
 from google.protobuf.message import Message
 
-from agentd.errors import Unavailable, log_level_of
+from agentd.errors import Unavailable, log_failure
 from agentd.storage.events import EventStore
 from agentd.v1 import response_events_pb2, turn_events_pb2
 
@@ -403,20 +403,16 @@ class Runs:
             if task is not None:
                 task.uncancel()
             await self._stopped(run, run.stop_reason or "cancelled", None)
-        except Exception as error:  # a failed producer ends its run, never the process
+        except Exception as error:  # noqa: BLE001 - a failed producer ends its run, never the process
             # A model that went away is routine (one line); a bug gets its traceback.
-            level, code, message = log_level_of(error)
-            if level == logging.ERROR:
-                log.exception("%s %s failed", run.kind.name, run.run_id)
-            else:
-                log.log(level, "%s %s failed: %s %s", run.kind.name, run.run_id, code, message)
+            log_failure(log, error, "%s %s failed", run.kind.name, run.run_id)
             run.error = error
             await self._stopped(run, "failed", error)
         finally:
             try:
                 await run.flush()
-            except Exception:  # the run ends anyway; live consumers had the events
-                log.exception("%s %s: its last events could not be kept", run.kind.name, run.run_id)
+            except Exception as error:  # noqa: BLE001 - the run ends anyway; consumers had the events
+                log_failure(log, error, "%s %s: its last events could not be kept", run.kind.name, run.run_id)
             finally:
                 if self._live.get((run.owner, run.run_id)) is run:
                     del self._live[(run.owner, run.run_id)]
@@ -432,8 +428,8 @@ class Runs:
             return
         try:
             await run.on_stop(run, reason, error)
-        except Exception:  # the run ends anyway; consumers must not hang
-            log.exception("%s %s: on_stop failed", run.kind.name, run.run_id)
+        except Exception as error:  # noqa: BLE001 - the run ends anyway; consumers must not hang
+            log_failure(log, error, "%s %s: on_stop failed", run.kind.name, run.run_id)
 
     def _request_stop(self, run: Run, reason: StopReason) -> None:
         # Once only: a run with a stop_reason is already stopping (or failed), and a second

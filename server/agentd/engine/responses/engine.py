@@ -86,7 +86,7 @@ from agentd.engine.metadata import check_metadata
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text, require_declared
-from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound
+from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound, log_failure
 from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
@@ -671,8 +671,12 @@ class ResponseEngine:
                     code, message = _ERROR_CODES.get(error.reason, "server_error"), error.message
                 _fail(response, code, message)
             _end_unfinished(response)
-            await run.emit(_event(failed=_snapshot(response)),
-                           also=self.store.update_work(state.owner, response))
+            try:
+                await run.emit(_event(failed=_snapshot(response)),
+                               also=self.store.update_work(state.owner, response))
+            except Exception as error:  # noqa: BLE001 - the stream still ends with response.failed
+                log_failure(log, error, "response %s: its end could not be stored", response.id)
+                await run.emit(_event(failed=_snapshot(response)))
 
         return on_stop
 

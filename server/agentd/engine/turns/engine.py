@@ -70,6 +70,7 @@ from agentd.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    log_failure,
     status_of,
 )
 from agentd.inference import (
@@ -1104,8 +1105,8 @@ class TurnEngine:
                 # only its live streams get it).
                 await self.store.update_turn(state.owner, turn, STATUS_NAMES[status], keep_interrupted=True)
                 self._remember(state)
-            except Exception:  # the stream still ends with turn_failed
-                log.exception("turn %s: its end could not be stored", turn.turn_id)
+            except Exception as error:  # noqa: BLE001 - the stream still ends with turn_failed
+                log_failure(log, error, "turn %s: its end could not be stored", turn.turn_id)
             await run.emit(_turn_failed(turn))
 
         return on_stop
