@@ -714,6 +714,23 @@ async def test_a_response_whose_end_cannot_be_stored_still_ends_its_stream_faile
     ours = [r for r in caplog.records if r.name.startswith("agentd")]
     assert any("could not be stored: UNAVAILABLE" in r.getMessage() for r in ours)
     assert not [r.getMessage() for r in ours if r.levelno >= logging.ERROR or r.exc_info]
+    # Once the database answers again, the end is kept: not left in_progress for a lease.
+    response_id = seen[0].created.response.id
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                stored = (await responses.GetResponse(pb.GetResponseRequest(response_id=response_id))
+                          ).response
+            except grpc.aio.AioRpcError as e:  # the pool's first call after the outage
+                assert e.code() == grpc.StatusCode.UNAVAILABLE
+                continue
+            if stored.status != rt.RESPONSE_STATUS_IN_PROGRESS:
+                break
+            await asyncio.sleep(0.2)  # polling the API as a client would
+    assert stored.status == rt.RESPONSE_STATUS_FAILED
+    kept = await collect(responses.StreamResponseEvents(
+        pb.StreamResponseEventsRequest(response_id=response_id)))
+    assert tags(kept)[-1] == "response.failed"
 
 
 async def test_an_id_with_nul_is_invalid_not_a_database_error(responses):

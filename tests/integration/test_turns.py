@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from grpc_status import rpc_status
+from sqlalchemy.engine import make_url
 
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
@@ -21,7 +22,7 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
-from tests.conftest import draining, error_of, fake_model_providers, make_settings, running
+from tests.conftest import _admin, draining, error_of, fake_model_providers, make_settings, running
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -1198,6 +1199,44 @@ async def test_history_sees_turns_another_replica_added_to_the_session(
 
 
 # ---------------------------------------------------------------------------- shutdown
+
+
+async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(agents, fake, database_url):
+    """The database goes away mid-turn: the stream ends with turn_failed, and once the
+    database answers again the turn is stored failed and its session takes a new turn (it
+    stayed in_progress, the session busy, until its lease ran out)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
+    fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
+    agent_id, session_id = await new_session(agents)
+    database = make_url(database_url).database
+    call = stream_turn(agents, agent_id, session_id)
+    reader = aiter(call)
+    seen = [(await anext(reader)).event]  # turn_start
+    await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     f"WHERE datname = '{database}' AND pid <> pg_backend_pid()")
+        seen += [r.event async for r in reader]
+    finally:
+        await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    assert kinds(seen)[-1] == "turn_failed"
+    ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": seen[0].payload.turn_start.turn_id}
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                stored = (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
+            except grpc.aio.AioRpcError as e:  # the pool's first call after the outage
+                assert e.code() == grpc.StatusCode.UNAVAILABLE
+                continue
+            if stored.status != t.TURN_STATUS_IN_PROGRESS:
+                break
+            await asyncio.sleep(0.2)
+    assert stored.status == t.TURN_STATUS_FAILED
+    fake.script(Reply(text="back"))
+    after = (await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                          messages=[user("again")]))).turn
+    assert after.status == t.TURN_STATUS_COMPLETED
 
 
 async def test_streams_of_runs_the_shutdown_stops_end_with_the_runs_end(database_url, tmp_path, fake):

@@ -103,6 +103,10 @@ class RunKind:
     is_heartbeat: Callable[[Message], bool]
 
 
+# A run's end the database refused is retried after this long, doubling up to the max.
+KEEP_RETRY_FIRST_S = 0.5
+KEEP_RETRY_MAX_S = 5.0
+
 _TURN_TERMINAL = frozenset({"turn_complete", "turn_awaiting_input", "turn_failed"})
 _RESPONSE_TERMINAL = frozenset({"completed", "failed", "incomplete", "error"})
 
@@ -337,6 +341,7 @@ class Runs:
         self._admitted = 0  # calls inside admission() now
         self._none_admitted = asyncio.Event()
         self._none_admitted.set()
+        self._keeping: set[asyncio.Task] = set()  # retries of ends the database refused (_keep)
 
     # ------------------------------------------------------------------ running
 
@@ -411,6 +416,10 @@ class Runs:
         finally:
             try:
                 await run.flush()
+            except Unavailable as error:  # the database is away for now: keep its end later
+                log_failure(log, error, "%s %s: its end will be kept when the database answers",
+                            run.kind.name, run.run_id)
+                self._keep_later(run)
             except Exception as error:  # noqa: BLE001 - the run ends anyway; consumers had the events
                 log_failure(log, error, "%s %s: its last events could not be kept", run.kind.name, run.run_id)
             finally:
@@ -430,6 +439,29 @@ class Runs:
             await run.on_stop(run, reason, error)
         except Exception as error:  # noqa: BLE001 - the run ends anyway; consumers must not hang
             log_failure(log, error, "%s %s: on_stop failed", run.kind.name, run.run_id)
+
+    def _keep_later(self, run: Run) -> None:
+        """A run that ended while the database was away: its unkept events and writes (its
+        on_stop's status among them) are retried in the background, so its row is not left
+        in_progress (its session busy) until its lease runs out. Live consumers had its end."""
+        task = asyncio.get_running_loop().create_task(self._keep(run), name=f"keep {run.run_id}")
+        self._keeping.add(task)
+        task.add_done_callback(self._keeping.discard)
+
+    async def _keep(self, run: Run) -> None:
+        delay = KEEP_RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await run.flush()
+            except Unavailable:
+                delay = min(delay * 2, KEEP_RETRY_MAX_S)
+                continue
+            except Exception as error:  # noqa: BLE001 - e.g. a recovery ended the run meanwhile
+                log_failure(log, error, "%s %s: its end could not be kept", run.kind.name, run.run_id)
+                return
+            log.info("%s %s: its end is kept", run.kind.name, run.run_id)
+            return
 
     def _request_stop(self, run: Run, reason: StopReason) -> None:
         # Once only: a run with a stop_reason is already stopping (or failed), and a second
@@ -461,6 +493,8 @@ class Runs:
             async with asyncio.timeout(self.stop_timeout_s):
                 await self._none_admitted.wait()
         self._draining = True
+        for keeping in self._keeping:  # the database still away: their leases end them
+            keeping.cancel()
         runs = list(self._live.values())
         tasks = {run.task for run in runs if run.task is not None}
         if not tasks:

@@ -676,6 +676,8 @@ class ResponseEngine:
                                also=self.store.update_work(state.owner, response))
             except Exception as error:  # noqa: BLE001 - the stream still ends with response.failed
                 log_failure(log, error, "response %s: its end could not be stored", response.id)
+                # Kept with the event, whenever it is (Runs._keep_later).
+                run.write_with_next_flush(self.store.update_work(state.owner, response))
                 await run.emit(_event(failed=_snapshot(response)))
 
         return on_stop

@@ -1107,6 +1107,9 @@ class TurnEngine:
                 self._remember(state)
             except Exception as error:  # noqa: BLE001 - the stream still ends with turn_failed
                 log_failure(log, error, "turn %s: its end could not be stored", turn.turn_id)
+                # Kept with the run's last events, whenever they are (Runs._keep_later).
+                run.write_with_next_flush(self.store.update_turn_work(
+                    state.owner, turn, STATUS_NAMES[status], keep_interrupted=True))
             await run.emit(_turn_failed(turn))
 
         return on_stop
