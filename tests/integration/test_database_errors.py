@@ -1,5 +1,6 @@
 """PostgreSQL's "not now" answers are UNAVAILABLE (retry), as a lost connection is: a lock
-or statement timeout, and a pool whose connections all stayed busy. The asyncpg dialect gives
+held past agentd's lock timeout, a statement timeout, and a pool whose connections all stayed
+busy. The asyncpg dialect gives
 them its generic Error, which the call pipeline would answer as INTERNAL."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from agentd.storage import Database
 async def postgres(database_url):
     if not database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's lock and statement timeouts and its connection pool")
-    database = Database(database_url, pool_timeout_s=0.3)
+    database = Database(database_url, pool_timeout_s=0.3, lock_timeout_s=0.1)
     await database.migrate()
     yield database
     await database.close()
@@ -37,7 +38,7 @@ async def test_a_lock_held_past_the_lock_timeout_is_unavailable(postgres, databa
         await conn.exec_driver_sql("BEGIN")
         await conn.exec_driver_sql("LOCK TABLE agents IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(Unavailable) as caught:
-            await postgres.write(_run("SET LOCAL lock_timeout = '50ms'", "SELECT count(*) FROM agents"))
+            await postgres.write(_run("SELECT count(*) FROM agents"))
         await conn.exec_driver_sql("ROLLBACK")
     await holder.dispose()
     assert caught.value.reason == "DATABASE_UNAVAILABLE"

@@ -59,13 +59,20 @@ SQLITE_THREADS = 4
 CHECKPOINT_EVERY = 200
 # How long a write on a thread waits for another connection's write lock.
 BUSY_TIMEOUT_MS = 5000
+# PostgreSQL: how long a statement waits for a lock (a table someone locked, a row another
+# transaction holds) before it fails UNAVAILABLE. agentd's own transactions are short; a wait
+# this long is someone else's, and without a bound it held calls without a deadline, a run's
+# end and the shutdown for as long as the lock was held. (The migration lock is exempt.)
+LOCK_TIMEOUT_S = 10.0
 _SQLITE_BUSY = 5  # the primary result code of "database is locked" (extended codes add bits above)
 
 
 class Database:
-    def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY, pool_timeout_s: float = 30.0):
-        """`pool_timeout_s` (PostgreSQL): how long a call waits for a pooled connection
-        before it is UNAVAILABLE."""
+    def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY, pool_timeout_s: float = 30.0,
+                 lock_timeout_s: float = LOCK_TIMEOUT_S):
+        """PostgreSQL: how long a call waits for a pooled connection (`pool_timeout_s`) and a
+        statement for a lock another session holds (`lock_timeout_s`) before it is
+        UNAVAILABLE."""
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -89,8 +96,9 @@ class Database:
             # make bench). A connection found dead instead fails that one call with
             # UNAVAILABLE (retryable: Database._run) and SQLAlchemy drops the pool's stale
             # connections, so the retry gets a fresh one.
-            self._async_engine = create_async_engine(self.url, pool_size=10, max_overflow=20,
-                                                     pool_recycle=1800, pool_timeout=pool_timeout_s)
+            self._async_engine = create_async_engine(
+                self.url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_timeout=pool_timeout_s,
+                connect_args={"server_settings": {"lock_timeout": str(max(1, int(lock_timeout_s * 1000)))}})
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Runs `work`, a read of a few rows by key, without a write transaction."""
@@ -327,6 +335,8 @@ _MIGRATION_LOCK_ID = 0x61676E7464  # "agntd"
 
 def _upgrade(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
+        # Another replica's migration may take longer than the lock timeout: wait for it.
+        conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
