@@ -270,6 +270,22 @@ async def test_a_turn_another_replica_recovered_stops_here(database_url, tmp_pat
         assert got.turn == kept[-1].payload.turn_failed.turn
 
 
+async def test_a_replica_never_recovers_the_runs_it_runs_itself(database_url, tmp_path, fake):
+    """A database stall can outlast the lease this replica would have renewed: its own
+    recovery must still leave its live turn alone (it interrupted it, and the turn's next
+    events then collided with the recovery's turn_failed)."""
+    fake.script(Reply(text="slow answer", chunk_size=2, chunk_delay=0.1))
+    async with replica(database_url, tmp_path, fake) as (server, stub):
+        agent_id, session_id = await new_session(stub)
+        call, turn_id = await started(stub, agent_id, session_id)
+        await server.turns.leases.close()
+        await expire_lease(server, schema.turns, turn_id)
+        assert await server.turns.recover() == 0
+        events = [r.event async for r in call if not r.event.payload.HasField("heartbeat")]
+        assert events[-1].payload.HasField("turn_complete")
+        assert await status_of(server, session_id, turn_id) == "completed"
+
+
 async def test_a_session_is_busy_across_replicas(database_url, tmp_path, fake):
     fake.script(*[Reply(text="never", hang=True)] * 4)
     async with two(replica, database_url, tmp_path, fake) as ((_, a), (_, b)):

@@ -139,6 +139,20 @@ async def test_a_response_another_replica_recovered_stops_here(database_url, tmp
         assert kept[-1].failed.response == failed
 
 
+async def test_a_replica_never_recovers_the_responses_it_runs_itself(database_url, tmp_path, fake):
+    # A database stall can outlast the lease this replica would have renewed.
+    fake.script(Reply(text="slow answer", chunk_size=2, chunk_delay=0.1))
+    async with replica(database_url, tmp_path, fake) as (server, stub):
+        response_id = (await stub.CreateResponse(create(background=True))).response.id
+        await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+        await server.responses.leases.close()
+        await expire_lease(server, schema.responses, response_id)
+        assert await server.responses.recover() == 0
+        events = await followed(follow(stub, response_id))
+        assert events[-1].HasField("completed")
+        assert await status_of(server, response_id) == "completed"
+
+
 async def test_a_delete_on_one_replica_stops_the_response_another_runs_first(database_url, tmp_path, fake):
     fake.script(HANG)
     async with two(replica, database_url, tmp_path, fake) as ((first, a), (_, b)):

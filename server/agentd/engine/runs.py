@@ -390,6 +390,12 @@ class Runs:
         return [run for run in self._live.values()
                 if run.kind is kind and run.terminal is None and run.stop_reason is None]
 
+    def live_ids(self, kind: RunKind) -> frozenset[str]:
+        """The ids of this process's runs of `kind` not yet over (being stopped included):
+        recovery leaves them alone whatever their lease says (a database stall may outlast
+        a lease that this process would have renewed)."""
+        return frozenset(run.run_id for run in self._live.values() if run.kind is kind)
+
     def get(self, owner: str, run_id: str) -> Run | None:
         """The run if it is live in this process."""
         return self._live.get((owner, run_id))

@@ -452,7 +452,8 @@ class AgentStore:
                                          turns.c.request_id == request_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
-    async def interrupt_running_turns(self, now: int, interrupt: Callable[[types.Turn, int], bytes]) -> int:
+    async def interrupt_running_turns(self, now: int, interrupt: Callable[[types.Turn, int], bytes],
+                                      live_here: frozenset[str] = frozenset()) -> int:
         """Recovery: every turn still in progress whose lease expired before `now` (its
         replica died, or stopped renewing) becomes interrupted, with the terminal event its
         run never kept. Turns that live replicas run keep renewed leases and are left alone.
@@ -465,7 +466,8 @@ class AgentStore:
         one transaction, so a turn never shows interrupted without its terminal event. The
         status update (WHERE status is still in_progress) comes first and decides who
         writes: of two replicas recovering at once, the one whose update changed the row
-        writes the event; the other finds the turn ended and writes nothing."""
+        writes the event; the other finds the turn ended and writes nothing. `live_here`:
+        turns the caller's own process runs, left alone."""
         turns, steps = schema.turns, schema.steps
         # The status test is the partial index's own text: SQLite uses that index only then
         # (with a bound status it scans every turn, at every renewal tick of every replica).
@@ -485,6 +487,8 @@ class AgentStore:
         def work(conn) -> int:
             interrupted = 0
             for turn_id in conn.execute(expired).scalars().all():
+                if turn_id in live_here:
+                    continue
                 key = {"row_id": turn_id}
                 if conn.execute(claim, key).rowcount == 0:
                     continue  # another replica's recovery, or the run's own end, came first

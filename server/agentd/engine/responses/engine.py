@@ -230,7 +230,10 @@ class ResponseEngine:
         alone."""
         now = now_micros()
         ended = 0  # by this call: another replica's recovery may take some of them first
+        live_here = self.runs.live_ids(RESPONSES)
         for owner, response in await self.store.expired(now):
+            if response.id in live_here:  # a database stall outlasted the lease this process renews
+                continue
             if not response.store:
                 ended += await self.store.delete_expired(owner, response.id, now)
                 continue

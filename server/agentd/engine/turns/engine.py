@@ -298,7 +298,8 @@ class TurnEngine:
         that marks the turn, so a follower's stream ends with it, not by just stopping.
         (Events the dead replica had not kept yet are lost; the numbering goes on from the
         kept ones.)"""
-        count = await self.store.interrupt_running_turns(now_micros(), self._interrupted_by_recovery)
+        count = await self.store.interrupt_running_turns(now_micros(), self._interrupted_by_recovery,
+                                                         live_here=self.runs.live_ids(TURNS))
         if count:
             log.warning("%d turn(s) left running by a stopped replica marked interrupted", count)
         return count
