@@ -595,8 +595,9 @@ def _status_body(style: int, status, http: int | None = None,
     """The HTTP status and body of a google.rpc.Status."""
     reason, fields = details_of(status)
     param, message = (fields[0] if fields else None), status.message
-    if param in (renames or {}):
-        alias = renames[param]
+    name = param.partition("[")[0] if param else None  # include[1]: a repeated field's value
+    if name in (renames or {}):
+        alias = renames[name]  # the query key names them all (include[])
         message = alias + message[len(param):] if message.startswith(param + ":") else message
         param = alias
     http = http or HTTP_STATUS.get(status.code, 500)
