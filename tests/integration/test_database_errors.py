@@ -53,8 +53,8 @@ async def test_a_statement_past_its_timeout_is_unavailable(postgres):
 async def test_a_pool_busy_past_its_timeout_is_unavailable(postgres):
     # Every pooled connection (10 and 20 overflow) held by a slow read: the next one waits
     # for a connection no longer than the pool's timeout.
-    slow = [asyncio.create_task(postgres.read(_run("SELECT pg_sleep(1.5)"))) for _ in range(30)]
-    await asyncio.sleep(0.5)
+    slow = [asyncio.create_task(postgres.read(_run("SELECT pg_sleep(3)"))) for _ in range(30)]
+    await asyncio.sleep(1.5)  # (30 connections made on a loaded machine)
     with pytest.raises(Unavailable):
         await postgres.read(_run("SELECT 1"))
     await asyncio.gather(*slow)

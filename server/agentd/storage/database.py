@@ -71,8 +71,8 @@ class Database:
     def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY, pool_timeout_s: float = 30.0,
                  lock_timeout_s: float = LOCK_TIMEOUT_S):
         """PostgreSQL: how long a call waits for a pooled connection (`pool_timeout_s`) and a
-        statement for a lock another session holds (`lock_timeout_s`) before it is
-        UNAVAILABLE."""
+        statement for a lock another session holds (`lock_timeout_s`; 0: no bound) before it
+        is UNAVAILABLE."""
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -97,8 +97,11 @@ class Database:
             # UNAVAILABLE (retryable: Database._run) and SQLAlchemy drops the pool's stale
             # connections, so the retry gets a fresh one.
             self._async_engine = create_async_engine(
-                self.url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_timeout=pool_timeout_s,
-                connect_args={"server_settings": {"lock_timeout": str(max(1, int(lock_timeout_s * 1000)))}})
+                self.url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_timeout=pool_timeout_s)
+            if lock_timeout_s > 0:
+                # A SET once per connection, not a startup parameter (which PgBouncer refuses).
+                event.listen(self._async_engine.sync_engine, "connect",
+                             functools.partial(_set_lock_timeout, int(lock_timeout_s * 1000)))
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Runs `work`, a read of a few rows by key, without a write transaction."""
@@ -344,6 +347,12 @@ def _upgrade(conn: Connection) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
+
+
+def _set_lock_timeout(milliseconds: int, dbapi_conn, _record) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"SET lock_timeout = {max(1, milliseconds)}")
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
