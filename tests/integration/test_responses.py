@@ -723,6 +723,7 @@ async def test_a_response_whose_end_cannot_be_stored_still_ends_its_stream_faile
                           ).response
             except grpc.aio.AioRpcError as e:  # the pool's first call after the outage
                 assert e.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.2)
                 continue
             if stored.status != rt.RESPONSE_STATUS_IN_PROGRESS:
                 break

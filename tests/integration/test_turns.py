@@ -788,6 +788,22 @@ async def test_a_resume_and_a_cancel_at_once_end_the_turn_one_way(agents, fake):
         assert kinds(events).count("turn_failed") + kinds(events).count("turn_complete") == 1
 
 
+async def test_cancelling_an_ended_turn_never_holds_up_the_sessions_next_turn(agents, fake):
+    fake.script(Reply(text="done"), Reply(text="next"))
+    agent_id, session_id = await new_session(agents)
+    ended = (await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                          messages=[user("one")]))).turn
+    request = pb.CancelTurnRequest(agent_id=agent_id, session_id=session_id, turn_id=ended.turn_id)
+    *refused, created = await asyncio.gather(
+        *(agents.CancelTurn(request) for _ in range(5)),
+        agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
+                                               messages=[user("two")])),
+        return_exceptions=True)
+    assert not isinstance(created, BaseException) and created.turn.status == t.TURN_STATUS_COMPLETED
+    assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.FAILED_PRECONDITION
+               for r in refused)
+
+
 async def test_cancel_turn_running_paused_and_ended(agents, fake):
     fake.script(Reply(text="never finished", hang=True))
     agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
@@ -1228,6 +1244,7 @@ async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(age
                 stored = (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
             except grpc.aio.AioRpcError as e:  # the pool's first call after the outage
                 assert e.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.2)
                 continue
             if stored.status != t.TURN_STATUS_IN_PROGRESS:
                 break

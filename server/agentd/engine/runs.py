@@ -449,7 +449,10 @@ class Runs:
     def _keep_later(self, run: Run) -> None:
         """A run that ended while the database was away: its unkept events and writes (its
         on_stop's status among them) are retried in the background, so its row is not left
-        in_progress (its session busy) until its lease runs out. Live consumers had its end."""
+        in_progress (its session busy) until its lease runs out. Live consumers had its end.
+        Not once a drain began: the database closes next, and the lease ends the run."""
+        if self._draining:
+            return
         task = asyncio.get_running_loop().create_task(self._keep(run), name=f"keep {run.run_id}")
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
@@ -501,6 +504,8 @@ class Runs:
         self._draining = True
         for keeping in self._keeping:  # the database still away: their leases end them
             keeping.cancel()
+        if self._keeping:  # a write of theirs under way ends before the database closes
+            await asyncio.wait(self._keeping, timeout=self.stop_timeout_s)
         runs = list(self._live.values())
         tasks = {run.task for run in runs if run.task is not None}
         if not tasks:

@@ -189,8 +189,10 @@ class AgentStore:
 
     def update_turn_work(self, owner: str, turn: types.Turn, status: str, *,
                          resume: tuple[str | None, int] | None = None, lease_until: int | None = None,
-                         keep_interrupted: bool = False):
-        """update_turn as a function of a connection, for a caller's own transaction."""
+                         keep_interrupted: bool = False, if_in_progress: bool = False):
+        """update_turn as a function of a connection, for a caller's own transaction.
+        `if_in_progress`: only a turn still in progress (an end written late must not replace
+        one a cancel stored meanwhile)."""
         values: dict = dict(status=status, body=body_of(_without_steps(turn)))
         if resume is not None:
             values.update(resume_request_id=resume[0], resume_sequence=resume[1], lease_until=lease_until)
@@ -202,9 +204,11 @@ class AgentStore:
                 statement = statement.where(schema.turns.c.status == AWAITING_INPUT)
             if keep_interrupted:
                 statement = statement.where(schema.turns.c.status != INTERRUPTED)
+            if if_in_progress:
+                statement = statement.where(schema.turns.c.status == IN_PROGRESS)
             return statement
 
-        name = f"update_turn_{resume is not None}_{keep_interrupted}"
+        name = f"update_turn_{resume is not None}_{keep_interrupted}_{if_in_progress}"
         statement = _statement(name, lambda: Prepared(build()))
         params = {"match_owner": owner, "match_id": turn.turn_id, **values}
         return lambda conn: statement.run(conn, params).rowcount > 0

@@ -90,10 +90,14 @@ class ResponseStore:
         has no such response."""
         return await self.db.write(self.update_work(owner, response))
 
-    def update_work(self, owner: str, response: rt.Response) -> Callable[[Connection], bool]:
+    def update_work(self, owner: str, response: rt.Response, *, if_running: bool = False
+                    ) -> Callable[[Connection], bool]:
         """The update as work for a transaction of the caller's (Run.flush's `also`), with
-        the response as it is now."""
+        the response as it is now. `if_running`: only if it is still queued or in progress
+        (an end written late must not replace one a cancel stored meanwhile)."""
         values = _update_values(owner, response)
+        if if_running:
+            return lambda conn: conn.execute(_UPDATE_RUNNING, values).rowcount > 0
         return lambda conn: _PREPARED_UPDATE.run(conn, values).rowcount > 0
 
     async def renew_leases(self, response_ids: list[str], lease_until: int) -> dict[str, str | None]:

@@ -434,8 +434,8 @@ class ResponseEngine:
         await run.ended.wait()
         try:
             await self.store.delete(run.owner, run.run_id)
-        except Exception:  # left behind: not retrievable anyway (store=false), only its space
-            log.exception("response %s (store=false) could not be deleted", run.run_id)
+        except Exception as error:  # noqa: BLE001 - left behind: recovery deletes it (store=false)
+            log_failure(log, error, "response %s (store=false) could not be deleted", run.run_id)
 
     # ------------------------------------------------------------------ the loop
 
@@ -679,8 +679,10 @@ class ResponseEngine:
                                also=self.store.update_work(state.owner, response))
             except Exception as error:  # noqa: BLE001 - the stream still ends with response.failed
                 log_failure(log, error, "response %s: its end could not be stored", response.id)
-                # Kept with the event, whenever it is (Runs._keep_later).
-                run.write_with_next_flush(self.store.update_work(state.owner, response))
+                # Kept with the event, whenever it is (Runs._keep_later); a store=false one
+                # stays running, so that recovery deletes it once its lease is over.
+                if response.store:
+                    run.write_with_next_flush(self.store.update_work(state.owner, response, if_running=True))
                 await run.emit(_event(failed=_snapshot(response)))
 
         return on_stop

@@ -743,6 +743,9 @@ class TurnEngine:
         ended turn: FAILED_PRECONDITION (TURN_NOT_RUNNING).
         One at a time per session with its resumes (_starting): two cancels, or a cancel and a
         resume, would each end or continue the turn from the same event number."""
+        turn = await self._turn(owner, agent_id, session_id, turn_id)
+        if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES and self.runs.get(owner, turn_id) is None:
+            raise _not_running(turn_id)  # nothing to cancel: the session's starts go on
         key = (owner, session_id)
         while (starting := self._starting.get(key)) is not None:
             await asyncio.shield(starting)
@@ -766,7 +769,7 @@ class TurnEngine:
                 await run.ended.wait()
             turn = await self._turn(owner, agent_id, session_id, turn_id)
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES:
-            raise FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
+            raise _not_running(turn_id)
         in_progress = turn.status == types.TURN_STATUS_IN_PROGRESS  # and not running here
         if in_progress and await self._cancelled_elsewhere(owner, turn_id, turn):
             return await self._turn(owner, agent_id, session_id, turn_id)
@@ -1110,10 +1113,14 @@ class TurnEngine:
                 log_failure(log, error, "turn %s: its end could not be stored", turn.turn_id)
                 # Kept with the run's last events, whenever they are (Runs._keep_later).
                 run.write_with_next_flush(self.store.update_turn_work(
-                    state.owner, turn, STATUS_NAMES[status], keep_interrupted=True))
+                    state.owner, turn, STATUS_NAMES[status], if_in_progress=True))
             await run.emit(_turn_failed(turn))
 
         return on_stop
+
+
+def _not_running(turn_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
 
 
 def _deadline(timeout_s: float | None, background: bool) -> float | None:
