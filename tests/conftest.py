@@ -56,6 +56,20 @@ async def _admin(sql: str) -> None:
         await engine.dispose()
 
 
+@contextlib.asynccontextmanager
+async def database_refusing_connections(database_url: str):
+    """A PostgreSQL outage as agentd sees one: its connections cut and new ones refused, until
+    the block ends."""
+    database = make_url(database_url).database
+    await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     f"WHERE datname = '{database}' AND pid <> pg_backend_pid()")
+        yield
+    finally:
+        await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
 @contextlib.contextmanager
 def _new_postgres_database():
     """The URL of a new, empty PostgreSQL database, dropped at exit."""

@@ -12,7 +12,6 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import make_url
 
 from agentd import codec, paging
 from agentd.app import Agentd
@@ -27,7 +26,14 @@ from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
-from tests.conftest import _admin, draining, error_of, fake_model_providers, make_settings, running
+from tests.conftest import (
+    database_refusing_connections,
+    draining,
+    error_of,
+    fake_model_providers,
+    make_settings,
+    running,
+)
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -698,17 +704,11 @@ async def test_a_response_whose_end_cannot_be_stored_still_ends_its_stream_faile
     if not database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
     fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
-    database = make_url(database_url).database
     call = responses.StreamResponse(stream())
     reader = aiter(call)
     seen = [(await anext(reader)).event for _ in range(2)]  # created, in_progress
-    await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-    try:
-        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     f"WHERE datname = '{database}' AND pid <> pg_backend_pid()")
+    async with database_refusing_connections(database_url):
         seen += [r.event async for r in reader]
-    finally:
-        await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
     assert tags(seen)[-1] == "response.failed"
     assert seen[-1].failed.response.status == rt.RESPONSE_STATUS_FAILED
     ours = [r for r in caplog.records if r.name.startswith("agentd")]

@@ -98,6 +98,16 @@ async def stop_writes_failed(run: Run, reason: str, error: BaseException | None)
     await run.emit(failed(reason))
 
 
+def recording_on_stop():
+    """stop_writes_failed that also records each reason it is given: (reasons, on_stop)."""
+    reasons: list[str] = []
+
+    async def on_stop(run: Run, reason: str, error: BaseException | None) -> None:
+        reasons.append(reason)
+        await stop_writes_failed(run, reason, error)
+    return reasons, on_stop
+
+
 # ---------------------------------------------------------------- numbering and keeping
 
 async def test_events_are_numbered_densely_and_kept_in_one_write_per_flush(store):
@@ -346,12 +356,7 @@ async def forever(run):
 
 async def test_an_explicit_cancel_stops_the_run_and_on_stop_writes_its_terminal_event(store):
     runs = runs_of(store)
-    reasons = []
-
-    async def on_stop(run, reason, error):
-        reasons.append(reason)
-        await run.emit(failed(reason))
-
+    reasons, on_stop = recording_on_stop()
     run = runs.start(OWNER, TURN, forever, kind=TURNS, on_stop=on_stop, background=True)
     follower = asyncio.create_task(collect(runs.attach(OWNER, TURN, kind=TURNS)))
     await asyncio.sleep(0.05)
@@ -368,12 +373,7 @@ async def test_a_run_cancelled_before_its_first_step_still_ends_through_on_stop(
     # A task cancelled before it starts never runs its coroutine: the run must not wait for
     # an end that never comes.
     runs = runs_of(store)
-    reasons = []
-
-    async def on_stop(run, reason, error):
-        reasons.append(reason)
-        await run.emit(failed(reason))
-
+    reasons, on_stop = recording_on_stop()
     run = runs.start(OWNER, TURN, forever, kind=TURNS, on_stop=on_stop, background=True)
     async with asyncio.timeout(5):
         assert await runs.cancel(OWNER, TURN) is run  # no step between the start and the cancel

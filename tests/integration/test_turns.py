@@ -12,7 +12,6 @@ import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from grpc_status import rpc_status
-from sqlalchemy.engine import make_url
 
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
@@ -22,7 +21,14 @@ from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import agents_pb2_grpc
 from agentd.v1 import turn_events_pb2 as te
-from tests.conftest import _admin, draining, error_of, fake_model_providers, make_settings, running
+from tests.conftest import (
+    database_refusing_connections,
+    draining,
+    error_of,
+    fake_model_providers,
+    make_settings,
+    running,
+)
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
 
@@ -1225,17 +1231,11 @@ async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(age
         pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
     fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
     agent_id, session_id = await new_session(agents)
-    database = make_url(database_url).database
     call = stream_turn(agents, agent_id, session_id)
     reader = aiter(call)
     seen = [(await anext(reader)).event]  # turn_start
-    await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-    try:
-        await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     f"WHERE datname = '{database}' AND pid <> pg_backend_pid()")
+    async with database_refusing_connections(database_url):
         seen += [r.event async for r in reader]
-    finally:
-        await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
     assert kinds(seen)[-1] == "turn_failed"
     ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": seen[0].payload.turn_start.turn_id}
     async with asyncio.timeout(10):
