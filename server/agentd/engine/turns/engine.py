@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -269,10 +269,11 @@ class TurnEngine:
         self.documents = documents or DocumentsConfig()
         self.tool_timeout_s = tool_timeout_s
         self.leases = Leases(runs, TURNS, store, self.recover, lease_s)
-        # Sessions whose turn is being started or resumed right now in this process, each
-        # with the future its start completes: a second start in the same session meanwhile
-        # is SESSION_BUSY at once, unless it carries a request_id (see _first_try). Across
-        # replicas the database's one-open-turn index is what guards (OpenTurnExists).
+        # Sessions whose turn is being started, resumed or cancelled right now in this
+        # process, each with the future that completes with it (_start_slot): a second start
+        # in the same session meanwhile is SESSION_BUSY at once, unless it carries a
+        # request_id (see _first_try); a cancel waits its turn. Across replicas the
+        # database's one-open-turn index is what guards (OpenTurnExists).
         self._starting: dict[tuple[str, str], asyncio.Future[None]] = {}
         # (owner, session id) -> what is kept of its history (see _history), the least
         # recently used session first.
@@ -528,8 +529,7 @@ class TurnEngine:
                 return self.follow_checked(owner, session_id, existing, None)
         if key in self._starting:
             raise _busy(session_id)
-        self._starting[key] = asyncio.get_running_loop().create_future()
-        try:
+        with self._start_slot(key):
             turn = types.Turn(
                 turn_id=ids.new_id(ids.TURN),
                 session_id=session_id,
@@ -585,9 +585,17 @@ class TurnEngine:
                     background=background,
                     on_stop=self._on_stop(state),
                 )
+        return run.events()
+
+    @contextlib.contextmanager
+    def _start_slot(self, key: tuple[str, str]) -> Iterator[None]:
+        """Holds the session's slot in _starting (taken when free: the caller checked) for a
+        start, a resume or a cancel; those waiting on it (_first_try, cancel) go on after."""
+        self._starting[key] = asyncio.get_running_loop().create_future()
+        try:
+            yield
         finally:
             self._starting.pop(key).set_result(None)
-        return run.events()
 
     async def _first_try(self, key: tuple[str, str], request_id: str | None,
                          find: Callable[[], Awaitable[T | None]]) -> T | None:
@@ -634,8 +642,7 @@ class TurnEngine:
         if key in self._starting:
             raise FailedPrecondition(f"Turn '{turn_id}' is being resumed or cancelled.",
                                      reason="TURN_NOT_AWAITING_INPUT")
-        self._starting[key] = asyncio.get_running_loop().create_future()
-        try:
+        with self._start_slot(key):
             turn = await self.store.get_turn(owner, session_id, turn_id)
             if turn is None:
                 raise NotFound("turn", turn_id)
@@ -704,8 +711,6 @@ class TurnEngine:
                     first_sequence=last + 1,
                     on_stop=self._on_stop(state),
                 )
-        finally:
-            self._starting.pop(key).set_result(None)
         return run.events()
 
     async def follow(
@@ -747,16 +752,17 @@ class TurnEngine:
         if STATUS_NAMES.get(turn.status) not in OPEN_STATUSES and self.runs.get(owner, turn_id) is None:
             raise _not_running(turn_id)  # nothing to cancel: the session's starts go on
         key = (owner, session_id)
+        waited = False
         while (starting := self._starting.get(key)) is not None:
             await asyncio.shield(starting)
-        self._starting[key] = asyncio.get_running_loop().create_future()
-        try:
-            return await self._cancel(owner, agent_id, session_id, turn_id)
-        finally:
-            self._starting.pop(key).set_result(None)
+            waited = True
+        with self._start_slot(key):
+            if waited:  # what the start, resume or cancel it waited for did to the turn
+                turn = await self._turn(owner, agent_id, session_id, turn_id)
+            return await self._cancel(owner, agent_id, session_id, turn)
 
-    async def _cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
-        turn = await self._turn(owner, agent_id, session_id, turn_id)  # also: it is this session's
+    async def _cancel(self, owner: str, agent_id: str, session_id: str, turn: types.Turn) -> types.Turn:
+        turn_id = turn.turn_id
         run = self.runs.get(owner, turn_id)
         if run is not None and run.terminal is None:
             await self.runs.cancel(owner, turn_id)
