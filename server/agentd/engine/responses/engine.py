@@ -674,16 +674,16 @@ class ResponseEngine:
                     code, message = _ERROR_CODES.get(error.reason, "server_error"), error.message
                 _fail(response, code, message)
             _end_unfinished(response)
+            failed = _event(failed=_snapshot(response))
             try:
-                await run.emit(_event(failed=_snapshot(response)),
-                               also=self.store.update_work(state.owner, response))
+                await run.emit(failed, also=self.store.update_work(state.owner, response))
             except Exception as error:  # noqa: BLE001 - the stream still ends with response.failed
                 log_failure(log, error, "response %s: its end could not be stored", response.id)
                 # Kept with the event, whenever it is (Runs._keep_later); a store=false one
                 # stays running, so that recovery deletes it once its lease is over.
                 if response.store:
                     run.write_with_next_flush(self.store.update_work(state.owner, response, if_running=True))
-                await run.emit(_event(failed=_snapshot(response)))
+                await run.emit(failed)  # (the failed emit took it back: it is numbered anew)
 
         return on_stop
 
