@@ -70,6 +70,22 @@ async def database_refusing_connections(database_url: str):
         await _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
 
+async def once_ended(read, running, timeout_s: float = 10):
+    """What `read()` (a resource with a status) answers once its status is no longer
+    `running`, polled as a client would after a database outage: UNAVAILABLE (the pool's first
+    call after it) is asked again."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                resource = await read()
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE
+            else:
+                if resource.status != running:
+                    return resource
+            await asyncio.sleep(0.2)
+
+
 @contextlib.contextmanager
 def _new_postgres_database():
     """The URL of a new, empty PostgreSQL database, dropped at exit."""
