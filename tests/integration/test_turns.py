@@ -12,9 +12,11 @@ import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from grpc_status import rpc_status
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.database_url import normalize_url
 from agentd.errors import Unavailable, details_of, status_of
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
@@ -793,6 +795,45 @@ async def test_a_resume_and_a_cancel_at_once_end_the_turn_one_way(agents, fake):
             **ids, starting_after=events[-1].sequence_number)))
         assert [e.sequence_number for e in events] == list(range(len(events)))
         assert kinds(events).count("turn_failed") + kinds(events).count("turn_complete") == 1
+
+
+async def test_a_cancel_whose_caller_left_holds_the_session_until_the_turn_has_ended(agents, fake,
+                                                                                     database_url):
+    """A CancelTurn whose client gives up while the turn's end is being written still ends the
+    turn, and until it has, a resume is refused at once rather than continuing the turn."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL row lock holds the cancel's write; SQLite has no row locks")
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Oslo"}, id="c1")]))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    paused = (await agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[user("x")]))).turn
+    ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": paused.turn_id}
+    holder = create_async_engine(normalize_url(database_url))
+    try:
+        async with holder.connect() as conn:
+            await conn.exec_driver_sql("BEGIN")
+            await conn.exec_driver_sql(f"SELECT 1 FROM turns WHERE id = '{paused.turn_id}' FOR UPDATE")
+            with pytest.raises(grpc.aio.AioRpcError) as left:
+                await agents.CancelTurn(pb.CancelTurnRequest(**ids), timeout=0.5)
+            assert left.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            resume = agents.ResumeTurn(pb.ResumeTurnRequest(**ids, tool_responses=[m.AgentToolResponse(
+                call_id="c1", tool_name="weather", content=m.InterleavedContent(text="sunny"))]), timeout=3)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await resume
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "being resumed or cancelled" in refused.value.details()
+            await conn.exec_driver_sql("ROLLBACK")
+    finally:
+        await holder.dispose()
+
+    async def read():
+        return (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
+    assert (await once_ended(read, t.TURN_STATUS_AWAITING_INPUT)).status == t.TURN_STATUS_CANCELLED
+    events = await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids)))
+    events += await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(
+        **ids, starting_after=events[-1].sequence_number)))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert kinds(events)[-2:] == ["turn_awaiting_input", "turn_failed"]
 
 
 async def test_cancelling_an_ended_turn_never_holds_up_the_sessions_next_turn(agents, fake):

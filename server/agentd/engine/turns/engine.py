@@ -590,12 +590,21 @@ class TurnEngine:
     @contextlib.contextmanager
     def _start_slot(self, key: tuple[str, str]) -> Iterator[None]:
         """Holds the session's slot in _starting (taken when free: the caller checked) for a
-        start, a resume or a cancel; those waiting on it (_first_try, cancel) go on after."""
-        self._starting[key] = asyncio.get_running_loop().create_future()
+        start or a resume; those waiting on it (_first_try, cancel) go on after."""
+        release = self._take_start_slot(key)
         try:
             yield
         finally:
-            self._starting.pop(key).set_result(None)
+            release()
+
+    def _take_start_slot(self, key: tuple[str, str]) -> Callable[[], None]:
+        """Takes the session's slot (free: the caller checked); returns what releases it."""
+        taken = self._starting[key] = asyncio.get_running_loop().create_future()
+
+        def release() -> None:
+            del self._starting[key]
+            taken.set_result(None)
+        return release
 
     async def _first_try(self, key: tuple[str, str], request_id: str | None,
                          find: Callable[[], Awaitable[T | None]]) -> T | None:
@@ -756,10 +765,23 @@ class TurnEngine:
         while (starting := self._starting.get(key)) is not None:
             await asyncio.shield(starting)
             waited = True
-        with self._start_slot(key):
+        # Once it holds the slot, the cancel runs to its end in its own task, even if its
+        # caller leaves: the slot is released when the turn's end is written, not before, so
+        # a resume can never continue a turn a cancel is ending.
+        release = self._take_start_slot(key)
+
+        async def cancel_holding_the_slot() -> types.Turn:
+            nonlocal turn
             if waited:  # what the start, resume or cancel it waited for did to the turn
                 turn = await self._turn(owner, agent_id, session_id, turn_id)
             return await self._cancel(owner, agent_id, session_id, turn)
+        work = asyncio.get_running_loop().create_task(cancel_holding_the_slot(), name=f"cancel {turn_id}")
+        work.add_done_callback(lambda _: release())
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:  # the caller left: nobody else would hear of a failure
+            work.add_done_callback(_log_if_failed)
+            raise
 
     async def _cancel(self, owner: str, agent_id: str, session_id: str, turn: types.Turn) -> types.Turn:
         turn_id = turn.turn_id
@@ -1127,6 +1149,11 @@ class TurnEngine:
 
 def _not_running(turn_id: str) -> FailedPrecondition:
     return FailedPrecondition(f"Turn '{turn_id}' has already ended.", reason="TURN_NOT_RUNNING")
+
+
+def _log_if_failed(work: asyncio.Task) -> None:
+    if not work.cancelled() and (error := work.exception()) is not None:
+        log_failure(log, error, "%s (its caller had left) failed", work.get_name())
 
 
 def _deadline(timeout_s: float | None, background: bool) -> float | None:
