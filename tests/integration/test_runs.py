@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 
 import pytest
@@ -14,6 +15,7 @@ from google.rpc import status_pb2
 from sqlalchemy.exc import DBAPIError
 
 from agentd.app import Agentd
+from agentd.engine import runs as runs_module
 from agentd.engine.runs import RESPONSES, TURNS, Run, Runs, run_to_end
 from agentd.errors import Unavailable
 from agentd.storage import Database, Repository
@@ -22,7 +24,7 @@ from agentd.storage.events import EventStore
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import response_events_pb2 as re
 from agentd.v1 import turn_events_pb2 as te
-from tests.conftest import make_settings
+from tests.conftest import database_refusing_connections, make_settings
 
 OWNER, TURN = "alice", "turn_1"
 
@@ -619,6 +621,46 @@ async def test_a_run_that_fails_as_expected_takes_one_log_line_and_a_bug_its_tra
     assert down.getMessage() == (
         f"turn {TURN} failed: UNAVAILABLE Model 'm' is unavailable (HTTP 503): overloaded")
     assert broken.levelname == "ERROR" and broken.exc_info[0] is KeyError
+
+
+async def test_an_end_the_database_refused_is_not_kept_over_one_another_replica_kept_meanwhile(
+        store, database_url, caplog, monkeypatch):
+    """The run's unkept events are retried in the background; when another replica's recovery
+    kept a terminal event with the same number meanwhile, that end stands: the retry stops with
+    one line, not a failed write logged as a bug."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
+    monkeypatch.setattr(runs_module, "KEEP_RETRY_FIRST_S", 3.0)  # the other replica comes first
+    runs, emitted, go = runs_of(store), asyncio.Event(), asyncio.Event()
+
+    async def produce(run):
+        await run.emit(started())
+        await run.flush()
+        await run.emit(delta("unkept"))  # buffered: the flush at the run's end is refused
+        emitted.set()
+        await go.wait()
+
+    with caplog.at_level("INFO", logger="agentd.runs"):
+        run = runs.start(OWNER, TURN, produce, kind=TURNS)
+        await emitted.wait()
+        async with database_refusing_connections(database_url):
+            go.set()
+            await run.ended.wait()
+        recovered = failed("interrupted by another replica's recovery")
+        recovered.sequence_number = 1
+        while True:  # the first call after the outage may meet a connection it cut
+            try:
+                await store.append(OWNER, TURN, [(1, recovered.SerializeToString())])
+                break
+            except Unavailable:
+                await asyncio.sleep(0.1)
+        async with asyncio.timeout(10):
+            while runs.keeping(TURNS):  # noqa: ASYNC110 - nothing outside Runs signals its end
+                await asyncio.sleep(0.1)
+    assert [kind_of(e) for e in await kept(store)] == ["turn_start", "turn_failed"]
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agentd.runs"]
+    assert ("INFO", f"turn {TURN}: another replica ended it meanwhile; its end there stands") in logged
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_on_stop_writes_the_failure_of_a_producer_that_raised_or_just_returned(store, repo):

@@ -1290,6 +1290,35 @@ async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(age
     assert after.status == t.TURN_STATUS_COMPLETED
 
 
+async def test_a_turn_whose_end_waits_out_an_outage_longer_than_its_lease_keeps_its_own_end(
+        database_url, tmp_path, fake):
+    """Its replica still vouches for the turn while the end is retried: its own recovery, once
+    the database answers, leaves it alone, and the turn is stored failed, not interrupted."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
+    fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake), run_lease_s=0.6)
+    async with running(settings) as server, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agents = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(agents)
+        call = stream_turn(agents, agent_id, session_id)
+        reader = aiter(call)
+        seen = [(await anext(reader)).event]  # turn_start
+        async with database_refusing_connections(database_url):
+            seen += [r.event async for r in reader]
+            await asyncio.sleep(1.5)  # the turn's lease has run out
+        assert kinds(seen)[-1] == "turn_failed"
+        ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": seen[0].payload.turn_start.turn_id}
+
+        async def read():
+            return (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
+        assert (await once_ended(read, t.TURN_STATUS_IN_PROGRESS)).status == t.TURN_STATUS_FAILED
+        kept = await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids)))
+        assert [e.sequence_number for e in kept] == [e.sequence_number for e in seen]
+        assert kinds(kept)[-1] == "turn_failed"
+
+
 async def test_streams_of_runs_the_shutdown_stops_end_with_the_runs_end(database_url, tmp_path, fake):
     """A turn still running when the grace is over is interrupted; its gRPC and REST streams
     get its turn_failed and end cleanly, not cut by the transports' own stop."""

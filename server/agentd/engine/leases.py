@@ -76,7 +76,9 @@ class Leases:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                running = {run.run_id: run for run in self.runs.running(self.kind)}
+                # Also those whose end the database refused: this process still vouches for them.
+                vouched = (*self.runs.running(self.kind), *self.runs.keeping(self.kind))
+                running = {run.run_id: run for run in vouched}
                 if running:
                     ended = await self.store.renew_leases(list(running), self.until())
                     for run_id, status in ended.items():
@@ -92,7 +94,9 @@ class Leases:
         terminal event already, or the rows are gone, so this run's last events may not be
         kept; its own consumers still get them, and the store keeps the other replica's end.)"""
         if run.terminal is not None or run.stop_reason is not None:
-            return  # it ended (or is ending) by itself meanwhile
+            # It ended (or is ending) by itself meanwhile. One whose end is retried (Runs._keep)
+            # keeps it unless a recovery kept an end meanwhile; a cancel's mark waits for it.
+            return
         log.info("%s %s was %s by another replica; stopping its run here", self.kind.name, run.run_id,
                  status or "deleted")
         await self.runs.cancel(run.owner, run.run_id, "cancelled" if status == CANCELLED else "interrupted")

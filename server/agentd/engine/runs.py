@@ -341,7 +341,9 @@ class Runs:
         self._admitted = 0  # calls inside admission() now
         self._none_admitted = asyncio.Event()
         self._none_admitted.set()
-        self._keeping: set[asyncio.Task] = set()  # retries of ends the database refused (_keep)
+        # Retries of ends the database refused (_keep), each with its run: this process still
+        # vouches for those (live_ids, keeping()) until their end is kept.
+        self._keeping: dict[asyncio.Task, Run] = {}
 
     # ------------------------------------------------------------------ running
 
@@ -391,10 +393,16 @@ class Runs:
                 if run.kind is kind and run.terminal is None and run.stop_reason is None]
 
     def live_ids(self, kind: RunKind) -> frozenset[str]:
-        """The ids of this process's runs of `kind` not yet over (being stopped included):
-        recovery leaves them alone whatever their lease says (a database stall may outlast
-        a lease that this process would have renewed)."""
-        return frozenset(run.run_id for run in self._live.values() if run.kind is kind)
+        """The ids of this process's runs of `kind` not yet over (being stopped included, and
+        those whose end is yet to be kept): recovery leaves them alone whatever their lease
+        says (a database stall may outlast a lease that this process would have renewed)."""
+        return frozenset(run.run_id for run in (*self._live.values(), *self._keeping.values())
+                         if run.kind is kind)
+
+    def keeping(self, kind: RunKind) -> list[Run]:
+        """This process's ended runs of `kind` whose end the database refused and is retried
+        (_keep): their leases are renewed as those of running runs are."""
+        return [run for run in self._keeping.values() if run.kind is kind]
 
     def get(self, owner: str, run_id: str) -> Run | None:
         """The run if it is live in this process."""
@@ -454,23 +462,34 @@ class Runs:
         if self._draining:
             return
         task = asyncio.get_running_loop().create_task(self._keep(run), name=f"keep {run.run_id}")
-        self._keeping.add(task)
-        task.add_done_callback(self._keeping.discard)
+        self._keeping[task] = run
+        task.add_done_callback(self._keeping.pop)
 
     async def _keep(self, run: Run) -> None:
         delay = KEEP_RETRY_FIRST_S
         while True:
             await asyncio.sleep(delay)
             try:
+                if await self._kept_elsewhere(run):
+                    log.info("%s %s: another replica ended it meanwhile; its end there stands",
+                             run.kind.name, run.run_id)
+                    return
                 await run.flush()
             except Unavailable:
                 delay = min(delay * 2, KEEP_RETRY_MAX_S)
                 continue
-            except Exception as error:  # noqa: BLE001 - e.g. a recovery ended the run meanwhile
+            except Exception as error:  # noqa: BLE001 - e.g. deleted meanwhile
                 log_failure(log, error, "%s %s: its end could not be kept", run.kind.name, run.run_id)
                 return
             log.info("%s %s: its end is kept", run.kind.name, run.run_id)
             return
+
+    async def _kept_elsewhere(self, run: Run) -> bool:
+        """Whether events numbered as the run's unkept ones were kept meanwhile by someone
+        else: another replica's recovery, once the run's lease ran out, keeps a terminal
+        event numbered after the last one kept here."""
+        return bool(run._buffer) and (
+            await self.store.last_sequence(run.owner, run.run_id) >= run._buffer[0].sequence_number)
 
     def _request_stop(self, run: Run, reason: StopReason) -> None:
         # Once only: a run with a stop_reason is already stopping (or failed), and a second
@@ -505,7 +524,7 @@ class Runs:
         for keeping in self._keeping:  # the database still away: their leases end them
             keeping.cancel()
         if self._keeping:  # a write of theirs under way ends before the database closes
-            await asyncio.wait(self._keeping, timeout=self.stop_timeout_s)
+            await asyncio.wait(list(self._keeping), timeout=self.stop_timeout_s)
         runs = list(self._live.values())
         tasks = {run.task for run in runs if run.task is not None}
         if not tasks:
