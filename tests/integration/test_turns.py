@@ -1265,12 +1265,11 @@ async def test_history_sees_turns_another_replica_added_to_the_session(
 # ---------------------------------------------------------------------------- shutdown
 
 
-async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(agents, fake, database_url):
-    """The database goes away mid-turn: the stream ends with turn_failed, and once the
-    database answers again the turn is stored failed and its session takes a new turn (it
-    stayed in_progress, the session busy, until its lease ran out)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
+async def _a_turn_that_fails_in_an_outage(agents, fake, database_url, outage_after_s: float = 0.0):
+    """A streamed turn whose model goes away while the database refuses connections (for
+    `outage_after_s` more once the stream has ended): the stream ends with turn_failed, and
+    once the database answers the turn is read back as stored. Returns it, its events and
+    the ids that name it."""
     fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
     agent_id, session_id = await new_session(agents)
     call = stream_turn(agents, agent_id, session_id)
@@ -1278,15 +1277,26 @@ async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(age
     seen = [(await anext(reader)).event]  # turn_start
     async with database_refusing_connections(database_url):
         seen += [r.event async for r in reader]
+        await asyncio.sleep(outage_after_s)
     assert kinds(seen)[-1] == "turn_failed"
     ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": seen[0].payload.turn_start.turn_id}
+
     async def read():
         return (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
-    stored = await once_ended(read, t.TURN_STATUS_IN_PROGRESS)
+    return await once_ended(read, t.TURN_STATUS_IN_PROGRESS), seen, ids
+
+
+async def test_a_turn_whose_end_the_database_refused_is_kept_once_it_answers(agents, fake, database_url):
+    """The database goes away mid-turn: the stream ends with turn_failed, and once the
+    database answers again the turn is stored failed and its session takes a new turn (it
+    stayed in_progress, the session busy, until its lease ran out)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
+    stored, _, ids = await _a_turn_that_fails_in_an_outage(agents, fake, database_url)
     assert stored.status == t.TURN_STATUS_FAILED
     fake.script(Reply(text="back"))
-    after = (await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
-                                                          messages=[user("again")]))).turn
+    session = {"agent_id": ids["agent_id"], "session_id": ids["session_id"]}
+    after = (await agents.CreateTurn(pb.CreateTurnRequest(**session, messages=[user("again")]))).turn
     assert after.status == t.TURN_STATUS_COMPLETED
 
 
@@ -1296,24 +1306,14 @@ async def test_a_turn_whose_end_waits_out_an_outage_longer_than_its_lease_keeps_
     the database answers, leaves it alone, and the turn is stored failed, not interrupted."""
     if not database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
-    fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
     settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake), run_lease_s=0.6)
     async with running(settings) as server, \
             grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         agents = agents_pb2_grpc.AgentsServiceStub(channel)
-        agent_id, session_id = await new_session(agents)
-        call = stream_turn(agents, agent_id, session_id)
-        reader = aiter(call)
-        seen = [(await anext(reader)).event]  # turn_start
-        async with database_refusing_connections(database_url):
-            seen += [r.event async for r in reader]
-            await asyncio.sleep(1.5)  # the turn's lease has run out
-        assert kinds(seen)[-1] == "turn_failed"
-        ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": seen[0].payload.turn_start.turn_id}
-
-        async def read():
-            return (await agents.GetTurn(pb.GetTurnRequest(**ids))).turn
-        assert (await once_ended(read, t.TURN_STATUS_IN_PROGRESS)).status == t.TURN_STATUS_FAILED
+        # The stream ends, then the database stays away past the turn's lease.
+        stored, seen, ids = await _a_turn_that_fails_in_an_outage(agents, fake, database_url,
+                                                                  outage_after_s=1.5)
+        assert stored.status == t.TURN_STATUS_FAILED
         kept = await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids)))
         assert [e.sequence_number for e in kept] == [e.sequence_number for e in seen]
         assert kinds(kept)[-1] == "turn_failed"
