@@ -432,6 +432,60 @@ async def test_max_infer_iters_stops_with_the_calls_unexecuted(agents, fake):
     assert [msg["role"] for msg in fake.chat_requests[1].body["messages"]] == ["system", "user", "user"]
 
 
+def tool_answer(call_id: str, text: str) -> m.TurnInputMessage:
+    content = m.InterleavedContent(text=text)
+    return m.TurnInputMessage(tool=m.ToolResponseMessage(call_id=call_id, content=content))
+
+
+def roles(request) -> list[str]:
+    return [message["role"] for message in request.body["messages"]]
+
+
+async def test_the_next_turn_may_answer_the_calls_a_turn_left_at_max_infer_iters(agents, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Rome"}, id="c1")]), Reply(text="so"))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")], max_infer_iters=1)
+    session = {"agent_id": agent_id, "session_id": session_id}
+    await agents.CreateTurn(pb.CreateTurnRequest(**session, messages=[user("x")]))
+    turn = (await agents.CreateTurn(pb.CreateTurnRequest(
+        **session, messages=[tool_answer("c1", "sunny"), user("so?")]))).turn
+    assert turn.status == t.TURN_STATUS_COMPLETED
+    sent = fake.chat_requests[1].body["messages"]
+    assert roles(fake.chat_requests[1]) == ["system", "user", "assistant", "tool", "user"]
+    assert [c["id"] for c in sent[2]["tool_calls"]] == ["c1"] and sent[3]["tool_call_id"] == "c1"
+
+
+async def test_a_tool_message_that_answers_no_call_fails_its_turn_and_nothing_after_it(agents, fake):
+    """It would make the model refuse the conversation: the turn fails INVALID_ARGUMENT without
+    calling the model, and, as any turn that did not complete, gives later turns nothing."""
+    fake.script(Reply(text="fine"))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    session = {"agent_id": agent_id, "session_id": session_id}
+    failed = (await agents.CreateTurn(pb.CreateTurnRequest(
+        **session, messages=[user("hi"), tool_answer("nope", "sunny")]))).turn
+    assert failed.status == t.TURN_STATUS_FAILED
+    assert failed.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "messages[1]" in failed.error.message and "'nope'" in failed.error.message
+    assert fake.chat_requests == []
+    after = (await agents.CreateTurn(pb.CreateTurnRequest(**session, messages=[user("again")]))).turn
+    assert after.status == t.TURN_STATUS_COMPLETED
+    assert roles(fake.chat_requests[0]) == ["system", "user"]
+
+
+async def test_a_turn_that_did_not_complete_gives_later_turns_nothing(agents, fake):
+    """As in Llama Stack, which keeps only turns that complete: a failed turn's input (which
+    may be what the model refused) is not sent again, nor a cancelled or interrupted one's."""
+    fake.script(Reply(error_status=400, error_message="bad input"), Reply(text="ok"), Reply(text="ok again"))
+    agent_id, session_id = await new_session(agents)
+    session = {"agent_id": agent_id, "session_id": session_id}
+    failed = (await agents.CreateTurn(pb.CreateTurnRequest(**session, messages=[user("poison")]))).turn
+    assert failed.status == t.TURN_STATUS_FAILED
+    for text in ("second", "third"):
+        assert (await agents.CreateTurn(pb.CreateTurnRequest(
+            **session, messages=[user(text)]))).turn.status == t.TURN_STATUS_COMPLETED
+    contents = [[m["content"] for m in request.body["messages"]] for request in fake.chat_requests[1:]]
+    assert contents == [["Be brief.", "second"], ["Be brief.", "second", "ok", "third"]]
+
+
 async def test_unknown_or_unavailable_toolgroups_fail_before_any_inference(agents, fake):
     agent_id, session_id = await new_session(agents)
     for group, expected in [

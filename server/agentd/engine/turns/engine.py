@@ -62,7 +62,7 @@ from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
-from agentd.engine.turns.history import assistant_message, input_message, refusal_text, turn_messages
+from agentd.engine.turns.history import assistant_message, input_message, paired, refusal_text, turn_messages
 from agentd.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -169,6 +169,15 @@ def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
             raise InvalidArgument(f"messages[{i}].role", "required: a user or a tool message")
         if getattr(message, kind).content.WhichOneof("content") is None:
             raise InvalidArgument(f"messages[{i}].content", "required")
+
+
+def _answers_no_call(inputs: Sequence[msg.TurnInputMessage], index: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"messages[{index}]",
+        f"the tool response for call '{inputs[index].tool.call_id}' answers no tool call: a turn's tool "
+        "messages may answer only the calls the session's last answer left unexecuted (a turn that "
+        "stopped at max_infer_iters); a paused turn's calls are answered by resuming it",
+        reason="TOOL_RESPONSES_MISMATCH")
 
 
 def _turn_failed(turn: types.Turn) -> te.TurnEvent:
@@ -572,8 +581,10 @@ class TurnEngine:
                     statuses = self._settle(kept, started.rows, started.from_start)
                     history = await self._history(owner, session_id, plan, statuses=statuses,
                                                   bodies=started.bodies, settled=kept)
-                    state.messages = history + [input_message(m) for m in inputs]
+                    state.messages, dropped = paired(history + [input_message(m) for m in inputs])
                     await run.emit(_event(turn.turn_id, turn_start=te.TurnStartPayload(turn_id=turn.turn_id)))
+                    if unanswerable := [i - len(history) for i in dropped if i >= len(history)]:
+                        raise _answers_no_call(inputs, unanswerable[0])
                     if not await self._shield_step(state, run, USER_INPUT):
                         await self._loop(state, run)
 
@@ -698,7 +709,7 @@ class TurnEngine:
                 step = _tool_execution_step(turn_id, step_id, started, pending, responses)
                 await self._complete_step(state, run, step, TOOL_EXECUTION)
                 # Now that every call of the paused message is answered, the turn so far:
-                state.messages = history + turn_messages(turn)
+                state.messages, _ = paired(history + turn_messages(turn))
                 # As in Llama Stack, the input shields run again, now over the tool results too.
                 if not await self._shield_step(state, run, USER_INPUT):
                     await self._loop(state, run)

@@ -2,9 +2,15 @@
 
 The steps are the source of truth (as in Llama Stack): for every turn, its input messages,
 then each inference step's answer, each tool_execution step's results and each shield
-violation's refusal. Unlike the reference, an answer's tool calls that never got a result
-(a turn stopped at max_infer_iters, cancelled or failed) are left out, so the conversation
-stays valid for OpenAI-compatible endpoints, which refuse unanswered calls.
+violation's refusal. A turn that did not complete (failed, cancelled, interrupted) gives later
+turns nothing, as in Llama Stack, which stores only the turns that complete or pause: a turn
+whose input made the model fail would otherwise make every later turn of the session fail too.
+
+Unlike the reference, the conversation is kept valid for OpenAI-compatible endpoints, which
+refuse a tool call without its result and a result without its call (`paired`): an answer's
+calls that never got a result (a turn stopped at max_infer_iters) are left out, unless the
+next turn's input answers them with tool messages, and a tool message answering no call
+right before it is left out.
 
 Unlike the reference, a shield violation does not poison the session: a turn whose input was
 refused gives later turns nothing (neither the flagged input nor the refusal), and an answer
@@ -40,12 +46,10 @@ def input_message(message: msg.TurnInputMessage) -> ChatMessage:
     return ChatMessage(role="user", content=text_of(message.user.content))
 
 
-def assistant_message(message: msg.CompletionMessage, answered: set[str] | None = None) -> ChatMessage | None:
-    """The model's answer as history; only its calls in `answered` when given (None: all)."""
+def assistant_message(message: msg.CompletionMessage) -> ChatMessage | None:
+    """The model's answer as history."""
     calls = tuple(
-        ToolCall(id=c.call_id, name=c.tool_name, arguments=c.arguments or "{}")
-        for c in message.tool_calls
-        if answered is None or c.call_id in answered
+        ToolCall(id=c.call_id, name=c.tool_name, arguments=c.arguments or "{}") for c in message.tool_calls
     )
     content = text_of(message.content)
     if not content and not calls:
@@ -58,8 +62,16 @@ def refusal_text(violation: safety_pb2.SafetyViolation, shield_id: str) -> str:
     return shield_refusal(violation.user_message if violation.HasField("user_message") else None, shield_id)
 
 
+# A turn that ended so gives later turns nothing (see the module's comment).
+_NOT_COMPLETED = frozenset(
+    {types.TURN_STATUS_FAILED, types.TURN_STATUS_CANCELLED, types.TURN_STATUS_INTERRUPTED})
+
+
 def turn_messages(turn: types.Turn) -> list[ChatMessage]:
-    """One turn (finished, paused or running) as the messages the model saw and said."""
+    """One turn (completed, paused or running) as the messages the model saw and said; calls
+    and results are paired over the whole conversation (`paired`)."""
+    if turn.status in _NOT_COMPLETED:
+        return []
     refused = [
         step.shield_call
         for step in turn.steps
@@ -82,7 +94,7 @@ def turn_messages(turn: types.Turn) -> list[ChatMessage]:
     for step in turn.steps:
         kind = step.WhichOneof("step")
         if kind == "inference":
-            answer = assistant_message(step.inference.model_response, answered)
+            answer = assistant_message(step.inference.model_response)
             last_answer = None
             if answer is not None:
                 last_answer = len(messages)
@@ -100,3 +112,43 @@ def turn_messages(turn: types.Turn) -> list[ChatMessage]:
             refusal = refusal_text(shield.violation, shield.shield_id)
             messages.append(ChatMessage(role="assistant", content=refusal))
     return messages
+
+
+def paired(messages: list[ChatMessage]) -> tuple[list[ChatMessage], list[int]]:
+    """The conversation as OpenAI-compatible endpoints take it: each tool call of an assistant
+    message answered by one of the tool messages right after it. Calls with no result there
+    are left out (an answer left with neither text nor calls goes), and so are the tool
+    messages that answer none of them. Returns the conversation and the indexes, in
+    `messages`, of the tool messages left out."""
+    kept: list[ChatMessage] = []
+    dropped: list[int] = []
+    i, end = 0, len(messages)
+    while i < end:
+        message = messages[i]
+        if message.role == "tool":  # no assistant message with calls right before it
+            dropped.append(i)
+            i += 1
+            continue
+        if not message.tool_calls:
+            kept.append(message)
+            i += 1
+            continue
+        results = i + 1
+        while results < end and messages[results].role == "tool":
+            results += 1
+        called = {call.id for call in message.tool_calls}
+        answers: dict[str, int] = {}
+        for k in range(i + 1, results):
+            call_id = messages[k].tool_call_id
+            if call_id in called and call_id not in answers:
+                answers[call_id] = k
+            else:
+                dropped.append(k)
+        if len(answers) < len(called):
+            calls = tuple(call for call in message.tool_calls if call.id in answers)
+            message = ChatMessage(role="assistant", content=message.content, tool_calls=calls)
+        if message.content or message.tool_calls:
+            kept.append(message)
+        kept.extend(messages[k] for k in sorted(answers.values()))
+        i = results
+    return kept, dropped
