@@ -272,6 +272,16 @@ async def test_bad_documents_are_refused(agents, session, fake, document, field)
     assert fake.chat_requests == []
 
 
+@pytest.mark.parametrize("documents_settings", [{}, {"allow_private_urls": True}])
+@pytest.mark.parametrize("where", ["http://[::1", "http://example.com:abc/", "http://a..b/",
+                                   f"http://{'a' * 64}.example/"])
+async def test_a_malformed_url_is_refused(agents, session, fake, where):
+    code, fields, details = await refused(agents, session, url(where))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["documents[0].content.url"])
+    assert repr(where) in details
+    assert fake.chat_requests == []
+
+
 @pytest.mark.parametrize("documents_settings", [{}])
 @pytest.mark.parametrize(
     ("host", "kind"),

@@ -112,7 +112,10 @@ def _item_text(where: str, item: msg.InterleavedContentItem) -> str:
 
 
 async def _read_url(where: str, uri: str, fetching: DocumentsConfig) -> str:
-    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    except ValueError as e:  # e.g. "http://[::1"
+        raise _not_a_url(where, uri, e) from None
     if scheme == "data":
         return _data_url(where, uri, fetching.max_bytes)
     if scheme not in ("http", "https"):
@@ -130,6 +133,12 @@ async def _read_url(where: str, uri: str, fetching: DocumentsConfig) -> str:
         ) from None
     except httpx.HTTPError as e:
         raise InvalidArgument(where, f"fetching {uri!r} failed: {type(e).__name__}: {e}") from None
+    except (httpx.InvalidURL, ValueError) as e:  # a bad port; a host name IDNA refuses (UnicodeError)
+        raise _not_a_url(where, uri, e) from None
+
+
+def _not_a_url(where: str, uri: str, error: Exception) -> InvalidArgument:
+    return InvalidArgument(where, f"{uri!r} is not a valid URL: {error}")
 
 
 async def _fetch(where: str, uri: str, fetching: DocumentsConfig) -> str:
