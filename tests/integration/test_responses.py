@@ -182,7 +182,7 @@ async def test_list_and_delete_responses(responses, fake):
 # ------------------------------------------------------------------ function tools
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}}}
 
 
 # Interleaved pieces of two calls, or every piece in one read (then each call's name and
@@ -196,6 +196,8 @@ async def test_parallel_function_calls_are_items_of_their_own_and_end_the_respon
     events = await collect(responses.StreamResponse(stream(tools=[WEATHER])))
     done = [e.output_item_done for e in events if e.HasField("output_item_done")]
     assert [d.output_index for d in done] == [0, 1, 2]
+    sent = fake.chat_requests[0].body["tools"][0]["function"]["parameters"]  # as written: 20, not 20.0
+    assert repr(sent["properties"]["city"]["maxLength"]) == "20"
     assert done[0].item.message.content.parts.parts[0].output_text.text == "Let me check."
     calls = [d.item.function_call for d in done[1:]]
     assert [(c.call_id, c.name, json.loads(c.arguments)) for c in calls] == [
@@ -466,14 +468,19 @@ async def test_max_output_tokens_makes_the_response_incomplete(responses, fake):
 
 
 async def test_text_formats_are_forwarded_and_echoed(responses, fake):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+              "required": ["city"]}
     fake.script(Reply(text='{"city": "Paris"}'), Reply(text="{}"))
     text = {"format": {"type": "json_schema", "name": "City", "schema": schema, "strict": True}}
     request = create(text=text, max_infer_iters=3, user="u1", tool_choice="none", parallel_tool_calls=False)
     response = (await responses.CreateResponse(request)).response
     assert fake.chat_requests[0].body["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "City", "schema": schema, "strict": True}}
+    # The schema goes as the client wrote it: 20, not the 20.0 a protobuf Struct holds.
+    sent = fake.chat_requests[0].body["response_format"]["json_schema"]["schema"]
+    assert repr(sent["properties"]["city"]["maxLength"]) == "20"
     echoed = codec.to_json(response)
+    assert repr(echoed["text"]["format"]["schema"]["properties"]["city"]["maxLength"]) == "20"
     assert echoed["text"]["format"] == {"type": "json_schema", "name": "City", "schema": schema,
                                         "description": None, "strict": True}
     assert echoed["max_infer_iters"] == 3 and echoed["user"] == "u1" and echoed["tool_choice"] == "none"

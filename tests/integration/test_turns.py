@@ -67,7 +67,8 @@ def user(text: str) -> m.TurnInputMessage:
 
 def tool_def(name: str) -> t.AgentToolDef:
     schema = json_format.ParseDict(
-        {"type": "object", "properties": {"city": {"type": "string"}}}, t.AgentToolDef().input_schema
+        {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}},
+        t.AgentToolDef().input_schema
     )
     return t.AgentToolDef(name=name, description=f"the {name} tool", input_schema=schema)
 
@@ -234,7 +235,7 @@ async def test_later_turns_see_every_earlier_one_and_a_gone_session_or_agent_is_
 
 
 async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model(agents, fake):
-    schema = {"title": "Answer", "type": "object", "properties": {"a": {"type": "string"}}}
+    schema = {"title": "Answer", "type": "object", "properties": {"a": {"type": "string", "maxLength": 20}}}
     fmt = t.AgentResponseFormat(
         json_schema=t.AgentJsonSchemaFormat(
             json_schema=json_format.ParseDict(schema, t.AgentJsonSchemaFormat().json_schema)
@@ -264,6 +265,9 @@ async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model
     }
     assert sent["temperature"] == 0 and "max_tokens" not in sent
     assert sent["tool_choice"] == "none" and sent["tools"][0]["function"]["name"] == "weather"
+    # Schemas go as the client wrote them: 20, not the 20.0 a protobuf Struct holds.
+    assert repr(sent["response_format"]["json_schema"]["schema"]["properties"]["a"]["maxLength"]) == "20"
+    assert repr(sent["tools"][0]["function"]["parameters"]["properties"]["city"]["maxLength"]) == "20"
 
 
 # ---------------------------------------------------------------------------- client tools
@@ -376,7 +380,7 @@ async def test_every_resume_error(agents, fake):
     ).turn
     other_agent, other_session = await new_session(agents)
 
-    def resume(turn_id=paused.turn_id, session=session_id, agent=agent_id, calls=("c1",)):
+    def resume(turn_id=paused.turn_id, session=session_id, agent=agent_id, calls=("c1",), name="weather"):
         return agents.ResumeTurn(
             pb.ResumeTurnRequest(
                 agent_id=agent,
@@ -384,7 +388,7 @@ async def test_every_resume_error(agents, fake):
                 turn_id=turn_id,
                 tool_responses=[
                     m.AgentToolResponse(
-                        call_id=c, tool_name="weather", content=m.InterleavedContent(text="rain")
+                        call_id=c, tool_name=name, content=m.InterleavedContent(text="rain")
                     )
                     for c in calls
                 ],
@@ -399,6 +403,8 @@ async def test_every_resume_error(agents, fake):
     for calls in [("c2",), ("c1", "c1"), ("c1", "c2")]:
         code, reason, _ = await error_of(resume(calls=calls))
         assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "TOOL_RESPONSES_MISMATCH"), calls
+    assert await error_of(resume(name="clock")) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "TOOL_RESPONSES_MISMATCH", ["tool_responses[0].tool_name"])
     # Another turn of the session cannot start while this one waits.
     assert (
         await error_of(
@@ -548,6 +554,35 @@ async def test_a_server_tool_call_runs_in_its_own_step(database_url, tmp_path, f
     assert fake.chat_requests[0].body["tools"][0]["function"]["name"] == "web_search"
     assert fake.chat_requests[1].body["messages"][-1]["tool_call_id"] == "s1"
     assert turn.output_message.content.text == "Found it."
+
+
+async def test_a_group_named_again_is_taken_once_with_the_args_of_its_last_mention(
+        database_url, tmp_path, fake, search):
+    """As in Llama Stack: how a turn passes its own args to a group of its agent. A client tool
+    of the same name as a server tool would hide it: INVALID_ARGUMENT."""
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake),
+                             websearch={"api_key": "sk-search", "base_url": search.base_url})
+
+    def group(max_results: int) -> t.AgentToolGroup:
+        args = t.AgentToolGroupWithArgs(name="builtin::websearch")
+        args.args.update({"max_results": max_results})
+        return t.AgentToolGroup(with_args=args)
+    fake.script(Reply(tool_calls=[ToolCallSpec("web_search", {"query": "q"}, id="s1")]), Reply(text="ok"))
+    async with running(settings) as server, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agents = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(
+            agents, toolgroups=[t.AgentToolGroup(name="builtin::websearch"), group(3)])
+        turn = (await agents.CreateTurn(pb.CreateTurnRequest(
+            agent_id=agent_id, session_id=session_id, messages=[user("search")], toolgroups=[group(1)]))).turn
+        assert turn.status == t.TURN_STATUS_COMPLETED
+        assert search.requests[0].body["max_results"] == 1
+        assert [tool["function"]["name"] for tool in fake.chat_requests[0].body["tools"]] == ["web_search"]
+        clashing, session = await new_session(agents, client_tools=[tool_def("web_search")])
+        code, _, fields = await error_of(agents.CreateTurn(pb.CreateTurnRequest(
+            agent_id=clashing, session_id=session, messages=[user("x")], toolgroups=[group(1)])))
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["toolgroups"])
+    assert len(fake.chat_requests) == 2
 
 
 async def test_a_tool_that_does_not_answer_in_time_is_an_error_step_and_the_turn_goes_on(

@@ -14,6 +14,7 @@ from agentd.inference.base import (
     ToolCallDelta,
     ToolSpec,
     Usage,
+    json_of,
     response_format_from,
     sampling_from,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolSpec",
     "Usage",
+    "json_of",
     "response_format_from",
     "sampling_from",
 ]

@@ -488,7 +488,9 @@ class CreateTurnRequest(_message.Message):
 
     @_builtins.property
     def toolgroups(self) -> _containers.RepeatedCompositeFieldContainer[_agent_resources_pb2.AgentToolGroup]:
-        """Tool groups for this turn, added to the agent's. Default none."""
+        """Tool groups for this turn, added to the agent's; a group the agent names too is taken once, with
+        the args of this turn's {name, args} form. Default none.
+        """
 
     @_builtins.property
     def tool_config(self) -> _agent_resources_pb2.AgentToolConfig:
@@ -602,7 +604,9 @@ class StreamTurnRequest(_message.Message):
 
     @_builtins.property
     def toolgroups(self) -> _containers.RepeatedCompositeFieldContainer[_agent_resources_pb2.AgentToolGroup]:
-        """Tool groups for this turn, added to the agent's. Default none."""
+        """Tool groups for this turn, added to the agent's; a group the agent names too is taken once, with
+        the args of this turn's {name, args} form. Default none.
+        """
 
     @_builtins.property
     def tool_config(self) -> _agent_resources_pb2.AgentToolConfig:

@@ -248,7 +248,8 @@ class AgentsServiceServicer:
         NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
         (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
         (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
-        once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
+        once, under the call's tool_name when they give one. Shares its legacy HTTP route with
+        StreamResumeTurn (the body's "stream" flag).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

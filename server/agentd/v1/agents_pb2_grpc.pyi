@@ -99,7 +99,8 @@ class AgentsServiceStub:
     NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
     (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
     (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
-    once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
+    once, under the call's tool_name when they give one. Shares its legacy HTTP route with
+    StreamResumeTurn (the body's "stream" flag).
     """
     StreamResumeTurn: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamResumeTurnRequest, _agents_pb2.StreamResumeTurnResponse]
     """Continues a paused turn and streams its events, numbered on from the turn's last event;
@@ -198,7 +199,8 @@ class AgentsServiceAsyncStub(AgentsServiceStub):
     NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
     (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
     (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
-    once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
+    once, under the call's tool_name when they give one. Shares its legacy HTTP route with
+    StreamResumeTurn (the body's "stream" flag).
     """
     StreamResumeTurn: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamResumeTurnRequest, _agents_pb2.StreamResumeTurnResponse]  # type: ignore[assignment]
     """Continues a paused turn and streams its events, numbered on from the turn's last event;
@@ -360,7 +362,8 @@ class AgentsServiceServicer(metaclass=_abc_1.ABCMeta):
         NOT_FOUND (AGENT_NOT_FOUND, SESSION_NOT_FOUND, TURN_NOT_FOUND); FAILED_PRECONDITION
         (TURN_NOT_AWAITING_INPUT) if the turn is not awaiting input; INVALID_ARGUMENT
         (TOOL_RESPONSES_MISMATCH) unless tool_responses answer exactly the pending call ids, each
-        once. Shares its legacy HTTP route with StreamResumeTurn (the body's "stream" flag).
+        once, under the call's tool_name when they give one. Shares its legacy HTTP route with
+        StreamResumeTurn (the body's "stream" flag).
         """
 
     @_abc_1.abstractmethod

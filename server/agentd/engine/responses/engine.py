@@ -74,8 +74,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from google.protobuf import json_format
-
 from agentd import ids
 from agentd.clock import now_micros
 from agentd.config import WEBSEARCH_GROUP
@@ -87,7 +85,15 @@ from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text, require_declared
 from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound, log_failure
-from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
+from agentd.inference import (
+    ChatMessage,
+    ChatRequest,
+    InferenceProvider,
+    ModelRegistry,
+    ToolCall,
+    ToolSpec,
+    json_of,
+)
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.repository import Page
@@ -867,7 +873,7 @@ def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
         raise InvalidArgument(where, f"{kind} tools are not available on this server yet; "
                                      f"only function tools can be used")
     function = tool.function
-    parameters = (json_format.MessageToDict(function.parameters) if function.HasField("parameters")
+    parameters = (json_of(function.parameters) if function.HasField("parameters")
                   else {"type": "object", "properties": {}})
     return ToolSpec(name=function.name,
                     description=function.description if function.HasField("description") else "",
@@ -903,7 +909,7 @@ def _response_format(text: text_pb.ResponseTextConfig) -> dict[str, Any] | None:
     if kind != "json_schema":
         return None
     fmt = text.format.json_schema
-    schema: dict[str, Any] = {"name": fmt.name, "schema": json_format.MessageToDict(fmt.schema)}
+    schema: dict[str, Any] = {"name": fmt.name, "schema": json_of(fmt.schema)}
     if fmt.HasField("description"):
         schema["description"] = fmt.description
     if fmt.HasField("strict"):

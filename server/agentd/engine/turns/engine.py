@@ -51,7 +51,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentd import ids
@@ -80,6 +79,7 @@ from agentd.inference import (
     ModelRegistry,
     Sampling,
     ToolSpec,
+    json_of,
     response_format_from,
     sampling_from,
 )
@@ -351,26 +351,31 @@ class TurnEngine:
         # Shield ids are checked here, at every turn and resume, not at CreateAgent: as in
         # Llama Stack an agent names shields lazily, so configuration may change between.
         require_declared(self.shields, [*cfg.input_shields, *cfg.output_shields])
-        references: list[tuple[str, dict[str, Any]]] = []
-        for group in [*cfg.toolgroups, *toolgroups]:  # the turn's add to the agent's
+        # The turn's groups add to the agent's. A group named again (by the turn, or twice by
+        # the agent) is taken once, with the args of its last mention, as Llama Stack does:
+        # that is how a turn passes its own args to a group of the agent.
+        references: dict[str, dict[str, Any]] = {}
+        for group in [*cfg.toolgroups, *toolgroups]:
             if group.HasField("with_args"):
-                references.append(
-                    (group.with_args.name, _integral(json_format.MessageToDict(group.with_args.args)))
-                )
+                references[group.with_args.name] = json_of(group.with_args.args)
             else:
-                references.append((group.name, {}))
+                references[group.name] = references.get(group.name, {})
         server_tools: dict[str, ResolvedTool] = {}
         if references:
             if self.tools is None:
-                raise NotFound("toolgroup", references[0][0].split("/")[0])
-            for resolved in self.tools.resolve(references):
-                server_tools.setdefault(resolved.tool.name, resolved)
+                raise NotFound("toolgroup", next(iter(references)).split("/")[0])
+            for resolved in self.tools.resolve(list(references.items())):
+                server_tools[resolved.tool.name] = resolved
+        # A name the model could call meaning either: the server tool could never run.
+        if clash := sorted(server_tools.keys() & {t.name for t in cfg.client_tools}):
+            raise InvalidArgument("toolgroups", f"tool '{clash[0]}' is both a client tool of the agent "
+                                                f"and a tool of one of the turn's tool groups")
         specs = [
             ToolSpec(
                 name=t.name,
                 description=t.description if t.HasField("description") else "",
                 parameters=(
-                    json_format.MessageToDict(t.input_schema)
+                    json_of(t.input_schema)
                     if t.HasField("input_schema")
                     else {"type": "object", "properties": {}}
                 ),
@@ -682,6 +687,13 @@ class TurnEngine:
                     + ", ".join(c.call_id for c in pending),
                     reason="TOOL_RESPONSES_MISMATCH",
                 )
+            called = {c.call_id: c.tool_name for c in pending}
+            for i, response in enumerate(tool_responses):
+                if response.tool_name and response.tool_name != called[response.call_id]:
+                    raise InvalidArgument(
+                        f"tool_responses[{i}].tool_name",
+                        f"call '{response.call_id}' is a call of '{called[response.call_id]}', "
+                        f"not of '{response.tool_name}'", reason="TOOL_RESPONSES_MISMATCH")
             # The turn's own overrides (instructions, tool_config, toolgroups) are kept with
             # its row, not in the Turn resource; turns stored before that run with the agent's.
             settings, _, _ = await self.store.turn_resume_state(owner, session_id, turn_id)
@@ -1208,17 +1220,5 @@ def _call_text(text: str) -> te.ContentDelta:
     return te.ContentDelta(
         tool_call=te.ToolCallDelta(tool_call=te.ToolCallOrString(text=text), parse_status=IN_PROGRESS_PARSE)
     )
-
-
-def _integral(value: Any) -> Any:
-    """Struct holds every number as a double: whole ones become ints again (tools check types,
-    e.g. max_results)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
 
 
