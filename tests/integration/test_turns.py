@@ -354,13 +354,22 @@ async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents
     assert [e.sequence_number for e in replay] == [e.sequence_number for e in resumed]
 
 
+IMAGE = m.InterleavedContentItem(image=m.ImageContentItem(image=m.AgentImage(url=m.AgentURL(uri="https://x/y.png"))))
+
+
 @pytest.mark.parametrize("message, field", [
     (m.TurnInputMessage(), "messages[1].role"),
     (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent())), "messages[1].content"),
     (m.TurnInputMessage(tool=m.ToolResponseMessage(call_id="c", content=m.InterleavedContent())),
      "messages[1].content"),
+    # Images would reach the model as nothing: refused, not dropped.
+    (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(item=IMAGE))),
+     "messages[1].content.item"),
+    (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(items=m.InterleavedContentItemList(
+        items=[m.InterleavedContentItem(text=m.TextContentItem(text="what is this?")), IMAGE])))),
+     "messages[1].content.items[1]"),
 ])
-async def test_an_empty_input_message_is_invalid_and_starts_nothing(agents, fake, message, field):
+async def test_an_empty_or_image_input_message_is_invalid_and_starts_nothing(agents, fake, message, field):
     # Over REST the codec needs a role and content; a gRPC client can leave them empty.
     agent_id, session_id = await new_session(agents)
     code, reason, fields = await error_of(agents.CreateTurn(pb.CreateTurnRequest(
@@ -405,6 +414,11 @@ async def test_every_resume_error(agents, fake):
         assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "TOOL_RESPONSES_MISMATCH"), calls
     assert await error_of(resume(name="clock")) == (
         grpc.StatusCode.INVALID_ARGUMENT, "TOOL_RESPONSES_MISMATCH", ["tool_responses[0].tool_name"])
+    image = agents.ResumeTurn(pb.ResumeTurnRequest(
+        agent_id=agent_id, session_id=session_id, turn_id=paused.turn_id, tool_responses=[m.AgentToolResponse(
+            call_id="c1", tool_name="weather", content=m.InterleavedContent(item=IMAGE))]))
+    assert await error_of(image) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["tool_responses[0].content.item"])
     # Another turn of the session cannot start while this one waits.
     assert (
         await error_of(

@@ -161,7 +161,7 @@ def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
 
 def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
     """What the field behaviours cannot say: each message is a user or a tool message, with
-    content. Over REST the codec already asks for both (a "role", and content's JSON is the
+    content, and text only. Over REST the codec already asks for both (a "role", and content's JSON is the
     member); a gRPC client can send an empty one, which means nothing."""
     for i, message in enumerate(messages):
         kind = message.WhichOneof("message")
@@ -169,6 +169,18 @@ def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
             raise InvalidArgument(f"messages[{i}].role", "required: a user or a tool message")
         if getattr(message, kind).content.WhichOneof("content") is None:
             raise InvalidArgument(f"messages[{i}].content", "required")
+        _check_text_only(getattr(message, kind).content, f"messages[{i}].content")
+
+
+def _check_text_only(content: msg.InterleavedContent, where: str) -> None:
+    """Images are refused rather than dropped on the way to the model, which would answer
+    as if there were none (as the Responses API refuses input_image)."""
+    kind = content.WhichOneof("content")
+    items = [content.item] if kind == "item" else content.items.items if kind == "items" else []
+    for j, item in enumerate(items):
+        if item.HasField("image"):
+            raise InvalidArgument(where + (".item" if kind == "item" else f".items[{j}]"),
+                                  "image items are not supported yet: the models agentd serves take text")
 
 
 def _answers_no_call(inputs: Sequence[msg.TurnInputMessage], index: int) -> InvalidArgument:
@@ -654,6 +666,8 @@ class TurnEngine:
         numbered on from the turn's last one, with the turn's own settings; returns its
         owner stream. A retry with the request_id of the turn's last resume re-attaches to
         that continuation (from its first event) instead."""
+        for i, response in enumerate(tool_responses):
+            _check_text_only(response.content, f"tool_responses[{i}].content")
         deadline = _deadline(timeout_s, background)
         agent = await self._agent_and_session(owner, agent_id, session_id)
         key = (owner, session_id)
