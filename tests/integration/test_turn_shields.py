@@ -137,7 +137,6 @@ async def test_a_paused_turn_runs_output_shields_before_pausing_and_input_shield
         )
     )
     assert step_kinds(resumed) == [
-        "step_start:tool_execution",
         "step_complete:tool_execution",
         *SHIELDED_INFERENCE,
         "turn_complete",

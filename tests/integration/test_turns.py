@@ -329,7 +329,7 @@ async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents
             )
         )
     )
-    assert kinds(resumed)[:2] == ["step_start:tool_execution", "step_complete:tool_execution"]
+    assert kinds(resumed)[0] == "step_complete:tool_execution"  # with no step_start, as in Llama Stack
     assert kinds(resumed)[-1] == "turn_complete"
     assert [e.sequence_number for e in resumed] == list(range(len(events), len(events) + len(resumed)))
     assert all(e.turn_id == turn_id for e in resumed)

@@ -722,10 +722,9 @@ class TurnEngine:
             by_id = {r.call_id: r for r in tool_responses}
 
             async def produce(run: Run) -> None:
+                # The client ran the tools: the resume stream begins with their step's
+                # step_complete, with no step_start, as Llama Stack's does (§3 (c)).
                 step_id, started = ids.new_id(ids.STEP), timestamp()
-                await run.emit(
-                    _event(turn_id, step_start=te.StepStartPayload(step_type=TOOL_EXECUTION, step_id=step_id))
-                )
                 responses = [by_id[c.call_id] for c in pending]
                 for response in responses:
                     if not response.tool_name:
