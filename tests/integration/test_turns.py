@@ -511,6 +511,7 @@ async def test_unknown_or_unavailable_toolgroups_fail_before_any_inference(agent
     for group, expected in [
         ("nope::group", (grpc.StatusCode.NOT_FOUND, "TOOLGROUP_NOT_FOUND")),
         ("builtin::websearch", (grpc.StatusCode.FAILED_PRECONDITION, "TOOLGROUP_UNAVAILABLE")),  # no key
+        ("", (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["toolgroups[0]"])),
     ]:
         request = pb.CreateTurnRequest(
             agent_id=agent_id,
@@ -518,7 +519,7 @@ async def test_unknown_or_unavailable_toolgroups_fail_before_any_inference(agent
             messages=[user("x")],
             toolgroups=[t.AgentToolGroup(name=group)],
         )
-        assert (await error_of(agents.CreateTurn(request)))[:2] == expected
+        assert (await error_of(agents.CreateTurn(request)))[:len(expected)] == expected
     assert fake.chat_requests == []
 
 
@@ -779,6 +780,7 @@ async def test_a_text_turn_over_rest_has_the_llama_stack_shape(http, agents, fak
         data = [json.loads(line[6:]) async for line in response.aiter_lines() if line.startswith("data: ")]
     types_ = [d["event"]["payload"]["event_type"] for d in data]
     assert types_ == ["turn_start", "step_start", "step_progress", "step_complete", "turn_complete"]
+    assert data[1]["event"]["payload"]["metadata"] == {}  # as Llama Stack's, not null
     assert data[2]["event"]["payload"]["delta"] == {"type": "text", "text": "Hi!"}
     turn = data[-1]["event"]["payload"]["turn"]
     assert turn["output_message"]["content"] == "Hi!" and turn["output_message"]["role"] == "assistant"

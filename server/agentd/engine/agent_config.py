@@ -7,6 +7,8 @@ when none is given, max_infer_iters 10.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
@@ -91,10 +93,15 @@ def _validate_tools(cfg: pb.AgentConfig) -> None:
                 tool.input_schema.CopyFrom(tool.parameters.json_schema)
             else:
                 tool.input_schema.CopyFrom(_schema_from_parameters(tool.parameters.list.parameters))
-    for i, group in enumerate(cfg.toolgroups):
+    check_toolgroup_names(cfg.toolgroups, f"{FIELD}.toolgroups")
+
+
+def check_toolgroup_names(groups: Sequence[pb.AgentToolGroup], field: str) -> None:
+    """An agent's or a turn's tool groups: each names one (INVALID_ARGUMENT `field[i]`)."""
+    for i, group in enumerate(groups):
         name = group.name if group.WhichOneof("toolgroup") == "name" else group.with_args.name
         if not name:
-            raise InvalidArgument(f"{FIELD}.toolgroups[{i}]", "a tool group needs a name")
+            raise InvalidArgument(f"{field}[{i}]", "a tool group needs a name")
 
 
 def _schema_from_parameters(parameters) -> struct_pb2.Struct:

@@ -56,6 +56,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentd import ids
 from agentd.clock import now_micros, timestamp
 from agentd.config import DocumentsConfig, Settings
+from agentd.engine.agent_config import check_toolgroup_names
 from agentd.engine.completion import Completion, arguments_object
 from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
@@ -190,6 +191,13 @@ def _answers_no_call(inputs: Sequence[msg.TurnInputMessage], index: int) -> Inva
         "messages may answer only the calls the session's last answer left unexecuted (a turn that "
         "stopped at max_infer_iters); a paused turn's calls are answered by resuming it",
         reason="TOOL_RESPONSES_MISMATCH")
+
+
+def _step_start(step_type: int, step_id: str) -> te.StepStartPayload:
+    """With its metadata set even when empty: Llama Stack's step_start has "metadata": {}."""
+    start = te.StepStartPayload(step_type=step_type, step_id=step_id)
+    start.metadata.SetInParent()
+    return start
 
 
 def _turn_failed(turn: types.Turn) -> te.TurnEvent:
@@ -534,6 +542,7 @@ class TurnEngine:
         A retry with a known request_id replays the first call's turn instead. `timeout_s`:
         the caller's time left; its model calls must end by then (ignored when background)."""
         _check_inputs(messages)
+        check_toolgroup_names(toolgroups, "toolgroups")
         deadline = _deadline(timeout_s, background)
         # A known agent is not read again: its session is checked below, in the same read as
         # the session's turns.
@@ -908,7 +917,7 @@ class TurnEngine:
                 )
             )
 
-        await run.emit(_event(turn_id, step_start=te.StepStartPayload(step_type=INFERENCE, step_id=step_id)))
+        await run.emit(_event(turn_id, step_start=_step_start(INFERENCE, step_id)))
         request = ChatRequest.with_sampling(
             plan.sampling,
             model=plan.agent.agent_config.model,
@@ -998,9 +1007,7 @@ class TurnEngine:
         """One server tool call: its own tool_execution step."""
         turn_id = state.turn.turn_id
         step_id, started = ids.new_id(ids.STEP), timestamp()
-        await run.emit(
-            _event(turn_id, step_start=te.StepStartPayload(step_type=TOOL_EXECUTION, step_id=step_id))
-        )
+        await run.emit(_event(turn_id, step_start=_step_start(TOOL_EXECUTION, step_id)))
         await run.emit(
             _event(
                 turn_id,
@@ -1078,7 +1085,7 @@ class TurnEngine:
             return False
         turn_id = state.turn.turn_id
         step_id, started = ids.new_id(ids.STEP), timestamp()
-        start = te.StepStartPayload(step_type=SHIELD_CALL, step_id=step_id)
+        start = _step_start(SHIELD_CALL, step_id)
         start.metadata.update({"touchpoint": TOUCHPOINT_NAMES[touchpoint]})
         await run.emit(_event(turn_id, step_start=start))
         found = await self.shields.check(shield_ids, state.messages)
