@@ -270,6 +270,21 @@ async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model
     assert repr(sent["tools"][0]["function"]["parameters"]["properties"]["city"]["maxLength"]) == "20"
 
 
+async def test_a_tool_choice_names_one_of_the_turns_tools(agents, fake):
+    fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Rome"}, id="c1")]))
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")])
+    session = {"agent_id": agent_id, "session_id": session_id}
+    await agents.CreateTurn(pb.CreateTurnRequest(
+        **session, messages=[user("x")], tool_config=t.AgentToolConfig(tool_choice="weather")))
+    assert fake.chat_requests[0].body["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
+    other_agent, other_session = await new_session(agents)  # (the paused turn holds the session)
+    assert await error_of(agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=other_agent, session_id=other_session, messages=[user("x")],
+        tool_config=t.AgentToolConfig(tool_choice="weather")))) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["tool_config.tool_choice"])
+    assert len(fake.chat_requests) == 1
+
+
 # ---------------------------------------------------------------------------- client tools
 
 

@@ -193,6 +193,9 @@ def _answers_no_call(inputs: Sequence[msg.TurnInputMessage], index: int) -> Inva
         reason="TOOL_RESPONSES_MISMATCH")
 
 
+_CHOICE_MODES = frozenset({"auto", "required", "none"})
+
+
 def _step_start(step_type: int, step_id: str) -> te.StepStartPayload:
     """With its metadata set even when empty: Llama Stack's step_start has "metadata": {}."""
     start = te.StepStartPayload(step_type=step_type, step_id=step_id)
@@ -408,10 +411,17 @@ class TurnEngine:
         ]
         if tool_config is not None and tool_config.HasField("tool_choice"):
             tool_choice: str | None = tool_config.tool_choice
+            choice_field = "tool_config.tool_choice"
         elif cfg.tool_config.HasField("tool_choice"):
             tool_choice = cfg.tool_config.tool_choice
+            choice_field = "agent_config.tool_config.tool_choice"
         else:
             tool_choice = None
+        if tool_choice and tool_choice not in _CHOICE_MODES and tool_choice not in {s.name for s in specs}:
+            # The model would be told to call a tool it is not offered (its server refuses, or
+            # worse, it answers a call nothing can run).
+            raise InvalidArgument(choice_field, f"'{tool_choice}' is none of the turn's tools; "
+                                                "auto, required, none or one of their names")
         return Plan(
             agent=agent,
             provider=provider,
