@@ -83,7 +83,7 @@ async def test_a_client_tool_call_comes_from_the_model_and_the_turn_resumes(agen
         agent_id=agent_id, session_id=session_id, turn_id=paused.turn_id,
         tool_responses=[{"call_id": call.call_id, "tool_name": "get_weather",
                          "content": {"text": "Sunny, 21 degrees C."}}])))
-    assert kinds(resumed)[:2] == ["step_start:tool_execution", "step_complete:tool_execution"]
+    assert kinds(resumed)[0] == "step_complete:tool_execution"
     answered = terminal_turn(resumed)
     assert answered.status == t.TURN_STATUS_COMPLETED and answered.output_message.content.text
     assert [s.WhichOneof("step") for s in answered.steps] == ["inference", "tool_execution", "inference"]
