@@ -114,6 +114,26 @@ async def _wal_bytes_after(path: Path, writes: int, **kwargs) -> int:
         await db.close()
 
 
+async def test_the_wal_stays_bounded_under_writes_that_never_pause(tmp_path):
+    """Each checkpoint on a thread races the loop's next writes, so SQLite never finds the WAL
+    wholly checkpointed and never starts it over: past its limit a checkpoint empties it."""
+    path = tmp_path / "busy.db"
+    db = await _database(path, checkpoint_every=20, wal_limit_bytes=256 * 1024)
+    wal = path.parent / (path.name + "-wal")
+    try:
+        largest = 0
+        for value in range(6000):
+            await db.write(_insert(value))
+            await asyncio.sleep(0)  # the checkpoints run on their thread meanwhile, never waited for
+            largest = max(largest, wal.stat().st_size)
+        assert len(await _values(db)) == 6000
+    finally:
+        await db.close()
+    # One page per commit: 24 MB if never started over. Past the limit, the writes made while
+    # the TRUNCATE waits for its turn at the lock (here they never pause) still add some.
+    assert largest < 8 * 1024 * 1024
+
+
 async def test_inline_writes_checkpoint_the_wal_on_a_thread(tmp_path):
     """Inline commits never checkpoint (that fsyncs, on the loop); the database does it on
     a thread every so many writes, so the WAL is reused instead of growing."""

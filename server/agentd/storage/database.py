@@ -57,6 +57,11 @@ T = TypeVar("T")
 SQLITE_THREADS = 4
 # Inline writes between two checkpoints of the WAL on a thread (a turn writes ~3 pages).
 CHECKPOINT_EVERY = 200
+# SQLite starts the WAL over only when a writer finds it wholly checkpointed. A checkpoint on a
+# thread races the loop's next writes, so under steady writes that never happened and the file
+# grew without bound (3.4 GB after 30,000 turns). Past this size a checkpoint is a TRUNCATE: it
+# holds writers back (they wait on a thread, as for any lock) until it has emptied the file.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 # How long a write on a thread waits for another connection's write lock.
 BUSY_TIMEOUT_MS = 5000
 # PostgreSQL: how long a statement waits for a lock (a table someone locked, a row another
@@ -69,7 +74,7 @@ _SQLITE_BUSY = 5  # the primary result code of "database is locked" (extended co
 
 class Database:
     def __init__(self, url: str, checkpoint_every: int = CHECKPOINT_EVERY, pool_timeout_s: float = 30.0,
-                 lock_timeout_s: float = LOCK_TIMEOUT_S):
+                 lock_timeout_s: float = LOCK_TIMEOUT_S, wal_limit_bytes: int = WAL_LIMIT_BYTES):
         """PostgreSQL: how long a call waits for a pooled connection (`pool_timeout_s`) and a
         statement for a lock another session holds (`lock_timeout_s`; 0: no bound) before it
         is UNAVAILABLE."""
@@ -89,6 +94,8 @@ class Database:
             self._inline: Connection | None = None
             self._executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="agentd-sqlite")
             self._checkpoint_every = checkpoint_every
+            self._wal = Path(f"{self.url.database}-wal")
+            self._wal_limit_bytes = wal_limit_bytes
             self._writes_since_checkpoint = 0
             self._checkpoint: asyncio.Future | None = None
         else:
@@ -155,6 +162,14 @@ class Database:
         # PASSIVE: copies what it can without waiting for readers or blocking writers.
         with self._sync_engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            if self._wal_bytes() > self._wal_limit_bytes:  # see WAL_LIMIT_BYTES
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self._wal.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _checkpointed(self, done: asyncio.Future) -> None:
         self._checkpoint = None

@@ -162,8 +162,8 @@ def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
 
 def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
     """What the field behaviours cannot say: each message is a user or a tool message, with
-    content, and text only. Over REST the codec already asks for both (a "role", and content's JSON is the
-    member); a gRPC client can send an empty one, which means nothing."""
+    content, and text only. Over REST the codec already asks for a role and content (a
+    "role", and content's JSON is the member); a gRPC client can send an empty one."""
     for i, message in enumerate(messages):
         kind = message.WhichOneof("message")
         if kind is None:
