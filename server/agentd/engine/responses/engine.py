@@ -68,7 +68,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -80,6 +79,7 @@ from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
 from agentd.engine.items import check_include
 from agentd.engine.leases import DEFAULT_LEASE_S, Leases
+from agentd.engine.lru import LRU
 from agentd.engine.metadata import check_metadata
 from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
@@ -112,8 +112,11 @@ DEFAULT_MAX_INFER_ITERS = 10
 MIN_OUTPUT_TOKENS = 16
 MAX_USER_ID = 128
 # Responses whose transcript (every item up to their output) is kept in memory, so a chain
-# of previous_response_id reads one response, not the whole chain (least recently used out).
+# of previous_response_id reads one response, not the whole chain (least recently used out),
+# and how many items those transcripts may hold in all (each holds its whole chain: long
+# chains would otherwise hold memory without bound, ~2.3 KB an item of a few words).
 TRANSCRIPT_CACHE = 1024
+TRANSCRIPT_CACHE_ITEMS = 50_000
 # Conversation items read per page while loading a conversation (all of them are loaded).
 CONVERSATION_PAGE = 1000
 # The names OpenAI gives the web search tool (all run by builtin::websearch).
@@ -219,7 +222,8 @@ class ResponseEngine:
         self.tools = tools
         self.shields = shields or DeclaredShields()
         # (owner, response id) -> every item up to and including that response's output.
-        self._transcripts: OrderedDict[tuple[str, str], tuple[it.ResponseItem, ...]] = OrderedDict()
+        self._transcripts: LRU[tuple[str, str], tuple[it.ResponseItem, ...]] = LRU(
+            TRANSCRIPT_CACHE, TRANSCRIPT_CACHE_ITEMS)
         # Tasks that delete store=false responses once their run ended.
         self._forgetting: set[asyncio.Task] = set()
         self.leases = Leases(runs, RESPONSES, store, self.recover, lease_s)
@@ -417,9 +421,8 @@ class ResponseEngine:
 
     def _remember(self, state: ResponseState) -> None:
         key = (state.owner, state.response.id)
-        self._transcripts[key] = (*state.history, *state.input, *state.response.output)
-        while len(self._transcripts) > TRANSCRIPT_CACHE:
-            self._transcripts.popitem(last=False)
+        transcript = (*state.history, *state.input, *state.response.output)
+        self._transcripts.put(key, transcript, len(transcript))
 
     async def _conversation_items(self, owner: str, conversation_id: str) -> list[it.ResponseItem]:
         """All the conversation's items, oldest first (no cap)."""
@@ -765,7 +768,7 @@ class ResponseEngine:
             await self._cancelled_elsewhere(owner, response)
         if not await self.store.delete(owner, response_id):
             raise NotFound("response", response_id)
-        self._transcripts.pop((owner, response_id), None)
+        self._transcripts.pop((owner, response_id))
 
     async def input_items(self, owner: str, response_id: str, cursor: Cursor, limit: int,
                           descending: bool) -> tuple[list[it.ResponseItem], Page]:

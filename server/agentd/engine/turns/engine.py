@@ -59,6 +59,7 @@ from agentd.config import DocumentsConfig, Settings
 from agentd.engine.agent_config import check_toolgroup_names
 from agentd.engine.completion import Completion, arguments_object
 from agentd.engine.leases import DEFAULT_LEASE_S, Leases
+from agentd.engine.lru import LRU
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
@@ -106,8 +107,11 @@ log = logging.getLogger("agentd.turns")
 
 DEFAULT_MAX_INFER_ITERS = 10
 DEFAULT_TOOL_TIMEOUT_S = Settings.model_fields["tool_timeout_s"].default
-# Sessions whose ended turns' history messages are kept in memory (least recently used out).
+# Sessions whose ended turns' history messages are kept in memory (least recently used out),
+# and how many messages they may keep in all (a few long sessions would otherwise hold memory
+# without bound: ~0.65 KB a message of a few words).
 HISTORY_CACHE_SESSIONS = 1024
+HISTORY_CACHE_MESSAGES = 100_000
 # Agents kept in memory by (owner, agent id): an agent never changes once created.
 AGENT_CACHE_SIZE = 1024
 INFERENCE = types.AGENT_STEP_TYPE_INFERENCE
@@ -309,7 +313,8 @@ class TurnEngine:
         self._starting: dict[tuple[str, str], asyncio.Future[None]] = {}
         # (owner, session id) -> what is kept of its history (see _history), the least
         # recently used session first.
-        self._histories: dict[tuple[str, str], _SessionHistory] = {}
+        self._histories: LRU[tuple[str, str], _SessionHistory] = LRU(
+            HISTORY_CACHE_SESSIONS, HISTORY_CACHE_MESSAGES)
         # (owner, agent id) -> an agent a turn was started with, oldest first. Only a start
         # uses it, and it still checks the session (a deleted agent has none left).
         self._agents: dict[tuple[str, str], types.Agent] = {}
@@ -465,8 +470,10 @@ class TurnEngine:
         if statuses is None:
             statuses = await self.store.session_turn_statuses(owner, session_id)
         key = (owner, session_id)
-        kept = self._histories.pop(key, None) or _SessionHistory()
-        self._histories[key] = kept  # most recently used last
+        kept = self._histories.get(key)
+        if kept is None:
+            kept = _SessionHistory()
+            self._histories.put(key, kept, 0)
         cached = kept.messages
         if settled is not None and settled is kept and until is None:  # (not dropped meanwhile)
             messages.extend(kept.settled_messages)
@@ -476,8 +483,6 @@ class TurnEngine:
             if turn_id == until:
                 break
             wanted.append((turn_id, status))
-        while len(self._histories) > HISTORY_CACHE_SESSIONS:
-            del self._histories[next(iter(self._histories))]
         fresh = {turn.turn_id: turn_messages(turn) for turn in bodies or ()}
         # (Given bodies lack only turns that were cached when they were read, and whose
         # session's cache was dropped since.)
@@ -494,15 +499,19 @@ class TurnEngine:
                 found = tuple(rebuilt)
                 if status not in OPEN_STATUSES:
                     cached[turn_id] = found
+                    self._histories.grew(key, len(found))
             messages.extend(found)
         return messages
 
     def _remember(self, state: TurnState) -> None:
         """A turn that just ended, as stored (its steps too), goes into its session's cached
         history (if that session's is kept), so the next turn reads no turn bodies."""
-        kept = self._histories.get((state.owner, state.turn.session_id))
+        key = (state.owner, state.turn.session_id)
+        kept = self._histories.get(key)
         if kept is not None:
-            kept.messages[state.turn.turn_id] = tuple(turn_messages(state.turn))
+            before = kept.messages.get(state.turn.turn_id, ())
+            kept.messages[state.turn.turn_id] = messages = tuple(turn_messages(state.turn))
+            self._histories.grew(key, len(messages) - len(before))
 
     @staticmethod
     def _settle(kept: _SessionHistory | None, rows: list[TurnRow], from_start: bool) -> list[tuple[str, str]]:
