@@ -653,13 +653,15 @@ class Runs:
         """The next events after `last` that a consumer of a live run may have missed: a page
         from the store, else the buffer's tail; [] once it is up to date."""
         buffer = run._buffer
+        # The terminal event shows once kept (or once the run is over if it never was).
+        hold = run.terminal if not (run._terminal_kept or run.ended.is_set()) else None
         if buffer and buffer[0].sequence_number <= last + 1:
-            # The terminal event shows once kept (or once the run is over if it never was).
-            hold = run.terminal if not (run._terminal_kept or run.ended.is_set()) else None
             return [event for event in buffer if event.sequence_number > last and event is not hold]
         if last >= run.last_sequence:
             return []
         rows = await self.store.read_after(run.owner, run.run_id, last, self.page_size)
+        if not rows:  # the kept events went with the run's rows (a delete): what is left here
+            return [event for event in buffer if event.sequence_number > last and event is not hold]
         return [run.kind.event_type.FromString(body) for _, body in rows]
 
 
