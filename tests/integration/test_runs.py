@@ -459,26 +459,31 @@ async def test_a_cancelled_call_reading_the_owner_stream_cancels_the_run(store):
     assert run.stop_reason == "cancelled"
 
 
-async def test_a_stream_behind_a_run_deleted_meanwhile_still_gets_its_end(store, repo):
-    """Its agent or session deleted while it ran, the run's kept events go with the rows; its
-    end, which could not be kept, is still in memory: a consumer behind the rows that went
-    gets that end, not a stream that just stops (which a unary call answered INTERNAL)."""
+@pytest.mark.parametrize("deleted_before_the_end", [True, False])
+async def test_a_stream_behind_a_run_deleted_meanwhile_still_gets_its_end(
+        store, repo, deleted_before_the_end):
+    """Its agent or session deleted, the run's kept events go with the rows; its end is still
+    in memory (kept and deleted, or never kept): a consumer behind the rows that went gets
+    that end, not a stream that just stops (which a unary call answered INTERNAL)."""
     runs = runs_of(store)
-    deleted = asyncio.Event()
+    go = asyncio.Event()
 
     async def producer(run):
         for text in ("a", "b"):
             await run.emit(delta(text))
         await run.flush()
-        await deleted.wait()
+        await go.wait()
         await run.emit(failed("deleted meanwhile"))
 
     run = runs.start(OWNER, TURN, producer, kind=TURNS, background=True)
     owner = run.events()  # read only once the run is over: behind what was kept and deleted
     await asyncio.sleep(0.05)
-    assert await AgentStore(repo).delete_session(OWNER, "agent_1", f"sess_{TURN}")
-    deleted.set()
+    if deleted_before_the_end:
+        assert await AgentStore(repo).delete_session(OWNER, "agent_1", f"sess_{TURN}")
+    go.set()
     await asyncio.wait_for(run.ended.wait(), 5)
+    if not deleted_before_the_end:
+        assert await AgentStore(repo).delete_session(OWNER, "agent_1", f"sess_{TURN}")
     assert [kind_of(e) for e in await collect(owner)] == ["turn_failed"]
 
 

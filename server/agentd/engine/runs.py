@@ -660,8 +660,13 @@ class Runs:
         if last >= run.last_sequence:
             return []
         rows = await self.store.read_after(run.owner, run.run_id, last, self.page_size)
-        if not rows:  # the kept events went with the run's rows (a delete): what is left here
-            return [event for event in buffer if event.sequence_number > last and event is not hold]
+        if not rows:  # the kept events went with the run's rows (a delete): what is left here,
+            # the end at least (kept or not), so the stream does not just stop
+            left = [event for event in buffer if event.sequence_number > last and event is not hold]
+            end = run.terminal
+            if not left and end is not None and end is not hold and end.sequence_number > last:
+                left = [end]
+            return left
         return [run.kind.event_type.FromString(body) for _, body in rows]
 
 
