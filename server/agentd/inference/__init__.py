@@ -14,7 +14,6 @@ from agentd.inference.base import (
     ToolCallDelta,
     ToolSpec,
     Usage,
-    json_of,
     response_format_from,
     sampling_from,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "ToolCallDelta",
     "ToolSpec",
     "Usage",
-    "json_of",
     "response_format_from",
     "sampling_from",
 ]

@@ -13,9 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
+from agentd import codec
 from agentd.errors import InvalidArgument
 from agentd.v1 import agent_resources_pb2 as pb
 
@@ -175,23 +173,6 @@ def sampling_from(params: pb.SamplingParams | None) -> Sampling:
                     stop=tuple(params.stop), repetition_penalty=penalty)
 
 
-def json_of(struct: Message) -> Any:
-    """A Struct (or Value, ListValue) as the JSON a client sent: Struct holds every number as a
-    double, so whole ones become ints again (`{"maxLength": 20}`, not `20.0`, reaches a model
-    whose server compiles the schema; a tool checks `max_results` is an int)."""
-    return _whole_numbers_as_ints(json_format.MessageToDict(struct))
-
-
-def _whole_numbers_as_ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers_as_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers_as_ints(v) for v in value]
-    return value
-
-
 def response_format_from(fmt: pb.AgentResponseFormat | None, *,
                          field: str = "response_format") -> dict[str, Any] | None:
     """The OpenAI response_format of an agent's AgentResponseFormat (None: free text).
@@ -207,7 +188,7 @@ def response_format_from(fmt: pb.AgentResponseFormat | None, *,
     if kind == "grammar":
         raise InvalidArgument(field, "grammar response formats are not supported by OpenAI-compatible "
                                      "models; use json_schema")
-    schema = json_of(fmt.json_schema.json_schema)
+    schema = codec.to_json(fmt.json_schema.json_schema)  # whole numbers stay ints
     name = schema.get("title") if isinstance(schema.get("title"), str) else None
     return {"type": "json_schema",
             "json_schema": {"name": _schema_name(name or "response"), "schema": schema}}

@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from agentd import ids
+from agentd import codec, ids
 from agentd.clock import now_micros
 from agentd.config import WEBSEARCH_GROUP
 from agentd.engine.completion import CallPiece, Completion, arguments_object
@@ -85,15 +85,7 @@ from agentd.engine.responses import items as response_items
 from agentd.engine.runs import RESPONSES, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, ShieldViolation, refusal_text, require_declared
 from agentd.errors import AgentdError, FailedPrecondition, InvalidArgument, NotFound, log_failure
-from agentd.inference import (
-    ChatMessage,
-    ChatRequest,
-    InferenceProvider,
-    ModelRegistry,
-    ToolCall,
-    ToolSpec,
-    json_of,
-)
+from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelRegistry, ToolCall, ToolSpec
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.repository import Page
@@ -876,7 +868,7 @@ def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
         raise InvalidArgument(where, f"{kind} tools are not available on this server yet; "
                                      f"only function tools can be used")
     function = tool.function
-    parameters = (json_of(function.parameters) if function.HasField("parameters")
+    parameters = (codec.to_json(function.parameters) if function.HasField("parameters")
                   else {"type": "object", "properties": {}})
     return ToolSpec(name=function.name,
                     description=function.description if function.HasField("description") else "",
@@ -912,7 +904,7 @@ def _response_format(text: text_pb.ResponseTextConfig) -> dict[str, Any] | None:
     if kind != "json_schema":
         return None
     fmt = text.format.json_schema
-    schema: dict[str, Any] = {"name": fmt.name, "schema": json_of(fmt.schema)}
+    schema: dict[str, Any] = {"name": fmt.name, "schema": codec.to_json(fmt.schema)}
     if fmt.HasField("description"):
         schema["description"] = fmt.description
     if fmt.HasField("strict"):

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agentd import ids
+from agentd import codec, ids
 from agentd.clock import now_micros, timestamp
 from agentd.config import DocumentsConfig, Settings
 from agentd.engine.agent_config import check_toolgroup_names
@@ -81,7 +81,6 @@ from agentd.inference import (
     ModelRegistry,
     Sampling,
     ToolSpec,
-    json_of,
     response_format_from,
     sampling_from,
 )
@@ -387,7 +386,7 @@ class TurnEngine:
         references: dict[str, dict[str, Any]] = {}
         for group in [*cfg.toolgroups, *toolgroups]:
             if group.HasField("with_args"):
-                references[group.with_args.name] = json_of(group.with_args.args)
+                references[group.with_args.name] = codec.to_json(group.with_args.args)
             else:
                 references[group.name] = references.get(group.name, {})
         server_tools: dict[str, ResolvedTool] = {}
@@ -405,7 +404,7 @@ class TurnEngine:
                 name=t.name,
                 description=t.description if t.HasField("description") else "",
                 parameters=(
-                    json_of(t.input_schema)
+                    codec.to_json(t.input_schema)
                     if t.HasField("input_schema")
                     else {"type": "object", "properties": {}}
                 ),
