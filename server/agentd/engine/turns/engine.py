@@ -395,8 +395,9 @@ class TurnEngine:
                 raise NotFound("toolgroup", next(iter(references)).split("/")[0])
             for resolved in self.tools.resolve(list(references.items())):
                 server_tools[resolved.tool.name] = resolved
+        client_tools = {t.name for t in cfg.client_tools}
         # A name the model could call meaning either: the server tool could never run.
-        if clash := sorted(server_tools.keys() & {t.name for t in cfg.client_tools}):
+        if clash := sorted(server_tools.keys() & client_tools):
             raise InvalidArgument("toolgroups", f"tool '{clash[0]}' is both a client tool of the agent "
                                                 f"and a tool of one of the turn's tool groups")
         specs = [
@@ -432,7 +433,7 @@ class TurnEngine:
             agent=agent,
             provider=provider,
             server_tools=server_tools,
-            client_tools={t.name for t in cfg.client_tools},
+            client_tools=client_tools,
             specs=tuple(specs),
             tool_choice=tool_choice or None,
             instructions=cfg.instructions if instructions is None else instructions,
@@ -757,9 +758,7 @@ class TurnEngine:
                 responses = [by_id[c.call_id] for c in pending]
                 for response in responses:
                     if not response.tool_name:
-                        response.tool_name = next(
-                            c.tool_name for c in pending if c.call_id == response.call_id
-                        )
+                        response.tool_name = called[response.call_id]
                 step = _tool_execution_step(turn_id, step_id, started, pending, responses)
                 await self._complete_step(state, run, step, TOOL_EXECUTION)
                 # Now that every call of the paused message is answered, the turn so far:
