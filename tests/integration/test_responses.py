@@ -16,6 +16,7 @@ import pytest_asyncio
 from agentd import codec, paging
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
+from agentd.engine.responses import engine as response_engine_module
 from agentd.errors import Unavailable, status_of
 from agentd.storage import Database, Repository
 from agentd.storage.events import EventStore
@@ -248,6 +249,27 @@ async def test_function_call_outputs_continue_with_previous_response_id(response
         "user", "assistant", "tool", "tool", "assistant", "user"]
     own = await responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(response_id=third.id))
     assert len(own.data) == 1  # its own input only
+
+
+async def test_the_transcript_cache_keeps_no_more_items_than_its_bound(database_url, tmp_path, fake,
+                                                                        monkeypatch):
+    """Each cached transcript holds its whole chain: the cache is bounded by the items it
+    holds, and a chain whose transcripts left it is read back from the store."""
+    monkeypatch.setattr(response_engine_module, "TRANSCRIPT_CACHE_ITEMS", 7)
+    fake.script(*(Reply(text=f"a{i}") for i in range(1, 5)))
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake))
+    async with running(settings) as server, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        responses = responses_pb2_grpc.ResponsesServiceStub(channel)
+        previous, held = {}, []
+        for i in range(1, 5):
+            response = (await responses.CreateResponse(create(input=f"u{i}", **previous))).response
+            previous = {"previous_response_id": response.id}
+            held.append((len(server.responses._transcripts), server.responses._transcripts.weight))
+    # Two items a response, its chain's before them: 2, then 2 + 4, then 6 + 6 is past 7.
+    assert held[:3] == [(1, 2), (2, 6), (1, 6)]
+    assert [m["content"] for m in fake.chat_requests[3].body["messages"]] == [
+        "u1", "a1", "u2", "a2", "u3", "a3", "u4"]
 
 
 async def test_function_call_outputs_continue_with_the_calls_resent(responses, fake):

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.database_url import normalize_url
+from agentd.engine.turns import engine as turn_engine_module
 from agentd.errors import Unavailable, details_of, status_of
 from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
@@ -1345,6 +1346,27 @@ async def test_a_long_session_sends_its_whole_history_in_order_every_turn(agents
         expected.append({"role": "user", "content": f"q{i}"})
         assert fake.chat_requests[i].body["messages"] == expected, i
         expected.append({"role": "assistant", "content": f"a{i}"})
+
+
+async def test_the_history_cache_keeps_no_more_messages_than_its_bound(database_url, tmp_path, fake,
+                                                                        monkeypatch):
+    """Bounded by the messages it holds, not only by sessions: a long session leaves it, and
+    its next turn rebuilds the history from the stored steps."""
+    monkeypatch.setattr(turn_engine_module, "HISTORY_CACHE_MESSAGES", 5)
+    fake.script(*(Reply(text=f"a{i}") for i in range(1, 5)))
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake))
+    async with running(settings) as server, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agents = agents_pb2_grpc.AgentsServiceStub(channel)
+        agent_id, session_id = await new_session(agents)
+        held = []
+        for i in range(1, 5):
+            await agents.CreateTurn(pb.CreateTurnRequest(
+                agent_id=agent_id, session_id=session_id, messages=[user(f"u{i}")]))
+            held.append((len(server.turns._histories), server.turns._histories.weight))
+    assert held[:3] == [(1, 2), (1, 4), (0, 0)]  # two messages a turn; past 5 the session goes
+    assert [m["content"] for m in fake.chat_requests[3].body["messages"]] == [
+        "Be brief.", "u1", "a1", "u2", "a2", "u3", "a3", "u4"]
 
 
 async def test_history_sees_turns_another_replica_added_to_the_session(
