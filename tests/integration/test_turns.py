@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.database_url import normalize_url
+from agentd.engine import runs as runs_module
 from agentd.engine.turns import engine as turn_engine_module
 from agentd.errors import Unavailable, details_of, status_of
 from agentd.v1 import agent_messages_pb2 as m
@@ -1459,6 +1460,39 @@ async def test_a_turn_whose_end_waits_out_an_outage_longer_than_its_lease_keeps_
         kept = await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids)))
         assert [e.sequence_number for e in kept] == [e.sequence_number for e in seen]
         assert kinds(kept)[-1] == "turn_failed"
+
+
+async def test_a_turn_whose_end_is_retried_keeps_its_lease_renewed(database_url, tmp_path, fake, monkeypatch):
+    """Its replica still vouches for it: once the database answers, the lease goes on being
+    renewed until the end is kept, so no other replica's recovery ends it meanwhile."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL connections can be refused from outside; an SQLite file cannot")
+    monkeypatch.setattr(runs_module, "KEEP_RETRY_FIRST_S", 3.0)  # the end is kept late
+    fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.1, disconnect_after_chunks=6))
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake), run_lease_s=0.6)
+    reader = create_async_engine(normalize_url(database_url))
+
+    async def lease(turn_id: str) -> tuple[str, int]:
+        async with reader.connect() as conn:
+            row = (await conn.exec_driver_sql(
+                f"SELECT status, lease_until FROM turns WHERE id = '{turn_id}'")).one()
+        return row.status, row.lease_until
+    try:
+        async with running(settings) as server, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            agents = agents_pb2_grpc.AgentsServiceStub(channel)
+            agent_id, session_id = await new_session(agents)
+            stream = aiter(stream_turn(agents, agent_id, session_id))
+            turn_id = (await anext(stream)).event.payload.turn_start.turn_id
+            async with database_refusing_connections(database_url):
+                assert kinds([r.event async for r in stream])[-1] == "turn_failed"
+            before = await lease(turn_id)
+            await asyncio.sleep(1.0)  # three renewals of a 0.6 s lease; the keep waits 3 s
+            after = await lease(turn_id)
+    finally:
+        await reader.dispose()
+    assert before[0] == after[0] == "in_progress"
+    assert after[1] > before[1] + 500_000  # microseconds
 
 
 async def test_streams_of_runs_the_shutdown_stops_end_with_the_runs_end(database_url, tmp_path, fake):
