@@ -372,12 +372,16 @@ async def test_fields_the_endpoint_names_its_own_way_go_by_its_names(fake_openai
 
 
 class _RawSSE(BaseHTTPRequestHandler):
-    """Answers every POST with the server's `body` as an SSE stream, as it is."""
+    """Answers every POST with the server's `body` as an SSE stream, as it is (or with the
+    server's `status` and `headers` where the test sets them)."""
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
+        self.server.seen.append(self.headers)
+        self.send_response(getattr(self.server, "status", 200))
+        headers = getattr(self.server, "headers", None) or {"content-type": "text/event-stream"}
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         # `pieces`: the body in separate writes, apart in time, so that it arrives in reads
         # that cut it where the test says.
@@ -394,6 +398,7 @@ class _RawSSE(BaseHTTPRequestHandler):
 def raw_sse():
     """A chat endpoint that streams a body the test sets (what the fake model never sends)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RawSSE)
+    server.seen = []  # the headers of each request
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -478,3 +483,31 @@ async def test_what_follows_done_is_not_read_as_chunks(raw_sse, raw_provider):
                     b'data: {"choices": [{"index": 0, "delta": {"content": "late"}}]}\n\n')
     chunks = await collect(raw_provider, ChatRequest(model="m", messages=USER))
     assert text_of(chunks) == "hi"
+
+
+async def test_an_error_page_that_is_not_json_is_quoted_in_part(raw_sse, raw_provider):
+    # A proxy in front of the model answers with its own page, not an OpenAI error object.
+    raw_sse.status, raw_sse.headers = 502, {"content-type": "text/html"}
+    raw_sse.body = b"<html>Bad Gateway " + b"x" * 500_000 + b"</html>"  # more than is read
+    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+    assert "HTTP 502" in error.message and "<html>Bad Gateway xxx" in error.message
+    assert len(error.message) < 500  # the page's start, not all of it
+
+
+async def test_a_body_that_cannot_be_decoded_is_model_unavailable(raw_sse, raw_provider):
+    raw_sse.headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    raw_sse.body = b"this is not gzip"
+    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+
+
+async def test_a_cookie_the_endpoint_sets_goes_back_with_the_next_call(raw_sse, raw_provider):
+    # A load balancer's sticky session: the next call must reach the same backend.
+    raw_sse.headers = {"content-type": "text/event-stream", "set-cookie": "backend=b7; Path=/"}
+    raw_sse.body = (b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}'
+                    b'\n\ndata: [DONE]\n\n')
+    for _ in range(2):
+        assert text_of(await collect(raw_provider, ChatRequest(model="m", messages=USER))) == "hi"
+    assert raw_sse.seen[0].get("cookie") is None
+    assert raw_sse.seen[1].get("cookie") == "backend=b7"

@@ -1,14 +1,18 @@
 """The `openai` provider: any OpenAI-compatible chat-completions endpoint (vLLM, Ollama,
-llama.cpp server, OpenAI, ...) through one `openai.AsyncOpenAI` client per endpoint.
+llama.cpp server, OpenAI, ...) through one `openai.AsyncOpenAI` client per endpoint: its
+configuration (key, headers, timeout), its HTTP client and connection pool, and its model
+listing. The chat call, the hot path, builds its request and reads its stream itself on that
+HTTP client (see OpenAIProvider.__init__).
 
-The SDK never retries (max_retries=0): whether to retry is the caller's choice, and a hidden
-retry would double the latency a deadline has to cover. Upstream failures become agentd errors
-with the catalogued MODEL_* reasons, so callers see clean statuses whatever the endpoint.
+Nothing is retried (the SDK's max_retries=0): whether to retry is the caller's choice, and a
+hidden retry would double the latency a deadline has to cover. Upstream failures become agentd
+errors with the catalogued MODEL_* reasons, so callers see clean statuses whatever the endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -32,13 +36,12 @@ from agentd.inference.base import (
 
 log = logging.getLogger("agentd.inference")
 
-# The transport errors of the HTTP client inside the openai SDK (recent versions ship their
-# own copy of httpx, httpx2): a stream cut while it is read raises one of these.
+# The errors of the HTTP client inside the openai SDK (recent versions ship their own copy of
+# httpx, httpx2): a call that cannot connect, or a stream cut or undecodable, raises one of these.
 _SDK_HTTPX = getattr(openai_base_client, "httpx2", httpx)
-_SDK_TRANSPORT_ERROR = _SDK_HTTPX.TransportError
 _SDK_TIMEOUT_ERROR = _SDK_HTTPX.TimeoutException
 # What an endpoint that cannot be reached (or that drops the connection) raises.
-_CONNECTION_ERRORS = (openai.APIConnectionError, httpx.TransportError, _SDK_TRANSPORT_ERROR)
+_CONNECTION_ERRORS = (openai.APIConnectionError, httpx.RequestError, _SDK_HTTPX.RequestError)
 
 # The SDK's telemetry headers (its platform, version, retry count, read timeout): no endpoint
 # needs them, and a waiting call holds each header several times over (the SDK's request,
@@ -46,8 +49,6 @@ _CONNECTION_ERRORS = (openai.APIConnectionError, httpx.TransportError, _SDK_TRAN
 _NO_TELEMETRY_HEADERS: dict[str, Any] = {name: openai.Omit() for name in (
     "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
     "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async")}
-_NO_PER_CALL_TELEMETRY_HEADERS: dict[str, Any] = {
-    "x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
 
 # Finish reasons outside the neutral three: a content filter ends the answer like "stop";
 # the legacy function_call is a tool call.
@@ -55,71 +56,63 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "tool_calls": "tool_calls", 
                                     "function_call": "tool_calls", "content_filter": "stop"}
 
 
-class _ChunkStream(openai.AsyncStream[object]):
-    """The SDK's stream of a chat-completions call, its events cut from whole reads: a list
-    per read of the dicts json.loads makes of its events' data. The SDK's own decoder runs four
-    nested async generators and splits every line in Python. With this stream (and the
-    deadline per read below) the model call cost 2.09 ms of CPU against 2.70 (median of
-    five alternating runs of bench/parts.py's model call). What the SDK's stream does, it
-    does too: an event whose data carries `error` raises APIError, [DONE] ends it, the body
-    is read to its end (for the connection's reuse) and the response is closed however the
-    iteration ends."""
+async def _batches(response: Any, deadline: float | None) -> AsyncIterator[list[object]]:
+    """The events of a streamed chat-completions answer, cut from whole reads: a list per
+    read of the dicts json.loads makes of its events' data. An event whose data carries
+    `error` raises UpstreamError, [DONE] ends the stream, and the body is then read to its
+    end (for the connection's reuse). `deadline` (loop time) guards each read of the body,
+    never the consumer's time between reads (a timeout scope must not span a yield): one read
+    brings several chunks, so fewer scopes."""
+    # The raw bytes unless the endpoint compressed them (then the HTTP client's decoder).
+    encoded = response.headers.get("content-encoding", "identity") not in ("identity", "")
+    received = (response.aiter_bytes() if encoded else response.aiter_raw()).__aiter__()
+    pending = b""
+    while True:
+        async with asyncio.timeout_at(deadline):
+            try:
+                data = await anext(received)
+            except StopAsyncIteration:
+                return
+        pending += data
+        if b"\r" in pending:
+            pending = _lf_only(pending)
+        *events, pending = pending.split(b"\n\n")
+        # What this read brought goes on as one batch (see _merged), also when the stream
+        # ends or breaks after it.
+        batch: list[object] = []
+        done, broken = False, None
+        for event in events:
+            payload = _event_data(event)
+            if payload is None:
+                continue
+            if payload.startswith(b"[DONE]"):
+                done = True
+                break
+            try:
+                chunk = json.loads(payload)
+            except ValueError as e:
+                broken = e
+                break
+            if isinstance(chunk, dict) and chunk.get("error"):
+                broken = UpstreamError(chunk["error"])
+                break
+            batch.append(chunk)
+        if batch:
+            yield batch
+        if broken is not None:
+            raise broken
+        if done:
+            await _drain(received)
+            return
 
-    # The call's deadline in loop time, set by the provider before the first read. It
-    # guards each read of the body, never the consumer's time between chunks (a timeout
-    # scope must not span a yield): one read brings several chunks, so fewer scopes.
-    deadline: float | None = None
 
-    async def __stream__(self) -> AsyncIterator[object]:
-        response = self.response
-        # The raw bytes unless the endpoint compressed them (then the SDK client's decoder).
-        encoded = response.headers.get("content-encoding", "identity") not in ("identity", "")
-        received = (response.aiter_bytes() if encoded else response.aiter_raw()).__aiter__()
-        pending = b""
-        try:
-            while True:
-                async with asyncio.timeout_at(self.deadline):
-                    try:
-                        data = await anext(received)
-                    except StopAsyncIteration:
-                        break
-                pending += data
-                if b"\r" in pending:
-                    pending = _lf_only(pending)
-                *events, pending = pending.split(b"\n\n")
-                # What this read brought goes on as one batch (see _merged), also when the
-                # stream ends or breaks after it.
-                batch: list[object] = []
-                done, broken = False, None
-                for event in events:
-                    payload = _event_data(event)
-                    if payload is None:
-                        continue
-                    if payload.startswith(b"[DONE]"):
-                        done = True
-                        break
-                    try:
-                        chunk = json.loads(payload)
-                    except ValueError as e:
-                        broken = e
-                        break
-                    if isinstance(chunk, dict) and chunk.get("error"):
-                        broken = _stream_error(chunk["error"], response)
-                        break
-                    batch.append(chunk)
-                if batch:
-                    yield batch
-                if broken is not None:
-                    raise broken
-                if done:
-                    await _drain(received)
-                    return
-        except _SDK_TIMEOUT_ERROR as e:
-            raise openai.APITimeoutError(request=response.request) from e
-        except _SDK_HTTPX.RequestError as e:
-            raise openai.APIConnectionError(request=response.request) from e
-        finally:
-            await response.aclose()
+class UpstreamError(Exception):
+    """An error event inside the model's stream: {"error": {"message": ...}}."""
+
+    def __init__(self, error: Any):
+        message = error.get("message") if isinstance(error, dict) else None
+        super().__init__(message if isinstance(message, str) and message
+                         else "An error occurred during streaming")
 
 
 def _lf_only(buffer: bytes) -> bytes:
@@ -148,13 +141,6 @@ async def _drain(received: AsyncIterator[bytes]) -> None:
         pass  # the answer is whole; only the connection's reuse is lost
 
 
-def _stream_error(error: Any, response: Any) -> openai.APIError:
-    message = error.get("message") if isinstance(error, dict) else None
-    return openai.APIError(message=message if isinstance(message, str) and message
-                           else "An error occurred during streaming",
-                           request=response.request, body=error)
-
-
 class OpenAIProvider:
     """One OpenAI-compatible endpoint. `models` maps agentd model ids to the endpoint's names
     (ids it does not map are sent as they are)."""
@@ -178,8 +164,18 @@ class OpenAIProvider:
         # Local servers take no key, but the SDK demands one: send a placeholder.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
                                           http_client=http_client, default_headers=_NO_TELEMETRY_HEADERS)
-        # Absolute: the SDK parses a path and then the URL it joins it into (~50 us a call).
-        self._chat_url = f"{self._client.base_url}chat/completions"
+        # The chat call goes out on the SDK client's HTTP client (its pool and transport) with
+        # the SDK client's headers, key and timeout, but not through the SDK's request builder:
+        # building the options, headers and URL of every call, and wrapping its response, cost
+        # ~0.7 ms of CPU a call, a third of the model call (bench/parts.py).
+        self._http = http_client
+        self._chat_url = _SDK_HTTPX.URL(f"{self._client.base_url}chat/completions")
+        # What the HTTP client's build_request would merge into every request, merged once.
+        self._chat_headers = _SDK_HTTPX.Headers(http_client.headers)
+        self._chat_headers.update({name: value for name, value in {
+            **self._client.default_headers, "Authorization": f"Bearer {self._client.api_key}"}.items()
+            if not isinstance(value, openai.Omit)})
+        self._default_timeout = _SDK_HTTPX.Timeout(self._client.timeout).as_dict()
 
     def serve(self, model_id: str, provider_model_id: str | None = None) -> None:
         """Records the endpoint's name for an agentd model id."""
@@ -191,50 +187,42 @@ class OpenAIProvider:
     async def _stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         loop = asyncio.get_running_loop()
         deadline = None if request.timeout_s is None else loop.time() + max(request.timeout_s, 0.0)
-        stream = None
+        response = None
         finished = False
         saw_tool_calls = False
         try:
             async with asyncio.timeout_at(deadline):
-                # The SDK's own POST (its connection pool, headers, timeouts and error
-                # statuses), each chunk the plain dict json.loads made (_ChunkStream).
-                # chat.completions.create would transform the typed params field by field
-                # (~0.5 ms per history message) and build pydantic objects for every chunk:
-                # about 3 ms of a turn's CPU (turn benchmark).
-                stream = await self._client.post(
-                    self._chat_url, content=self._body(request), cast_to=object,
-                    stream=True, stream_cls=_ChunkStream,
-                    options={"headers": _NO_PER_CALL_TELEMETRY_HEADERS} if request.timeout_s is None
-                    else {"headers": _NO_PER_CALL_TELEMETRY_HEADERS, "timeout": request.timeout_s})
-            stream.deadline = deadline
-            async for batch in stream:
-                chunks, malformed = _merged(batch)
-                for chunk in chunks:
-                    if chunk.tool_calls:
-                        saw_tool_calls = True
-                    if chunk.finish_reason is not None:
-                        finished = True
-                        if chunk.finish_reason == "stop" and saw_tool_calls:
-                            # Some servers say "stop" after tool calls; the loops act on the calls.
-                            chunk = ChatChunk(text=chunk.text, tool_calls=chunk.tool_calls,
-                                              finish_reason="tool_calls", usage=chunk.usage)
-                    yield chunk
-                if malformed is not None:  # after what came before it in the same read
-                    raise malformed
+                response = await self._http.send(self._chat_request(request), stream=True)
+                if response.status_code >= 400:
+                    message = _error_message(response.status_code, await _error_body(response))
+                    raise _status_error(response.status_code, message, request.model)
+            # Closed here, not left to the loop's finalizer, when the caller stops early.
+            async with contextlib.aclosing(_batches(response, deadline)) as batches:
+                async for batch in batches:
+                    chunks, malformed = _merged(batch)
+                    for chunk in chunks:
+                        if chunk.tool_calls:
+                            saw_tool_calls = True
+                        if chunk.finish_reason is not None:
+                            finished = True
+                            if chunk.finish_reason == "stop" and saw_tool_calls:
+                                # Some servers say "stop" after tool calls; the loops act on the calls.
+                                chunk = ChatChunk(text=chunk.text, tool_calls=chunk.tool_calls,
+                                                  finish_reason="tool_calls", usage=chunk.usage)
+                        yield chunk
+                    if malformed is not None:  # after what came before it in the same read
+                        raise malformed
         except AgentdError:
             raise
-        except (TimeoutError, openai.APITimeoutError, httpx.TimeoutException) as e:
+        except (TimeoutError, _SDK_TIMEOUT_ERROR, httpx.TimeoutException) as e:
             if (refused := _refused(e)) is not None:
                 raise self._unreachable(request.model, refused) from None
             raise DeadlineExceeded(f"Model '{request.model}' did not answer in time.",
                                    reason="MODEL_TIMEOUT") from None
-        except openai.APIStatusError as e:
-            raise _status_error(e, request.model) from None
         except _CONNECTION_ERRORS as e:
             raise self._unreachable(request.model, e) from None
-        except openai.APIError as e:  # e.g. an error event inside the stream
-            raise Unavailable(f"Model '{request.model}' failed: {e.message}",
-                              reason="MODEL_UNAVAILABLE") from None
+        except UpstreamError as e:
+            raise Unavailable(f"Model '{request.model}' failed: {e}", reason="MODEL_UNAVAILABLE") from None
         except MalformedChunk as e:
             raise Unavailable(f"Model '{request.model}' sent a malformed chunk: {e}",
                               reason="MODEL_UNAVAILABLE") from None
@@ -242,13 +230,24 @@ class OpenAIProvider:
             raise Unavailable(f"Model '{request.model}' sent a chunk that is not JSON: {e}",
                               reason="MODEL_UNAVAILABLE") from None
         finally:
-            if stream is not None:
+            if response is not None:
                 # Closing the response drops the HTTP stream, so a cancelled or abandoned call
                 # stops the upstream generation rather than letting it run on.
-                await stream.close()
+                await response.aclose()
         if not finished:
             raise Unavailable(f"Model '{request.model}' ended its stream without finishing.",
                               reason="MODEL_UNAVAILABLE")
+
+    def _chat_request(self, request: ChatRequest) -> Any:
+        """The HTTP request of a chat call, as the HTTP client's build_request makes it from
+        the parts that never change (the URL, the merged headers): parsing and merging them
+        again cost ~0.2 ms a call. Cookies an endpoint set (a load balancer's sticky session)
+        go back to it, as build_request sends them."""
+        timeout = (self._default_timeout if request.timeout_s is None
+                   else _SDK_HTTPX.Timeout(request.timeout_s).as_dict())
+        return _SDK_HTTPX.Request("POST", self._chat_url, headers=self._chat_headers,
+                                  content=self._body(request), cookies=self._http.cookies or None,
+                                  extensions={"timeout": timeout})
 
     async def list_models(self, timeout_s: float | None = None) -> list[str]:
         """The ids GET /models answers (asked at start when no model list is configured)."""
@@ -265,7 +264,8 @@ class OpenAIProvider:
             if e.status_code >= 500 or e.status_code in (401, 403, 404, 429):
                 raise Unavailable(f"Provider '{self.provider_id}' cannot list its models: "
                                   f"{_upstream_message(e)}", reason="MODEL_UNAVAILABLE") from None
-            raise InvalidArgument("", _upstream_message(e), reason="MODEL_REJECTED_REQUEST") from None
+            raise InvalidArgument("", _upstream_message(e.body, e.message),
+                                  reason="MODEL_REJECTED_REQUEST") from None
         except _CONNECTION_ERRORS as e:
             raise self._cannot_reach(e) from None
 
@@ -478,9 +478,7 @@ def _tool_call_delta(call: Any) -> ToolCallDelta:
                          arguments=_text(function.get("arguments"), "a tool call's arguments"))
 
 
-def _status_error(error: openai.APIStatusError, model: str) -> AgentdError:
-    status = error.status_code
-    message = _upstream_message(error)
+def _status_error(status: int, message: str, model: str) -> AgentdError:
     if status == 404:
         return NotFound("model", model)
     if status == 408:
@@ -494,15 +492,37 @@ def _status_error(error: openai.APIStatusError, model: str) -> AgentdError:
                            reason="MODEL_REJECTED_REQUEST")
 
 
-def _upstream_message(error: openai.APIStatusError) -> str:
-    body = error.body
+async def _error_body(response: Any, limit: int = 64 * 1024) -> bytes:
+    """The body of an error response, its first `limit` bytes: an error is a short object, and
+    an endpoint that streams a long page instead gets no more of agentd's memory."""
+    body = b""
+    async for data in response.aiter_bytes():
+        body += data
+        if len(body) >= limit:
+            break
+    return body[:limit]
+
+
+def _error_message(status: int, content: bytes) -> str:
+    """The message of an error response, found where the SDK finds it (APIStatusError); a
+    body that is not JSON (a proxy's page) is quoted, its first 300 characters."""
+    text = content.decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    quoted = f" - {text[:300]}" if text and body is None else ""
+    return _upstream_message(body, f"Error code: {status}{quoted}")
+
+
+def _upstream_message(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
             return inner["message"]
         if isinstance(body.get("message"), str):
             return body["message"]
-    return error.message
+    return fallback
 
 
 def _refused(error: BaseException) -> aiohttp.ClientConnectorError | None:
