@@ -62,6 +62,19 @@ def test_create_retrieve_delete(client, fake):
     assert caught.value.body["code"] == "response_not_found"
 
 
+def test_an_input_image_is_sent_to_the_model(client, fake):
+    fake.script(Reply(text="A llama."))
+    response = client.responses.create(model="test-model", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "https://example.com/llama.jpg", "detail": "high"}]}])
+    assert response.output_text == "A llama."
+    image = client.responses.input_items.list(response.id).data[0].content[1]
+    assert (image.type, image.detail) == ("input_image", "high")
+    assert image.image_url == "https://example.com/llama.jpg"
+    assert fake.chat_requests[0].body["messages"][-1]["content"][1] == {
+        "type": "image_url", "image_url": {"url": "https://example.com/llama.jpg", "detail": "high"}}
+
+
 def test_input_items_page_both_ways(client, fake):
     response = client.responses.create(
         model="test-model", input=[{"role": "user", "content": f"Message {c}"} for c in "ABCDE"])

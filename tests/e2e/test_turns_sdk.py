@@ -80,6 +80,20 @@ def test_a_non_streamed_turn(client, fake):
     assert turn.output_message.content == "Unary"
 
 
+def test_a_turn_with_an_image_sends_it_to_the_model(client, fake):
+    fake.script(Reply(text="A llama."))
+    agent_id, session_id = _agent(client)
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image", "image": {"url": {"uri": "https://example.com/llama.jpg"}}}]
+    turn = client.agents.turn.create(agent_id=agent_id, session_id=session_id, stream=False,
+                                     messages=[{"role": "user", "content": content}])
+    assert turn.output_message.content == "A llama."
+    assert turn.input_messages[0].content[1].image.url.uri == "https://example.com/llama.jpg"
+    assert fake.chat_requests[0].body["messages"][-1]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/llama.jpg"}}]
+
+
 def test_a_non_streamed_turn_that_fails_raises(client, fake):
     fake.script(Reply(error_status=503, error_message="overloaded"))
     agent_id, session_id = _agent(client)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -15,6 +16,7 @@ from google.protobuf import json_format
 
 from agentd.app import Agentd, StartError
 from agentd.inference import local_provider
+from agentd.v1 import agent_messages_pb2 as m
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
 from agentd.v1 import models_pb2
@@ -150,3 +152,16 @@ async def test_a_function_call_comes_from_the_model_through_the_responses_api(ag
             input=[{"type": "function_call_output", "call_id": call.call_id,
                     "output": "Sunny, 21 degrees C."}])
     assert answered.status == "completed" and answered.output_text
+
+
+async def test_an_image_sent_to_the_packaged_model_which_reads_text_only_is_refused_clearly(agents):
+    # The packaged model has no vision; its server refuses the image, and the turn says why.
+    agent_id, session_id = await new_session(agents)
+    image = m.InterleavedContentItem(image=m.ImageContentItem(image=m.AgentImage(
+        url=m.AgentURL(uri="https://example.com/llama.jpg"))))
+    events = await collect(stream_turn(agents, agent_id, session_id, m.TurnInputMessage(
+        user=m.UserMessage(content=m.InterleavedContent(item=image)))))
+    turn = terminal_turn(events)
+    assert turn.status == t.TURN_STATUS_FAILED
+    assert turn.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "reads text only" in turn.error.message

@@ -4,6 +4,7 @@ model server as the only fake."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -130,6 +131,25 @@ async def test_a_unary_response_is_stored_with_its_input(responses, fake):
     assert all(i.message.id.startswith("msg_") for i in items.data)
     assert items.first_id == items.data[0].message.id and items.last_id == items.data[1].message.id
     assert not items.has_more
+
+
+async def test_images_reach_the_model_as_image_url_parts_and_go_again_with_the_chain(responses, fake):
+    png = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(40)).decode()
+    first = (await responses.CreateResponse(create(input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "compare"},
+        {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"},
+        {"type": "input_image", "image_url": png}]}]))).response
+    assert first.status == rt.RESPONSE_STATUS_COMPLETED
+    sent = fake.chat_requests[0].body["messages"][-1]
+    assert sent == {"role": "user", "content": [
+        {"type": "text", "text": "compare"},
+        {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": png}}]}
+    items = await responses.ListResponseInputItems(pb.ListResponseInputItemsRequest(response_id=first.id))
+    assert codec.to_json(items.data[0])["content"][1] == {
+        "type": "input_image", "image_url": "https://x/y.png", "detail": "low", "file_id": None}
+    await responses.CreateResponse(create(input="and now?", previous_response_id=first.id))
+    assert fake.chat_requests[1].body["messages"][0] == sent
 
 
 async def test_input_items_page_both_ways(responses, fake):
@@ -300,6 +320,23 @@ async def test_function_call_outputs_continue_with_the_calls_resent(responses, f
     ({"background": True, "store": False}, "background"),
     ({"previous_response_id": "resp_\u0000"}, "previous_response_id"),
     ({"conversation": {"id": "conv_\u0000"}}, "conversation"),
+    # Images a model can be sent are URLs (http(s) or data:) in user messages; no files yet.
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "ftp://x/y.png"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png;base64,%%%"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"role": "system", "content": [
+        {"type": "input_image", "image_url": "https://x/y.png"}]}]}, "input[0].content[0]"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+     "input[0].content[0]"),
+    ({"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": [
+                    {"type": "input_text", "text": "see"},
+                    {"type": "input_image", "image_url": "https://x/y.png"}]}]},
+     "input[1].output[1]"),
 ])
 async def test_bad_requests_fail_before_any_event(responses, fake, fields, param):
     for call in (responses.CreateResponse(create(**fields)),

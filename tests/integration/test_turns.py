@@ -4,6 +4,7 @@ PostgreSQL, with the scripted fake model server as the only fake."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import grpc
@@ -372,6 +373,20 @@ async def test_two_client_tools_pause_then_resume_completes_the_same_turn(agents
 
 
 IMAGE = m.InterleavedContentItem(image=m.ImageContentItem(image=m.AgentImage(url=m.AgentURL(uri="https://x/y.png"))))
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(40))).decode()
+
+
+def image_item(**image) -> m.InterleavedContentItem:
+    return m.InterleavedContentItem(image=m.ImageContentItem(image=m.AgentImage(**image)))
+
+
+def text_item(text: str) -> m.InterleavedContentItem:
+    return m.InterleavedContentItem(text=m.TextContentItem(text=text))
+
+
+def user_items(*items: m.InterleavedContentItem) -> m.TurnInputMessage:
+    return m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(
+        items=m.InterleavedContentItemList(items=items))))
 
 
 @pytest.mark.parametrize("message, field", [
@@ -379,14 +394,24 @@ IMAGE = m.InterleavedContentItem(image=m.ImageContentItem(image=m.AgentImage(url
     (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent())), "messages[1].content"),
     (m.TurnInputMessage(tool=m.ToolResponseMessage(call_id="c", content=m.InterleavedContent())),
      "messages[1].content"),
-    # Images would reach the model as nothing: refused, not dropped.
-    (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(item=IMAGE))),
+    # A tool's result is sent to the model as text: an image there is refused, not dropped.
+    (m.TurnInputMessage(tool=m.ToolResponseMessage(call_id="c", content=m.InterleavedContent(item=IMAGE))),
      "messages[1].content.item"),
-    (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(items=m.InterleavedContentItemList(
-        items=[m.InterleavedContentItem(text=m.TextContentItem(text="what is this?")), IMAGE])))),
-     "messages[1].content.items[1]"),
+    # Images a model's server could not read.
+    (user_items(text_item("what is this?"), image_item()), "messages[1].content.items[1].image.image"),
+    (user_items(image_item(url=m.AgentURL(uri="https://x/y.png"), data=PNG)),
+     "messages[1].content.items[0].image.image"),
+    (user_items(image_item(url=m.AgentURL(uri="ftp://x/y.png"))),
+     "messages[1].content.items[0].image.image.url.uri"),
+    (user_items(image_item(url=m.AgentURL(uri="data:text/plain;base64,aGk="))),
+     "messages[1].content.items[0].image.image.url.uri"),
+    (user_items(image_item(url=m.AgentURL(uri="data:image/png;base64,%%%"))),
+     "messages[1].content.items[0].image.image.url.uri"),
+    (user_items(image_item(data="not base64!")), "messages[1].content.items[0].image.image.data"),
+    (user_items(image_item(data=base64.b64encode(b"plain text, not an image").decode())),
+     "messages[1].content.items[0].image.image.data"),
 ])
-async def test_an_empty_or_image_input_message_is_invalid_and_starts_nothing(agents, fake, message, field):
+async def test_an_empty_message_or_a_bad_image_is_invalid_and_starts_nothing(agents, fake, message, field):
     # Over REST the codec needs a role and content; a gRPC client can leave them empty.
     agent_id, session_id = await new_session(agents)
     code, reason, fields = await error_of(agents.CreateTurn(pb.CreateTurnRequest(
@@ -394,6 +419,42 @@ async def test_an_empty_or_image_input_message_is_invalid_and_starts_nothing(age
     assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", [field])
     get = pb.GetSessionRequest(agent_id=agent_id, session_id=session_id)
     assert not (await agents.GetSession(get)).session.turns and not fake.chat_requests
+
+
+async def test_images_reach_the_model_as_image_url_parts_and_stay_in_the_history(agents, fake):
+    agent_id, session_id = await new_session(agents)
+    asked = user_items(text_item("what is on "), image_item(url=m.AgentURL(uri="https://x/y.png")),
+                       text_item(" and "), image_item(data=PNG))
+    first = (await agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[asked]))).turn
+    assert first.status == t.TURN_STATUS_COMPLETED
+    assert list(first.input_messages) == [asked]  # kept as given
+    sent = fake.chat_requests[0].body["messages"][-1]
+    assert sent == {"role": "user", "content": [
+        {"type": "text", "text": "what is on "},
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+        {"type": "text", "text": " and "},
+        # Inline data goes as a data: URL, its media type read from the image's bytes.
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG}}]}
+    # One image alone is a list of one part; the first turn's images go again with the history.
+    await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[
+        m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(item=IMAGE)))]))
+    again = fake.chat_requests[1].body["messages"]
+    assert again[1] == sent
+    assert again[-1] == {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+
+
+async def test_a_document_added_to_a_message_of_one_image_follows_the_image(agents, fake):
+    agent_id, session_id = await new_session(agents)
+    await agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id,
+        messages=[m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(item=IMAGE)))],
+        documents=[m.AgentDocument(content=m.AgentDocumentContent(text="a caption"),
+                                   mime_type="text/plain")]))
+    assert fake.chat_requests[0].body["messages"][-1]["content"] == [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+        {"type": "text", "text": "\na caption"}]
 
 
 async def test_every_resume_error(agents, fake):

@@ -577,6 +577,15 @@ def test_malformed_request_is_400(
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"temperature": 2.5}, "temperature"),
         ({"messages": [{"role": "tool", "tool_call_id": "call_x", "content": "42"}]}, "messages.[0].role"),
+        ({"messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 1}}]}]},
+         "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "huge"}}]}]},
+         "messages[0].content[0]"),
+        ({"messages": [{"role": "system", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}, *HI]},
+         "messages[0].content[0]"),
         (
             {
                 "messages": [
@@ -614,6 +623,15 @@ def test_answered_tool_calls_pass_validation(fake_openai: FakeOpenAIServer, clie
 
     assert resp.choices[0].message.content == "echo: hi"
     assert fake_openai.chat_requests[0].body["messages"][1]["tool_calls"] == calls
+
+
+def test_text_and_image_parts_of_a_user_message_pass_validation(
+    fake_openai: FakeOpenAIServer, client: openai.OpenAI
+) -> None:
+    content = [{"type": "text", "text": "what is this?"},
+               {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}]
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert resp.choices[0].message.content == "echo: what is this?"
 
 
 def test_strict_off_accepts_unanswered_tool_calls() -> None:

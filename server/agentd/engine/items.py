@@ -8,6 +8,7 @@ assistant). And the `include` values that add optional data to items read back.
 from __future__ import annotations
 
 from agentd import ids
+from agentd.engine.images import checked_url
 from agentd.errors import InvalidArgument
 from agentd.storage.responses import item_id_of
 from agentd.v1 import response_items_pb2 as pb
@@ -71,6 +72,10 @@ def _check_content(content, oneof: str, field: str) -> None:
         for i, part in enumerate(content.parts.parts):
             if part.WhichOneof("part") is None:
                 raise InvalidArgument(f"{field}[{i}].type", "required: the part's type and its fields")
+            if part.HasField("input_image") and part.input_image.HasField("image_url"):
+                # Stored items are sent to models again: a URL no model's server can read
+                # would fail every later response of the conversation.
+                checked_url(part.input_image.image_url, f"{field}[{i}].image_url")
 
 
 def stored_items(items, field: str = "items") -> list[pb.ResponseItem]:

@@ -32,6 +32,15 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageURL:
+    """An image in a user message: an http(s) URL or a data: URL, and the detail asked for
+    (low, high, auto: Responses' input_image), None for the endpoint's default."""
+
+    url: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message of the conversation sent to the model."""
 
@@ -39,12 +48,16 @@ class ChatMessage:
     content: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()  # assistant only
     tool_call_id: str | None = None  # tool only: the call it answers
+    # A user message holding images: its texts and images in their order, sent instead of
+    # `content`, which is then its text alone (for what reads only text, such as shields).
+    parts: tuple[str | ImageURL, ...] = ()
     # Its JSON in the OpenAI chat form, made by the openai provider the first time it sends
     # the message: a session's history goes to the model again with every turn.
     wire_json: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        object.__setattr__(self, "parts", tuple(self.parts))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import jiter
 
+from agentd.errors import InvalidArgument
 from agentd.ids import new_id
 from agentd.inference.base import ChatChunk, ChatMessage, ChatRequest, ToolCallDelta, ToolSpec, Usage
 from agentd.inference.openai_provider import OpenAIProvider
@@ -133,6 +134,10 @@ class LocalModelProvider:
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         assert self._endpoint is not None, "start() loads the model before any call"
+        if any(message.parts for message in request.messages):  # (parts: a message with images)
+            # Its server would answer HTTP 500, as if it were down.
+            raise InvalidArgument("", f"Model '{request.model}' reads text only: it cannot be sent images.",
+                                  reason="MODEL_REJECTED_REQUEST")
         tools = () if request.tool_choice == "none" or _answers_a_tool_result(request) else request.tools
         plain = replace(request, messages=_with_system_prompt(request.messages, tools), tools=(),
                         tool_choice=None, parallel_tool_calls=None,

@@ -29,6 +29,7 @@ from agentd.inference.base import (
     ChatMessage,
     ChatRequest,
     FinishReason,
+    ImageURL,
     ToolCallDelta,
     ToolSpec,
     Usage,
@@ -336,11 +337,21 @@ def _message(message: ChatMessage) -> dict[str, Any]:
             out["tool_calls"] = [{"id": c.id, "type": "function",
                                   "function": {"name": c.name, "arguments": c.arguments}}
                                  for c in message.tool_calls]
+    elif message.parts:
+        out["content"] = [{"type": "text", "text": part} if isinstance(part, str) else _image(part)
+                          for part in message.parts]
     else:
         out["content"] = message.content or ""
     if message.role == "tool":
         out["tool_call_id"] = message.tool_call_id
     return out
+
+
+def _image(image: ImageURL) -> dict[str, Any]:
+    url: dict[str, Any] = {"url": image.url}
+    if image.detail:
+        url["detail"] = image.detail
+    return {"type": "image_url", "image_url": url}
 
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:

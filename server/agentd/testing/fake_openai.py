@@ -301,7 +301,33 @@ def _validate_strict(body: dict[str, Any]) -> None:
         if not isinstance(fn, dict) or tool.get("type") != "function" or not isinstance(fn.get("name"), str):
             raise _bad(f"Invalid 'tools[{i}]': expected a function tool with a name.", f"tools[{i}]",
                        "invalid_value")
+    for i, m in enumerate(body["messages"]):
+        _validate_content(m, i)
     _validate_tool_sequence(body["messages"])
+
+
+def _validate_content(message: dict[str, Any], index: int) -> None:
+    """Content is a string or a list of parts: text parts, and image_url parts in user
+    messages only (the service's rule)."""
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return
+    where = f"messages[{index}].content"
+    if not isinstance(content, list):
+        raise _bad(f"Invalid type for '{where}': expected one of a string or array of objects.", where,
+                   "invalid_type")
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        image = part.get("image_url") if kind == "image_url" else None
+        if isinstance(image, dict) and isinstance(image.get("url"), str) \
+                and image.get("detail", "auto") in ("auto", "low", "high"):
+            if message.get("role") != "user":
+                raise _bad(f"Invalid '{where}[{j}]': image_url parts are only allowed in user messages.",
+                           f"{where}[{j}]", "invalid_value")
+            continue
+        raise _bad(f"Invalid value for '{where}[{j}]'.", f"{where}[{j}]", "invalid_value")
 
 
 def _validate_tool_sequence(messages: list[dict[str, Any]]) -> None:

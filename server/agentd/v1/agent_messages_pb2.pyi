@@ -392,17 +392,24 @@ Global___ImageContentItem: _TypeAlias = ImageContentItem  # noqa: Y015
 
 @_typing.final
 class AgentImage(_message.Message):
-    """An image given by URL or inline data."""
+    """An image given by URL or inline data: one of the two. The images of a user message reach
+    the model as image_url parts, in their place among its texts; a tool's response is text,
+    and an image there is INVALID_ARGUMENT.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     URL_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.str
-    """Base64-encoded image bytes."""
+    """Base64-encoded image bytes: a PNG, JPEG, GIF or WebP image (anything else is
+    INVALID_ARGUMENT), sent as a data: URL of its type.
+    """
     @_builtins.property
     def url(self) -> Global___AgentURL:
-        """Where the image is."""
+        """Where the image is: an http(s) URL, or a data: URL (data:image/<type>;base64,...), sent
+        as it is given; anything else is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -400,7 +400,11 @@ Global___ResponseInputText: _TypeAlias = ResponseInputText  # noqa: Y015
 
 @_typing.final
 class ResponseInputImage(_message.Message):
-    """An image input part: by URL (http(s) or data: URL) or by uploaded file id."""
+    """An image input part: by URL (http(s) or data: URL) or by uploaded file id. In a response's
+    input, an image is sent to the model as an image_url part of its user message (with its
+    detail), by URL only: file_id is INVALID_ARGUMENT for now, as is an image in a system,
+    developer or assistant message.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -867,7 +871,8 @@ class ResponseFunctionCallOutput(_message.Message):
     @_builtins.property
     def output(self) -> Global___ResponseFunctionCallOutputContent:
         """The result: a string (usually JSON) or a list of input_text / input_image /
-        input_file parts. Required.
+        input_file parts. Required. It reaches the model as text: input_image and input_file
+        parts are INVALID_ARGUMENT in a response's input.
         """
 
     def __init__(

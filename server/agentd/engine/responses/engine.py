@@ -414,7 +414,7 @@ class ResponseEngine:
     def _remember(self, state: ResponseState) -> None:
         key = (state.owner, state.response.id)
         transcript = (*state.history, *state.input, *state.response.output)
-        self._transcripts.put(key, transcript, len(transcript))
+        self._transcripts.put(key, transcript, response_items.weight(transcript))
 
     async def _conversation_items(self, owner: str, conversation_id: str) -> list[it.ResponseItem]:
         """All the conversation's items, oldest first (no cap)."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from agentd import ids
 from agentd.engine.items import stored_item
 from agentd.errors import InvalidArgument
-from agentd.inference import ChatMessage, ToolCall
+from agentd.inference import ChatMessage, ImageURL, ToolCall
 from agentd.v1 import response_items_pb2 as it
 from agentd.v1 import response_resource_pb2 as rt
 
@@ -21,6 +21,8 @@ _CHAT_ROLES = {it.RESPONSE_MESSAGE_ROLE_USER: "user", it.RESPONSE_MESSAGE_ROLE_A
                it.RESPONSE_MESSAGE_ROLE_DEVELOPER: "system"}
 # Items that are context the model already saw summarized in the messages that follow them
 # (tool runs of agentd's, reasoning): kept in transcripts, not sent as chat messages.
+_DETAILS = {it.RESPONSE_IMAGE_DETAIL_LOW: "low", it.RESPONSE_IMAGE_DETAIL_HIGH: "high",
+            it.RESPONSE_IMAGE_DETAIL_AUTO: "auto", it.RESPONSE_IMAGE_DETAIL_ORIGINAL: "original"}
 _NOT_SENT = {"file_search_call", "web_search_call", "mcp_call", "mcp_list_tools",
              "mcp_approval_request", "mcp_approval_response", "reasoning"}
 
@@ -46,18 +48,40 @@ def input_items(given: rt.ResponseInput) -> list[it.ResponseItem]:
         item = stored_item(original, where)
         if item.WhichOneof("item") == "message":
             _check_content(item.message, where)
+        elif item.WhichOneof("item") == "function_call_output":
+            _check_output(item.function_call_output, where)
         items.append(item)
     return items
 
 
 def _check_content(message: it.ResponseMessage, where: str) -> None:
+    """What a model can be sent: images by URL in user messages, no files yet (their URLs
+    were checked by stored_item)."""
     if message.content.WhichOneof("content") != "parts":
         return
     for index, part in enumerate(message.content.parts.parts):
         kind = part.WhichOneof("part")
+        field = f"{where}.content[{index}]"
+        if kind == "input_file":
+            raise InvalidArgument(field, "input_file is not supported yet: the models agentd serves "
+                                         "take text and images")
+        if kind == "input_image":
+            if message.role != USER:
+                raise InvalidArgument(field, "input_image is allowed in user messages only")
+            if not part.input_image.HasField("image_url"):
+                raise InvalidArgument(f"{field}.image_url", "required: the image's http(s) or data: URL "
+                                                            "(file_id is not supported yet)")
+
+
+def _check_output(output: it.ResponseFunctionCallOutput, where: str) -> None:
+    """A function's output reaches the model as a tool message, which holds text only."""
+    if output.output.WhichOneof("output") != "parts":
+        return
+    for index, part in enumerate(output.output.parts.parts):
+        kind = part.WhichOneof("part")
         if kind in ("input_image", "input_file"):
-            raise InvalidArgument(f"{where}.content[{index}]",
-                                  f"{kind} is not supported yet: the models agentd serves take text")
+            raise InvalidArgument(f"{where}.output[{index}]", f"{kind} is not supported in a function's "
+                                  "output: models are sent function outputs as text")
 
 
 def check_outputs_paired(history: Sequence[it.ResponseItem], given: Sequence[it.ResponseItem]) -> None:
@@ -98,8 +122,9 @@ def chat_messages(items: Iterable[it.ResponseItem]) -> list[ChatMessage]:
         end_calls()
         if kind == "message":
             message = item.message
-            messages.append(ChatMessage(role=_CHAT_ROLES.get(message.role, "user"),
-                                        content=text_of(message.content)))
+            role = _CHAT_ROLES.get(message.role, "user")
+            messages.append(ChatMessage(role=role, content=text_of(message.content),
+                                        parts=_parts(message.content) if role == "user" else ()))
         elif kind == "function_call_output":
             output = item.function_call_output
             content = (output.output.text if output.output.WhichOneof("output") == "text"
@@ -115,6 +140,35 @@ def text_of(content: it.ResponseMessageContent) -> str:
     if content.WhichOneof("content") == "text":
         return content.text
     return _parts_text(content.parts.parts)
+
+
+def _parts(content: it.ResponseMessageContent) -> tuple[str | ImageURL, ...]:
+    """A user message's texts and images by URL in their order, when it holds one (else none:
+    its text goes as a string). Parts a model cannot be sent (a file, an image by file_id:
+    refused in a response's input, but a conversation may hold them) are left out."""
+    if content.WhichOneof("content") != "parts" or not any(
+            part.input_image.HasField("image_url") for part in content.parts.parts):
+        return ()
+    sent: list[str | ImageURL] = []
+    for part in content.parts.parts:
+        kind = part.WhichOneof("part")
+        if kind == "input_image" and part.input_image.HasField("image_url"):
+            detail = _DETAILS.get(part.input_image.detail)
+            sent.append(ImageURL(part.input_image.image_url, detail))
+        elif kind in ("input_text", "output_text"):
+            sent.append(getattr(part, kind).text)
+    return tuple(sent)
+
+
+def weight(items: Iterable[it.ResponseItem]) -> int:
+    """What items weigh in the transcript cache: one each, and one per KB of image URLs (an
+    image given inline is a data: URL of its bytes in base64)."""
+    count = image_bytes = 0
+    for item in items:
+        count += 1
+        if item.HasField("message") and item.message.content.WhichOneof("content") == "parts":
+            image_bytes += sum(len(part.input_image.image_url) for part in item.message.content.parts.parts)
+    return count + image_bytes // 1024
 
 
 def _parts_text(parts: Iterable[it.ResponseContentPart]) -> str:

@@ -83,8 +83,12 @@ async def with_documents(
             raise text
     added = "\n" + "\n".join(texts)
     last = users[-1]
-    if last.content.WhichOneof("content") == "items":
+    kind = last.content.WhichOneof("content")
+    if kind == "items":
         last.content.items.items.add().text.text = added
+    elif kind == "item" and last.content.item.HasField("image"):  # the image, then the text
+        items = [last.content.item, msg.InterleavedContentItem(text=msg.TextContentItem(text=added))]
+        last.content.CopyFrom(msg.InterleavedContent(items=msg.InterleavedContentItemList(items=items)))
     else:
         last.content.CopyFrom(msg.InterleavedContent(text=text_of(last.content) + added))
     return result

@@ -58,12 +58,21 @@ from agentd.clock import now_micros, timestamp
 from agentd.config import DocumentsConfig, Settings
 from agentd.engine.agent_config import check_toolgroup_names
 from agentd.engine.completion import Completion, arguments_object
+from agentd.engine.images import agent_image_url
 from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.lru import LRU
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
 from agentd.engine.shields import DeclaredShields, Shields, require_declared
 from agentd.engine.turns.documents import with_documents
-from agentd.engine.turns.history import assistant_message, input_message, paired, refusal_text, turn_messages
+from agentd.engine.turns.history import (
+    assistant_message,
+    content_items,
+    input_message,
+    paired,
+    refusal_text,
+    turn_messages,
+    weight,
+)
 from agentd.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -167,26 +176,30 @@ def _event(turn_id: str, **payload: Any) -> te.TurnEvent:
 
 def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
     """What the field behaviours cannot say: each message is a user or a tool message, with
-    content, and text only. Over REST the codec already asks for a role and content (a
-    "role", and content's JSON is the member); a gRPC client can send an empty one."""
+    content; a user message's images are ones a model can be sent, a tool message is text.
+    Over REST the codec already asks for a role and content (a "role", and content's JSON
+    is the member); a gRPC client can send an empty one."""
     for i, message in enumerate(messages):
         kind = message.WhichOneof("message")
         if kind is None:
             raise InvalidArgument(f"messages[{i}].role", "required: a user or a tool message")
         if getattr(message, kind).content.WhichOneof("content") is None:
             raise InvalidArgument(f"messages[{i}].content", "required")
-        _check_text_only(getattr(message, kind).content, f"messages[{i}].content")
+        _check_images(getattr(message, kind).content, f"messages[{i}].content", allowed=kind == "user")
 
 
-def _check_text_only(content: msg.InterleavedContent, where: str) -> None:
-    """Images are refused rather than dropped on the way to the model, which would answer
-    as if there were none (as the Responses API refuses input_image)."""
-    kind = content.WhichOneof("content")
-    items = [content.item] if kind == "item" else content.items.items if kind == "items" else []
-    for j, item in enumerate(items):
+def _check_images(content: msg.InterleavedContent, where: str, *, allowed: bool) -> None:
+    """Each image item's url or data, checked (images.agent_image_url); in a tool's response
+    an image is INVALID_ARGUMENT: the chat-completions protocol sends tool results as text,
+    and a model would answer as if there were no image."""
+    single = content.WhichOneof("content") == "item"
+    for j, item in enumerate(content_items(content)):
         if item.HasField("image"):
-            raise InvalidArgument(where + (".item" if kind == "item" else f".items[{j}]"),
-                                  "image items are not supported yet: the models agentd serves take text")
+            field = where + (".item" if single else f".items[{j}]")
+            if not allowed:
+                raise InvalidArgument(field, "a tool's response is text: models are sent tool results "
+                                             "as text, with no images")
+            agent_image_url(item.image.image, field + ".image.image")
 
 
 def _answers_no_call(inputs: Sequence[msg.TurnInputMessage], index: int) -> InvalidArgument:
@@ -501,7 +514,7 @@ class TurnEngine:
                 found = tuple(rebuilt)
                 if status not in OPEN_STATUSES:
                     cached[turn_id] = found
-                    self._histories.grew(key, len(found))
+                    self._histories.grew(key, weight(found))
             messages.extend(found)
         return messages
 
@@ -513,7 +526,7 @@ class TurnEngine:
         if kept is not None:
             before = kept.messages.get(state.turn.turn_id, ())
             kept.messages[state.turn.turn_id] = messages = tuple(turn_messages(state.turn))
-            self._histories.grew(key, len(messages) - len(before))
+            self._histories.grew(key, weight(messages) - weight(before))
 
     @staticmethod
     def _settle(kept: _SessionHistory | None, rows: list[TurnRow], from_start: bool) -> list[tuple[str, str]]:
@@ -697,7 +710,7 @@ class TurnEngine:
         owner stream. A retry with the request_id of the turn's last resume re-attaches to
         that continuation (from its first event) instead."""
         for i, response in enumerate(tool_responses):
-            _check_text_only(response.content, f"tool_responses[{i}].content")
+            _check_images(response.content, f"tool_responses[{i}].content", allowed=False)
         deadline = _deadline(timeout_s, background)
         agent = await self._agent_and_session(owner, agent_id, session_id)
         key = (owner, session_id)

@@ -19,15 +19,18 @@ refused by an output shield is replaced by the refusal (the flagged text is not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from agentd.engine.images import agent_image_url
 from agentd.engine.shields import refusal_text as shield_refusal
-from agentd.inference import ChatMessage, ToolCall
+from agentd.inference import ChatMessage, ImageURL, ToolCall
 from agentd.v1 import agent_messages_pb2 as msg
 from agentd.v1 import agent_resources_pb2 as types
 from agentd.v1 import safety_pb2
 
 
 def text_of(content: msg.InterleavedContent) -> str:
-    """The text of interleaved content (image items have no text form for the model here)."""
+    """The text of interleaved content, its images left out."""
     kind = content.WhichOneof("content")
     if kind == "text":
         return content.text
@@ -43,7 +46,31 @@ def input_message(message: msg.TurnInputMessage) -> ChatMessage:
         return ChatMessage(
             role="tool", content=text_of(message.tool.content), tool_call_id=message.tool.call_id
         )
-    return ChatMessage(role="user", content=text_of(message.user.content))
+    content = message.user.content
+    return ChatMessage(role="user", content=text_of(content), parts=_parts(content))
+
+
+def content_items(content: msg.InterleavedContent) -> Sequence[msg.InterleavedContentItem]:
+    """The items of interleaved content given as one item or a list (none for text)."""
+    kind = content.WhichOneof("content")
+    return [content.item] if kind == "item" else content.items.items if kind == "items" else ()
+
+
+def _parts(content: msg.InterleavedContent) -> tuple[str | ImageURL, ...]:
+    """A user message's texts and images in their order, when it holds an image (else none:
+    text alone goes as a string). Its images were checked when the turn was created."""
+    items = content_items(content)
+    if not any(item.HasField("image") for item in items):
+        return ()
+    return tuple(ImageURL(agent_image_url(item.image.image, "image")) if item.HasField("image")
+                 else item.text.text for item in items)
+
+
+def weight(messages: Sequence[ChatMessage]) -> int:
+    """What messages weigh in the history cache: one each, and one per KB of image URLs (an
+    image given as data is sent, and kept, as a data: URL of its bytes in base64)."""
+    return len(messages) + sum(len(part.url) for m in messages if m.parts for part in m.parts
+                               if isinstance(part, ImageURL)) // 1024
 
 
 def assistant_message(message: msg.CompletionMessage) -> ChatMessage | None:
