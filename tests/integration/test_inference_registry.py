@@ -94,6 +94,19 @@ async def test_an_unreachable_endpoint_starts_without_its_models_and_says_so(fak
         await registry.close()
 
 
+async def test_an_endpoint_refusing_the_key_starts_without_its_models_and_says_why(fake_a, fake_b, caplog):
+    providers = [{"id": "up", "type": "openai", "base_url": fake_a.base_url},
+                 {"id": "refusing", "type": "openai", "base_url": fake_b.base_url, "api_key": "sk-wrong"}]
+    with caplog.at_level(logging.WARNING, logger="agentd.inference"):
+        registry = await started({"AGENTD_PROVIDERS": json.dumps(providers)})
+    try:
+        assert [m.id for m in registry.models()] == ["alpha", "org/beta"]
+        assert "provider 'refusing': cannot list the models" in caplog.text
+        assert "Incorrect API key" in caplog.text  # the endpoint's own message (HTTP 401)
+    finally:
+        await registry.close()
+
+
 async def test_several_endpoints_route_each_model_to_its_own(fake_a, fake_b):
     fake_a.script(Reply(text="A"))
     fake_b.script(Reply(text="B"))

@@ -378,6 +378,9 @@ class _RawSSE(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.server.seen.append(self.headers)
+        if getattr(self.server, "raw", None):  # not HTTP at all
+            self.wfile.write(self.server.raw)
+            return
         self.send_response(getattr(self.server, "status", 200))
         headers = getattr(self.server, "headers", None) or {"content-type": "text/event-stream"}
         for name, value in headers.items():
@@ -511,3 +514,31 @@ async def test_a_cookie_the_endpoint_sets_goes_back_with_the_next_call(raw_sse, 
         assert text_of(await collect(raw_provider, ChatRequest(model="m", messages=USER))) == "hi"
     assert raw_sse.seen[0].get("cookie") is None
     assert raw_sse.seen[1].get("cookie") == "backend=b7"
+
+
+async def test_a_gateways_own_authorization_replaces_the_key_as_the_sdk_has_it(raw_sse, monkeypatch):
+    # The SDK reads extra headers from OPENAI_CUSTOM_HEADERS; one named Authorization (any
+    # case) is sent instead of the key, not beside it.
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "authorization: Bearer gw-token\nX-Team: blue")
+    provider = OpenAIProvider("gw", f"http://127.0.0.1:{raw_sse.server_address[1]}/v1", "sk-unused")
+    raw_sse.body = (b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}'
+                    b'\n\ndata: [DONE]\n\n')
+    try:
+        assert text_of(await collect(provider, ChatRequest(model="m", messages=USER))) == "hi"
+    finally:
+        await provider.close()
+    assert raw_sse.seen[0].get_all("authorization") == ["Bearer gw-token"]
+    assert raw_sse.seen[0].get("x-team") == "blue"
+
+
+@pytest.mark.parametrize("setup", ["error_body", "chunk", "not_http"])
+async def test_what_no_parser_can_take_is_model_unavailable_not_internal(raw_sse, raw_provider, setup):
+    if setup == "error_body":  # nested past the JSON parser's depth
+        raw_sse.status, raw_sse.headers = 500, {"content-type": "application/json"}
+        raw_sse.body = b"[" * 60000
+    elif setup == "chunk":
+        raw_sse.body = b"data: " + b"[" * 60000 + b"\n\n"
+    else:
+        raw_sse.raw = b"HTTP/1.1 2x0 Weird\r\n\r\n"
+    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")

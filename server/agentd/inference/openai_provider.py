@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,8 +42,11 @@ log = logging.getLogger("agentd.inference")
 # httpx, httpx2): a call that cannot connect, or a stream cut or undecodable, raises one of these.
 _SDK_HTTPX = getattr(openai_base_client, "httpx2", httpx)
 _SDK_TIMEOUT_ERROR = _SDK_HTTPX.TimeoutException
-# What an endpoint that cannot be reached (or that drops the connection) raises.
-_CONNECTION_ERRORS = (openai.APIConnectionError, httpx.RequestError, _SDK_HTTPX.RequestError)
+# What an endpoint that cannot be reached, drops the connection or answers no HTTP raises
+# (aiohttp's own errors where the transport does not map them, such as a bad status line;
+# TLS failures of the httpx transport).
+_CONNECTION_ERRORS = (openai.APIConnectionError, httpx.RequestError, _SDK_HTTPX.RequestError,
+                      aiohttp.ClientError, ssl.SSLError)
 
 # The SDK's telemetry headers (its platform, version, retry count, read timeout): no endpoint
 # needs them, and a waiting call holds each header several times over (the SDK's request,
@@ -93,6 +97,9 @@ async def _batches(response: Any, deadline: float | None) -> AsyncIterator[list[
                 chunk = json.loads(payload)
             except ValueError as e:
                 broken = e
+                break
+            except RecursionError:  # nested past the parser's depth
+                broken = ValueError("nested too deeply")
                 break
             if isinstance(chunk, dict) and chunk.get("error"):
                 broken = UpstreamError(chunk["error"])
@@ -171,11 +178,13 @@ class OpenAIProvider:
         # ~0.7 ms of CPU a call, a third of the model call (bench/parts.py).
         self._http = http_client
         self._chat_url = _SDK_HTTPX.URL(f"{self._client.base_url}chat/completions")
-        # What the HTTP client's build_request would merge into every request, merged once.
+        # What the HTTP client's build_request would merge into every request, merged once,
+        # in the SDK's order: the key, then the SDK client's headers, which may replace it (a
+        # gateway's own Authorization, from default_headers or OPENAI_CUSTOM_HEADERS).
         self._chat_headers = _SDK_HTTPX.Headers(http_client.headers)
-        self._chat_headers.update({name: value for name, value in {
-            **self._client.default_headers, "Authorization": f"Bearer {self._client.api_key}"}.items()
-            if not isinstance(value, openai.Omit)})
+        self._chat_headers.update({"Authorization": f"Bearer {self._client.api_key}"})
+        self._chat_headers.update({name: value for name, value in self._client.default_headers.items()
+                                   if not isinstance(value, openai.Omit)})
         self._default_timeout = _SDK_HTTPX.Timeout(self._client.timeout).as_dict()
 
     def serve(self, model_id: str, provider_model_id: str | None = None) -> None:
@@ -263,8 +272,9 @@ class OpenAIProvider:
                                    reason="MODEL_TIMEOUT") from None
         except openai.APIStatusError as e:
             if e.status_code >= 500 or e.status_code in (401, 403, 404, 429):
-                raise Unavailable(f"Provider '{self.provider_id}' cannot list its models: "
-                                  f"{_upstream_message(e)}", reason="MODEL_UNAVAILABLE") from None
+                message = _upstream_message(e.body, e.message)
+                raise Unavailable(f"Provider '{self.provider_id}' cannot list its models: {message}",
+                                  reason="MODEL_UNAVAILABLE") from None
             raise InvalidArgument("", _upstream_message(e.body, e.message),
                                   reason="MODEL_REJECTED_REQUEST") from None
         except _CONNECTION_ERRORS as e:
@@ -520,7 +530,7 @@ def _error_message(status: int, content: bytes) -> str:
     text = content.decode("utf-8", "replace").strip()
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     quoted = f" - {text[:300]}" if text and body is None else ""
     return _upstream_message(body, f"Error code: {status}{quoted}")
