@@ -13,12 +13,13 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from grpc_status import rpc_status
 
 from agentd import codec, paging
 from agentd.app import Agentd
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.engine.responses import engine as response_engine_module
-from agentd.errors import Unavailable, status_of
+from agentd.errors import Unavailable, details_of, status_of
 from agentd.storage import Database, Repository
 from agentd.storage.events import EventStore
 from agentd.storage.responses import ResponseStore
@@ -406,6 +407,30 @@ async def test_a_conversation_gives_its_items_and_gets_the_new_ones(server, resp
     assert reason == "PREVIOUS_RESPONSE_NOT_FOUND"
     listed = await responses.ListResponses(pb.ListResponsesRequest())
     assert [r.response.id for r in listed.data] == [response.id]
+
+
+@pytest.mark.parametrize("content, problem", [
+    ([{"type": "input_text", "text": "read this"}, {"type": "input_file", "file_id": "file_1"}],
+     "input_file"),
+    ([{"type": "input_image", "file_id": "file_1"}], "file_id"),
+])
+async def test_a_conversation_item_no_model_can_be_sent_fails_the_response_naming_it(
+        server, responses, fake, content, problem):
+    # OpenAI's conversations take such items; agentd stores them, but cannot send them yet:
+    # left out, the model would answer as if it had seen them.
+    conversation = await server.responses.conversations.create(
+        LOCAL_PRINCIPAL, cv.Conversation(id="conv_files"),
+        [codec.parse({"type": "message", "id": "msg_file", "role": "user", "content": content},
+                     it.ResponseItem)])
+    for call in (responses.CreateResponse(create(conversation=conversation.id, input="and?")),
+                 collect(responses.StreamResponse(stream(conversation=conversation.id, input="and?")))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details_of(rpc_status.from_call(caught.value))[1] == ["conversation"]
+        assert "item 'msg_file' cannot be sent to a model" in caught.value.details()
+        assert problem in caught.value.details()
+    assert not fake.chat_requests
 
 
 async def test_store_false_leaves_nothing_behind(server, responses, fake):

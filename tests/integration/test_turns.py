@@ -408,6 +408,8 @@ def user_items(*items: m.InterleavedContentItem) -> m.TurnInputMessage:
     (user_items(image_item(url=m.AgentURL(uri="data:image/png;base64,%%%"))),
      "messages[1].content.items[0].image.image.url.uri"),
     (user_items(image_item(data="not base64!")), "messages[1].content.items[0].image.image.data"),
+    (user_items(image_item(url=m.AgentURL(uri="data:image/png;base64," + base64.b64encode(b"hi").decode()))),
+     "messages[1].content.items[0].image.image.url.uri"),
     (user_items(image_item(data=base64.b64encode(b"plain text, not an image").decode())),
      "messages[1].content.items[0].image.image.data"),
 ])
@@ -423,12 +425,14 @@ async def test_an_empty_message_or_a_bad_image_is_invalid_and_starts_nothing(age
 
 async def test_images_reach_the_model_as_image_url_parts_and_stay_in_the_history(agents, fake):
     agent_id, session_id = await new_session(agents)
+    wrapped = "\n".join([PNG[:20], PNG[20:].rstrip("=")])  # as some clients write base64
     asked = user_items(text_item("what is on "), image_item(url=m.AgentURL(uri="https://x/y.png")),
-                       text_item(" and "), image_item(data=PNG))
+                       text_item(" and "), image_item(data=wrapped))
     first = (await agents.CreateTurn(pb.CreateTurnRequest(
         agent_id=agent_id, session_id=session_id, messages=[asked]))).turn
     assert first.status == t.TURN_STATUS_COMPLETED
-    assert list(first.input_messages) == [asked]  # kept as given
+    asked.user.content.items.items[3].image.image.data = PNG
+    assert list(first.input_messages) == [asked]  # kept as given, the data in standard base64
     sent = fake.chat_requests[0].body["messages"][-1]
     assert sent == {"role": "user", "content": [
         {"type": "text", "text": "what is on "},

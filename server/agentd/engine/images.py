@@ -5,7 +5,7 @@ fetches it, or reads a data: URL), inline data as a data: URL whose media type i
 the image's first bytes.
 
 They are checked when a request arrives (INVALID_ARGUMENT naming the field), so that what is
-stored always converts when it is sent again with a later turn or response.
+stored always converts, cheaply, when it is sent again with a later turn or response.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from agentd.v1 import agent_messages_pb2 as msg
 # The image formats vision models take, by their first bytes.
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"),
                (b"GIF89a", "gif"))
+# The media types of a data: URL, by format.
+_MEDIA_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
+                "image/webp": "webp"}
+_FORMATS = "a PNG, JPEG, GIF or WebP image"
 
 
 def image_format(data: bytes) -> str | None:
@@ -32,45 +36,72 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def data_url(data: str, where: str) -> str:
-    """Inline image data (base64) as a data: URL. INVALID_ARGUMENT unless it is the base64 of
-    a PNG, JPEG, GIF or WebP image."""
+def inline_image(data: str, where: str) -> str:
+    """Inline image data in the standard base64 alphabet, padded, on one line: clients send it
+    wrapped in lines, URL-safe or unpadded too (Llama Stack decodes them all). INVALID_ARGUMENT
+    unless it is an image of a format a model takes."""
+    text = "".join(data.split()).replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
     try:
-        image = base64.b64decode(data, validate=True)
+        image = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument(where, "not base64: an image's data is its bytes in base64") from None
-    kind = image_format(image)
-    if kind is None:
-        raise InvalidArgument(where, "not a PNG, JPEG, GIF or WebP image")
-    return f"data:image/{kind};base64,{data}"
+    if image_format(image) is None:
+        raise InvalidArgument(where, f"not {_FORMATS}")
+    return text
+
+
+def data_url(data: str) -> str:
+    """The data: URL of inline data that inline_image returned (its type read from its first
+    bytes, without decoding the rest)."""
+    return f"data:image/{image_format(base64.b64decode(data[:24]))};base64,{data}"
 
 
 def checked_url(url: str, where: str) -> str:
     """An image's URL as it is given, if a model's server can read it: http(s) with a host, or
-    a data: URL of an image in base64."""
+    a data: URL of an image in base64 whose media type is its format's."""
     if url[:5].lower() == "data:":
-        header, comma, payload = url.partition(",")
-        if not comma or not header[5:].lower().startswith("image/") or not header.lower().endswith(";base64"):
-            raise InvalidArgument(where, "a data: URL of an image is data:image/<type>;base64,<data>")
-        try:
-            base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidArgument(where, "the data: URL's data is not base64") from None
-        return url
+        return _checked_data_url(url, where)
     try:
         parts = urlsplit(url)
     except ValueError:
         parts = None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise InvalidArgument(where, "an image URL is http(s)://... or a data: URL")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in url):
+        raise InvalidArgument(where, "an image URL has no spaces or control characters (percent-encode them)")
     return url
 
 
-def agent_image_url(image: msg.AgentImage, where: str) -> str:
-    """The URL a turn's image is sent as: its url, or its data as a data: URL. One of the two,
-    checked (INVALID_ARGUMENT naming `where`.url.uri or `where`.data)."""
+def _checked_data_url(url: str, where: str) -> str:
+    header, comma, payload = url.partition(",")
+    params = header[5:].lower().split(";")
+    if not comma or params[-1] != "base64" or params[0] not in _MEDIA_TYPES:
+        raise InvalidArgument(where, "a data: URL of an image is "
+                                     "data:image/<png|jpeg|gif|webp>;base64,<data>")
+    try:
+        image = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(where, "the data: URL's data is not base64 (standard, padded, "
+                                     "on one line)") from None
+    found = image_format(image)
+    if found != _MEDIA_TYPES[params[0]]:
+        raise InvalidArgument(where, f"the data: URL's data is not {_FORMATS} of its media type "
+                                     f"{params[0]}" + (f" (it is {found})" if found else ""))
+    return url
+
+
+def check_agent_image(image: msg.AgentImage, where: str) -> None:
+    """A turn's image: its url (checked_url) or its data (inline_image, kept in the standard
+    form it is sent in), one of them; INVALID_ARGUMENT naming `where`.url.uri or .data."""
     if image.HasField("url") == image.HasField("data"):
         raise InvalidArgument(where, "an image is given by its url or by its data (base64): one of them")
     if image.HasField("url"):
-        return checked_url(image.url.uri, where + ".url.uri")
-    return data_url(image.data, where + ".data")
+        checked_url(image.url.uri, where + ".url.uri")
+    else:
+        image.data = inline_image(image.data, where + ".data")
+
+
+def agent_image_url(image: msg.AgentImage) -> str:
+    """The URL a turn's image, checked by check_agent_image, is sent as."""
+    return image.url.uri if image.HasField("url") else data_url(image.data)

@@ -322,7 +322,7 @@ def _validate_content(message: dict[str, Any], index: int) -> None:
             continue
         image = part.get("image_url") if kind == "image_url" else None
         if isinstance(image, dict) and isinstance(image.get("url"), str) \
-                and image.get("detail", "auto") in ("auto", "low", "high"):
+                and image.get("detail", "auto") in ("auto", "low", "high", "original"):
             if message.get("role") != "user":
                 raise _bad(f"Invalid '{where}[{j}]': image_url parts are only allowed in user messages.",
                            f"{where}[{j}]", "invalid_value")

@@ -278,6 +278,7 @@ class ResponseEngine:
             history = await self._transcript(owner, previous)
         elif conversation_id is not None:
             history = await self._conversation_items(owner, conversation_id)
+            response_items.check_sendable(history, "conversation")
         else:
             history = []
         response_items.check_outputs_paired(history, given)

@@ -73,6 +73,23 @@ def _check_content(message: it.ResponseMessage, where: str) -> None:
                                                             "(file_id is not supported yet)")
 
 
+def check_sendable(items: Iterable[it.ResponseItem], field: str) -> None:
+    """A conversation's items, which may hold what OpenAI's conversations take but agentd
+    cannot send to a model yet (a file, an image by file_id or outside a user message): the
+    response fails INVALID_ARGUMENT naming `field` and the item, rather than leaving it out
+    and letting the model answer as if it had seen it."""
+    for item in items:
+        try:
+            if item.HasField("message"):
+                _check_content(item.message, "item")
+            elif item.HasField("function_call_output"):
+                _check_output(item.function_call_output, "item")
+        except InvalidArgument as e:
+            (_, problem), = e.field_violations
+            raise InvalidArgument(field, f"item '{getattr(item, item.WhichOneof('item')).id}' cannot be "
+                                         f"sent to a model: {problem}") from None
+
+
 def _check_output(output: it.ResponseFunctionCallOutput, where: str) -> None:
     """A function's output reaches the model as a tool message, which holds text only."""
     if output.output.WhichOneof("output") != "parts":
@@ -162,7 +179,8 @@ def _parts(content: it.ResponseMessageContent) -> tuple[str | ImageURL, ...]:
 
 def weight(items: Iterable[it.ResponseItem]) -> int:
     """What items weigh in the transcript cache: one each, and one per KB of image URLs (an
-    image given inline is a data: URL of its bytes in base64)."""
+    image given inline is a data: URL of its bytes in base64; the cache holds the items, not
+    their chat messages)."""
     count = image_bytes = 0
     for item in items:
         count += 1

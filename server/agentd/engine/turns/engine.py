@@ -58,7 +58,7 @@ from agentd.clock import now_micros, timestamp
 from agentd.config import DocumentsConfig, Settings
 from agentd.engine.agent_config import check_toolgroup_names
 from agentd.engine.completion import Completion, arguments_object
-from agentd.engine.images import agent_image_url
+from agentd.engine.images import check_agent_image
 from agentd.engine.leases import DEFAULT_LEASE_S, Leases
 from agentd.engine.lru import LRU
 from agentd.engine.runs import TURNS, Run, Runs, StopReason
@@ -189,7 +189,7 @@ def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
 
 
 def _check_images(content: msg.InterleavedContent, where: str, *, allowed: bool) -> None:
-    """Each image item's url or data, checked (images.agent_image_url); in a tool's response
+    """Each image item's url or data, checked (images.check_agent_image); in a tool's response
     an image is INVALID_ARGUMENT: the chat-completions protocol sends tool results as text,
     and a model would answer as if there were no image."""
     single = content.WhichOneof("content") == "item"
@@ -199,7 +199,7 @@ def _check_images(content: msg.InterleavedContent, where: str, *, allowed: bool)
             if not allowed:
                 raise InvalidArgument(field, "a tool's response is text: models are sent tool results "
                                              "as text, with no images")
-            agent_image_url(item.image.image, field + ".image.image")
+            check_agent_image(item.image.image, field + ".image.image")
 
 
 def _answers_no_call(inputs: Sequence[msg.TurnInputMessage], index: int) -> InvalidArgument:

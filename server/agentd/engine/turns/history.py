@@ -62,15 +62,16 @@ def _parts(content: msg.InterleavedContent) -> tuple[str | ImageURL, ...]:
     items = content_items(content)
     if not any(item.HasField("image") for item in items):
         return ()
-    return tuple(ImageURL(agent_image_url(item.image.image, "image")) if item.HasField("image")
+    return tuple(ImageURL(agent_image_url(item.image.image)) if item.HasField("image")
                  else item.text.text for item in items)
 
 
 def weight(messages: Sequence[ChatMessage]) -> int:
-    """What messages weigh in the history cache: one each, and one per KB of image URLs (an
-    image given as data is sent, and kept, as a data: URL of its bytes in base64)."""
-    return len(messages) + sum(len(part.url) for m in messages if m.parts for part in m.parts
-                               if isinstance(part, ImageURL)) // 1024
+    """What messages weigh in the history cache: one each, and two per KB of image URLs (an
+    image given as data is kept as a data: URL of its bytes in base64, and again in the
+    message's encoded JSON)."""
+    return len(messages) + 2 * sum(len(part.url) for m in messages if m.parts for part in m.parts
+                                   if isinstance(part, ImageURL)) // 1024
 
 
 def assistant_message(message: msg.CompletionMessage) -> ChatMessage | None:
