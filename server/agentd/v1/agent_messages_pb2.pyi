@@ -403,7 +403,8 @@ class AgentImage(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.str
     """Base64-encoded image bytes: a PNG, JPEG, GIF or WebP image (anything else is
-    INVALID_ARGUMENT), sent as a data: URL of its type.
+    INVALID_ARGUMENT), sent as a data: URL of its type. Line breaks, the URL-safe alphabet
+    and missing padding are taken; the turn stores it in standard base64.
     """
     @_builtins.property
     def url(self) -> Global___AgentURL:
