@@ -356,6 +356,11 @@ BAD_CREATES = [
             parts=[it.ResponseContentPart()]))))]), "items[0].content[0].type"),
     (pb.CreateConversationRequest(items=[it.ResponseItem(function_call_output=it.ResponseFunctionCallOutput(
         call_id="c", output=it.ResponseFunctionCallOutputContent()))]), "items[0].output"),
+    # An image no model's server could read would fail every later response of the conversation.
+    (pb.CreateConversationRequest(items=[it.ResponseItem(message=it.ResponseMessage(
+        role=USER, content=it.ResponseMessageContent(parts=it.ResponseContentPartList(parts=[
+            it.ResponseContentPart(input_image=it.ResponseInputImage(image_url="ftp://x/a.png"))]))))]),
+     "items[0].content[0].image_url"),
 ]
 
 

@@ -423,7 +423,7 @@ async def test_an_empty_message_or_a_bad_image_is_invalid_and_starts_nothing(age
     assert not (await agents.GetSession(get)).session.turns and not fake.chat_requests
 
 
-async def test_images_reach_the_model_as_image_url_parts_and_stay_in_the_history(agents, fake):
+async def test_images_reach_the_model_as_image_url_parts_and_stay_in_the_history(server, agents, fake):
     agent_id, session_id = await new_session(agents)
     wrapped = "\n".join([PNG[:20], PNG[20:].rstrip("=")])  # as some clients write base64
     asked = user_items(text_item("what is on "), image_item(url=m.AgentURL(uri="https://x/y.png")),
@@ -440,7 +440,9 @@ async def test_images_reach_the_model_as_image_url_parts_and_stay_in_the_history
         {"type": "text", "text": " and "},
         # Inline data goes as a data: URL, its media type read from the image's bytes.
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG}}]}
-    # One image alone is a list of one part; the first turn's images go again with the history.
+    # One image alone is a list of one part; the first turn's images go again with the history,
+    # rebuilt from the stored turn (not the engine's cache).
+    assert server.turns._histories.pop((LOCAL_PRINCIPAL, session_id)) is not None
     await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[
         m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(item=IMAGE)))]))
     again = fake.chat_requests[1].body["messages"]

@@ -16,6 +16,7 @@ from agentd.engine.images import (
     inline_image,
 )
 from agentd.engine.responses.items import weight as transcript_weight
+from agentd.engine.turns.history import input_message
 from agentd.engine.turns.history import weight as history_weight
 from agentd.errors import InvalidArgument
 from agentd.inference import ChatMessage, ImageURL
@@ -61,16 +62,20 @@ def test_data_that_is_not_an_image_in_base64_is_invalid(data):
 
 
 @pytest.mark.parametrize("url", ["https://example.com/a.png", "http://127.0.0.1:8000/a.jpg?size=2",
-                                 "HTTPS://example.com/a%20b.png", "DATA:image/png;BASE64," + b64(PNG),
+                                 "HTTPS://example.com/a%20b.png", "data:image/png;base64," + b64(PNG),
                                  "data:image/jpg;base64," + b64(IMAGES["jpeg"]),
-                                 "data:image/webp;charset=utf-8;base64," + b64(IMAGES["webp"])])
+                                 "data:image/webp;base64," + b64(IMAGES["webp"])])
 def test_urls_a_models_server_can_read_are_sent_as_given(url):
     assert checked_url(url, "image_url") == url
 
 
 @pytest.mark.parametrize("url", [
     "", "ftp://x/a.png", "file:///etc/passwd", "https://", "http://[::1", "x.png",
-    "http://exa mple.com/a.png", "https://example.com/a\n.png",
+    "http://exa mple.com/a.png", "https://example.com/a\n.png", "http://h:abc/a.png", "http://h:99999/a.png",
+    # Only the header every model server reads: vLLM takes no other parameter, llama.cpp's
+    # server only lowercase.
+    "DATA:image/png;BASE64," + b64(PNG), "data:image/webp;charset=utf-8;base64," + b64(IMAGES["webp"]),
+    "data:image/png;name=a.png;base64," + b64(PNG),
     "data:image/png," + b64(PNG), "data:text/plain;base64,aGk=", "data:image/png;base64,%%%",
     "data:image/png;base64", "data:image/;base64," + b64(PNG),
     "data:image/svg+xml;base64," + b64(b"<svg/>"),
@@ -96,6 +101,20 @@ def test_an_agent_image_is_its_url_or_its_data_one_of_them():
         with pytest.raises(InvalidArgument) as caught:
             check_agent_image(neither_or_both, "i")
         assert field_of(caught.value) == "i"
+
+
+@pytest.mark.parametrize("image", [
+    m.AgentImage(), m.AgentImage(data="hello"), m.AgentImage(data=b64(b"not an image")),
+    m.AgentImage(url=m.AgentURL(uri="file:///etc/passwd")),
+])
+def test_an_image_no_model_could_read_in_a_turn_stored_before_the_checks_is_left_out(image):
+    # Contract v1 took any image and dropped it; such turns are still in sessions' histories.
+    assert agent_image_url(image) is None
+    items = [m.InterleavedContentItem(text=m.TextContentItem(text="look")),
+             m.InterleavedContentItem(image=m.ImageContentItem(image=image))]
+    stored = m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(
+        items=m.InterleavedContentItemList(items=items))))
+    assert input_message(stored).parts == ("look",)
 
 
 def test_an_image_weighs_its_kilobytes_in_the_caches():

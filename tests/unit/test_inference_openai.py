@@ -498,6 +498,16 @@ async def test_an_error_page_that_is_not_json_is_quoted_in_part(raw_sse, raw_pro
     assert len(error.message) < 500  # the page's start, not all of it
 
 
+@pytest.mark.parametrize("body", [b'{"error": "Input validation error: inputs too long"}',
+                                  b'{"detail": [{"msg": "Input validation error: inputs too long"}]}'])
+async def test_an_error_object_without_a_message_field_is_quoted(raw_sse, raw_provider, body):
+    # TGI and FastAPI servers say what went wrong outside OpenAI's error.message.
+    raw_sse.status, raw_sse.headers, raw_sse.body = 422, {"content-type": "application/json"}, body
+    error = await failure(raw_provider, ChatRequest(model="m", messages=USER))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MODEL_REJECTED_REQUEST")
+    assert "Input validation error: inputs too long" in error.message
+
+
 async def test_a_body_that_cannot_be_decoded_is_model_unavailable(raw_sse, raw_provider):
     raw_sse.headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
     raw_sse.body = b"this is not gzip"

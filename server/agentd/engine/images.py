@@ -20,9 +20,11 @@ from agentd.v1 import agent_messages_pb2 as msg
 # The image formats vision models take, by their first bytes.
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"),
                (b"GIF89a", "gif"))
-# The media types of a data: URL, by format.
-_MEDIA_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
-                "image/webp": "webp"}
+# The headers of a data: URL a model's server reads, by format: exactly these (vLLM takes no
+# other parameter than ;base64, llama.cpp's server only a lowercase data:image/).
+_DATA_HEADERS = {"data:image/png;base64": "png", "data:image/jpeg;base64": "jpeg",
+                 "data:image/jpg;base64": "jpeg", "data:image/gif;base64": "gif",
+                 "data:image/webp;base64": "webp"}
 _FORMATS = "a PNG, JPEG, GIF or WebP image"
 
 
@@ -53,7 +55,7 @@ def inline_image(data: str, where: str) -> str:
 
 def data_url(data: str) -> str:
     """The data: URL of inline data that inline_image returned (its type read from its first
-    bytes, without decoding the rest)."""
+    bytes)."""
     return f"data:image/{image_format(base64.b64decode(data[:24]))};base64,{data}"
 
 
@@ -64,10 +66,11 @@ def checked_url(url: str, where: str) -> str:
         return _checked_data_url(url, where)
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not one
     except ValueError:
         parts = None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise InvalidArgument(where, "an image URL is http(s)://... or a data: URL")
+        raise InvalidArgument(where, "an image URL is http(s)://host[:port]/... or a data: URL")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in url):
         raise InvalidArgument(where, "an image URL has no spaces or control characters (percent-encode them)")
     return url
@@ -75,19 +78,18 @@ def checked_url(url: str, where: str) -> str:
 
 def _checked_data_url(url: str, where: str) -> str:
     header, comma, payload = url.partition(",")
-    params = header[5:].lower().split(";")
-    if not comma or params[-1] != "base64" or params[0] not in _MEDIA_TYPES:
-        raise InvalidArgument(where, "a data: URL of an image is "
-                                     "data:image/<png|jpeg|gif|webp>;base64,<data>")
+    if not comma or header not in _DATA_HEADERS:
+        raise InvalidArgument(where, "a data: URL of an image is data:image/<png|jpeg|gif|webp>;base64,"
+                                     "<data>, lowercase, with no other parameter")
     try:
         image = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument(where, "the data: URL's data is not base64 (standard, padded, "
                                      "on one line)") from None
     found = image_format(image)
-    if found != _MEDIA_TYPES[params[0]]:
+    if found != _DATA_HEADERS[header]:
         raise InvalidArgument(where, f"the data: URL's data is not {_FORMATS} of its media type "
-                                     f"{params[0]}" + (f" (it is {found})" if found else ""))
+                                     f"{header[5:-7]}" + (f" (it is {found})" if found else ""))
     return url
 
 
@@ -102,6 +104,14 @@ def check_agent_image(image: msg.AgentImage, where: str) -> None:
         image.data = inline_image(image.data, where + ".data")
 
 
-def agent_image_url(image: msg.AgentImage) -> str:
-    """The URL a turn's image, checked by check_agent_image, is sent as."""
-    return image.url.uri if image.HasField("url") else data_url(image.data)
+def agent_image_url(image: msg.AgentImage) -> str | None:
+    """The URL a stored turn's image is sent as; None for one no model's server could read
+    (turns stored before images were checked held any image, and left it out then)."""
+    try:
+        if image.HasField("url") == image.HasField("data"):
+            return None
+        if image.HasField("url"):
+            return checked_url(image.url.uri, "")
+        return data_url(inline_image(image.data, ""))
+    except InvalidArgument:
+        return None

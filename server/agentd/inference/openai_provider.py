@@ -526,14 +526,16 @@ async def _error_body(response: Any, limit: int = 64 * 1024) -> bytes:
 
 def _error_message(status: int, content: bytes) -> str:
     """The message of an error response, found where the SDK finds it (APIStatusError); a
-    body that is not JSON (a proxy's page) is quoted, its first 300 characters."""
+    body without one (a proxy's page, another server's JSON) is quoted, its first 300
+    characters."""
     text = content.decode("utf-8", "replace").strip()
     try:
         body = json.loads(text)
     except (ValueError, RecursionError):
         body = None
-    quoted = f" - {text[:300]}" if text and body is None else ""
-    return _upstream_message(body, f"Error code: {status}{quoted}")
+    # Where there is no message field (TGI's {"error": "..."}, FastAPI's {"detail": [...]}),
+    # the body itself says what went wrong.
+    return _upstream_message(body, f"Error code: {status}" + (f" - {text[:300]}" if text else ""))
 
 
 def _upstream_message(body: Any, fallback: str) -> str:

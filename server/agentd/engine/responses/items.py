@@ -77,7 +77,8 @@ def check_sendable(items: Iterable[it.ResponseItem], field: str) -> None:
     """A conversation's items, which may hold what OpenAI's conversations take but agentd
     cannot send to a model yet (a file, an image by file_id or outside a user message): the
     response fails INVALID_ARGUMENT naming `field` and the item, rather than leaving it out
-    and letting the model answer as if it had seen it."""
+    and letting the model answer as if it had seen it. (Image URLs are checked when an item
+    is stored, not again with every response: a data: URL is decoded to be checked.)"""
     for item in items:
         try:
             if item.HasField("message"):

@@ -58,12 +58,18 @@ def content_items(content: msg.InterleavedContent) -> Sequence[msg.InterleavedCo
 
 def _parts(content: msg.InterleavedContent) -> tuple[str | ImageURL, ...]:
     """A user message's texts and images in their order, when it holds an image (else none:
-    text alone goes as a string). Its images were checked when the turn was created."""
+    text alone goes as a string). An image no model's server could read (stored before
+    images were checked) is left out, as it was then."""
     items = content_items(content)
     if not any(item.HasField("image") for item in items):
         return ()
-    return tuple(ImageURL(agent_image_url(item.image.image)) if item.HasField("image")
-                 else item.text.text for item in items)
+    parts: list[str | ImageURL] = []
+    for item in items:
+        if not item.HasField("image"):
+            parts.append(item.text.text)
+        elif (url := agent_image_url(item.image.image)) is not None:
+            parts.append(ImageURL(url))
+    return tuple(parts)
 
 
 def weight(messages: Sequence[ChatMessage]) -> int:
