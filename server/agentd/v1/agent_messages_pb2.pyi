@@ -408,8 +408,9 @@ class AgentImage(_message.Message):
     """
     @_builtins.property
     def url(self) -> Global___AgentURL:
-        """Where the image is: an http(s) URL, or a data: URL (data:image/<type>;base64,...), sent
-        as it is given; anything else is INVALID_ARGUMENT.
+        """Where the image is: an http(s) URL, or a data: URL whose header is exactly
+        data:image/<png|jpeg|gif|webp>;base64 and whose data is such an image, sent as it is
+        given; anything else is INVALID_ARGUMENT.
         """
 
     def __init__(
