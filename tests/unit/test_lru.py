@@ -33,3 +33,13 @@ def test_a_replaced_or_popped_entry_gives_its_weight_back():
     assert cache.pop("a") == "two" and cache.pop("a") is None and cache.weight == 0
     cache.grew("a", 5)  # gone: nothing to grow
     assert cache.weight == 0
+
+
+def test_an_entrys_weight_is_read_without_counting_as_a_use():
+    cache: LRU[str, str] = LRU(max_entries=2, max_weight=100)
+    cache.put("a", "a", 4)
+    cache.put("b", "b", 5)
+    cache.grew("a", 3)  # growing is no use either
+    assert (cache.weight_of("a"), cache.weight_of("b"), cache.weight_of("z")) == (7, 5, None)
+    cache.put("c", "c", 1)  # "a" is still the least recently used
+    assert cache.get("a") is None and cache.weight_of("a") is None and cache.get("b") == "b"

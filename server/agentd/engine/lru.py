@@ -29,6 +29,11 @@ class LRU(Generic[K, V]):
         self._entries.move_to_end(key)
         return entry[0]
 
+    def weight_of(self, key: K) -> int | None:
+        """The entry's weight (not a use of it), or None if it is not kept."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
     def put(self, key: K, value: V, weight: int) -> None:
         self.pop(key)
         self._entries[key] = (value, weight)

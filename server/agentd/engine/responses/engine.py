@@ -162,6 +162,9 @@ class ResponseState:
     history: list[it.ResponseItem]
     input: list[it.ResponseItem]
     deadline: float | None = None
+    # What `history` weighs in the transcript cache (response_items.weight), known as it was
+    # gathered: weighing a long chain again with every response cost ~3 us an item.
+    history_weight: int = 0
     usage: rt.ResponseUsage = field(default_factory=lambda: _zero_usage())
     tool_calls_run: int = 0  # server-side tool calls run so far (max_tool_calls)
 
@@ -275,12 +278,13 @@ class ResponseEngine:
                                                   "'conversation'. Provide only one of them.")
         given = response_items.input_items(request.input)
         if previous is not None:
-            history = await self._transcript(owner, previous)
+            history, history_weight = await self._transcript(owner, previous)
         elif conversation_id is not None:
             history = await self._conversation_items(owner, conversation_id)
             response_items.check_sendable(history, "conversation")
+            history_weight = response_items.weight(history)
         else:
-            history = []
+            history, history_weight = [], 0
         response_items.check_outputs_paired(history, given)
         messages = response_items.chat_messages([*history, *given])
         if request.HasField("instructions") and request.instructions:
@@ -291,7 +295,8 @@ class ResponseEngine:
         deadline = None
         if timeout_s is not None and not background:
             deadline = asyncio.get_running_loop().time() + timeout_s
-        state = ResponseState(owner, response, plan, messages, history, given, deadline)
+        state = ResponseState(owner, response, plan, messages, history, given, deadline,
+                              history_weight=history_weight)
         with self.runs.admission():  # SHUTTING_DOWN before the response is written
             stored = await self.store.create(owner, response, given, request_id, self.leases.until())
             if stored.id != response.id:  # a retry: the first call's response
@@ -389,33 +394,36 @@ class ResponseEngine:
                                                   "Expected an ID that begins with 'conv_'.")
         return conversation_id
 
-    async def _transcript(self, owner: str, response_id: str) -> list[it.ResponseItem]:
+    async def _transcript(self, owner: str, response_id: str) -> tuple[list[it.ResponseItem], int]:
         """Every item up to and including a stored response's output, its chain of previous
         responses first. An id of no stored response is a bad argument, as OpenAI has it (400
         previous_response_not_found); an ancestor deleted since is skipped (with its own
-        ancestors: the chain is broken there)."""
+        ancestors: the chain is broken there). With the items, their weight in the cache."""
         head = await self.store.get(owner, response_id)
         if head is None or not head.store:
             raise InvalidArgument("previous_response_id",
                                   f"Previous response with id '{response_id}' not found.",
                                   reason="PREVIOUS_RESPONSE_NOT_FOUND")
         parts: list[Sequence[it.ResponseItem]] = []
+        weight = 0
         current: rt.Response | None = head
         while current is not None:
             cached = self._transcripts.get((owner, current.id))
             if cached is not None:
                 parts.append(cached)
+                weight += self._transcripts.weight_of((owner, current.id)) or 0
                 break
             parts.append([*(await self.store.input_items(owner, current.id) or []), *current.output])
+            weight += response_items.weight(parts[-1])
             if not current.HasField("previous_response_id"):
                 break
             current = await self.store.get(owner, current.previous_response_id)
-        return [item for part in reversed(parts) for item in part]
+        return [item for part in reversed(parts) for item in part], weight
 
     def _remember(self, state: ResponseState) -> None:
         key = (state.owner, state.response.id)
-        transcript = (*state.history, *state.input, *state.response.output)
-        self._transcripts.put(key, transcript, response_items.weight(transcript))
+        own = (*state.input, *state.response.output)
+        self._transcripts.put(key, (*state.history, *own), state.history_weight + response_items.weight(own))
 
     async def _conversation_items(self, owner: str, conversation_id: str) -> list[it.ResponseItem]:
         """All the conversation's items, oldest first (no cap)."""

@@ -141,8 +141,11 @@ def chat_messages(items: Iterable[it.ResponseItem]) -> list[ChatMessage]:
         if kind == "message":
             message = item.message
             role = _CHAT_ROLES.get(message.role, "user")
-            messages.append(ChatMessage(role=role, content=text_of(message.content),
-                                        parts=_parts(message.content) if role == "user" else ()))
+            if role == "user":
+                text, parts = _user_content(message.content)
+                messages.append(ChatMessage(role=role, content=text, parts=parts))
+            else:
+                messages.append(ChatMessage(role=role, content=text_of(message.content)))
         elif kind == "function_call_output":
             output = item.function_call_output
             content = (output.output.text if output.output.WhichOneof("output") == "text"
@@ -160,22 +163,30 @@ def text_of(content: it.ResponseMessageContent) -> str:
     return _parts_text(content.parts.parts)
 
 
-def _parts(content: it.ResponseMessageContent) -> tuple[str | ImageURL, ...]:
-    """A user message's texts and images by URL in their order, when it holds one (else none:
-    its text goes as a string). Parts a model cannot be sent (a file, an image by file_id:
-    refused in a response's input, but a conversation may hold them) are left out."""
-    if content.WhichOneof("content") != "parts" or not any(
-            part.input_image.HasField("image_url") for part in content.parts.parts):
-        return ()
+def _user_content(content: it.ResponseMessageContent) -> tuple[str, tuple[str | ImageURL, ...]]:
+    """A user message's text (as text_of has it) and, when it holds an image by URL, its texts
+    and images in their order (else none: its text goes as a string). Parts a model cannot be
+    sent (a file, an image by file_id: refused in a response's input, but a conversation may
+    hold them) are left out. One pass over the parts: a chain's every message is converted
+    again with each response."""
+    if content.WhichOneof("content") == "text":
+        return content.text, ()
+    texts: list[str] = []
     sent: list[str | ImageURL] = []
+    has_image = False
     for part in content.parts.parts:
         kind = part.WhichOneof("part")
-        if kind == "input_image" and part.input_image.HasField("image_url"):
-            detail = _DETAILS.get(part.input_image.detail)
-            sent.append(ImageURL(part.input_image.image_url, detail))
-        elif kind in ("input_text", "output_text"):
-            sent.append(getattr(part, kind).text)
-    return tuple(sent)
+        if kind in ("input_text", "output_text"):
+            texts.append(getattr(part, kind).text)
+            sent.append(texts[-1])
+        elif kind == "input_image" and part.input_image.HasField("image_url"):
+            has_image = True
+            sent.append(ImageURL(part.input_image.image_url, _DETAILS.get(part.input_image.detail)))
+        elif kind == "reasoning_text":
+            texts.append(part.reasoning_text.text)
+        elif kind == "refusal":
+            texts.append(part.refusal.refusal)
+    return "\n".join(texts), tuple(sent) if has_image else ()
 
 
 def weight(items: Iterable[it.ResponseItem]) -> int:
