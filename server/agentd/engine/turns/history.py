@@ -31,14 +31,9 @@ from agentd.v1 import safety_pb2
 
 def text_of(content: msg.InterleavedContent) -> str:
     """The text of interleaved content, its images left out."""
-    kind = content.WhichOneof("content")
-    if kind == "text":
+    if content.WhichOneof("content") == "text":
         return content.text
-    if kind == "item":
-        return content.item.text.text if content.item.HasField("text") else ""
-    if kind == "items":
-        return "".join(i.text.text for i in content.items.items if i.HasField("text"))
-    return ""
+    return "".join(item.text.text for item in content_items(content) if item.HasField("text"))
 
 
 def input_message(message: msg.TurnInputMessage) -> ChatMessage:
