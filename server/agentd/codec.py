@@ -28,7 +28,8 @@ from google.protobuf.message import Message
 
 from agentd.v1 import options_pb2
 
-__all__ = ["CodecError", "from_json", "parse", "required_keys", "tagged_union", "to_json", "union_member"]
+__all__ = ["CodecError", "from_json", "kind_of", "parse", "required_keys", "tagged_union", "to_json",
+           "union_member", "wire_path"]
 
 _FD = _d.FieldDescriptor
 _INT_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32,
@@ -342,6 +343,12 @@ def from_json(value: Any, msg: Message, path: str = "", strict: bool = False) ->
 def _read_message(value: Any, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
     full_name = plan.desc.full_name
     if full_name in _JSON_WKT:
+        # protobuf's own message for these ("Struct must be in a dict which is x at Struct")
+        # names neither the field nor what was given.
+        if full_name == "google.protobuf.Struct" and not isinstance(value, dict):
+            raise CodecError(path, f"expected an object, got {kind_of(value)}")
+        if full_name == "google.protobuf.ListValue" and not isinstance(value, list):
+            raise CodecError(path, f"expected an array, got {kind_of(value)}")
         _check_free_form(value, path)
         try:
             ParseDict(value, msg)
@@ -355,7 +362,7 @@ def _read_message(value: Any, msg: Message, plan: _Plan, path: str, strict: bool
         _read_untagged(value, msg, plan, path, strict)
         return
     if not isinstance(value, dict):
-        raise CodecError(path, f"expected an object, got {_kind(value)}")
+        raise CodecError(path, f"expected an object, got {kind_of(value)}")
     if plan.union is not None:
         _read_tagged(value, msg, plan, path, strict)
         return
@@ -439,7 +446,7 @@ def _read_tagged(value: dict, msg: Message, plan: _Plan, path: str, strict: bool
 def _read_untagged(value: Any, msg: Message, plan: _Plan, path: str, strict: bool) -> None:
     if value is None:
         return
-    kind = _kind(value)
+    kind = kind_of(value)
     candidates = [m for m in plan.members if _accepts(m, kind)]
     if not candidates:
         raise CodecError(path, f"expected {' or '.join(_describe(m) for m in plan.members)}, got {kind}")
@@ -502,7 +509,7 @@ def _read_field(value: Any, msg: Message, f: _Field, path: str, strict: bool) ->
         return
     if f.is_map:
         if not isinstance(value, dict):
-            raise CodecError(path, f"expected an object, got {_kind(value)}")
+            raise CodecError(path, f"expected an object, got {kind_of(value)}")
         target = getattr(msg, f.name)
         entry = _plan(f.fd.message_type)
         key_field, value_field = entry.by_key["key"], entry.by_key["value"]
@@ -516,7 +523,7 @@ def _read_field(value: Any, msg: Message, f: _Field, path: str, strict: bool) ->
         return
     if f.repeated:
         if not isinstance(value, list):
-            raise CodecError(path, f"expected an array, got {_kind(value)}")
+            raise CodecError(path, f"expected an array, got {kind_of(value)}")
         target = getattr(msg, f.name)
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
@@ -544,23 +551,23 @@ def _read_scalar(value: Any, f: _Field, path: str) -> Any:
         raise CodecError(path, f"expected one of {allowed}, got {value!r}")
     if t == _FD.TYPE_STRING:
         if not isinstance(value, str):
-            raise CodecError(path, f"expected a string, got {_kind(value)}")
+            raise CodecError(path, f"expected a string, got {kind_of(value)}")
         return _text(value, path)
     if t == _FD.TYPE_BOOL:
         if not isinstance(value, bool):
-            raise CodecError(path, f"expected a boolean, got {_kind(value)}")
+            raise CodecError(path, f"expected a boolean, got {kind_of(value)}")
         return value
     if t in _INT_TYPES:
         return _read_int(value, t, path)
     if t in _FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CodecError(path, f"expected a number, got {_kind(value)}")
+            raise CodecError(path, f"expected a number, got {kind_of(value)}")
         if isinstance(value, int) and abs(value) > _MAX_DOUBLE:
             raise CodecError(path, "number out of range")
         return float(value)
     if t == _FD.TYPE_BYTES:
         if not isinstance(value, str):
-            raise CodecError(path, f"expected a base64 string, got {_kind(value)}")
+            raise CodecError(path, f"expected a base64 string, got {kind_of(value)}")
         try:
             return base64.b64decode(value, validate=True)
         except ValueError:  # binascii.Error, or non-ASCII text
@@ -577,7 +584,7 @@ def _read_int(value: Any, t: int, path: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CodecError(path, f"expected an integer, got {_kind(value)}")
+        raise CodecError(path, f"expected an integer, got {kind_of(value)}")
     lo, hi = (-(2**31), 2**31 - 1) if t in _INT32_TYPES else (0, 2**64 - 1) if t in _UINT_TYPES \
         else (-(2**63), 2**63 - 1)
     if t in (_FD.TYPE_UINT32, _FD.TYPE_FIXED32):
@@ -605,7 +612,7 @@ def _read_timestamp(value: Any, msg: timestamp_pb2.Timestamp, path: str) -> None
             msg.FromMicroseconds(round(value * 1e6))  # microseconds, as timestamps are written
         return
     if not isinstance(value, str):
-        raise CodecError(path, f"expected an RFC 3339 timestamp, got {_kind(value)}")
+        raise CodecError(path, f"expected an RFC 3339 timestamp, got {kind_of(value)}")
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if dt.tzinfo is None:
@@ -619,7 +626,8 @@ def _read_timestamp(value: Any, msg: timestamp_pb2.Timestamp, path: str) -> None
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """How an error names a JSON value's type ("a string", "null", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -637,6 +645,40 @@ def _kind(value: Any) -> str:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def wire_path(desc: _d.Descriptor, path: str, dialect: str = "") -> str:
+    """A field path in proto names (as the request validator names a field in errors) as the
+    JSON spells it: a tagged union's member is not a key (tools[0].function.name is
+    tools[0].name: the function's fields sit beside "type"), an untagged union's member is
+    the union's value itself, and a list wrapper its list (input.items.items[0] is input[0]).
+    From a segment it cannot follow on (a key inside free-form JSON, or a path already
+    written as the JSON spells it), the rest is kept as it is."""
+    segments = path.split(".") if path else []
+    out, plan, bare = "", _plan(desc, dialect), False
+    for at, segment in enumerate(segments):
+        name, bracket, index = segment.partition("[")
+        index = bracket + index
+        if plan is None or plan.desc.full_name in _JSON_WKT or plan.desc.full_name == _TIMESTAMP:
+            return _join(out, ".".join(segments[at:]))
+        tag = plan.tag_of.get(name) if plan.union is not None else None
+        if tag is not None:
+            member = plan.member_of[tag]
+            if not member.is_message:  # keyed by its tag; untagged, the union's value itself
+                out = out if plan.untagged else _join(out, tag) + index
+                plan = None
+                continue
+            inner = _plan(member.fd.message_type, member.dialect)
+            bare = plan.untagged and _is_list_wrapper(inner)
+            plan = inner
+            continue
+        f = plan.by_key.get(name)
+        if f is None:
+            return _join(out, ".".join(segments[at:]))
+        out = out + index if bare else _join(out, f.name) + index
+        bare = False
+        plan = _plan(f.fd.message_type, f.dialect) if f.is_message and not f.is_map else None
+    return out
 
 
 def tagged_union(desc: _d.Descriptor) -> _d.OneofDescriptor | None:

@@ -133,7 +133,7 @@ async def test_unknown_ids_are_404_not_found(http):
     ("POST", "/v1/conversations", {"items": [{"type": "image_generation_call", "id": "ig_1"}]},
      "items[0].type"),
     ("POST", "/v1/conversations", {"items": [{"type": "message", "role": "user"}]},
-     "items[0].message.content"),
+     "items[0].content"),  # as the JSON spells it, not the proto path (items[0].message.content)
     ("POST", "/v1/conversations", {"items": [{"type": "item_reference", "id": "msg_1"}]}, "items[0].type"),
     ("POST", "/v1/conversations", {"items": "hi"}, "items"),
     ("POST", "/v1/conversations/CID/items", {"items": []}, "items"),

@@ -10,7 +10,7 @@ from agentd import codec
 from agentd.v1 import agent_messages_pb2 as messages
 from agentd.v1 import agent_resources_pb2 as t
 from agentd.v1 import agents_pb2 as pb
-from agentd.v1 import models_pb2
+from agentd.v1 import models_pb2, responses_pb2
 from agentd.v1 import turn_events_pb2 as events
 
 TURN = {
@@ -212,3 +212,32 @@ def test_arguments_that_are_not_an_object_stay_a_string_in_the_older_json(argume
     call = messages.AgentToolCall(call_id="c1", tool_name="t", arguments=arguments)
     written = codec.to_json(call, "llama_stack_0_2")
     assert written["arguments"] == arguments and written["arguments_json"] == arguments
+
+
+@pytest.mark.parametrize("proto_path, wire", [
+    ("model", "model"),
+    # A tagged union's member is flattened beside its discriminator.
+    ("tools[0].function.name", "tools[0].name"),
+    ("text.format.json_schema.schema", "text.format.schema"),
+    # An untagged union is its member's value; a list wrapper is its list.
+    ("input.items.items[2].message.content.parts.parts[1].input_image.image_url",
+     "input[2].content[1].image_url"),
+    ("input.text", "input"),
+    # Keys inside free-form JSON and maps, and paths already in the JSON's terms, stay as given.
+    ("tools[0].function.parameters.properties.x", "tools[0].parameters.properties.x"),
+    ("metadata.k1", "metadata.k1"),
+    ("input[0].content[1]", "input[0].content[1]"),
+    ("", ""),
+])
+def test_wire_path_names_a_field_as_the_json_spells_it(proto_path, wire):
+    assert codec.wire_path(responses_pb2.CreateResponseRequest.DESCRIPTOR, proto_path) == wire
+
+
+@pytest.mark.parametrize("value, expected", [("x", "an object, got a string"),
+                                             ([1], "an object, got an array")])
+def test_free_form_object_fields_name_what_was_given_instead(value, expected):
+    with pytest.raises(codec.CodecError) as caught:
+        codec.from_json({"agent_config": {"model": "m", "response_format": {
+            "type": "json_schema", "json_schema": value}}}, pb.CreateAgentRequest())
+    assert caught.value.field == "agent_config.response_format.json_schema"
+    assert caught.value.description == f"expected {expected}"

@@ -99,7 +99,7 @@ async def test_openai_stream_has_event_lines_with_the_discriminator(gateway):
     (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": True}, True),
     (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": False}, False),
     (TURN.format("sess_heartbeat"), {"messages": MESSAGES}, False),
-    (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": "yes"}, False),
+    (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": None}, False),
     # The canonical route serves only the stream, whatever the flag says.
     (TURN.format("sess_heartbeat") + ":stream", {"messages": MESSAGES}, True),
     (TURN.format("sess_heartbeat") + ":stream", {"messages": MESSAGES, "stream": False}, True),
@@ -111,6 +111,23 @@ async def test_stream_flag_selects_the_streaming_rpc_on_a_shared_route(gateway, 
     response = await client.post(path, json=body)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream" if streams else "application/json")
+
+
+@pytest.mark.parametrize("path, body, error", [
+    (TURN.format("sess_heartbeat"), {"messages": MESSAGES, "stream": "yes"},
+     {"detail": "stream: expected a boolean, got a string"}),
+    ("/v1/responses", {"model": "m", "input": "hi", "stream": 1},
+     {"error": {"message": "stream: expected a boolean, got a number", "type": "invalid_request_error",
+                "param": "stream", "code": "invalid_argument"}}),
+])
+async def test_a_stream_flag_that_is_not_a_boolean_is_400_not_a_json_answer(gateway, path, body, error):
+    client, served = gateway
+    before = {name: len(service.requests) for name, service in served.items() if hasattr(service, "requests")}
+    response = await client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json() == error
+    after = {name: len(service.requests) for name, service in served.items() if hasattr(service, "requests")}
+    assert after == before  # refused before any servicer ran
 
 
 @pytest.mark.parametrize("query, starting_after", [("?stream=true", None), ("?stream=1", None)])

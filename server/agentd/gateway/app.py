@@ -228,7 +228,12 @@ class Endpoint:
         if not self.stream_flag:
             return False
         if self.route.body:
-            return isinstance(body, dict) and body.get(self.stream_flag) is True
+            flag = body.get(self.stream_flag) if isinstance(body, dict) else None
+            if flag is not None and not isinstance(flag, bool):
+                # Not read as true: a client that wrote "yes" or 1 would get a JSON answer
+                # where it waits for events.
+                raise codec.CodecError(self.stream_flag, f"expected a boolean, got {codec.kind_of(flag)}")
+            return flag is True
         return any(k == self.stream_flag and v in ("true", "1") for k, v in query)
 
     async def build_request(self, path_params: dict[str, str], query: list[tuple[str, str]],
@@ -377,25 +382,28 @@ class Gateway:
                 return _refuse(label, started, style, InvalidArgument(
                     "", f"Request body is not valid JSON: {reason}", reason="INVALID_JSON"), headers)
         query = parse_qsl(request.url.query, keep_blank_values=True)
-        endpoint, path_params = _select(candidates, body, query)
-        renames: dict[str, str] = {}  # field -> the query name the client used for it
         try:
-            message = await endpoint.build_request(path_params, query, body, renames,
+            endpoint, path_params = _select(candidates, body, query)
+        except codec.CodecError as e:
+            return _refuse(label, started, style, InvalidArgument(e.field, e.description), headers)
+        names = _FieldNames(endpoint.request_type.DESCRIPTOR)
+        try:
+            message = await endpoint.build_request(path_params, query, body, names.aliases,
                                                    request.headers, form)
         except codec.CodecError as e:
             return _refuse(endpoint.route.grpc_path, started, style,
                            InvalidArgument(e.field, e.description), headers)
         except Exception as e:  # noqa: BLE001 - e.g. a bad legacy cursor; a crash is logged as one
-            return _refuse(endpoint.route.grpc_path, started, style, e, headers, renames)
+            return _refuse(endpoint.route.grpc_path, started, style, e, headers, names)
         if endpoint.route.streaming:
-            return await _stream(endpoint, message, metadata, style, headers, renames)
+            return await _stream(endpoint, message, metadata, style, headers, names)
         try:
             call = invoke_unary(endpoint.route.grpc_path, endpoint.handler, message, metadata)
             response = await (_unless_gone(request, call) if endpoint.runs_long else call)
         except _ClientGone:
             return Response(status_code=499, headers=headers)  # nobody reads it
         except Exception as e:  # noqa: BLE001 - invoke_unary logged it; answer with its status
-            return _error_response(style, e, headers, renames)
+            return _error_response(style, e, headers, names)
         if endpoint.no_content:
             return Response(status_code=204, headers=headers)
         if endpoint.error_path is not None and (status := _walk(response, endpoint.error_path)).code:
@@ -423,10 +431,10 @@ class _GatewayError(AgentdError):
 
 
 def _refuse(label: str, started: float, style: int, error: BaseException, headers: dict,
-            renames: dict[str, str] | None = None) -> Response:
+            names: _FieldNames | None = None) -> Response:
     """Answers a request the gateway refuses before any servicer runs, and logs it."""
     end_call(label, started, error)
-    return _error_response(style, error, headers, renames)
+    return _error_response(style, error, headers, names)
 
 
 def _no_constants(name: str):
@@ -545,7 +553,7 @@ def _select(candidates: list[tuple[Endpoint, dict]], body: Any,
 
 
 async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, headers,
-                  renames: dict[str, str]) -> Response:
+                  names: _FieldNames) -> Response:
     events = invoke_stream(endpoint.route.grpc_path, endpoint.handler, message, metadata)
     try:
         # Wait for the first event so that failures before the stream starts (bad ids,
@@ -555,7 +563,7 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
         return StreamingResponse(iter(()), media_type="text/event-stream", headers=headers)
     except Exception as e:  # noqa: BLE001
         await events.aclose()
-        return _error_response(style, e, headers, renames)
+        return _error_response(style, e, headers, names)
 
     plan = endpoint.stream_plan
     field = endpoint.route.response_body
@@ -583,23 +591,38 @@ async def _stream(endpoint: Endpoint, message: Message, metadata, style: int, he
 # ---------------------------------------------------------------------------- errors
 
 
+class _FieldNames:
+    """How an error names a field of the request to the REST client: by the query parameter
+    the client used for it (limit, not page_size: `aliases`, filled by build_request), else
+    as the request's JSON spells it (codec.wire_path: tools[0].name, not the proto path
+    tools[0].function.name that the request validator gives)."""
+
+    def __init__(self, request_desc):
+        self.request_desc = request_desc
+        self.aliases: dict[str, str] = {}  # field -> the query name the client used for it
+
+    def of(self, param: str) -> str:
+        alias = self.aliases.get(param.partition("[")[0])  # include[1]: a repeated field's value
+        if alias is not None:
+            return alias  # the query key names them all (include[])
+        return codec.wire_path(self.request_desc, param)
+
+
 def _error_body_of(style: int, error: BaseException,
-                   renames: dict[str, str] | None = None) -> tuple[int, dict]:
+                   names: _FieldNames | None = None) -> tuple[int, dict]:
     """The HTTP status and body for any exception, through the one mapping (status_of)."""
     http = error.http if isinstance(error, _GatewayError) else None
-    return _status_body(style, status_of(error), http, renames)
+    return _status_body(style, status_of(error), http, names)
 
 
 def _status_body(style: int, status, http: int | None = None,
-                 renames: dict[str, str] | None = None) -> tuple[int, dict]:
+                 names: _FieldNames | None = None) -> tuple[int, dict]:
     """The HTTP status and body of a google.rpc.Status."""
     reason, fields = details_of(status)
     param, message = (fields[0] if fields else None), status.message
-    name = param.partition("[")[0] if param else None  # include[1]: a repeated field's value
-    if name in (renames or {}):
-        alias = renames[name]  # the query key names them all (include[])
-        message = alias + message[len(param):] if message.startswith(param + ":") else message
-        param = alias
+    if param and names is not None and (shown := names.of(param)) != param:
+        message = shown + message[len(param):] if message.startswith(param + ":") else message
+        param = shown
     http = http or HTTP_STATUS.get(status.code, 500)
     return http, _error_body(style, http, message, reason, param)
 
@@ -622,8 +645,8 @@ def _stream_body(style: int, http: int, body: dict) -> dict:
 
 
 def _error_response(style: int, error: BaseException, headers: dict,
-                    renames: dict[str, str] | None = None) -> Response:
-    return _json_response(*_error_body_of(style, error, renames), headers)
+                    names: _FieldNames | None = None) -> Response:
+    return _json_response(*_error_body_of(style, error, names), headers)
 
 
 def _json_response(http: int, body: Any, headers: dict) -> Response:
