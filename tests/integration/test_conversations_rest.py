@@ -24,6 +24,8 @@ ITEMS = [
     {"type": "message", "role": "user", "content": [
         {"type": "input_text", "text": "this one"},
         {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "low"},
+        # Without a detail: stored as "auto", which the SDK's type requires.
+        {"type": "input_image", "image_url": "https://example.com/b.png"},
         {"type": "input_file", "file_id": "file_1"}]},
     {"type": "message", "role": "assistant", "content": "A cat."},
     {"type": "message", "role": "developer", "content": "Be brief."},
@@ -134,6 +136,12 @@ async def test_unknown_ids_are_404_not_found(http):
      "items[0].type"),
     ("POST", "/v1/conversations", {"items": [{"type": "message", "role": "user"}]},
      "items[0].content"),  # as the JSON spells it, not the proto path (items[0].message.content)
+    ("POST", "/v1/conversations",
+     {"items": [{"role": "assistant", "content": [{"type": "input_text", "text": "a"}]}]},
+     "items[0].content[0].type"),
+    ("POST", "/v1/conversations",
+     {"items": [{"role": "user", "content": [{"type": "output_text", "text": "a"}]}]},
+     "items[0].content[0].type"),
     ("POST", "/v1/conversations", {"items": [{"type": "item_reference", "id": "msg_1"}]}, "items[0].type"),
     ("POST", "/v1/conversations", {"items": "hi"}, "items"),
     ("POST", "/v1/conversations/CID/items", {"items": []}, "items"),

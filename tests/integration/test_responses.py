@@ -272,6 +272,24 @@ async def test_function_call_outputs_continue_with_previous_response_id(response
     assert len(own.data) == 1  # its own input only
 
 
+async def test_function_calls_left_without_their_output_are_invalid_as_openai_has_it(responses, fake):
+    """OpenAI checks that every function call has its output before it runs a model; a
+    model server would refuse the chat messages (a failed response) or, if lenient, answer
+    a conversation with a hole in it."""
+    fake.script(Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"}, id="call_1"),
+                                  ToolCallSpec("get_weather", {"city": "Rome"}, id="call_2")]))
+    first = (await responses.CreateResponse(create(tools=[WEATHER], parallel_tool_calls=True))).response
+    one_output = [{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
+    for given, missing in ((one_output, "call_2"), ("and now?", "call_1")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await responses.CreateResponse(create(previous_response_id=first.id, tools=[WEATHER],
+                                                  input=given))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == f"input: No tool output found for function call {missing}."
+    assert len(fake.chat_requests) == 1
+    assert len((await responses.ListResponses(pb.ListResponsesRequest())).data) == 1  # nothing stored
+
+
 async def test_the_transcript_cache_keeps_no_more_items_than_its_bound(database_url, tmp_path, fake,
                                                                         monkeypatch):
     """Each cached transcript holds its whole chain: the cache is bounded by the items it
@@ -338,6 +356,16 @@ async def test_function_call_outputs_continue_with_the_calls_resent(responses, f
                     {"type": "input_text", "text": "see"},
                     {"type": "input_image", "image_url": "https://x/y.png"}]}]},
      "input[1].output[1]"),
+    ({"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"role": "user", "content": "and?"}]}, "input"),
+    # Content parts of the other side's kind, as OpenAI refuses them.
+    ({"input": [{"role": "assistant", "content": [{"type": "input_text", "text": "a"}]}]},
+     "input[0].content[0].type"),
+    ({"input": [{"role": "user", "content": [{"type": "output_text", "text": "a"}]}]},
+     "input[0].content[0].type"),
+    ({"tools": [{"type": "function", "name": "get weather"}]}, "tools[0].name"),
+    ({"tools": [{"type": "function", "name": "f" * 65}]}, "tools[0].name"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "string"}}]}, "tools[0].parameters"),
 ])
 async def test_bad_requests_fail_before_any_event(responses, fake, fields, param):
     for call in (responses.CreateResponse(create(**fields)),

@@ -18,6 +18,9 @@ from agentd.v1 import response_items_pb2 as pb
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
                 "mcp_approval_response": "mcpa"}
 MAX_ITEM_ID = 64  # the width of the stored id columns
+# The content parts each kind of content takes, as OpenAI answers a part of another kind.
+_MODEL_PARTS = ("output_text", "refusal")
+_GIVEN_PARTS = ("input_text", "input_image", "input_file")
 
 # OpenAI's ResponseIncludable values. Of these, agentd stores some data that is only shown
 # when asked for (stripped by with_include); file_search results are always shown.
@@ -48,9 +51,10 @@ def stored_item(item: pb.ResponseItem, field: str) -> pb.ResponseItem:
     else:
         ids.no_nul(body.id, f"{field}.id")
     if member == "message":
-        _check_content(body.content, "content", f"{field}.content")
+        allowed = _MODEL_PARTS if body.role == pb.RESPONSE_MESSAGE_ROLE_ASSISTANT else _GIVEN_PARTS
+        _check_content(body.content, "content", f"{field}.content", allowed)
     elif member == "function_call_output":
-        _check_content(body.output, "output", f"{field}.output")
+        _check_content(body.output, "output", f"{field}.output", _GIVEN_PARTS)
     if "status" in body.DESCRIPTOR.fields_by_name and not body.status:
         body.status = pb.RESPONSE_ITEM_STATUS_COMPLETED
     if member == "message" and body.content.WhichOneof("content") == "text":
@@ -62,20 +66,29 @@ def stored_item(item: pb.ResponseItem, field: str) -> pb.ResponseItem:
     return stored
 
 
-def _check_content(content, oneof: str, field: str) -> None:
-    """String-or-parts content with a member set, and every part with one: a gRPC client
-    can send them empty, which no JSON reader could take back."""
+def _check_content(content, oneof: str, field: str, allowed: tuple[str, ...]) -> None:
+    """String-or-parts content with a member set, and every part with one (a gRPC client
+    can send them empty, which no JSON reader could take back) of a kind `allowed` there
+    (the model's parts in an assistant message, given ones elsewhere). An image without a
+    detail is stored with "auto", the default it stands for (OpenAI's types require one)."""
     which = content.WhichOneof(oneof)
     if which is None:
         raise InvalidArgument(field, "required: a string or a list of parts")
     if which == "parts":
         for i, part in enumerate(content.parts.parts):
-            if part.WhichOneof("part") is None:
+            kind = part.WhichOneof("part")
+            if kind is None:
                 raise InvalidArgument(f"{field}[{i}].type", "required: the part's type and its fields")
-            if part.HasField("input_image") and part.input_image.HasField("image_url"):
-                # Stored items are sent to models again: a URL no model's server can read
-                # would fail every later response of the conversation.
-                checked_url(part.input_image.image_url, f"{field}[{i}].image_url")
+            if kind not in allowed:
+                raise InvalidArgument(f"{field}[{i}].type", f"Invalid value: '{kind}'. Supported values are: "
+                                      + ", ".join(f"'{k}'" for k in allowed[:-1]) + f" and '{allowed[-1]}'.")
+            if kind == "input_image":
+                if not part.input_image.detail:
+                    part.input_image.detail = pb.RESPONSE_IMAGE_DETAIL_AUTO
+                if part.input_image.HasField("image_url"):
+                    # Stored items are sent to models again: a URL no model's server can read
+                    # would fail every later response of the conversation.
+                    checked_url(part.input_image.image_url, f"{field}[{i}].image_url")
 
 
 def stored_items(items, field: str = "items") -> list[pb.ResponseItem]:

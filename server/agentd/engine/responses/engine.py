@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -116,6 +117,8 @@ WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_pr
                               "web_search_2025_08_26"})
 # The OpenAI error code of a failed response, by the agentd reason of what failed it.
 _ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt"}
+# What OpenAI takes as a function's name (and chat-completions servers send back as is).
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 IN_PROGRESS = rt.RESPONSE_STATUS_IN_PROGRESS
 QUEUED = rt.RESPONSE_STATUS_QUEUED
@@ -877,8 +880,14 @@ def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
         raise InvalidArgument(where, f"{kind} tools are not available on this server yet; "
                                      f"only function tools can be used")
     function = tool.function
+    if not _FUNCTION_NAME.fullmatch(function.name):
+        raise InvalidArgument(f"{where}.name", "expected a string that matches the pattern "
+                                               "'^[a-zA-Z0-9_-]{1,64}$'")
     parameters = (codec.to_json(function.parameters) if function.HasField("parameters")
                   else {"type": "object", "properties": {}})
+    if parameters.get("type", "object") != "object":
+        raise InvalidArgument(f"{where}.parameters", f"Invalid schema for function '{function.name}': "
+                              f"schema must be a JSON Schema of 'type: \"object\"'")
     return ToolSpec(name=function.name,
                     description=function.description if function.HasField("description") else "",
                     parameters=parameters,

@@ -19,10 +19,12 @@ _CHAT_ROLES = {it.RESPONSE_MESSAGE_ROLE_USER: "user", it.RESPONSE_MESSAGE_ROLE_A
                it.RESPONSE_MESSAGE_ROLE_SYSTEM: "system",
                # OpenAI's developer messages are system messages to chat-completions models.
                it.RESPONSE_MESSAGE_ROLE_DEVELOPER: "system"}
+# The details sent with an image_url part; "auto", the default (and what an image stored
+# without one has), goes as no detail at all, which every chat server takes.
+_DETAILS = {it.RESPONSE_IMAGE_DETAIL_LOW: "low", it.RESPONSE_IMAGE_DETAIL_HIGH: "high",
+            it.RESPONSE_IMAGE_DETAIL_ORIGINAL: "original"}
 # Items that are context the model already saw summarized in the messages that follow them
 # (tool runs of agentd's, reasoning): kept in transcripts, not sent as chat messages.
-_DETAILS = {it.RESPONSE_IMAGE_DETAIL_LOW: "low", it.RESPONSE_IMAGE_DETAIL_HIGH: "high",
-            it.RESPONSE_IMAGE_DETAIL_AUTO: "auto", it.RESPONSE_IMAGE_DETAIL_ORIGINAL: "original"}
 _NOT_SENT = {"file_search_call", "web_search_call", "mcp_call", "mcp_list_tools",
              "mcp_approval_request", "mcp_approval_response", "reasoning"}
 
@@ -103,16 +105,32 @@ def _check_output(output: it.ResponseFunctionCallOutput, where: str) -> None:
 
 
 def check_outputs_paired(history: Sequence[it.ResponseItem], given: Sequence[it.ResponseItem]) -> None:
-    """Every function_call_output of the input must answer a function_call seen before it
-    (in the replayed transcript or earlier in the input): INVALID_ARGUMENT (param `input`)."""
-    calls = {item.function_call.call_id for item in history if item.HasField("function_call")}
+    """Calls and outputs pair up, as OpenAI requires before it runs a model: every
+    function_call_output of the input answers a function_call seen before it (in the
+    replayed transcript or earlier in the input), and every function_call, there or in the
+    input, has its output. INVALID_ARGUMENT (param `input`) otherwise, rather than a
+    model server's refusal of the chat messages (a failed response) or, from a lenient one,
+    an answer to a conversation with a hole in it."""
+    seen: set[str] = set()
+    unanswered: dict[str, None] = {}  # in the order the calls came
+    for item in history:
+        if item.HasField("function_call"):
+            seen.add(item.function_call.call_id)
+            unanswered[item.function_call.call_id] = None
+        elif item.HasField("function_call_output"):
+            unanswered.pop(item.function_call_output.call_id, None)
     for item in given:
         if item.HasField("function_call"):
-            calls.add(item.function_call.call_id)
-        elif item.HasField("function_call_output") and item.function_call_output.call_id not in calls:
-            raise InvalidArgument(
-                "input", f"No tool call found for function call output with call_id "
-                         f"{item.function_call_output.call_id}.")
+            seen.add(item.function_call.call_id)
+            unanswered[item.function_call.call_id] = None
+        elif item.HasField("function_call_output"):
+            call_id = item.function_call_output.call_id
+            if call_id not in seen:
+                raise InvalidArgument("input", f"No tool call found for function call output with call_id "
+                                               f"{call_id}.")
+            unanswered.pop(call_id, None)
+    if unanswered:
+        raise InvalidArgument("input", f"No tool output found for function call {next(iter(unanswered))}.")
 
 
 def chat_messages(items: Iterable[it.ResponseItem]) -> list[ChatMessage]:
