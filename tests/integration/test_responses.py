@@ -437,6 +437,30 @@ async def test_a_conversation_gives_its_items_and_gets_the_new_ones(server, resp
     assert [r.response.id for r in listed.data] == [response.id]
 
 
+async def test_a_conversation_runs_one_response_at_a_time(server, responses, fake):
+    """The next response of a conversation reads the items the running one adds when it
+    ends: while one runs, another is refused (OpenAI's conversation_locked), over every
+    replica (a unique index), stored or not, and nothing of it is stored."""
+    conversations = server.responses.conversations
+    conversation = await conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_one"), [])
+    fake.script(Reply(text="slow", hang=True))
+    running = (await responses.CreateResponse(create(conversation=conversation.id, background=True))).response
+    await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+    for call in (responses.CreateResponse(create(conversation=conversation.id, input="too")),
+                 collect(responses.StreamResponse(stream(conversation=conversation.id, store=False)))):
+        assert await error_of(call) == (grpc.StatusCode.FAILED_PRECONDITION, "CONVERSATION_LOCKED", [])
+    other = await conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_two"), [])
+    fake.script(Reply(text="elsewhere"))
+    elsewhere = (await responses.CreateResponse(create(conversation=other.id))).response
+    assert output_text(elsewhere) == "elsewhere"
+    await responses.CancelResponse(pb.CancelResponseRequest(response_id=running.id))
+    fake.script(Reply(text="now"))
+    after = (await responses.CreateResponse(create(conversation=conversation.id, input="now?"))).response
+    assert output_text(after) == "now"
+    listed = await responses.ListResponses(pb.ListResponsesRequest())
+    assert {r.response.id for r in listed.data} == {running.id, elsewhere.id, after.id}
+
+
 @pytest.mark.parametrize("content, problem", [
     ([{"type": "input_text", "text": "read this"}, {"type": "input_file", "file_id": "file_1"}],
      "input_file"),

@@ -40,16 +40,19 @@ async def test_replicas_starting_together_migrate_once(database_url):
             await db.close()
 
 
+def _upgrade_to(revision: str):
+    def upgrade(conn):
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return upgrade
+
+
 async def test_migrating_to_one_open_turn_per_session_closes_older_duplicates(empty_database_url):
     """Before 0004, replicas racing could leave two open turns in a session; the migration
     keeps the newest open and marks the others interrupted, so its unique index can be built."""
     db = Database(empty_database_url)
-
-    def upgrade_to_0003(conn):
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
 
     def fill(conn):
         conn.exec_driver_sql("INSERT INTO agents (id, owner, created_at, body) VALUES ('a', 'o', 1, '')")
@@ -62,11 +65,37 @@ async def test_migrating_to_one_open_turn_per_session_closes_older_duplicates(em
                 f"VALUES ('{turn_id}', 'o', {created}, 's', '{status}', '')")
 
     try:
-        await db.write(upgrade_to_0003)
+        await db.write(_upgrade_to("0003"))
         await db.write(fill)
         await db.migrate()
         statuses = await db.read(lambda conn: dict(
             conn.exec_driver_sql("SELECT id, status FROM turns").all()))
         assert statuses == {"t0": "completed", "t1": "interrupted", "t2": "interrupted", "t3": "in_progress"}
+    finally:
+        await db.close()
+
+
+async def test_migrating_to_one_running_response_per_conversation_ends_older_duplicates(empty_database_url):
+    """Before 0006, two responses of a conversation could run at once; the migration keeps the
+    newest running and marks the others failed, so its unique index can be built."""
+    db = Database(empty_database_url)
+
+    def fill(conn):
+        for response_id, created, conversation, status in (
+                ("r1", 1, "'c1'", "in_progress"), ("r2", 2, "'c1'", "queued"), ("r0", 0, "'c1'", "completed"),
+                ("r3", 3, "'c2'", "in_progress"), ("r4", 4, "NULL", "in_progress"),
+                ("r5", 5, "NULL", "queued")):
+            conn.exec_driver_sql(
+                "INSERT INTO responses (id, owner, created_at, model, status, conversation_id, body) "
+                f"VALUES ('{response_id}', 'o', {created}, 'm', '{status}', {conversation}, '')")
+
+    try:
+        await db.write(_upgrade_to("0005"))
+        await db.write(fill)
+        await db.migrate()
+        statuses = await db.read(lambda conn: dict(
+            conn.exec_driver_sql("SELECT id, status FROM responses").all()))
+        assert statuses == {"r0": "completed", "r1": "failed", "r2": "queued", "r3": "in_progress",
+                            "r4": "in_progress", "r5": "queued"}
     finally:
         await db.close()

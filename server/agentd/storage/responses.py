@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import Connection, bindparam, delete, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from agentd.clock import now_micros
 from agentd.paging import Cursor
@@ -30,6 +31,11 @@ from agentd.v1 import response_resource_pb2 as rt
 INPUT = "input"
 # The stored statuses of a response that has not ended.
 RUNNING = ("queued", "in_progress")
+
+
+class ConversationBusy(Exception):
+    """The conversation already has a running (queued or in_progress) response: the
+    database holds at most one per conversation, whichever replica started it."""
 
 
 def item_id_of(item: item_types.ResponseItem) -> str:
@@ -74,16 +80,41 @@ class ResponseStore:
                      request_id: str | None = None, lease_until: int | None = None) -> rt.Response:
         """Stores a new response with its input items, in one transaction, leased until
         `lease_until` (its run starts here). With a request_id already used by this owner,
-        stores nothing and returns the response the first call created."""
+        stores nothing and returns the response the first call created. ConversationBusy,
+        and nothing stored: its conversation has a running response."""
         items = [{"response_id": response.id, "kind": INPUT, "position": i, "item_id": item_id_of(item),
                   "body": body_of(item)} for i, item in enumerate(input_items)]
-        body = await self.repo.create(
-            schema.responses, key=("owner", "request_id"), children=((schema.response_items, items),),
-            id=response.id, owner=owner, created_at=now_micros(), model=response.model,
-            status=status_name(response.status), request_id=request_id,
-            previous_response_id=response.previous_response_id or None,
-            conversation_id=response.conversation.id or None, lease_until=lease_until, body=body_of(response))
+        try:
+            body = await self.repo.create(
+                schema.responses, key=("owner", "request_id"), children=((schema.response_items, items),),
+                id=response.id, owner=owner, created_at=now_micros(), model=response.model,
+                status=status_name(response.status), request_id=request_id,
+                previous_response_id=response.previous_response_id or None,
+                conversation_id=response.conversation.id or None, lease_until=lease_until,
+                body=body_of(response))
+        except IntegrityError:
+            # The one-running-response index (the key's conflicts never raise: ON CONFLICT).
+            # It may be checked before the key: a concurrent retry with the same request_id
+            # may be what holds it, and then that response is the answer.
+            if request_id is not None and (first := await self._by_request_id(owner, request_id)) is not None:
+                return first
+            if response.conversation.id and await self._running_in(response.conversation.id):
+                raise ConversationBusy(response.conversation.id) from None
+            raise
         return rt.Response.FromString(body)
+
+    async def _by_request_id(self, owner: str, request_id: str) -> rt.Response | None:
+        responses = schema.responses
+        query = select(responses.c.body).where(responses.c.owner == owner,
+                                               responses.c.request_id == request_id)
+        body = await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+        return None if body is None else rt.Response.FromString(body)
+
+    async def _running_in(self, conversation_id: str) -> bool:
+        responses = schema.responses
+        query = select(responses.c.id).where(responses.c.conversation_id == conversation_id,
+                                             responses.c.status.in_(RUNNING))
+        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
 
     async def update(self, owner: str, response: rt.Response) -> bool:
         """Replaces a response's body (with its output so far) and status. False if the owner

@@ -118,6 +118,10 @@ responses = _owned(
         # What recovery scans: the running responses, by lease.
         Index("ix_responses_running_lease", "lease_until",
               sqlite_where=text(RESPONSE_RUNNING), postgresql_where=text(RESPONSE_RUNNING)),
+        # A conversation has at most one running response, for all replicas: the next one
+        # reads the items that one adds when it ends.
+        Index("uq_responses_conversation_running", "conversation_id", unique=True,
+              sqlite_where=text(RESPONSE_RUNNING), postgresql_where=text(RESPONSE_RUNNING)),
     ],
 )
 

@@ -109,6 +109,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     response of this caller (OpenAI's 400 "previous_response_not_found", param
     previous_response_id).
     """
+    ERROR_REASON_CONVERSATION_LOCKED: _ErrorReason.ValueType  # 39
+    """FAILED_PRECONDITION: CreateResponse / StreamResponse: another response of the
+    conversation is queued or in progress; retry when it has ended (OpenAI's 400
+    "conversation_locked").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -206,5 +211,10 @@ ERROR_REASON_PREVIOUS_RESPONSE_NOT_FOUND: ErrorReason.ValueType  # 38
 """INVALID_ARGUMENT: CreateResponse / StreamResponse: previous_response_id names no stored
 response of this caller (OpenAI's 400 "previous_response_not_found", param
 previous_response_id).
+"""
+ERROR_REASON_CONVERSATION_LOCKED: ErrorReason.ValueType  # 39
+"""FAILED_PRECONDITION: CreateResponse / StreamResponse: another response of the
+conversation is queued or in progress; retry when it has ended (OpenAI's 400
+"conversation_locked").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -55,8 +55,10 @@ class ResponsesServiceStub:
     """Runs a response to its end and returns it (status completed, incomplete, failed or, for
     background, queued; a failed response is returned, not raised). NOT_FOUND
     (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
-    function_call_output, or previous_response_id with conversation. A retry with the same
+    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
+    function_call_output without its call or a function call without its output, or
+    previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
+    another response of the conversation runs. A retry with the same
     request_id returns the response the first call created. Shares its legacy HTTP route
     with StreamResponse: a body whose "stream" is true goes to StreamResponse.
     """
@@ -122,8 +124,10 @@ class ResponsesServiceAsyncStub(ResponsesServiceStub):
     """Runs a response to its end and returns it (status completed, incomplete, failed or, for
     background, queued; a failed response is returned, not raised). NOT_FOUND
     (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
-    function_call_output, or previous_response_id with conversation. A retry with the same
+    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
+    function_call_output without its call or a function call without its output, or
+    previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
+    another response of the conversation runs. A retry with the same
     request_id returns the response the first call created. Shares its legacy HTTP route
     with StreamResponse: a body whose "stream" is true goes to StreamResponse.
     """
@@ -192,8 +196,10 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs a response to its end and returns it (status completed, incomplete, failed or, for
         background, queued; a failed response is returned, not raised). NOT_FOUND
         (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-        SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, an unpaired
-        function_call_output, or previous_response_id with conversation. A retry with the same
+        SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
+        function_call_output without its call or a function call without its output, or
+        previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
+        another response of the conversation runs. A retry with the same
         request_id returns the response the first call created. Shares its legacy HTTP route
         with StreamResponse: a body whose "stream" is true goes to StreamResponse.
         """

@@ -90,7 +90,7 @@ from agentd.inference import ChatMessage, ChatRequest, InferenceProvider, ModelR
 from agentd.paging import Cursor
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.repository import Page
-from agentd.storage.responses import RUNNING, ResponseStore, status_name
+from agentd.storage.responses import RUNNING, ConversationBusy, ResponseStore, status_name
 from agentd.tools.base import ResolvedTool, ToolRuntime
 from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
@@ -301,7 +301,10 @@ class ResponseEngine:
         state = ResponseState(owner, response, plan, messages, history, given, deadline,
                               history_weight=history_weight)
         with self.runs.admission():  # SHUTTING_DOWN before the response is written
-            stored = await self.store.create(owner, response, given, request_id, self.leases.until())
+            try:
+                stored = await self.store.create(owner, response, given, request_id, self.leases.until())
+            except ConversationBusy:
+                raise _conversation_locked() from None
             if stored.id != response.id:  # a retry: the first call's response
                 return Started(stored, lambda: self._follow_checked(owner, stored.id, None))
             run = self.runs.start(owner, response.id, lambda run: self._produce(state, run), kind=RESPONSES,
@@ -870,6 +873,12 @@ def _fail(response: rt.Response, code: str, message: str) -> None:
 def _interrupt(response: rt.Response) -> None:
     """A response whose run the server stopped (shutdown, or a crash found by recover)."""
     _fail(response, "server_error", "The server stopped while the response ran; create it again.")
+
+
+def _conversation_locked() -> FailedPrecondition:
+    # OpenAI's words and code for it.
+    return FailedPrecondition("Another process is currently operating on this conversation. "
+                              "Please retry in a few seconds.", reason="CONVERSATION_LOCKED")
 
 
 def _function_spec(tool: tools_pb.ResponseTool, where: str) -> ToolSpec:
