@@ -87,8 +87,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", 300_000),
         ("grpc.max_connection_age_ms", 1_800_000),
         ("grpc.max_connection_age_grace_ms", 300_000),
+        # What a client may send. What agentd sends has no bound of its own: a turn's last
+        # event carries its input and its answer, a session all its turns, so either can
+        # outgrow the largest request, and a bound here made them unreadable over gRPC.
         ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
 
 

@@ -180,7 +180,8 @@ class Settings(_Strict):
         15.0, gt=0, le=30, description="A stream silent this long gets a heartbeat event (turns and "
                                        "responses), so meshes and proxies keep it open; at most 30.")
     max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, le=2**31 - 1,
-                                   description="gRPC message size limit; larger REST bodies get 413.")
+                                   description="Largest request (gRPC message); larger REST bodies get "
+                                               "413. Answers have no such bound.")
     providers: list[ProviderConfig] = Field(default_factory=list)
     # The simple case of one OpenAI-compatible endpoint, without JSON: it becomes the provider
     # "openai" next to those of `providers`.

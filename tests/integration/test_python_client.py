@@ -132,6 +132,17 @@ async def test_a_failed_turn_raises_with_the_turn_and_its_reason(target, fake):
     assert "bad request" in failed.value.message
 
 
+async def test_the_client_takes_answers_past_grpcs_default_4_mib(target, fake):
+    """A turn's last event carries its input and its answer: a 2.5 MB message answered in
+    kind makes it 7.5 MB, past the 4 MiB a gRPC channel receives by default."""
+    text = "z" * 2_500_000
+    fake.script(Reply(text=text, chunk_size=len(text)))
+    async with AsyncClient(target) as client:
+        agent_id, session_id = await new_session(client)
+        turn = await client.run_turn(agent_id, session_id, text)
+    assert turn.status == t.TURN_STATUS_COMPLETED and turn.output_message.content.text == text
+
+
 async def test_streams_remember_where_they_are_and_re_attach_from_there(target, fake):
     # background: the turn outlives the stream that started it (else leaving it cancels the turn)
     fake.script(Reply(text="one two three four", chunk_size=4))

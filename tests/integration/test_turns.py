@@ -34,6 +34,7 @@ from tests.conftest import (
     make_settings,
     once_ended,
     running,
+    running_with_agents,
 )
 from tests.fakes.openai_server import Reply, ToolCallSpec
 from tests.fakes.search_server import FakeSearchServer, Hit, SearchReply
@@ -286,6 +287,34 @@ async def test_a_tool_choice_names_one_of_the_turns_tools(agents, fake):
         tool_config=t.AgentToolConfig(tool_choice="weather")))) == (
             grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["tool_config.tool_choice"])
     assert len(fake.chat_requests) == 1
+
+
+async def test_answers_larger_than_the_largest_request_are_sent_whole(database_url, tmp_path, fake):
+    """A turn's last event carries its input and its answer, a session all its turns: both
+    outgrow the request bound (max_message_bytes), which used to bound what agentd sent, so
+    such a turn, stored as completed, could never be read over gRPC again."""
+    settings = make_settings(database_url, tmp_path, providers=fake_model_providers(fake),
+                             max_message_bytes=64 * 1024)
+    async with running_with_agents(settings) as (_, agents):
+        agent_id, session_id = await new_session(agents)
+        text = "x" * (40 * 1024)
+        fake.script(Reply(text=text, chunk_size=len(text)), Reply(text=text, chunk_size=len(text)))
+        events = await collect(stream_turn(agents, agent_id, session_id, user(text)))
+        done = terminal_turn(events)
+        assert done.status == t.TURN_STATUS_COMPLETED and events[-1].ByteSize() > 64 * 1024
+        await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                     messages=[user(text)]))
+        session = (await agents.GetSession(pb.GetSessionRequest(agent_id=agent_id,
+                                                                session_id=session_id))).session
+        assert len(session.turns) == 2 and session.ByteSize() > 4 * 40 * 1024
+        turn = (await agents.GetTurn(pb.GetTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                       turn_id=done.turn_id))).turn
+        assert turn.output_message.content.text == text
+        # What a client sends is still bounded.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await agents.CreateTurn(pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id,
+                                                         messages=[user("y" * (65 * 1024))]))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 # ---------------------------------------------------------------------------- client tools

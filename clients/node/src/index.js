@@ -200,7 +200,8 @@ export class AgentdClient {
     /** @type {any[]} */
     this.stubs = [];
     for (const [property, name] of Object.entries(SERVICES)) {
-      const stub = new v1[name](address, credentials);
+      // Answers of any size: a session, or a turn's last event, may outgrow gRPC's 4 MiB.
+      const stub = new v1[name](address, credentials, { "grpc.max_receive_message_length": -1 });
       this.stubs.push(stub);
       /** @type {any} */ (this)[property] = this.#wrap(stub, v1[name].service);
     }

@@ -96,6 +96,15 @@ test("runTurn calls local functions as client tools until the turn completes", a
   assert.equal(turn.output_message.content.text, 'The tool said: {"city":"Paris","sky":"clear"}');
 });
 
+test("a turn whose last event is past gRPC's default 4 MiB is received whole", async () => {
+  // The last event carries the input and the answer: 2.5 MB answered in kind is 7.5 MB.
+  const { agent_id, session_id } = await newSession();
+  const text = "big:" + "z".repeat(2_500_000);
+  const { turn } = await client.agents.CreateTurn({ agent_id, session_id, messages: [user(text)] });
+  assert.equal(turn.status, "TURN_STATUS_COMPLETED");
+  assert.equal(turn.output_message.content.text, text);
+});
+
 test("runTurn rejects a failed turn with the turn and its ErrorInfo reason", async () => {
   const { agent_id, session_id } = await newSession();
   await assert.rejects(client.runTurn(agent_id, session_id, "fail the model"), (error) => {

@@ -16,8 +16,8 @@ from agentd.testing.fake_openai import FakeOpenAIServer, RecordedRequest, Reply,
 
 def model(request: RecordedRequest) -> Reply:
     """A tool result is answered with its content; a message naming the weather calls the
-    get_weather client tool; one saying "fail the model" gets an HTTP 400; anything else is
-    echoed, three characters per chunk."""
+    get_weather client tool; one saying "fail the model" gets an HTTP 400; one starting
+    "big:" is echoed in one chunk; anything else is echoed, three characters per chunk."""
     last = request.messages[-1]
     if last.get("role") == "tool":
         return Reply(text=f"The tool said: {last['content']}")
@@ -26,6 +26,8 @@ def model(request: RecordedRequest) -> Reply:
         return Reply(tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"})])
     if "fail the model" in text:
         return Reply(error_status=400, error_message="bad request")
+    if text.startswith("big:"):
+        return Reply(text=text, chunk_size=len(text))
     return Reply(text=f"echo: {text}", chunk_size=3)
 
 

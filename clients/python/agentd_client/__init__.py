@@ -40,7 +40,10 @@ __all__ += errors.__all__
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Match the server's keepalive policy (it allows client pings every >= 10 s).
-CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000))
+# Answers of any size: a session, or a turn's last event (its input and its answer), may
+# outgrow gRPC's default 4 MiB, and agentd sends them whole.
+CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+                   ("grpc.max_receive_message_length", -1))
 
 
 class _ClientBase:
