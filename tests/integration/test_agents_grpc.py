@@ -52,7 +52,7 @@ async def test_deprecated_tool_choice_moves_into_tool_config(agents):
     (config(tool_prompt_format=t.TOOL_PROMPT_FORMAT_JSON,
             tool_config=t.AgentToolConfig(tool_prompt_format=t.TOOL_PROMPT_FORMAT_PYTHON_LIST)),
      "agent_config.tool_prompt_format"),
-    (config(max_infer_iters=0), "agent_config.max_infer_iters"),
+    (config(max_infer_iters=-1), "agent_config.max_infer_iters"),
     (config(client_tools=[t.AgentToolDef(name="a"), t.AgentToolDef(name="a")]),
      "agent_config.client_tools[1].name"),
     (config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(

@@ -545,9 +545,13 @@ async def test_every_resume_error(agents, fake):
     assert (await error_of(resume()))[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "TURN_NOT_AWAITING_INPUT")
 
 
-async def test_max_infer_iters_stops_with_the_calls_unexecuted(agents, fake):
+@pytest.mark.parametrize("max_infer_iters", [1, 0])  # 0 runs one inference, as in Llama Stack
+async def test_max_infer_iters_stops_with_the_calls_unexecuted(agents, fake, max_infer_iters):
     fake.script(Reply(tool_calls=[ToolCallSpec("weather", {"city": "Rome"}, id="c1")]))
-    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")], max_infer_iters=1)
+    agent_id, session_id = await new_session(agents, client_tools=[tool_def("weather")],
+                                             max_infer_iters=max_infer_iters)
+    agent = (await agents.GetAgent(pb.GetAgentRequest(agent_id=agent_id))).agent
+    assert agent.agent_config.max_infer_iters == max_infer_iters  # as the client gave it
     turn = (
         await agents.CreateTurn(
             pb.CreateTurnRequest(agent_id=agent_id, session_id=session_id, messages=[user("x")])

@@ -28,8 +28,9 @@ def normalize(config: pb.AgentConfig) -> pb.AgentConfig:
     _validate_sampling(cfg.sampling_params)
     if not cfg.HasField("max_infer_iters"):
         cfg.max_infer_iters = DEFAULT_MAX_INFER_ITERS
-    elif cfg.max_infer_iters < 1:
-        raise InvalidArgument(f"{FIELD}.max_infer_iters", "must be >= 1")
+    elif cfg.max_infer_iters < 0:
+        # 0 is taken and runs one inference, as in Llama Stack (clients written for it send 0).
+        raise InvalidArgument(f"{FIELD}.max_infer_iters", "must be >= 0")
     _validate_tools(cfg)
     for name in ("input_shields", "output_shields"):
         for i, shield in enumerate(getattr(cfg, name)):

@@ -311,7 +311,9 @@ class AgentConfig(_message.Message):
         """Deprecated: use tool_config.tool_prompt_format. Must agree with it when both are set."""
 
     max_infer_iters: _builtins.int
-    """Inference calls allowed per turn, counted across resumes. Default 10, at least 1."""
+    """Inference calls allowed per turn, counted across resumes. Default 10; 0 allows one, as in
+    Llama Stack; negative is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def response_format(self) -> Global___AgentResponseFormat:
         """Structured output format for the model's answers. Default: free text."""

@@ -455,7 +455,7 @@ class TurnEngine:
                 cfg.response_format if cfg.HasField("response_format") else None,
                 field="agent_config.response_format",
             ),
-            max_infer_iters=cfg.max_infer_iters
+            max_infer_iters=max(1, cfg.max_infer_iters)  # 0 runs one, as in Llama Stack
             if cfg.HasField("max_infer_iters")
             else DEFAULT_MAX_INFER_ITERS,
             input_shields=tuple(cfg.input_shields),
