@@ -1434,6 +1434,32 @@ async def test_deleting_cancels_the_running_turns_first(server, agents, fake, de
         assert await _count_rows(server, "agents") == 0
 
 
+@pytest.mark.parametrize("delete", ["session", "agent"])
+async def test_a_turn_whose_rows_went_with_a_delete_is_stopped_by_it(server, agents, fake, delete):
+    """A turn that starts while a delete runs, after the delete looked for running turns, is
+    stored and then deleted with its session. Here its rows go first (as that delete's would),
+    then the delete call, which stops the run at once rather than letting it stream on until
+    a write finds nothing."""
+    fake.script(Reply(text="never finished", hang=True))
+    agent_id, session_id = await new_session(agents)
+    call = stream_turn(agents, agent_id, session_id)
+    async for response in call:
+        turn_id = response.event.payload.turn_start.turn_id
+        break
+    run = server.runs.get(LOCAL_PRINCIPAL, turn_id)
+    assert await server.agent_store.delete_session(LOCAL_PRINCIPAL, agent_id, session_id)
+    assert run.terminal is None  # nothing told it
+    if delete == "session":
+        request = agents.DeleteSession(pb.DeleteSessionRequest(agent_id=agent_id, session_id=session_id))
+        assert (await error_of(request))[:2] == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    else:
+        await agents.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id))
+    assert run.ended.is_set()
+    assert run.terminal.payload.turn_failed.error.code == grpc.StatusCode.CANCELLED.value[0]
+    rest = [r.event async for r in call]
+    assert kinds(rest)[-1] == "turn_failed"
+
+
 async def test_a_long_session_sends_its_whole_history_in_order_every_turn(agents, fake):
     # From the third turn on, the settled turns' messages come from memory in one piece
     # (_SessionHistory.settled_messages), each message encoded once (ChatMessage.wire_json).

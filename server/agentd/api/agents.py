@@ -53,7 +53,10 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         agent_id = _no_nul(request.agent_id, "agent_id")
         if self.engine is not None:
             await self.engine.stop_runs(principal.get(), agent_id)
-        if not await self.store.delete_agent(principal.get(), agent_id):
+        deleted = await self.store.delete_agent(principal.get(), agent_id)
+        if self.engine is not None:
+            await self.engine.stop_runs_deleted(principal.get())
+        if not deleted:
             raise NotFound("agent", agent_id)
         return pb.DeleteAgentResponse()
 
@@ -100,7 +103,10 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         session_id = _no_nul(request.session_id, "session_id")
         if self.engine is not None:
             await self.engine.stop_runs(principal.get(), agent_id, session_id)
-        if not await self.store.delete_session(principal.get(), agent_id, session_id):
+        deleted = await self.store.delete_session(principal.get(), agent_id, session_id)
+        if self.engine is not None:
+            await self.engine.stop_runs_deleted(principal.get())
+        if not deleted:
             raise await self._not_found(agent_id, "session", session_id)
         return pb.DeleteSessionResponse()
 

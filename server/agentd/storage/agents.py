@@ -449,6 +449,12 @@ class AgentStore:
             query = query.where(turns.c.session_id == session_id)
         return await self.db.read(lambda conn: list(conn.execute(query).scalars()))
 
+    async def existing_turns(self, owner: str, turn_ids: list[str]) -> set[str]:
+        """Those of the owner's turns that are still stored."""
+        turns = schema.turns
+        query = select(turns.c.id).where(turns.c.owner == owner, turns.c.id.in_(turn_ids))
+        return await self.db.read(lambda conn: set(conn.execute(query).scalars()))
+
     async def turn_by_request_id(self, owner: str, session_id: str, request_id: str) -> str | None:
         """The id of the turn a create with this idempotency key started in the session."""
         turns = schema.turns

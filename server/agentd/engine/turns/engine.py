@@ -828,6 +828,16 @@ class TurnEngine:
             if await self.runs.cancel(owner, turn_id) is None:
                 await self._cancelled_elsewhere(owner, turn_id)
 
+    async def stop_runs_deleted(self, owner: str) -> None:
+        """After a delete: the owner's runs here whose turn went with it are cancelled now. A
+        turn started while the delete ran, after stop_runs had looked, was stored and then
+        deleted with its session; its run would otherwise call the model and stream on until
+        its first write found nothing."""
+        live = [run.run_id for run in self.runs.running(TURNS) if run.owner == owner]
+        if live:
+            for turn_id in set(live) - await self.store.existing_turns(owner, live):
+                await self.runs.cancel(owner, turn_id)
+
     async def cancel(self, owner: str, agent_id: str, session_id: str, turn_id: str) -> types.Turn:
         """CancelTurn: a running turn is stopped (its on_stop stores it cancelled and emits
         turn_failed); a paused one is cancelled directly, with a kept turn_failed event. An
