@@ -423,6 +423,10 @@ def user_items(*items: m.InterleavedContentItem) -> m.TurnInputMessage:
     (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent())), "messages[1].content"),
     (m.TurnInputMessage(tool=m.ToolResponseMessage(call_id="c", content=m.InterleavedContent())),
      "messages[1].content"),
+    # An item with no member, which REST would show as {} and no JSON reader take back.
+    (m.TurnInputMessage(user=m.UserMessage(content=m.InterleavedContent(item=m.InterleavedContentItem()))),
+     "messages[1].content.item.type"),
+    (user_items(text_item("hi"), m.InterleavedContentItem()), "messages[1].content.items[1].type"),
     # A tool's result is sent to the model as text: an image there is refused, not dropped.
     (m.TurnInputMessage(tool=m.ToolResponseMessage(call_id="c", content=m.InterleavedContent(item=IMAGE))),
      "messages[1].content.item"),

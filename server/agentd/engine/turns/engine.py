@@ -185,18 +185,24 @@ def _check_inputs(messages: Sequence[msg.TurnInputMessage]) -> None:
             raise InvalidArgument(f"messages[{i}].role", "required: a user or a tool message")
         if getattr(message, kind).content.WhichOneof("content") is None:
             raise InvalidArgument(f"messages[{i}].content", "required")
-        _check_images(getattr(message, kind).content, f"messages[{i}].content", allowed=kind == "user")
+        _check_items(getattr(message, kind).content, f"messages[{i}].content", images=kind == "user")
 
 
-def _check_images(content: msg.InterleavedContent, where: str, *, allowed: bool) -> None:
-    """Each image item's url or data, checked (images.check_agent_image); in a tool's response
-    an image is INVALID_ARGUMENT: the chat-completions protocol sends tool results as text,
-    and a model would answer as if there were no image."""
+def _check_items(content: msg.InterleavedContent, where: str, *, images: bool) -> None:
+    """Each item with its member set (a gRPC client can send one empty, which no JSON reader
+    could take back), and each image item's url or data, checked (images.check_agent_image).
+    Where images are not allowed (a tool's response) one is INVALID_ARGUMENT: the
+    chat-completions protocol sends tool results as text, and a model would answer as if there
+    were no image."""
     single = content.WhichOneof("content") == "item"
     for j, item in enumerate(content_items(content)):
-        if item.HasField("image"):
+        kind = item.WhichOneof("item")
+        if kind is None:
+            raise InvalidArgument(where + (".item" if single else f".items[{j}]") + ".type",
+                                  "required: the item's type and its fields")
+        if kind == "image":
             field = where + (".item" if single else f".items[{j}]")
-            if not allowed:
+            if not images:
                 raise InvalidArgument(field, "a tool's response is text: models are sent tool results "
                                              "as text, with no images")
             check_agent_image(item.image.image, field + ".image.image")
@@ -710,7 +716,7 @@ class TurnEngine:
         owner stream. A retry with the request_id of the turn's last resume re-attaches to
         that continuation (from its first event) instead."""
         for i, response in enumerate(tool_responses):
-            _check_images(response.content, f"tool_responses[{i}].content", allowed=False)
+            _check_items(response.content, f"tool_responses[{i}].content", images=False)
         deadline = _deadline(timeout_s, background)
         agent = await self._agent_and_session(owner, agent_id, session_id)
         key = (owner, session_id)
