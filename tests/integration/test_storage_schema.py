@@ -40,20 +40,29 @@ async def test_replicas_starting_together_migrate_once(database_url):
             await db.close()
 
 
-def _upgrade_to(revision: str):
+async def _statuses_after_migrating(url: str, revision: str, fill, table: str) -> dict[str, str]:
+    """The (id, status) of `table`'s rows once a database at `revision`, filled by `fill`,
+    has been migrated to the newest schema."""
+    db = Database(url)
+
     def upgrade(conn):
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
-    return upgrade
+
+    try:
+        await db.write(upgrade)
+        await db.write(fill)
+        await db.migrate()
+        return await db.read(lambda conn: dict(conn.exec_driver_sql(f"SELECT id, status FROM {table}").all()))
+    finally:
+        await db.close()
 
 
 async def test_migrating_to_one_open_turn_per_session_closes_older_duplicates(empty_database_url):
     """Before 0004, replicas racing could leave two open turns in a session; the migration
     keeps the newest open and marks the others interrupted, so its unique index can be built."""
-    db = Database(empty_database_url)
-
     def fill(conn):
         conn.exec_driver_sql("INSERT INTO agents (id, owner, created_at, body) VALUES ('a', 'o', 1, '')")
         conn.exec_driver_sql(
@@ -64,22 +73,13 @@ async def test_migrating_to_one_open_turn_per_session_closes_older_duplicates(em
                 "INSERT INTO turns (id, owner, created_at, session_id, status, body) "
                 f"VALUES ('{turn_id}', 'o', {created}, 's', '{status}', '')")
 
-    try:
-        await db.write(_upgrade_to("0003"))
-        await db.write(fill)
-        await db.migrate()
-        statuses = await db.read(lambda conn: dict(
-            conn.exec_driver_sql("SELECT id, status FROM turns").all()))
-        assert statuses == {"t0": "completed", "t1": "interrupted", "t2": "interrupted", "t3": "in_progress"}
-    finally:
-        await db.close()
+    statuses = await _statuses_after_migrating(empty_database_url, "0003", fill, "turns")
+    assert statuses == {"t0": "completed", "t1": "interrupted", "t2": "interrupted", "t3": "in_progress"}
 
 
 async def test_migrating_to_one_running_response_per_conversation_ends_older_duplicates(empty_database_url):
     """Before 0006, two responses of a conversation could run at once; the migration keeps the
     newest running and marks the others failed, so its unique index can be built."""
-    db = Database(empty_database_url)
-
     def fill(conn):
         for response_id, created, conversation, status in (
                 ("r1", 1, "'c1'", "in_progress"), ("r2", 2, "'c1'", "queued"), ("r0", 0, "'c1'", "completed"),
@@ -89,13 +89,6 @@ async def test_migrating_to_one_running_response_per_conversation_ends_older_dup
                 "INSERT INTO responses (id, owner, created_at, model, status, conversation_id, body) "
                 f"VALUES ('{response_id}', 'o', {created}, 'm', '{status}', {conversation}, '')")
 
-    try:
-        await db.write(_upgrade_to("0005"))
-        await db.write(fill)
-        await db.migrate()
-        statuses = await db.read(lambda conn: dict(
-            conn.exec_driver_sql("SELECT id, status FROM responses").all()))
-        assert statuses == {"r0": "completed", "r1": "failed", "r2": "queued", "r3": "in_progress",
-                            "r4": "in_progress", "r5": "queued"}
-    finally:
-        await db.close()
+    statuses = await _statuses_after_migrating(empty_database_url, "0005", fill, "responses")
+    assert statuses == {"r0": "completed", "r1": "failed", "r2": "queued", "r3": "in_progress",
+                        "r4": "in_progress", "r5": "queued"}
