@@ -109,8 +109,7 @@ class Repository:
             if keyed and result.first() is None:
                 # The key is taken. The conflicting row is committed (ON CONFLICT waits for
                 # a concurrent inserter), so this later statement sees it.
-                existing = select(table.c.body).where(*(table.c[name] == values[name] for name in key))
-                return conn.execute(existing).scalar_one()
+                return conn.execute(_body_by_key(table, {name: values[name] for name in key})).scalar_one()
             for child_table, rows in children:
                 if rows:
                     self._insert(child_table).run(conn, rows)
@@ -128,6 +127,11 @@ class Repository:
                                  .returning(table.c.id))
             self._statements[cache_key] = statement
         return statement
+
+    async def body_by_key(self, table: Table, **key: Any) -> bytes | None:
+        """The body of the row that holds a unique key (e.g. owner and request_id), if any."""
+        query = _body_by_key(table, key)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
     async def get_body(self, table: Table, owner: str, row_id: str, **parents: str) -> bytes | None:
         statement = self._statement("body", table, tuple(parents))
@@ -208,3 +212,7 @@ def _beyond(sort_key, id_column, value: int, row_id: str, later: bool):
     if later:
         return or_(sort_key > value, and_(sort_key == value, id_column > row_id))
     return or_(sort_key < value, and_(sort_key == value, id_column < row_id))
+
+
+def _body_by_key(table: Table, key: dict[str, Any]):
+    return select(table.c.body).where(*(table.c[name] == value for name, value in key.items()))

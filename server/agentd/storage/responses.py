@@ -96,19 +96,13 @@ class ResponseStore:
             # The one-running-response index (the key's conflicts never raise: ON CONFLICT).
             # It may be checked before the key: a concurrent retry with the same request_id
             # may be what holds it, and then that response is the answer.
-            if request_id is not None and (first := await self._by_request_id(owner, request_id)) is not None:
-                return first
+            if request_id is not None and (first := await self.repo.body_by_key(
+                    schema.responses, owner=owner, request_id=request_id)) is not None:
+                return rt.Response.FromString(first)
             if response.conversation.id and await self._running_in(response.conversation.id):
                 raise ConversationBusy(response.conversation.id) from None
             raise
         return rt.Response.FromString(body)
-
-    async def _by_request_id(self, owner: str, request_id: str) -> rt.Response | None:
-        responses = schema.responses
-        query = select(responses.c.body).where(responses.c.owner == owner,
-                                               responses.c.request_id == request_id)
-        body = await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
-        return None if body is None else rt.Response.FromString(body)
 
     async def _running_in(self, conversation_id: str) -> bool:
         responses = schema.responses
