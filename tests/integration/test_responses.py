@@ -461,6 +461,21 @@ async def test_a_conversation_runs_one_response_at_a_time(server, responses, fak
     assert {r.response.id for r in listed.data} == {running.id, elsewhere.id, after.id}
 
 
+async def test_a_retry_of_the_running_response_of_a_conversation_is_answered_not_locked_out(
+        server, responses, fake):
+    """The retry meets both the request_id key and the conversation's one-running index; the
+    database may check the index first: the answer is still the first call's response."""
+    conversation = await server.responses.conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_r"),
+                                                               [])
+    fake.script(Reply(text="slow", hang=True))
+    fields = {"conversation": conversation.id, "background": True, "request_id": "retry-1"}
+    first = (await responses.CreateResponse(create(**fields))).response
+    await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+    again = (await responses.CreateResponse(create(**fields))).response
+    assert again.id == first.id and len(fake.chat_requests) == 1
+    await responses.CancelResponse(pb.CancelResponseRequest(response_id=first.id))
+
+
 @pytest.mark.parametrize("content, problem", [
     ([{"type": "input_text", "text": "read this"}, {"type": "input_file", "file_id": "file_1"}],
      "input_file"),
