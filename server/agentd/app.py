@@ -177,7 +177,8 @@ class Agentd:
         for service in SERVICES:
             await self.health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC listening on %s:%d", host, self.grpc_port)
+        log.info("gRPC listening on %s:%d (event loop: %s)", host, self.grpc_port,
+                 type(asyncio.get_running_loop()).__module__.partition(".")[0])
         log.info("no authentication configured: every call acts as the local principal %r",
                  LOCAL_PRINCIPAL)
         if self.settings.http_addr:

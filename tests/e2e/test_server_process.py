@@ -64,6 +64,33 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path):
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize(("env", "loop"), [({}, "uvloop"), ({"AGENTD_EVENT_LOOP": "asyncio"}, "asyncio")])
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(tmp_path, env, loop):
+    server = start_agentd(tmp_path, **env)
+    try:
+        created = httpx.post(f"{server.base_url}/v1alpha/agents",
+                             json={"agent_config": {"model": "test-model", "instructions": ""}})
+        assert created.status_code == 200
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            got = agents_pb2_grpc.AgentsServiceStub(channel).GetAgent(
+                agents_pb2.GetAgentRequest(agent_id=created.json()["agent_id"]))
+        assert got.agent.agent_config.model == "test-model"
+    finally:
+        assert server.terminate() == 0
+    assert f"(event loop: {loop})" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_uvloop_missing_stops_the_start_saying_what_to_do(tmp_path):
+    shadow = tmp_path / "shadow" / "uvloop"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named uvloop')\n")
+    run = _serve(tmp_path, PYTHONPATH=str(shadow.parent), AGENTD_GRPC_ADDR=f"127.0.0.1:{free_port()}")
+    assert run.returncode == 2, run.stderr
+    assert "event_loop uvloop: No module named uvloop" in run.stderr
+    assert "AGENTD_EVENT_LOOP=asyncio" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_data_survives_a_restart(tmp_path):
     server = start_agentd(tmp_path)
     agent_id = httpx.post(f"{server.base_url}/v1alpha/agents",
