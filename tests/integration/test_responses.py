@@ -544,6 +544,24 @@ async def test_background_returns_at_once_and_can_be_polled_and_followed(respons
     assert later == events[-2:]
 
 
+async def test_a_re_attach_before_minus_one_is_invalid_and_minus_one_replays_all(responses, fake, server):
+    fake.script(Reply(text="one two"))
+    done = (await responses.CreateResponse(create())).response
+    code, reason, fields = await error_of(collect(responses.StreamResponseEvents(
+        pb.StreamResponseEventsRequest(response_id=done.id, starting_after=-2))))
+    assert (code, reason, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["starting_after"])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}") as http:
+        refused = await http.get(f"/v1/responses/{done.id}", params={"stream": "true", "starting_after": -5})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "starting_after"
+    assert "-1 or more, got -5" in refused.json()["error"]["message"]
+    every = await collect(responses.StreamResponseEvents(
+        pb.StreamResponseEventsRequest(response_id=done.id, starting_after=-1)))
+    assert every == await follow(responses, done.id)
+    assert every[-1].completed.response == done
+
+
 async def test_a_background_stream_dropped_midway_is_re_attached_without_gaps(responses, fake):
     fake.script(Reply(text="abcdefghij", chunk_size=1, chunk_delay=0.02))
     call = responses.StreamResponse(stream(background=True))

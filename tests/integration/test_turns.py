@@ -882,6 +882,24 @@ async def test_a_unary_turn_over_rest_stops_when_its_client_goes_away(http, agen
     assert again.status_code == 200 and again.json()["output_message"]["content"] == "back"
 
 
+async def test_a_re_attach_before_minus_one_is_invalid_and_minus_one_replays_all(http, agents, fake):
+    fake.script(Reply(text="Hi!"))
+    agent_id, session_id = await new_session(agents)
+    turn = (await agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[user("hi")]))).turn
+    ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": turn.turn_id}
+    code, reason, fields = await error_of(collect(agents.StreamTurnEvents(
+        pb.StreamTurnEventsRequest(**ids, starting_after=-2))))
+    assert (code, reason, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["starting_after"])
+    refused = await http.get(f"/v1alpha/agents/{agent_id}/session/{session_id}/turn/{turn.turn_id}/events",
+                             headers={"Last-Event-ID": "-3"})
+    assert refused.status_code == 400 and "-1 or more, got -3" in refused.text
+    every = await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids, starting_after=-1)))
+    assert every == await collect(agents.StreamTurnEvents(pb.StreamTurnEventsRequest(**ids)))
+    assert kinds(every)[0] == "turn_start" and kinds(every)[-1] == "turn_complete"
+
+
 async def test_a_failed_unary_turn_over_grpc_is_returned_with_its_error(agents, fake):
     fake.script(Reply(error_status=503, error_message="overloaded"))
     agent_id, session_id = await new_session(agents)

@@ -6,7 +6,7 @@ import contextlib
 
 from agentd import ids, paging
 from agentd.api.fields import no_nul as _no_nul
-from agentd.api.fields import request_id_of
+from agentd.api.fields import request_id_of, starting_after_of
 from agentd.api.stream_events import event_response
 from agentd.clock import timestamp
 from agentd.context import principal
@@ -198,7 +198,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServiceServicer):
         events = await self._engine().follow(
             principal.get(), _no_nul(request.agent_id, "agent_id"), _no_nul(request.session_id, "session_id"),
             _no_nul(request.turn_id, "turn_id"),
-            request.starting_after if request.HasField("starting_after") else None)
+            starting_after_of(request))
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event_response(pb.StreamTurnEventsResponse, event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from agentd import paging
-from agentd.api.fields import no_nul, request_id_of
+from agentd.api.fields import no_nul, request_id_of, starting_after_of
 from agentd.api.stream_events import event_response
 from agentd.context import principal
 from agentd.engine.items import check_include
@@ -55,7 +55,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
         check_include(request.include)
         events = await self.engine.follow(
             principal.get(), _response_id(request),
-            request.starting_after if request.HasField("starting_after") else None)
+            starting_after_of(request))
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event_response(pb.StreamResponseEventsResponse, event)

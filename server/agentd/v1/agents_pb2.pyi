@@ -978,8 +978,9 @@ class StreamTurnEventsRequest(_message.Message):
     turn_id: _builtins.str
     """The turn. Required."""
     starting_after: _builtins.int
-    """Replay only events whose sequence_number is greater than this. Default: from the first
-    event (turn_start). Over SSE the Last-Event-ID header stands for it.
+    """Replay only events whose sequence_number is greater than this: -1 or more (less is
+    INVALID_ARGUMENT). Default: from the first event (turn_start). Over SSE the Last-Event-ID
+    header stands for it.
     """
     def __init__(
         self,

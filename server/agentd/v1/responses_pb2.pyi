@@ -636,8 +636,9 @@ class StreamResponseEventsRequest(_message.Message):
     response_id: _builtins.str
     """The response ("resp_..."). Required."""
     starting_after: _builtins.int
-    """Replay only events whose sequence_number is greater than this. Default: from the first
-    event (response.created). Over SSE the Last-Event-ID header stands for it.
+    """Replay only events whose sequence_number is greater than this: -1 or more (less is
+    INVALID_ARGUMENT). Default: from the first event (response.created). Over SSE the Last-Event-ID
+    header stands for it.
     """
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
