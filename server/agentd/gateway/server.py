@@ -37,7 +37,9 @@ class GatewayServer:
         except OSError as e:
             raise OSError(f"cannot listen on {self.host}:{self.port} (HTTP gateway): {e.strerror}") from None
         app = Gateway(routes_of(self.services), self.servicers, self.max_body_bytes)
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+        # httptools (llhttp, C) parses HTTP/1.1 rather than h11 (pure Python): a REST turn costs
+        # 10-20 % less CPU.
+        config = uvicorn.Config(app, http="httptools", log_config=None, access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # agentd owns the signals
