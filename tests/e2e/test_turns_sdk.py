@@ -5,12 +5,15 @@ client tool."""
 from __future__ import annotations
 
 import json
+import time
 
 import llama_stack_client
 import pytest
 from llama_stack_client import Agent, AsyncLlamaStackClient, LlamaStackClient
 from llama_stack_client.lib.agents.agent import AsyncAgent
 from llama_stack_client.lib.agents.client_tool import client_tool
+from llama_stack_client.types.agents.session import Session
+from llama_stack_client.types.agents.turn import Turn
 
 from tests.e2e.conftest import start_agentd
 from tests.fakes.openai_server import Reply, ToolCallSpec
@@ -103,6 +106,38 @@ def test_a_non_streamed_turn_that_fails_raises(client, fake):
             messages=[{"role": "user", "content": "hi"}],
         )
     assert caught.value.status_code == 503 and "overloaded" in str(caught.value)
+
+
+def test_turns_without_an_answer_parse_as_the_sdk_types(client, fake):
+    """A failed, a running and a cancelled turn: Llama Stack's Turn requires output_message,
+    so theirs is an empty assistant message, never null."""
+    fake.script(Reply(error_status=503, error_message="overloaded"), Reply(text="never", hang=True))
+    agent_id, session_id = _agent(client)
+    with pytest.raises(llama_stack_client.InternalServerError):
+        client.agents.turn.create(agent_id=agent_id, session_id=session_id, stream=False,
+                                  messages=[{"role": "user", "content": "hi"}])
+    stream = client.agents.turn.create(agent_id=agent_id, session_id=session_id, stream=True,
+                                       messages=[{"role": "user", "content": "again"}])
+    assert next(iter(stream)).event.payload.event_type == "turn_start"
+
+    def session() -> dict:
+        raw = client.get(f"/v1/agents/{agent_id}/session/{session_id}", cast_to=object)
+        Session.model_validate(raw)  # strict: raises on a turn the SDK cannot read
+        return raw
+
+    assert [t["status"] for t in session()["turns"]] == ["failed", "in_progress"]
+    stream.close()  # not background: the turn is cancelled
+    for _ in range(100):
+        turns = session()["turns"]
+        if turns[1]["status"] != "in_progress":
+            break
+        time.sleep(0.05)
+    assert [t["status"] for t in turns] == ["failed", "cancelled"]
+    for turn in turns:
+        assert turn["output_message"] == {"role": "assistant", "content": "", "stop_reason": "end_of_turn",
+                                          "tool_calls": []}
+        got = client.get(f"/v1/agents/{agent_id}/session/{session_id}/turn/{turn['turn_id']}", cast_to=object)
+        assert Turn.model_validate(got).output_message.content == ""
 
 
 def test_the_agent_helper_runs_a_client_tool_and_resumes(client, fake):

@@ -142,6 +142,11 @@ IN_PROGRESS_PARSE = te.TOOL_CALL_PARSE_STATUS_IN_PROGRESS
 DEADLINE_MARGIN_S = 0.15
 
 # Stored status column values, by the proto status.
+# A turn's output_message while it runs, or when it ended without an answer (failed,
+# cancelled, interrupted): an empty one rather than none, since Llama Stack's Turn requires
+# a CompletionMessage and its SDKs fail to parse a turn without one.
+NO_ANSWER = msg.CompletionMessage(content=msg.InterleavedContent(text=""),
+                                  stop_reason=msg.STOP_REASON_END_OF_TURN)
 STATUS_NAMES = {
     types.TURN_STATUS_IN_PROGRESS: IN_PROGRESS,
     types.TURN_STATUS_AWAITING_INPUT: AWAITING_INPUT,
@@ -609,6 +614,7 @@ class TurnEngine:
                 turn_id=ids.new_id(ids.TURN),
                 session_id=session_id,
                 input_messages=inputs,
+                output_message=NO_ANSWER,
                 started_at=timestamp(),
                 status=types.TURN_STATUS_IN_PROGRESS,
                 background=background,
@@ -765,7 +771,7 @@ class TurnEngine:
             history = await self._history(owner, session_id, plan, until=turn_id)
             turn.status = types.TURN_STATUS_IN_PROGRESS
             turn.ClearField("stop_reason")
-            turn.ClearField("output_message")
+            turn.output_message.CopyFrom(NO_ANSWER)
             turn.background = background
             state = TurnState(owner, turn, plan, deadline=deadline)
             by_id = {r.call_id: r for r in tool_responses}
@@ -1194,6 +1200,8 @@ class TurnEngine:
 
     @staticmethod
     def _end_turn(turn: types.Turn, status: int, error: BaseException) -> None:
+        if not turn.HasField("output_message"):  # a turn stored before NO_ANSWER
+            turn.output_message.CopyFrom(NO_ANSWER)
         turn.status = status
         turn.stop_reason = types.TURN_STOP_REASON_ERROR
         turn.completed_at.CopyFrom(timestamp())
