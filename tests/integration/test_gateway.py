@@ -47,6 +47,25 @@ async def test_agent_crud_in_the_llama_stack_shape(http, prefix):
     assert gone.json() == {"detail": f"Agent '{agent_id}' not found."}
 
 
+async def test_client_tools_with_python_type_names_get_json_schema_types(http):
+    """llama-stack-client 0.2's @client_tool names types by Python annotation: str, int..."""
+    kinds = ["str", "int", "float", "bool", "list", "dict", "integer", "Forecast"]
+    parameters = [{"name": f"p_{kind}", "parameter_type": kind, "description": kind, "required": True,
+                   "default": None} for kind in kinds]
+    parameters.append({"name": "unit", "parameter_type": "str", "description": "unit", "required": False,
+                       "default": "c"})
+    config = {**AGENT_CONFIG, "client_tools": [{"name": "weather", "parameters": parameters}]}
+    agent_id = (await http.post("/v1/agents", json={"agent_config": config})).json()["agent_id"]
+    [tool] = (await http.get(f"/v1/agents/{agent_id}")).json()["agent_config"]["client_tools"]
+    schema = tool["input_schema"]
+    assert {name: prop.get("type") for name, prop in schema["properties"].items()} == {
+        "p_str": "string", "p_int": "integer", "p_float": "number", "p_bool": "boolean",
+        "p_list": "array", "p_dict": "object", "p_integer": "integer", "p_Forecast": None, "unit": "string"}
+    assert schema["properties"]["unit"]["default"] == "c"
+    assert "default" not in schema["properties"]["p_str"]  # the SDK's None for "no default"
+    assert schema["required"] == [f"p_{kind}" for kind in kinds]
+
+
 async def test_list_agents_with_start_index_and_limit(http):
     ids = [(await http.post("/v1alpha/agents", json={"agent_config": AGENT_CONFIG})).json()["agent_id"]
            for _ in range(5)]

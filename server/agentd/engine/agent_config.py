@@ -105,15 +105,27 @@ def check_toolgroup_names(groups: Sequence[pb.AgentToolGroup], field: str) -> No
             raise InvalidArgument(f"{field}[{i}]", "a tool group needs a name")
 
 
+# llama-stack-client 0.2's @client_tool names a parameter's type by its Python annotation's
+# __name__ ("str", "list", ...); JSON Schema's own names are taken as they are.
+_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "list": "array", "tuple": "array", "dict": "object", "NoneType": "null",
+               **{name: name for name in ("string", "integer", "number", "boolean", "array", "object",
+                                          "null")}}
+
+
 def _schema_from_parameters(parameters) -> struct_pb2.Struct:
-    """The JSON schema equivalent of llama-stack-client 0.2's ToolDef.parameters."""
+    """The JSON schema equivalent of llama-stack-client 0.2's ToolDef.parameters. A type with
+    no JSON Schema name (a class of the client's) is left out: the parameter takes any value,
+    rather than the model being sent a schema no server accepts."""
     properties: dict = {}
     required: list[str] = []
     for p in parameters:
-        prop: dict = {"type": p.parameter_type}
+        prop: dict = {}
+        if json_type := _JSON_TYPES.get(p.parameter_type):
+            prop["type"] = json_type
         if p.description:
             prop["description"] = p.description
-        if p.HasField("default"):
+        if p.HasField("default") and p.default.WhichOneof("kind") != "null_value":
             prop["default"] = MessageToDict(p.default)
         properties[p.name] = prop
         if not p.HasField("required") or p.required:
