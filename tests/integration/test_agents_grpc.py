@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
 from grpc_status import rpc_status
@@ -57,6 +59,11 @@ async def test_deprecated_tool_choice_moves_into_tool_config(agents):
      "agent_config.client_tools[1].name"),
     (config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(
         top_p=t.TopPSamplingStrategy(temperature=0)))), "agent_config.sampling_params.strategy.temperature"),
+    *[(config(sampling_params=t.SamplingParams(strategy=t.SamplingStrategy(
+        top_p=t.TopPSamplingStrategy(temperature=x)))), "agent_config.sampling_params.strategy.temperature")
+      for x in (math.inf, math.nan)],
+    (config(sampling_params=t.SamplingParams(repetition_penalty=math.inf)),
+     "agent_config.sampling_params.repetition_penalty"),
 ])
 async def test_invalid_config_is_invalid_argument_naming_the_field(agents, agentd, bad, field):
     code, reason, fields = await error_of(agents.CreateAgent(pb.CreateAgentRequest(agent_config=bad)))

@@ -123,7 +123,11 @@ async def test_required_fields_are_checked_for_rest_callers_too(http):
 @pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000 + b"]" * 100_000,
                                   b'{"agent_config": {"model": "m", "instructions": "", '
                                   b'"max_infer_iters": NaN}}',
-                                  b'{"agent_config": {"model": "m", "instructions": "", "name": Infinity}}'])
+                                  b'{"agent_config": {"model": "m", "instructions": "", "name": Infinity}}',
+                                  b'{"agent_config": {"model": "m", "instructions": "", "sampling_params": '
+                                  b'{"strategy": {"type": "top_p", "temperature": 1e309}}}}',
+                                  b'{"agent_config": {"model": "m", "instructions": "", '
+                                  b'"toolgroups": [{"name": "g", "args": {"k": -1e400}}]}}'])
 async def test_invalid_json_body_is_400(http, body):
     response = await http.post("/v1alpha/agents", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 
 import grpc
 import httpx
@@ -272,6 +273,19 @@ async def test_sampling_response_format_and_per_turn_tool_choice_reach_the_model
     # Schemas go as the client wrote them: 20, not the 20.0 a protobuf Struct holds.
     assert repr(sent["response_format"]["json_schema"]["schema"]["properties"]["a"]["maxLength"]) == "20"
     assert repr(sent["tools"][0]["function"]["parameters"]["properties"]["city"]["maxLength"]) == "20"
+
+
+async def test_a_number_json_cannot_carry_fails_the_turn_as_invalid_not_as_the_models_fault(agents, fake):
+    """A gRPC client can put infinity in a Struct (here a tool's schema); the model request
+    cannot carry it, which is the request's fault, not an unavailable model's."""
+    tool = tool_def("weather")
+    tool.input_schema["properties"]["city"]["maxLength"] = math.inf
+    agent_id, session_id = await new_session(agents, client_tools=[tool])
+    turn = (await agents.CreateTurn(pb.CreateTurnRequest(
+        agent_id=agent_id, session_id=session_id, messages=[user("x")]))).turn
+    assert turn.status == t.TURN_STATUS_FAILED
+    assert turn.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "cannot be sent as JSON" in turn.error.message and not fake.chat_requests
 
 
 async def test_a_tool_choice_names_one_of_the_turns_tools(agents, fake):

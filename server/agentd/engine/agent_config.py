@@ -7,6 +7,7 @@ when none is given, max_infer_iters 10.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from google.protobuf import struct_pb2
@@ -69,12 +70,15 @@ def _validate_sampling(params: pb.SamplingParams) -> None:
         params.strategy.greedy.SetInParent()
     elif strategy == "top_p":
         top_p = params.strategy.top_p
-        if top_p.HasField("temperature") and top_p.temperature <= 0:
-            raise InvalidArgument(f"{path}.strategy.temperature", "must be > 0 (use greedy for 0)")
+        if top_p.HasField("temperature") and not 0 < top_p.temperature < math.inf:  # nan too
+            raise InvalidArgument(f"{path}.strategy.temperature", "must be a finite number > 0 "
+                                                                  "(use greedy for 0)")
         if top_p.HasField("top_p") and not 0 < top_p.top_p <= 1:
             raise InvalidArgument(f"{path}.strategy.top_p", "must be in (0, 1]")
     elif strategy == "top_k" and params.strategy.top_k.top_k < 1:
         raise InvalidArgument(f"{path}.strategy.top_k", "must be >= 1")
+    if params.HasField("repetition_penalty") and not math.isfinite(params.repetition_penalty):
+        raise InvalidArgument(f"{path}.repetition_penalty", "must be a finite number")
     if params.HasField("max_tokens") and params.max_tokens < 0:
         raise InvalidArgument(f"{path}.max_tokens", "must be >= 0 (0: the provider's limit)")
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Coroutine
@@ -253,7 +254,7 @@ class Endpoint:
             if raw is None:
                 continue
             try:
-                value = json.loads(raw, parse_constant=_no_constants)
+                value = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
             except (ValueError, RecursionError) as e:
                 raise InvalidArgument(header, f"header is not valid JSON: {e}",
                                       reason="INVALID_JSON") from None
@@ -376,7 +377,7 @@ class Gateway:
                     headers)
         elif raw:
             try:
-                body = json.loads(raw, parse_constant=_no_constants)
+                body = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
             except (ValueError, RecursionError) as e:
                 reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
                 return _refuse(label, started, style, InvalidArgument(
@@ -439,6 +440,15 @@ def _refuse(label: str, started: float, style: int, error: BaseException, header
 
 def _no_constants(name: str):
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one past a double's range (1e309) is refused, since it would
+    be infinity, which no JSON answer or model request can carry."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
 
 
 class _ClientGone(Exception):

@@ -201,8 +201,13 @@ class OpenAIProvider:
         finished = False
         saw_tool_calls = False
         try:
+            chat_request = self._chat_request(request)
+        except ValueError as e:  # a number JSON has no form for (inf, nan), given over gRPC
+            raise InvalidArgument("", f"the request for model '{request.model}' cannot be sent as "
+                                      f"JSON: {e}") from None
+        try:
             async with asyncio.timeout_at(deadline):
-                response = await self._http.send(self._chat_request(request), stream=True)
+                response = await self._http.send(chat_request, stream=True)
                 if response.status_code >= 400:
                     message = _error_message(response.status_code, await _error_body(response))
                     raise _status_error(response.status_code, message, request.model)
