@@ -180,6 +180,23 @@ async def test_text_item_and_items_documents_reach_the_model(agents, session, fa
     assert turn.input_messages[0].user.content.text == expected
 
 
+@pytest.mark.parametrize("content, kept", [
+    (m.InterleavedContent(text="Q"), m.InterleavedContent(text="Q\nD")),
+    # One item or a list: the shape the client sent, the text added as an item (Llama Stack's).
+    (m.InterleavedContent(item=text_item("Q")),
+     m.InterleavedContent(items=m.InterleavedContentItemList(items=[text_item("Q"), text_item("\nD")]))),
+    (m.InterleavedContent(items=m.InterleavedContentItemList(items=[text_item("Q")])),
+     m.InterleavedContent(items=m.InterleavedContentItemList(items=[text_item("Q"), text_item("\nD")]))),
+])
+async def test_documents_keep_the_shape_of_the_message_they_join(agents, session, fake, content, kept):
+    fake.script(Reply(text="ok"))
+    message = m.TurnInputMessage(user=m.UserMessage(content=content))
+    turn = await turn_with(agents, session, doc(text="D"), messages=[message])
+    assert turn.input_messages[0].user.content == kept
+    sent = fake.chat_requests[0].body["messages"][-1]["content"]
+    assert sent == "Q\nD" or [part["text"] for part in sent] == ["Q", "\nD"]
+
+
 async def test_json_and_yaml_documents(agents, session, fake):
     fake.script(Reply(text="ok"))
     await turn_with(

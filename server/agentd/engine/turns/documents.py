@@ -86,7 +86,7 @@ async def with_documents(
     kind = last.content.WhichOneof("content")
     if kind == "items":
         last.content.items.items.add().text.text = added
-    elif kind == "item" and last.content.item.HasField("image"):  # the image, then the text
+    elif kind == "item":  # the item, then the text, as Llama Stack shapes it
         items = [last.content.item, msg.InterleavedContentItem(text=msg.TextContentItem(text=added))]
         last.content.CopyFrom(msg.InterleavedContent(items=msg.InterleavedContentItemList(items=items)))
     else:
