@@ -162,3 +162,20 @@ async def test_a_delete_on_one_replica_stops_the_response_another_runs_first(dat
         # The run on the first replica ended (cancelled, its end kept) before the row went.
         assert first.runs.get(LOCAL_PRINCIPAL, response_id) is None
         assert await first.responses.store.get(LOCAL_PRINCIPAL, response_id) is None
+
+
+async def test_a_chain_whose_middle_was_deleted_elsewhere_gives_every_replica_the_same_history(
+        database_url, tmp_path, fake):
+    """The replica that built r3 has its transcript cached; once another replica deletes r2,
+    it drops r2 and what came before, as a replica with nothing cached does."""
+    fake.script(*(Reply(text=f"answer {n}") for n in range(1, 6)))
+    async with two(replica, database_url, tmp_path, fake) as ((_, a), (_, b)):
+        chain: list[str] = []
+        for text in ("one", "two SECRET", "three"):
+            fields = {"input": text} | ({"previous_response_id": chain[-1]} if chain else {})
+            chain.append((await a.CreateResponse(create(**fields))).response.id)
+        await b.DeleteResponse(pb.DeleteResponseRequest(response_id=chain[1]))
+        for stub in (a, b):
+            await stub.CreateResponse(create(input="four", previous_response_id=chain[2]))
+        sent = [[m["content"] for m in request.body["messages"]] for request in fake.chat_requests[-2:]]
+        assert sent[0] == sent[1] == ["three", "answer 3", "four"]

@@ -14,7 +14,7 @@ Deleting a response cascades (foreign keys) to its items and its run events.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, bindparam, delete, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +31,8 @@ from agentd.v1 import response_resource_pb2 as rt
 INPUT = "input"
 # The stored statuses of a response that has not ended.
 RUNNING = ("queued", "in_progress")
+# Ids per query of `existing`: well under the bound parameters SQLite and asyncpg allow.
+EXISTING_BATCH = 500
 
 
 class ConversationBusy(Exception):
@@ -197,6 +199,16 @@ class ResponseStore:
     async def get(self, owner: str, response_id: str) -> rt.Response | None:
         body = await self.repo.get_body(schema.responses, owner, response_id)
         return rt.Response.FromString(body) if body is not None else None
+
+    async def existing(self, owner: str, response_ids: Sequence[str]) -> set[str]:
+        """Those of the owner's responses that are still stored."""
+        responses = schema.responses
+        found: set[str] = set()
+        for start in range(0, len(response_ids), EXISTING_BATCH):
+            batch = list(response_ids[start:start + EXISTING_BATCH])
+            query = select(responses.c.id).where(responses.c.owner == owner, responses.c.id.in_(batch))
+            found |= await self.db.read(lambda conn, query=query: set(conn.execute(query).scalars()))
+        return found
 
     async def list(self, owner: str, cursor: Cursor, limit: int, descending: bool = True,
                    model: str | None = None) -> tuple[list[rt.Response], Page]:

@@ -72,7 +72,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentd import codec, ids
 from agentd.clock import now_micros
@@ -168,6 +168,8 @@ class ResponseState:
     # What `history` weighs in the transcript cache (response_items.weight), known as it was
     # gathered: weighing a long chain again with every response cost ~3 us an item.
     history_weight: int = 0
+    # The responses whose items `history` holds, oldest first (see _Transcript).
+    history_chain: tuple[str, ...] = ()
     usage: rt.ResponseUsage = field(default_factory=lambda: _zero_usage())
     tool_calls_run: int = 0  # server-side tool calls run so far (max_tool_calls)
 
@@ -209,6 +211,15 @@ def _copy(item: it.ResponseItem) -> it.ResponseItem:
     return copy
 
 
+class _Transcript(NamedTuple):
+    """A response's transcript as cached: every item up to and including its output, and
+    the ids of the responses those items come from (its chain, itself last), so that a use
+    can check that none of them was deleted since."""
+
+    items: tuple[it.ResponseItem, ...]
+    chain: tuple[str, ...]
+
+
 class ResponseEngine:
     def __init__(self, store: ResponseStore, conversations: ConversationStore, runs: Runs,
                  registry: ModelRegistry, tools: ToolRuntime | None = None, shields: Shields | None = None,
@@ -220,7 +231,7 @@ class ResponseEngine:
         self.tools = tools
         self.shields = shields or DeclaredShields()
         # (owner, response id) -> every item up to and including that response's output.
-        self._transcripts: LRU[tuple[str, str], tuple[it.ResponseItem, ...]] = LRU(
+        self._transcripts: LRU[tuple[str, str], _Transcript] = LRU(
             TRANSCRIPT_CACHE, TRANSCRIPT_CACHE_ITEMS)
         # Tasks that delete store=false responses once their run ended.
         self._forgetting: set[asyncio.Task] = set()
@@ -280,8 +291,9 @@ class ResponseEngine:
             raise InvalidArgument("conversation", "Mutually exclusive parameters: 'previous_response_id' and "
                                                   "'conversation'. Provide only one of them.")
         given = response_items.input_items(request.input)
+        chain: tuple[str, ...] = ()
         if previous is not None:
-            history, history_weight = await self._transcript(owner, previous)
+            history, history_weight, chain = await self._transcript(owner, previous)
         elif conversation_id is not None:
             history = await self._conversation_items(owner, conversation_id)
             response_items.check_sendable(history, "conversation")
@@ -299,7 +311,7 @@ class ResponseEngine:
         if timeout_s is not None and not background:
             deadline = asyncio.get_running_loop().time() + timeout_s
         state = ResponseState(owner, response, plan, messages, history, given, deadline,
-                              history_weight=history_weight)
+                              history_weight=history_weight, history_chain=chain)
         with self.runs.admission():  # SHUTTING_DOWN before the response is written
             try:
                 stored = await self.store.create(owner, response, given, request_id, self.leases.until())
@@ -400,36 +412,48 @@ class ResponseEngine:
                                                   "Expected an ID that begins with 'conv_'.")
         return conversation_id
 
-    async def _transcript(self, owner: str, response_id: str) -> tuple[list[it.ResponseItem], int]:
+    async def _transcript(self, owner: str, response_id: str
+                          ) -> tuple[list[it.ResponseItem], int, tuple[str, ...]]:
         """Every item up to and including a stored response's output, its chain of previous
         responses first. An id of no stored response is a bad argument, as OpenAI has it (400
         previous_response_not_found); an ancestor deleted since is skipped (with its own
-        ancestors: the chain is broken there). With the items, their weight in the cache."""
+        ancestors: the chain is broken there), on every replica alike: a cached transcript
+        whose ancestors are not all still stored is read again from the store. With the
+        items, their weight in the cache and the ids of the responses they come from."""
         head = await self.store.get(owner, response_id)
         if head is None or not head.store:
             raise InvalidArgument("previous_response_id",
                                   f"Previous response with id '{response_id}' not found.",
                                   reason="PREVIOUS_RESPONSE_NOT_FOUND")
         parts: list[Sequence[it.ResponseItem]] = []
+        chain: list[Sequence[str]] = []
         weight = 0
         current: rt.Response | None = head
         while current is not None:
             cached = self._transcripts.get((owner, current.id))
             if cached is not None:
-                parts.append(cached)
-                weight += self._transcripts.weight_of((owner, current.id)) or 0
-                break
+                # Another replica may have deleted one of its ancestors since it was cached.
+                ancestors = cached.chain[:-1]
+                if not ancestors or len(await self.store.existing(owner, ancestors)) == len(ancestors):
+                    parts.append(cached.items)
+                    chain.append(cached.chain)
+                    weight += self._transcripts.weight_of((owner, current.id)) or 0
+                    break
+                self._transcripts.pop((owner, current.id))
             parts.append([*(await self.store.input_items(owner, current.id) or []), *current.output])
+            chain.append((current.id,))
             weight += response_items.weight(parts[-1])
             if not current.HasField("previous_response_id"):
                 break
             current = await self.store.get(owner, current.previous_response_id)
-        return [item for part in reversed(parts) for item in part], weight
+        return ([item for part in reversed(parts) for item in part], weight,
+                tuple(id_ for ids_ in reversed(chain) for id_ in ids_))
 
     def _remember(self, state: ResponseState) -> None:
         key = (state.owner, state.response.id)
         own = (*state.input, *state.response.output)
-        self._transcripts.put(key, (*state.history, *own), state.history_weight + response_items.weight(own))
+        transcript = _Transcript((*state.history, *own), (*state.history_chain, state.response.id))
+        self._transcripts.put(key, transcript, state.history_weight + response_items.weight(own))
 
     async def _conversation_items(self, owner: str, conversation_id: str) -> list[it.ResponseItem]:
         """All the conversation's items, oldest first (no cap)."""
