@@ -11,7 +11,7 @@ import json
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from agentd.app import Agentd
 from agentd.config import Settings
@@ -328,3 +328,28 @@ async def test_a_delete_on_one_replica_stops_the_turn_another_runs_first(databas
         assert events[-1].payload.HasField("turn_failed")
         assert events[-1].payload.turn_failed.turn.status == t.TURN_STATUS_CANCELLED
         assert await first.agent_store.turn_status(LOCAL_PRINCIPAL, session_id, turn_id) is None
+
+
+async def test_a_cancel_that_meets_a_delete_is_not_found_at_once(database_url, tmp_path, fake):
+    """The turn runs on the first replica, which stops renewing (so it sees neither the
+    cancel's mark nor the delete); the cancel on the second, waiting for that replica to
+    end the turn, learns of the delete at its next poll instead of after two leases."""
+    fake.script(Reply(text="never", hang=True))
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (second, b)):
+        agent_id, session_id = await new_session(a)
+        call, turn_id = await started(a, agent_id, session_id)
+        await first.turns.leases.close()
+        ids = {"agent_id": agent_id, "session_id": session_id, "turn_id": turn_id}
+        cancel = asyncio.ensure_future(b.CancelTurn(pb.CancelTurnRequest(**ids)))
+        for _ in range(1000):  # until the cancel has marked the row
+            if await second.agent_store.turn_status(LOCAL_PRINCIPAL, session_id, turn_id) == "cancelled":
+                break
+            await asyncio.sleep(0.01)
+        gone = delete(schema.turns).where(schema.turns.c.id == turn_id)  # as a delete takes them
+        await second.db.write(lambda conn: conn.execute(gone))
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        code, reason, _ = await error_of(cancel)
+        assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND")
+        assert loop.time() - asked < LEASE_S
+        call.cancel()

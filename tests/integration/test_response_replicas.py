@@ -16,7 +16,7 @@ from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
 from agentd.v1 import responses_pb2_grpc
-from tests.conftest import running
+from tests.conftest import error_of, running
 from tests.fakes.openai_server import Reply
 from tests.integration.test_replicas import LEASE_S, dying_replica, expire_lease, short_lease, two
 from tests.integration.test_responses import create, stream
@@ -179,3 +179,24 @@ async def test_a_chain_whose_middle_was_deleted_elsewhere_gives_every_replica_th
             await stub.CreateResponse(create(input="four", previous_response_id=chain[2]))
         sent = [[m["content"] for m in request.body["messages"]] for request in fake.chat_requests[-2:]]
         assert sent[0] == sent[1] == ["three", "answer 3", "four"]
+
+
+async def test_a_cancel_that_meets_a_delete_is_not_found_at_once(database_url, tmp_path, fake):
+    """As for turns (test_replicas.py): the replica running it stops renewing, the cancel on
+    the other waits for it, and the rows go meanwhile."""
+    fake.script(HANG)
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (second, b)):
+        response_id = (await a.CreateResponse(create(background=True))).response.id
+        await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+        await first.responses.leases.close()
+        cancel = asyncio.ensure_future(b.CancelResponse(pb.CancelResponseRequest(response_id=response_id)))
+        for _ in range(1000):  # until the cancel has marked the row
+            if await status_of(second, response_id) == "cancelled":
+                break
+            await asyncio.sleep(0.01)
+        assert await second.responses.store.delete(LOCAL_PRINCIPAL, response_id)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        code, reason, _ = await error_of(cancel)
+        assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RESPONSE_NOT_FOUND")
+        assert loop.time() - asked < LEASE_S

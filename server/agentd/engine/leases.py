@@ -41,6 +41,9 @@ class LeasedStore(Protocol):
     async def runs_elsewhere(self, owner: str, run_id: str, now: int) -> bool:
         """Whether a live replica's lease holds the run."""
 
+    async def is_stored(self, owner: str, run_id: str) -> bool:
+        """Whether the run's row is still there (not deleted)."""
+
 
 class Leases:
     """The leases of one engine's runs (one RunKind) in this process."""
@@ -106,14 +109,17 @@ class Leases:
         """A run another live replica runs (its lease holds): ask that replica to cancel it
         (`request_cancel` marks the row cancelled, which it reads at its next renewal; False:
         the run ended meanwhile) and wait for the terminal event its run then keeps. False
-        if no live replica runs it, or if no terminal event came within two leases (that
-        replica died meanwhile): the caller ends it itself."""
+        if no live replica runs it, if no terminal event came within two leases (that
+        replica died meanwhile), or if the run's row was deleted meanwhile: the caller reads
+        the row again (NOT_FOUND) or ends the run itself."""
         if not await self.store.runs_elsewhere(owner, run_id, now_micros()):
             return False
         last = await self.runs.store.last_sequence(owner, run_id)
         if not await request_cancel():
             return True  # it ended meanwhile, by itself
-        events = self.runs.attach(owner, run_id, kind=self.kind, starting_after=last)
+        # A delete meanwhile takes the run's events with its row: no end would ever come.
+        events = self.runs.attach(owner, run_id, kind=self.kind, starting_after=last,
+                                  still_running=lambda: self.store.is_stored(owner, run_id))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.lease_s * 2), contextlib.aclosing(events):
                 async for event in events:

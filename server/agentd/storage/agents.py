@@ -449,6 +449,9 @@ class AgentStore:
             query = query.where(turns.c.session_id == session_id)
         return await self.db.read(lambda conn: list(conn.execute(query).scalars()))
 
+    async def is_stored(self, owner: str, turn_id: str) -> bool:
+        return bool(await self.existing_turns(owner, [turn_id]))
+
     async def existing_turns(self, owner: str, turn_ids: list[str]) -> set[str]:
         """Those of the owner's turns that are still stored."""
         turns = schema.turns

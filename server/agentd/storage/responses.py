@@ -196,6 +196,9 @@ class ResponseStore:
         query = select(responses.c.status).where(responses.c.owner == owner, responses.c.id == response_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
+    async def is_stored(self, owner: str, response_id: str) -> bool:
+        return await self.status(owner, response_id) is not None
+
     async def get(self, owner: str, response_id: str) -> rt.Response | None:
         body = await self.repo.get_body(schema.responses, owner, response_id)
         return rt.Response.FromString(body) if body is not None else None

@@ -770,6 +770,7 @@ class ResponseEngine:
                                      reason="RESPONSE_NOT_CANCELLABLE")
         if await self._cancelled_elsewhere(owner, response):
             return await self.get(owner, response_id)
+        await self.get(owner, response_id)  # NOT_FOUND if a delete came meanwhile
         last = await self.runs.store.last_sequence(owner, response_id)
         response.status = CANCELLED
 

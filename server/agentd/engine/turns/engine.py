@@ -900,6 +900,8 @@ class TurnEngine:
         in_progress = turn.status == types.TURN_STATUS_IN_PROGRESS  # and not running here
         if in_progress and await self._cancelled_elsewhere(owner, turn_id, turn):
             return await self._turn(owner, agent_id, session_id, turn_id)
+        if in_progress:
+            await self._turn(owner, agent_id, session_id, turn_id)  # NOT_FOUND if deleted meanwhile
         # Paused, or left in_progress by a run no live replica renews: end it now.
         last = await self.runs.store.last_sequence(owner, turn_id)
         error = _cancelled()
