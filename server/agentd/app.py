@@ -130,7 +130,7 @@ class Agentd:
         return {
             "agentd.v1.AgentsService": AgentsServicer(self.agent_store, self.turns),
             "agentd.v1.ResponsesService": ResponsesServicer(self.responses),
-            "agentd.v1.ConversationsService": ConversationsServicer(self.conversation_store),
+            "agentd.v1.ConversationsService": ConversationsServicer(self.conversation_store, self.responses),
             "agentd.v1.ModelsService": ModelsServicer(self.registry),
             "agentd.v1.ShieldsService": ShieldsServicer(self.settings),
             "agentd.v1.ToolGroupsService": ToolGroupsServicer(self.settings),

@@ -23,7 +23,7 @@ from agentd.errors import Unavailable, details_of, status_of
 from agentd.storage import Database, Repository
 from agentd.storage.events import EventStore
 from agentd.storage.responses import ResponseStore
-from agentd.v1 import common_pb2, responses_pb2_grpc
+from agentd.v1 import common_pb2, conversations_pb2_grpc, responses_pb2_grpc
 from agentd.v1 import conversations_pb2 as cv
 from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_items_pb2 as it
@@ -459,6 +459,51 @@ async def test_a_conversation_runs_one_response_at_a_time(server, responses, fak
     assert output_text(after) == "now"
     listed = await responses.ListResponses(pb.ListResponsesRequest())
     assert {r.response.id for r in listed.data} == {running.id, elsewhere.id, after.id}
+
+
+async def test_chaining_off_a_running_response_waits_for_its_end(server, responses, fake):
+    """Its output is not there yet: the model would get its input alone."""
+    fake.script(Reply(text="slow", hang=True))
+    running = (await responses.CreateResponse(create(background=True))).response
+    await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+    code, reason, fields = await error_of(responses.CreateResponse(create(previous_response_id=running.id)))
+    assert (code, reason, fields) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "PREVIOUS_RESPONSE_RUNNING", ["previous_response_id"])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}") as http:
+        refused = await http.post("/v1/responses", json={"model": "test-model", "input": "next",
+                                                         "previous_response_id": running.id})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "previous_response_running"
+    assert refused.json()["error"]["param"] == "previous_response_id"
+    assert len(fake.chat_requests) == 1
+    await responses.CancelResponse(pb.CancelResponseRequest(response_id=running.id))
+    fake.script(Reply(text="after"))
+    after = (await responses.CreateResponse(create(input="next", previous_response_id=running.id))).response
+    assert output_text(after) == "after"
+
+
+async def test_deleting_a_conversation_cancels_its_running_response(server, responses, fake):
+    """Rather than run on to the end and then fail, as a server_error, to add its items."""
+    conversations = server.responses.conversations
+    conversation = await conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_gone"), [])
+    fake.script(Reply(text="slow", hang=True))
+    call = responses.StreamResponse(stream(conversation=conversation.id))
+    events = []
+    async for reply in call:
+        events.append(reply.event)
+        if reply.event.HasField("in_progress"):
+            break
+    await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = conversations_pb2_grpc.ConversationsServiceStub(channel)
+        deleted = await stub.DeleteConversation(cv.DeleteConversationRequest(conversation_id=conversation.id))
+    assert deleted.deleted
+    events += [reply.event async for reply in call]
+    assert events[-1].failed.response.status == rt.RESPONSE_STATUS_CANCELLED
+    got = await responses.GetResponse(pb.GetResponseRequest(response_id=events[0].created.response.id))
+    assert got.response.status == rt.RESPONSE_STATUS_CANCELLED
+    code, reason, _ = await error_of(responses.CreateResponse(create(conversation=conversation.id)))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "CONVERSATION_NOT_FOUND")
 
 
 async def test_a_retry_of_the_running_response_of_a_conversation_is_answered_not_locked_out(

@@ -9,6 +9,7 @@ from agentd.clock import now_micros
 from agentd.context import principal
 from agentd.engine.items import check_include, stored_items, with_include
 from agentd.engine.metadata import check_metadata
+from agentd.engine.responses.engine import ResponseEngine
 from agentd.errors import InvalidArgument, NotFound
 from agentd.storage.conversations import ConversationStore
 from agentd.storage.responses import item_id_of
@@ -27,8 +28,9 @@ def _items_to_add(items) -> list:
 
 
 class ConversationsServicer(conversations_pb2_grpc.ConversationsServiceServicer):
-    def __init__(self, store: ConversationStore):
+    def __init__(self, store: ConversationStore, responses: ResponseEngine):
         self.store = store
+        self.responses = responses  # a delete stops the conversation's running response
 
     async def CreateConversation(self, request: pb.CreateConversationRequest, context):
         check_metadata(request.metadata)
@@ -52,7 +54,7 @@ class ConversationsServicer(conversations_pb2_grpc.ConversationsServiceServicer)
 
     async def DeleteConversation(self, request: pb.DeleteConversationRequest, context):
         conversation_id = no_nul(request.conversation_id, "conversation_id")
-        if not await self.store.delete(principal.get(), conversation_id):
+        if not await self.responses.delete_conversation(principal.get(), conversation_id):
             raise NotFound("conversation", conversation_id)
         return pb.DeleteConversationResponse(id=conversation_id, deleted=True)
 

@@ -196,6 +196,15 @@ class ResponseStore:
         query = select(responses.c.status).where(responses.c.owner == owner, responses.c.id == response_id)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
+    async def running_on_conversation(self, owner: str, conversation_id: str) -> str | None:
+        """The id of the conversation's queued or in-progress response, if any (at most one:
+        uq_responses_conversation_running)."""
+        responses = schema.responses
+        query = select(responses.c.id).where(responses.c.owner == owner,
+                                             responses.c.conversation_id == conversation_id,
+                                             responses.c.status.in_(RUNNING))
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
+
     async def is_stored(self, owner: str, response_id: str) -> bool:
         return await self.status(owner, response_id) is not None
 

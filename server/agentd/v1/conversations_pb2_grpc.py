@@ -121,8 +121,8 @@ class ConversationsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteConversation(self, request, context):
-        """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
-        (CONVERSATION_NOT_FOUND) if it does not exist.
+        """Deletes a conversation and its items (responses that used it are kept); its running
+        response, if any, is cancelled. NOT_FOUND (CONVERSATION_NOT_FOUND) if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,8 +55,8 @@ class ConversationsServiceStub:
     (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.DeleteConversationRequest, _conversations_pb2.DeleteConversationResponse]
-    """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
-    (CONVERSATION_NOT_FOUND) if it does not exist.
+    """Deletes a conversation and its items (responses that used it are kept); its running
+    response, if any, is cancelled. NOT_FOUND (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     CreateConversationItems: _grpc.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationItemsRequest, _conversations_pb2.CreateConversationItemsResponse]
     """Appends items to a conversation and returns them with their ids. NOT_FOUND
@@ -103,8 +103,8 @@ class ConversationsServiceAsyncStub(ConversationsServiceStub):
     (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_conversations_pb2.DeleteConversationRequest, _conversations_pb2.DeleteConversationResponse]  # type: ignore[assignment]
-    """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
-    (CONVERSATION_NOT_FOUND) if it does not exist.
+    """Deletes a conversation and its items (responses that used it are kept); its running
+    response, if any, is cancelled. NOT_FOUND (CONVERSATION_NOT_FOUND) if it does not exist.
     """
     CreateConversationItems: _aio.UnaryUnaryMultiCallable[_conversations_pb2.CreateConversationItemsRequest, _conversations_pb2.CreateConversationItemsResponse]  # type: ignore[assignment]
     """Appends items to a conversation and returns them with their ids. NOT_FOUND
@@ -172,8 +172,8 @@ class ConversationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversations_pb2.DeleteConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversations_pb2.DeleteConversationResponse, _abc.Awaitable[_conversations_pb2.DeleteConversationResponse]]:
-        """Deletes a conversation and its items (responses that used it are kept). NOT_FOUND
-        (CONVERSATION_NOT_FOUND) if it does not exist.
+        """Deletes a conversation and its items (responses that used it are kept); its running
+        response, if any, is cancelled. NOT_FOUND (CONVERSATION_NOT_FOUND) if it does not exist.
         """
 
     @_abc_1.abstractmethod

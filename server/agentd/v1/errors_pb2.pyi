@@ -114,6 +114,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     conversation is queued or in progress; retry when it has ended (OpenAI's 400
     "conversation_locked").
     """
+    ERROR_REASON_PREVIOUS_RESPONSE_RUNNING: _ErrorReason.ValueType  # 40
+    """FAILED_PRECONDITION: CreateResponse / StreamResponse: previous_response_id names a
+    response still queued or in progress, whose output is not there yet; retry when it has
+    ended (HTTP 400 "previous_response_running", param previous_response_id).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -216,5 +221,10 @@ ERROR_REASON_CONVERSATION_LOCKED: ErrorReason.ValueType  # 39
 """FAILED_PRECONDITION: CreateResponse / StreamResponse: another response of the
 conversation is queued or in progress; retry when it has ended (OpenAI's 400
 "conversation_locked").
+"""
+ERROR_REASON_PREVIOUS_RESPONSE_RUNNING: ErrorReason.ValueType  # 40
+"""FAILED_PRECONDITION: CreateResponse / StreamResponse: previous_response_id names a
+response still queued or in progress, whose output is not there yet; retry when it has
+ended (HTTP 400 "previous_response_running", param previous_response_id).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -81,14 +81,18 @@ class CreateResponseRequest(_message.Message):
     SERVICE_TIER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Model id (see ModelsService). Required; NOT_FOUND if it is not configured."""
+    """Model id (see ModelsService). Required; INVALID_ARGUMENT (MODEL_NOT_FOUND) if it is not
+    configured.
+    """
     instructions: _builtins.str
     """Instructions, inserted as a system message before this request's input. Not carried over
     to responses that chain off this one. Default none.
     """
     previous_response_id: _builtins.str
     """Continue from this stored response: its input and output come before this input.
-    Mutually exclusive with conversation. NOT_FOUND if it does not exist. Default none.
+    Mutually exclusive with conversation. INVALID_ARGUMENT (PREVIOUS_RESPONSE_NOT_FOUND) if
+    it does not exist; FAILED_PRECONDITION (PREVIOUS_RESPONSE_RUNNING) while it is queued or
+    in progress. Default none.
     """
     parallel_tool_calls: _builtins.bool
     """Whether the model may call several tools in one turn; when false agentd asks the provider

@@ -117,12 +117,13 @@ class ResponsesServiceServicer:
 
     def CreateResponse(self, request, context):
         """Runs a response to its end and returns it (status completed, incomplete, failed or, for
-        background, queued; a failed response is returned, not raised). NOT_FOUND
-        (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-        SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
-        function_call_output without its call or a function call without its output, or
-        previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
-        another response of the conversation runs. A retry with the same
+        background, queued; a failed response is returned, not raised). INVALID_ARGUMENT
+        (MODEL_NOT_FOUND for an unknown model, PREVIOUS_RESPONSE_NOT_FOUND, as OpenAI answers
+        them), also for a tool that is not configured, a function_call_output without its call
+        or a function call without its output, or previous_response_id with conversation;
+        NOT_FOUND (CONVERSATION_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION
+        (CONVERSATION_LOCKED) while another response of the conversation runs,
+        (PREVIOUS_RESPONSE_RUNNING) while the previous response runs. A retry with the same
         request_id returns the response the first call created. Shares its legacy HTTP route
         with StreamResponse: a body whose "stream" is true goes to StreamResponse.
         """

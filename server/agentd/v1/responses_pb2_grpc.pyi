@@ -53,12 +53,13 @@ class ResponsesServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ResponsesServiceAsyncStub: ...
     CreateResponse: _grpc.UnaryUnaryMultiCallable[_responses_pb2.CreateResponseRequest, _responses_pb2.CreateResponseResponse]
     """Runs a response to its end and returns it (status completed, incomplete, failed or, for
-    background, queued; a failed response is returned, not raised). NOT_FOUND
-    (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
-    function_call_output without its call or a function call without its output, or
-    previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
-    another response of the conversation runs. A retry with the same
+    background, queued; a failed response is returned, not raised). INVALID_ARGUMENT
+    (MODEL_NOT_FOUND for an unknown model, PREVIOUS_RESPONSE_NOT_FOUND, as OpenAI answers
+    them), also for a tool that is not configured, a function_call_output without its call
+    or a function call without its output, or previous_response_id with conversation;
+    NOT_FOUND (CONVERSATION_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION
+    (CONVERSATION_LOCKED) while another response of the conversation runs,
+    (PREVIOUS_RESPONSE_RUNNING) while the previous response runs. A retry with the same
     request_id returns the response the first call created. Shares its legacy HTTP route
     with StreamResponse: a body whose "stream" is true goes to StreamResponse.
     """
@@ -122,12 +123,13 @@ class ResponsesServiceAsyncStub(ResponsesServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateResponse: _aio.UnaryUnaryMultiCallable[_responses_pb2.CreateResponseRequest, _responses_pb2.CreateResponseResponse]  # type: ignore[assignment]
     """Runs a response to its end and returns it (status completed, incomplete, failed or, for
-    background, queued; a failed response is returned, not raised). NOT_FOUND
-    (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-    SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
-    function_call_output without its call or a function call without its output, or
-    previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
-    another response of the conversation runs. A retry with the same
+    background, queued; a failed response is returned, not raised). INVALID_ARGUMENT
+    (MODEL_NOT_FOUND for an unknown model, PREVIOUS_RESPONSE_NOT_FOUND, as OpenAI answers
+    them), also for a tool that is not configured, a function_call_output without its call
+    or a function call without its output, or previous_response_id with conversation;
+    NOT_FOUND (CONVERSATION_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION
+    (CONVERSATION_LOCKED) while another response of the conversation runs,
+    (PREVIOUS_RESPONSE_RUNNING) while the previous response runs. A retry with the same
     request_id returns the response the first call created. Shares its legacy HTTP route
     with StreamResponse: a body whose "stream" is true goes to StreamResponse.
     """
@@ -194,12 +196,13 @@ class ResponsesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_responses_pb2.CreateResponseResponse, _abc.Awaitable[_responses_pb2.CreateResponseResponse]]:
         """Runs a response to its end and returns it (status completed, incomplete, failed or, for
-        background, queued; a failed response is returned, not raised). NOT_FOUND
-        (MODEL_NOT_FOUND, RESPONSE_NOT_FOUND for previous_response_id, CONVERSATION_NOT_FOUND,
-        SHIELD_NOT_FOUND); INVALID_ARGUMENT for a tool that is not configured, a
-        function_call_output without its call or a function call without its output, or
-        previous_response_id with conversation; FAILED_PRECONDITION (CONVERSATION_LOCKED) while
-        another response of the conversation runs. A retry with the same
+        background, queued; a failed response is returned, not raised). INVALID_ARGUMENT
+        (MODEL_NOT_FOUND for an unknown model, PREVIOUS_RESPONSE_NOT_FOUND, as OpenAI answers
+        them), also for a tool that is not configured, a function_call_output without its call
+        or a function call without its output, or previous_response_id with conversation;
+        NOT_FOUND (CONVERSATION_NOT_FOUND, SHIELD_NOT_FOUND); FAILED_PRECONDITION
+        (CONVERSATION_LOCKED) while another response of the conversation runs,
+        (PREVIOUS_RESPONSE_RUNNING) while the previous response runs. A retry with the same
         request_id returns the response the first call created. Shares its legacy HTTP route
         with StreamResponse: a body whose "stream" is true goes to StreamResponse.
         """

@@ -425,6 +425,11 @@ class ResponseEngine:
             raise InvalidArgument("previous_response_id",
                                   f"Previous response with id '{response_id}' not found.",
                                   reason="PREVIOUS_RESPONSE_NOT_FOUND")
+        if status_name(head.status) in RUNNING:  # its output is not there yet
+            message = (f"Previous response with id '{response_id}' is still "
+                       f"{status_name(head.status).replace('_', ' ')}; retry when it has ended.")
+            raise FailedPrecondition(message, reason="PREVIOUS_RESPONSE_RUNNING",
+                                     field_violations=[("previous_response_id", message)])
         parts: list[Sequence[it.ResponseItem]] = []
         chain: list[Sequence[str]] = []
         weight = 0
@@ -801,6 +806,19 @@ class ResponseEngine:
         if not await self.store.delete(owner, response_id):
             raise NotFound("response", response_id)
         self._transcripts.pop((owner, response_id))
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        """DeleteConversation: the conversation and its items go, then its running response
+        (one at most) is cancelled, here or by the replica that runs it, rather than running
+        on to an end it could no longer keep. False if there was no such conversation."""
+        if not await self.conversations.delete(owner, conversation_id):
+            return False
+        response_id = await self.store.running_on_conversation(owner, conversation_id)
+        if response_id is not None:
+            # It may have ended meanwhile (FAILED_PRECONDITION) or been deleted (NOT_FOUND).
+            with contextlib.suppress(FailedPrecondition, NotFound):
+                await self.cancel(owner, response_id)
+        return True
 
     async def input_items(self, owner: str, response_id: str, cursor: Cursor, limit: int,
                           descending: bool) -> tuple[list[it.ResponseItem], Page]:
