@@ -979,8 +979,10 @@ class StreamTurnEventsRequest(_message.Message):
     """The turn. Required."""
     starting_after: _builtins.int
     """Replay only events whose sequence_number is greater than this: -1 or more (less is
-    INVALID_ARGUMENT). Default: from the first event (turn_start). Over SSE the Last-Event-ID
-    header stands for it.
+    INVALID_ARGUMENT). Default: from the first event (turn_start). One exception: past the
+    last kept event of a run that is over, the stream is its end event alone, numbered
+    lower (a client that followed a replica that died may have seen events that replica
+    never kept; it still gets the run's end). Over SSE the Last-Event-ID header stands for it.
     """
     def __init__(
         self,

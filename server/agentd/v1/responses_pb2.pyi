@@ -641,8 +641,10 @@ class StreamResponseEventsRequest(_message.Message):
     """The response ("resp_..."). Required."""
     starting_after: _builtins.int
     """Replay only events whose sequence_number is greater than this: -1 or more (less is
-    INVALID_ARGUMENT). Default: from the first event (response.created). Over SSE the Last-Event-ID
-    header stands for it.
+    INVALID_ARGUMENT). Default: from the first event (response.created). One exception: past the
+    last kept event of a run that is over, the stream is its end event alone, numbered
+    lower (a client that followed a replica that died may have seen events that replica
+    never kept; it still gets the run's end). Over SSE the Last-Event-ID header stands for it.
     """
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
