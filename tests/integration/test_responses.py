@@ -703,7 +703,8 @@ async def test_text_formats_are_forwarded_and_echoed(responses, fake):
     assert fake.chat_requests[1].body["response_format"] == {"type": "json_object"}
 
 
-@pytest.mark.parametrize("status, code", [(500, "server_error"), (400, "invalid_prompt")])
+@pytest.mark.parametrize("status, code", [(500, "server_error"), (400, "invalid_prompt"),
+                                          (429, "rate_limit_exceeded")])
 async def test_a_model_failure_ends_with_response_failed_and_is_stored(responses, fake, status, code):
     fake.script(Reply(error_status=status, error_message="upstream says no"))
     events = await collect(responses.StreamResponse(stream()))

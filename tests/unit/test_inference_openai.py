@@ -257,11 +257,12 @@ async def test_listing_the_models_of_an_endpoint_that_refuses_is_unavailable_not
     assert "cannot be reached" in caught.value.message
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429])
-async def test_server_errors_are_model_unavailable_and_not_retried(fake_openai, provider, status):
+@pytest.mark.parametrize("status, reason", [(500, "MODEL_UNAVAILABLE"), (502, "MODEL_UNAVAILABLE"),
+                                            (503, "MODEL_UNAVAILABLE"), (429, "MODEL_RATE_LIMITED")])
+async def test_server_errors_are_model_unavailable_and_not_retried(fake_openai, provider, status, reason):
     fake_openai.script(Reply(error_status=status, error_message="overloaded"))
     error = await failure(provider, ChatRequest(model="m", messages=USER))
-    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE")
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, reason)
     assert "overloaded" in error.message
     assert len(fake_openai.chat_requests) == 1  # no hidden SDK retry
 

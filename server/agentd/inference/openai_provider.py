@@ -509,7 +509,12 @@ def _status_error(status: int, message: str, model: str) -> AgentdError:
         return NotFound("model", model)
     if status == 408:
         return DeadlineExceeded(f"Model '{model}' did not answer in time: {message}", reason="MODEL_TIMEOUT")
-    if status >= 500 or status in (401, 403, 429):
+    if status == 429:
+        # Still UNAVAILABLE (retry later), with a reason of its own so that a client can back
+        # off: OpenAI's rate_limit_exceeded in a failed response.
+        return Unavailable(f"Model '{model}' is rate limited (HTTP 429): {message}",
+                           reason="MODEL_RATE_LIMITED")
+    if status >= 500 or status in (401, 403):
         # Not the caller's fault: the provider is down, overloaded, or refuses agentd's own
         # credentials; retrying later (or fixing the configuration) is the remedy.
         return Unavailable(f"Model '{model}' is unavailable (HTTP {status}): {message}",

@@ -119,6 +119,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     response still queued or in progress, whose output is not there yet; retry when it has
     ended (HTTP 400 "previous_response_running", param previous_response_id).
     """
+    ERROR_REASON_MODEL_RATE_LIMITED: _ErrorReason.ValueType  # 41
+    """UNAVAILABLE: the model provider refused for its rate limit (HTTP 429); back off and
+    retry (a failed response's error code is OpenAI's "rate_limit_exceeded").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of ErrorInfo reasons. Every agentd error is a google.rpc.Status whose details
@@ -226,5 +230,9 @@ ERROR_REASON_PREVIOUS_RESPONSE_RUNNING: ErrorReason.ValueType  # 40
 """FAILED_PRECONDITION: CreateResponse / StreamResponse: previous_response_id names a
 response still queued or in progress, whose output is not there yet; retry when it has
 ended (HTTP 400 "previous_response_running", param previous_response_id).
+"""
+ERROR_REASON_MODEL_RATE_LIMITED: ErrorReason.ValueType  # 41
+"""UNAVAILABLE: the model provider refused for its rate limit (HTTP 429); back off and
+retry (a failed response's error code is OpenAI's "rate_limit_exceeded").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -116,7 +116,7 @@ CONVERSATION_PAGE = 1000
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
                               "web_search_2025_08_26"})
 # The OpenAI error code of a failed response, by the agentd reason of what failed it.
-_ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt"}
+_ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt", "MODEL_RATE_LIMITED": "rate_limit_exceeded"}
 # What OpenAI takes as a function's name (and chat-completions servers send back as is).
 _FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
