@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 
 import grpc
+import httpx
 
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import schema
@@ -16,7 +17,7 @@ from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
 from agentd.v1 import responses_pb2_grpc
-from tests.conftest import error_of, running
+from tests.conftest import draining, error_of, running
 from tests.fakes.openai_server import Reply
 from tests.integration.test_replicas import LEASE_S, dying_replica, expire_lease, short_lease, two
 from tests.integration.test_responses import create, stream
@@ -200,3 +201,32 @@ async def test_a_cancel_that_meets_a_delete_is_not_found_at_once(database_url, t
         code, reason, _ = await error_of(cancel)
         assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RESPONSE_NOT_FOUND")
         assert loop.time() - asked < LEASE_S
+
+
+async def test_followers_of_another_replicas_response_are_told_to_re_attach_when_theirs_stops(
+        database_url, tmp_path, fake):
+    """Over gRPC UNAVAILABLE SHUTTING_DOWN, over SSE an error event, as soon as the drain
+    begins: the response goes on on its own replica, where they can follow it on."""
+    fake.script(HANG)
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (second, b)):
+        response_id = (await a.CreateResponse(create(background=True))).response.id
+        await asyncio.to_thread(fake.wait_for_requests, 1, timeout=30)
+        call = follow(b, response_id)
+        async for reply in call:
+            assert reply.event.HasField("created")
+            break
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{second.http_port}", timeout=30) as http, \
+                http.stream("GET", f"/v1/responses/{response_id}", params={"stream": "true"}) as sse:
+            lines = sse.aiter_lines()
+            while not (await anext(lines)).startswith("data:"):
+                pass
+            async with draining(second):
+                code, reason, _ = await error_of(collect_events(call))
+                rest = [line async for line in lines]
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        assert "event: error" in rest and any("re-attach on another replica" in line for line in rest)
+        assert first.runs.get(LOCAL_PRINCIPAL, response_id) is not None  # it goes on there
+
+
+async def collect_events(call) -> list:
+    return [reply.event async for reply in call]

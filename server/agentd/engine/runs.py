@@ -604,6 +604,9 @@ class Runs:
             # Not live here: follow the store until the terminal event.
             over = False
             while True:
+                if self._draining:  # the run goes on elsewhere: re-attach there, not be cut
+                    raise Unavailable("agentd is shutting down; re-attach on another replica after "
+                                      "the last event received.", reason="SHUTTING_DOWN")
                 if (run := self._live.get((owner, run_id))) is not None:  # (re)started here
                     live = self._stream(owner, run_id, kind, last, still_running, None)
                     async with contextlib.aclosing(live):
