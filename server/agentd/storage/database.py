@@ -100,9 +100,8 @@ class Database:
             self._checkpoint: asyncio.Future | None = None
         else:
             # No pre-ping: it costs a round trip per checkout (~1 ms per call, measured with
-            # make bench). A connection found dead instead fails that one call with
-            # UNAVAILABLE (retryable: Database._run) and SQLAlchemy drops the pool's stale
-            # connections, so the retry gets a fresh one.
+            # make bench). A connection found dead instead makes SQLAlchemy drop the pool's
+            # stale connections, and the work runs again on a fresh one (_run_on_engine).
             self._async_engine = create_async_engine(
                 self.url, pool_size=10, max_overflow=20, pool_recycle=1800, pool_timeout=pool_timeout_s)
             if lock_timeout_s > 0:
@@ -195,8 +194,21 @@ class Database:
                 with (self._sync_engine.begin() if write else self._sync_engine.connect()) as conn:
                     return work(conn)
             return await asyncio.get_running_loop().run_in_executor(self._executor, in_thread)
-        async with (self._async_engine.begin() if write else self._async_engine.connect()) as conn:
-            return await conn.run_sync(work)
+        for retry in (False, True):
+            worked = False
+            try:
+                async with (self._async_engine.begin() if write else self._async_engine.connect()) as conn:
+                    result = await conn.run_sync(work)
+                    worked = True
+                return result
+            except DBAPIError as e:
+                # A pooled connection the server had closed (its restart, a failover, an idle
+                # timeout on the way): SQLAlchemy drops the pool's stale connections, and the
+                # work, which never reached its commit, runs once more on a fresh one. A
+                # connection lost during the commit is not retried: it may have committed.
+                if retry or worked or not e.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     async def migrate(self) -> None:
         """Brings the schema to the newest migration (idempotent)."""
