@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -46,6 +45,7 @@ try:
     import httpx
     import openai
 
+    from agentd.config import Settings
     from agentd.testing import AgentdProcess, AgentdStartError, start_agentd
     from agentd.v1 import agent_messages_pb2 as msg
     from agentd.v1 import agent_resources_pb2 as t
@@ -889,6 +889,8 @@ def machine_context(args: argparse.Namespace, database: str) -> dict:
         "platform": platform.platform(terse=True),
         "grpcio": grpc.__version__, "httpx": httpx.__version__,
         "agentd_commit": commit, "backend": args.backend, "database": database,
+        # The event loop agentd runs on (it inherits this environment; else its default).
+        "event_loop": os.environ.get("AGENTD_EVENT_LOOP", Settings.model_fields["event_loop"].default),
     }
 
 
@@ -903,7 +905,7 @@ def render(context: dict, args: argparse.Namespace, cells: list[Cell], ratio_row
         "",
         f"- machine: {cpus} CPUs, load average at start {load}, {context['platform']}",
         f"- python: {context['python']}, grpcio {context['grpcio']}, httpx {context['httpx']}, "
-        f"agentd {context['agentd_commit'] or 'unknown commit'} on {context.get('event_loop', 'unknown')}",
+        f"agentd {context['agentd_commit'] or 'unknown commit'} on {context['event_loop']}",
         f"- backend: {context['backend']} ({context['database']})",
         f"- per cell: {args.warmup:g} s warm-up, then {args.seconds:g} s or {args.max_requests} requests, "
         f"whichever comes first; N workers = concurrency; request timeout {args.request_timeout:g} s",
@@ -1024,9 +1026,6 @@ async def run(args: argparse.Namespace) -> int:
                                   args.profile.resolve() if args.profile else None)
             try:
                 await wait_serving(server)
-                # Which event loop agentd runs on (setting event_loop): its start-up log names it.
-                loop = re.search(r"\(event loop: (\w+)\)", server.log())
-                context["event_loop"] = loop.group(1) if loop else "unknown"
                 progress(f"agentd is SERVING (gRPC {server.grpc_target}, HTTP {server.base_url}, "
                          f"{args.backend})")
                 total = sum(len(args.concurrency) * (1 if op == "Direct" else len(args.transports))

@@ -174,11 +174,12 @@ class Agentd:
         except RuntimeError as e:  # grpc's way of saying the port is taken
             raise OSError(f"cannot listen on {self.settings.grpc_addr} (gRPC): {e}") from None
         await self.server.start()
+        # Logged before health says SERVING: whoever waits for that may read the log at once.
+        log.info("gRPC listening on %s:%d (event loop: %s)", host, self.grpc_port,
+                 type(asyncio.get_running_loop()).__module__.partition(".")[0])
         for service in SERVICES:
             await self.health.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC listening on %s:%d (event loop: %s)", host, self.grpc_port,
-                 type(asyncio.get_running_loop()).__module__.partition(".")[0])
         log.info("no authentication configured: every call acts as the local principal %r",
                  LOCAL_PRINCIPAL)
         if self.settings.http_addr:
