@@ -1,7 +1,6 @@
 """Checks of request fields that the contract's field_behavior cannot express, shared by the
 servicers: `no_nul` (from agentd.ids, re-exported here), the idempotency key and where a
-re-attach starts. Presence is
-the validator's: agentd.validation runs before every method."""
+re-attach starts. Presence is the validator's: agentd.validation runs before every method."""
 
 from __future__ import annotations
 
