@@ -221,12 +221,8 @@ async def test_followers_of_another_replicas_response_are_told_to_re_attach_when
             while not (await anext(lines)).startswith("data:"):
                 pass
             async with draining(second):
-                code, reason, _ = await error_of(collect_events(call))
+                code, reason, _ = await error_of(followed(call))
                 rest = [line async for line in lines]
         assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
         assert "event: error" in rest and any("re-attach on another replica" in line for line in rest)
         assert first.runs.get(LOCAL_PRINCIPAL, response_id) is not None  # it goes on there
-
-
-async def collect_events(call) -> list:
-    return [reply.event async for reply in call]
