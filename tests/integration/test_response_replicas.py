@@ -13,6 +13,7 @@ import httpx
 
 from agentd.context import LOCAL_PRINCIPAL
 from agentd.storage import schema
+from agentd.v1 import conversations_pb2 as cv
 from agentd.v1 import response_events_pb2 as ev
 from agentd.v1 import response_resource_pb2 as rt
 from agentd.v1 import responses_pb2 as pb
@@ -226,3 +227,19 @@ async def test_followers_of_another_replicas_response_are_told_to_re_attach_when
         assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
         assert "event: error" in rest and any("re-attach on another replica" in line for line in rest)
         assert first.runs.get(LOCAL_PRINCIPAL, response_id) is not None  # it goes on there
+
+
+async def test_a_chain_off_a_conversations_response_has_the_same_history_on_every_replica(
+        database_url, tmp_path, fake):
+    """The chain starts with that response's own items (the conversation's earlier ones are
+    the conversation's), on the replica that ran it as on the others."""
+    fake.script(*(Reply(text=f"answer {n}") for n in range(1, 5)))
+    async with two(replica, database_url, tmp_path, fake) as ((first, a), (_, b)):
+        conversation = await first.responses.conversations.create(
+            LOCAL_PRINCIPAL, cv.Conversation(id="conv_chain"), [])
+        await a.CreateResponse(create(input="one", conversation=conversation.id))
+        second = (await a.CreateResponse(create(input="two", conversation=conversation.id))).response.id
+        for stub in (a, b):
+            await stub.CreateResponse(create(input="three", previous_response_id=second))
+        sent = [[m["content"] for m in request.body["messages"]] for request in fake.chat_requests[-2:]]
+        assert sent[0] == sent[1] == ["two", "answer 2", "three"]

@@ -482,12 +482,14 @@ async def test_chaining_off_a_running_response_waits_for_its_end(server, respons
     assert output_text(after) == "after"
 
 
-async def test_deleting_a_conversation_cancels_its_running_response(server, responses, fake):
-    """Rather than run on to the end and then fail, as a server_error, to add its items."""
+@pytest.mark.parametrize("store", [True, False])
+async def test_deleting_a_conversation_cancels_its_running_response(server, responses, fake, store):
+    """Rather than run on to the end and then fail, as a server_error, to add its items;
+    store=false too (which no CancelResponse can name)."""
     conversations = server.responses.conversations
     conversation = await conversations.create(LOCAL_PRINCIPAL, cv.Conversation(id="conv_gone"), [])
     fake.script(Reply(text="slow", hang=True))
-    call = responses.StreamResponse(stream(conversation=conversation.id))
+    call = responses.StreamResponse(stream(conversation=conversation.id, store=store))
     events = []
     async for reply in call:
         events.append(reply.event)
@@ -500,8 +502,9 @@ async def test_deleting_a_conversation_cancels_its_running_response(server, resp
     assert deleted.deleted
     events += [reply.event async for reply in call]
     assert events[-1].failed.response.status == rt.RESPONSE_STATUS_CANCELLED
-    got = await responses.GetResponse(pb.GetResponseRequest(response_id=events[0].created.response.id))
-    assert got.response.status == rt.RESPONSE_STATUS_CANCELLED
+    if store:
+        got = await responses.GetResponse(pb.GetResponseRequest(response_id=events[0].created.response.id))
+        assert got.response.status == rt.RESPONSE_STATUS_CANCELLED
     code, reason, _ = await error_of(responses.CreateResponse(create(conversation=conversation.id)))
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "CONVERSATION_NOT_FOUND")
 

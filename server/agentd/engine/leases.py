@@ -119,7 +119,8 @@ class Leases:
             return True  # it ended meanwhile, by itself
         # A delete meanwhile takes the run's events with its row: no end would ever come.
         events = self.runs.attach(owner, run_id, kind=self.kind, starting_after=last,
-                                  still_running=lambda: self.store.is_stored(owner, run_id))
+                                  still_running=lambda: self.store.is_stored(owner, run_id),
+                                  ends_on_drain=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.lease_s * 2), contextlib.aclosing(events):
                 async for event in events:

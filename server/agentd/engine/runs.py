@@ -543,17 +543,22 @@ class Runs:
     # ------------------------------------------------------------------ following
 
     def attach(self, owner: str, run_id: str, *, kind: RunKind, starting_after: int | None = None,
-               still_running: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[Message]:
+               still_running: Callable[[], Awaitable[bool]] | None = None,
+               ends_on_drain: bool = True) -> AsyncIterator[Message]:
         """Follows a run from after `starting_after` (None: from its first event) to its
         terminal event, live if it runs here, else from the store (see the module
         docstring). Detaching never cancels the run. The caller checks that the run exists
         and belongs to `owner`; `still_running` (e.g. "its status is in_progress") lets a
-        stream of a run that ended without a kept terminal event end instead of polling."""
-        return self._stream(owner, run_id, kind, starting_after, still_running, owned=None)
+        stream of a run that ended without a kept terminal event end instead of polling.
+        `ends_on_drain`: once this replica drains, a stream waiting for another replica's run
+        ends UNAVAILABLE SHUTTING_DOWN (its client re-attaches elsewhere); off for agentd's own
+        waits (a cancel waiting for that replica's end)."""
+        return self._stream(owner, run_id, kind, starting_after, still_running, owned=None,
+                            ends_on_drain=ends_on_drain)
 
     async def _stream(self, owner: str, run_id: str, kind: RunKind, starting_after: int | None,
                       still_running: Callable[[], Awaitable[bool]] | None,
-                      owned: Run | None) -> AsyncIterator[Message]:
+                      owned: Run | None, ends_on_drain: bool = True) -> AsyncIterator[Message]:
         loop = asyncio.get_running_loop()
         last = -1 if starting_after is None else starting_after
         quiet_since = loop.time()
@@ -604,11 +609,8 @@ class Runs:
             # Not live here: follow the store until the terminal event.
             over = False
             while True:
-                if self._draining:  # the run goes on elsewhere: re-attach there, not be cut
-                    raise Unavailable("agentd is shutting down; re-attach on another replica after "
-                                      "the last event received.", reason="SHUTTING_DOWN")
                 if (run := self._live.get((owner, run_id))) is not None:  # (re)started here
-                    live = self._stream(owner, run_id, kind, last, still_running, None)
+                    live = self._stream(owner, run_id, kind, last, still_running, None, ends_on_drain)
                     async with contextlib.aclosing(live):
                         async for event in live:
                             yield event
@@ -632,6 +634,9 @@ class Runs:
                 if still_running is not None and not await still_running():
                     over = True  # one more read: its last batch may have landed just now
                     continue
+                if self._draining and ends_on_drain:  # caught up, and it goes on elsewhere:
+                    raise Unavailable("agentd is shutting down; re-attach on another replica after "
+                                      "the last event received.", reason="SHUTTING_DOWN")
                 await asyncio.sleep(max(0.0, min(self.poll_s, quiet_since + self.heartbeat_s - loop.time())))
                 if loop.time() - quiet_since >= self.heartbeat_s:
                     yield kind.heartbeat(run_id, last)

@@ -952,9 +952,9 @@ class Turn(_message.Message):
     @_builtins.property
     def output_message(self) -> _agent_messages_pb2.CompletionMessage:
         """The final assistant message; while the turn awaits input, the message whose client
-        tool_calls are pending. While it runs, or when it ended without an answer (failed,
-        cancelled, interrupted), an empty message: content "", stop_reason end_of_turn (Llama
-        Stack's Turn requires one). Output only.
+        tool_calls are pending (kept if it is then cancelled). While it runs, or when it ended
+        without an answer (failed, cancelled, interrupted), an empty message: content "",
+        stop_reason end_of_turn (Llama Stack's Turn requires one). Output only.
         """
 
     @_builtins.property

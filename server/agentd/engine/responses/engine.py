@@ -116,7 +116,9 @@ CONVERSATION_PAGE = 1000
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
                               "web_search_2025_08_26"})
 # The OpenAI error code of a failed response, by the agentd reason of what failed it.
-_ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt", "MODEL_RATE_LIMITED": "rate_limit_exceeded"}
+_ERROR_CODES = {"MODEL_REJECTED_REQUEST": "invalid_prompt", "MODEL_RATE_LIMITED": "rate_limit_exceeded",
+                # The request itself cannot be sent (e.g. a number JSON has no form for).
+                "INVALID_ARGUMENT": "invalid_prompt"}
 # What OpenAI takes as a function's name (and chat-completions servers send back as is).
 _FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
@@ -457,6 +459,11 @@ class ResponseEngine:
     def _remember(self, state: ResponseState) -> None:
         key = (state.owner, state.response.id)
         own = (*state.input, *state.response.output)
+        if state.response.HasField("conversation"):
+            # A chain off it starts with its own items, as _transcript reads them from the
+            # store: the conversation's earlier items are the conversation's, not the chain's.
+            self._transcripts.put(key, _Transcript(own, (state.response.id,)), response_items.weight(own))
+            return
         transcript = _Transcript((*state.history, *own), (*state.history_chain, state.response.id))
         self._transcripts.put(key, transcript, state.history_weight + response_items.weight(own))
 
@@ -814,10 +821,12 @@ class ResponseEngine:
         if not await self.conversations.delete(owner, conversation_id):
             return False
         response_id = await self.store.running_on_conversation(owner, conversation_id)
-        if response_id is not None:
-            # It may have ended meanwhile (FAILED_PRECONDITION) or been deleted (NOT_FOUND).
-            with contextlib.suppress(FailedPrecondition, NotFound):
-                await self.cancel(owner, response_id)
+        # As delete() stops a run, store=false ones too (which CancelResponse cannot name);
+        # one no live replica runs is ended by recovery when its lease expires.
+        if response_id is not None and await self.runs.cancel(owner, response_id) is None:
+            response = await self.store.get(owner, response_id)
+            if response is not None and status_name(response.status) in RUNNING:
+                await self._cancelled_elsewhere(owner, response)
         return True
 
     async def input_items(self, owner: str, response_id: str, cursor: Cursor, limit: int,
