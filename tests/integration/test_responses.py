@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 
 import grpc
 import httpx
@@ -720,6 +721,15 @@ async def test_a_model_failure_ends_with_response_failed_and_is_stored(responses
     fake.script(Reply(error_status=status, error_message="again"))
     unary = (await responses.CreateResponse(create())).response
     assert unary.status == rt.RESPONSE_STATUS_FAILED and unary.error.code == code
+
+
+async def test_a_request_json_cannot_carry_fails_as_invalid_prompt_not_as_a_server_error(responses, fake):
+    """A gRPC client can put infinity in a Struct (a function's parameters); the model
+    request cannot carry it: the request's fault."""
+    tool = {**WEATHER, "parameters": {"type": "object", "properties": {"n": {"maximum": math.inf}}}}
+    failed = (await responses.CreateResponse(create(tools=[tool]))).response
+    assert failed.status == rt.RESPONSE_STATUS_FAILED and failed.error.code == "invalid_prompt"
+    assert "cannot be sent as JSON" in failed.error.message and not fake.chat_requests
 
 
 async def test_a_retried_create_with_the_same_request_id_runs_once(responses, fake):
