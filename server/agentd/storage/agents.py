@@ -450,13 +450,11 @@ class AgentStore:
         return await self.db.read(lambda conn: list(conn.execute(query).scalars()))
 
     async def is_stored(self, owner: str, turn_id: str) -> bool:
-        return bool(await self.existing_turns(owner, [turn_id]))
+        return await self.repo.exists(schema.turns, owner, turn_id)
 
     async def existing_turns(self, owner: str, turn_ids: list[str]) -> set[str]:
         """Those of the owner's turns that are still stored."""
-        turns = schema.turns
-        query = select(turns.c.id).where(turns.c.owner == owner, turns.c.id.in_(turn_ids))
-        return await self.db.read(lambda conn: set(conn.execute(query).scalars()))
+        return await self.repo.existing(schema.turns, owner, turn_ids)
 
     async def turn_by_request_id(self, owner: str, session_id: str, request_id: str) -> str | None:
         """The id of the turn a create with this idempotency key started in the session."""

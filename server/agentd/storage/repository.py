@@ -6,7 +6,7 @@ but belongs to someone else is indistinguishable from a missing one (NOT_FOUND).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,9 @@ from agentd.errors import InvalidArgument
 from agentd.paging import Cursor, encode, foreign_token
 from agentd.sensitive import redact
 from agentd.storage.database import Database, Prepared
+
+# Ids per query of `existing`: well under the bound parameters SQLite and asyncpg allow.
+EXISTING_BATCH = 500
 
 
 def body_of(message: Message) -> bytes:
@@ -142,6 +145,15 @@ class Repository:
         statement = self._statement("exists", table, tuple(parents))
         params = {"owner": owner, "row_id": row_id, **parents}
         return await self.db.read(lambda conn: conn.execute(statement, params).first() is not None)
+
+    async def existing(self, table: Table, owner: str, row_ids: Sequence[str]) -> set[str]:
+        """Those of the owner's rows, by id, that are still stored."""
+        found: set[str] = set()
+        for start in range(0, len(row_ids), EXISTING_BATCH):
+            query = select(table.c.id).where(table.c.owner == owner,
+                                             table.c.id.in_(list(row_ids[start:start + EXISTING_BATCH])))
+            found |= await self.db.read(lambda conn, query=query: set(conn.execute(query).scalars()))
+        return found
 
     async def delete(self, table: Table, owner: str, row_id: str, **parents: str) -> bool:
         """Deletes a row (children go with it: ON DELETE CASCADE, as many as there are, so a

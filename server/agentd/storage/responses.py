@@ -31,8 +31,6 @@ from agentd.v1 import response_resource_pb2 as rt
 INPUT = "input"
 # The stored statuses of a response that has not ended.
 RUNNING = ("queued", "in_progress")
-# Ids per query of `existing`: well under the bound parameters SQLite and asyncpg allow.
-EXISTING_BATCH = 500
 
 
 class ConversationBusy(Exception):
@@ -206,7 +204,7 @@ class ResponseStore:
         return await self.db.read(lambda conn: conn.execute(query).scalar_one_or_none())
 
     async def is_stored(self, owner: str, response_id: str) -> bool:
-        return await self.status(owner, response_id) is not None
+        return await self.repo.exists(schema.responses, owner, response_id)
 
     async def get(self, owner: str, response_id: str) -> rt.Response | None:
         body = await self.repo.get_body(schema.responses, owner, response_id)
@@ -214,13 +212,7 @@ class ResponseStore:
 
     async def existing(self, owner: str, response_ids: Sequence[str]) -> set[str]:
         """Those of the owner's responses that are still stored."""
-        responses = schema.responses
-        found: set[str] = set()
-        for start in range(0, len(response_ids), EXISTING_BATCH):
-            batch = list(response_ids[start:start + EXISTING_BATCH])
-            query = select(responses.c.id).where(responses.c.owner == owner, responses.c.id.in_(batch))
-            found |= await self.db.read(lambda conn, query=query: set(conn.execute(query).scalars()))
-        return found
+        return await self.repo.existing(schema.responses, owner, response_ids)
 
     async def list(self, owner: str, cursor: Cursor, limit: int, descending: bool = True,
                    model: str | None = None) -> tuple[list[rt.Response], Page]:
