@@ -254,7 +254,7 @@ class Endpoint:
             if raw is None:
                 continue
             try:
-                value = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+                value = _read_json(raw)
             except (ValueError, RecursionError) as e:
                 raise InvalidArgument(header, f"header is not valid JSON: {e}",
                                       reason="INVALID_JSON") from None
@@ -377,7 +377,7 @@ class Gateway:
                     headers)
         elif raw:
             try:
-                body = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+                body = _read_json(raw)
             except (ValueError, RecursionError) as e:
                 reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
                 return _refuse(label, started, style, InvalidArgument(
@@ -436,6 +436,12 @@ def _refuse(label: str, started: float, style: int, error: BaseException, header
     """Answers a request the gateway refuses before any servicer runs, and logs it."""
     end_call(label, started, error)
     return _error_response(style, error, headers, names)
+
+
+def _read_json(raw: str | bytes) -> Any:
+    """The one JSON reader of request bodies and JSON headers: strict JSON numbers only
+    (ValueError for NaN, Infinity and numbers past a double's range)."""
+    return json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
 
 
 def _no_constants(name: str):
