@@ -6,6 +6,7 @@ same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,11 +27,18 @@ class AgentdStartError(Exception):
 
 
 def free_port() -> int:
-    # A small race remains between closing this socket and agentd binding the port; if it is
-    # lost, agentd fails to start and says so in its log.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: their sockets are all held until each has its port (two
+    calls in a row may get the same one back). A small race remains between closing them
+    and agentd binding the ports; if it is lost, agentd fails to start and says so in its log."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def _die_with_parent() -> None:
@@ -105,7 +113,7 @@ def start_agentd(workdir: Path, env: dict[str, str], die_with_parent: bool = Fal
     embedded model is off unless `env` sets AGENTD_LOCAL_MODEL (loading it costs a second
     and ~200 MB that tests and the benchmark of agentd itself do not need).
     `profile_to`: run it under cProfile, whose stats are written there when it exits."""
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
     environ.update(AGENTD_GRPC_ADDR=f"127.0.0.1:{grpc_port}", AGENTD_HTTP_ADDR=f"127.0.0.1:{http_port}",
                    AGENTD_DATA_DIR=str(workdir / "data"), AGENTD_LOCAL_MODEL="off")
