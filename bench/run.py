@@ -128,9 +128,17 @@ def stop_fake(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def event_loop() -> str:
+    """The event loop agentd is run on: AGENTD_EVENT_LOOP as this process has it, else the
+    setting's default."""
+    return os.environ.get("AGENTD_EVENT_LOOP", Settings.model_fields["event_loop"].default)
+
+
 def start_server(workdir: Path, database_url: str | None, fake_url: str | None = None,
                  profile_to: Path | None = None) -> AgentdProcess:
-    env = {"AGENTD_LOG_LEVEL": "warning", "AGENTD_GRACE_PERIOD_S": str(SERVER_GRACE_S)}
+    # The test kit drops the caller's AGENTD_* variables: the loop to measure is passed on.
+    env = {"AGENTD_LOG_LEVEL": "warning", "AGENTD_GRACE_PERIOD_S": str(SERVER_GRACE_S),
+           "AGENTD_EVENT_LOOP": event_loop()}
     if fake_url:
         # The simple openai provider: the fake serves both models, listed here so that agentd
         # does not ask its /v1/models at start.
@@ -889,8 +897,7 @@ def machine_context(args: argparse.Namespace, database: str) -> dict:
         "platform": platform.platform(terse=True),
         "grpcio": grpc.__version__, "httpx": httpx.__version__,
         "agentd_commit": commit, "backend": args.backend, "database": database,
-        # The event loop agentd runs on (it inherits this environment; else its default).
-        "event_loop": os.environ.get("AGENTD_EVENT_LOOP", Settings.model_fields["event_loop"].default),
+        "event_loop": event_loop(),
     }
 
 
